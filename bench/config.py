@@ -1,0 +1,271 @@
+"""Typed configuration: YAML presets in ``bench/presets`` plus dotted CLI overrides.
+
+A config is built as ``load_config(preset, overrides)`` where ``preset`` is a
+preset name (``demo``, ``tiny``, ``voxceleb``) or a YAML file, and
+``overrides`` is a list such as ``["--train.epochs", "3", "--data.root=/x"]``.
+Unknown keys and wrong types raise :class:`bench.errors.BenchError` with one
+line naming the key.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from bench.errors import BenchError
+
+PRESET_DIR = Path(__file__).parent / "presets"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class AugmentConfig(_Section):
+    musan_dir: Optional[str] = None
+    rir_dir: Optional[str] = None
+    prob: float = Field(0.6, ge=0.0, le=1.0, description="probability of adding noise or reverb to a crop")
+    snr_music_db: tuple[float, float] = (5.0, 15.0)
+    snr_speech_db: tuple[float, float] = (13.0, 20.0)
+    snr_noise_db: tuple[float, float] = (0.0, 15.0)
+    speed_perturb: bool = False
+
+
+class DataConfig(_Section):
+    root: str = "data/demo"
+    trials: list[str] = Field(default_factory=list, description="trial list names under root/trials; empty = all")
+    crop_frames: int = Field(200, ge=10)
+    num_workers: int = Field(0, ge=0)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+
+
+class FeatureConfig(_Section):
+    n_mels: int = Field(80, ge=8, le=256)
+    sample_rate: int = 16000
+    frame_length_ms: float = Field(25.0, gt=0)
+    frame_shift_ms: float = Field(10.0, gt=0)
+
+
+class ModelConfig(_Section):
+    """A named preset plus optional field overrides (any ``ResNetSpec`` field)."""
+
+    name: str = "tiny-50-D"
+    block: Optional[str] = None
+    stages: Optional[str] = None
+    channels: Optional[str] = None
+    width_mult: Optional[float] = Field(None, gt=0)
+    se_stages: Optional[str] = None
+    activation: Optional[str] = None
+    pooling: Optional[str] = None
+    embed_dim: Optional[int] = Field(None, ge=1)
+    stem_channels: Optional[int] = Field(None, ge=1)
+    stem_stride_freq: Optional[int] = Field(None, ge=1, le=4)
+
+    @field_validator("stages", "channels", "se_stages", mode="before")
+    @classmethod
+    def _dash_list(cls, v: Any) -> Any:
+        if isinstance(v, (list, tuple)):
+            return "-".join(str(int(x)) for x in v)
+        if isinstance(v, int):
+            return str(v)
+        return v
+
+
+class HeadConfig(_Section):
+    type: Literal["aam", "am"] = "aam"
+    scale: float = Field(30.0, gt=0)
+    margin: float = Field(0.2, ge=0.0, lt=1.0)
+    margin_warmup_epochs: float = Field(0.0, ge=0.0, description="epochs before the margin ramp starts")
+    margin_ramp_epochs: float = Field(0.0, ge=0.0, description="epochs to ramp the margin 0 -> margin")
+
+
+class TrainConfig(_Section):
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(0.1, gt=0)
+    final_lr: float = Field(5e-5, gt=0)
+    warmup_epochs: float = Field(0.0, ge=0.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    nesterov: bool = True
+    weight_decay: float = Field(2e-4, ge=0.0)
+    grad_clip: float = Field(0.0, ge=0.0, description="max grad norm; 0 disables")
+    amp: Literal["none", "bf16", "fp16"] = "none"
+    channels_last: bool = False
+    seed: int = 42
+    device: str = "auto"
+    threads: int = Field(0, ge=0, description="torch intra-op threads; 0 = torch default")
+    checkpoint_every_steps: int = Field(0, ge=0, description="0 = only at epoch ends")
+    average_last: int = Field(1, ge=1, description="average the last K epoch checkpoints")
+    max_steps: int = Field(0, ge=0, description="stop after this many steps; 0 = no limit")
+
+
+class EvalConfig(_Section):
+    batch_frames: int = Field(60000, ge=100, description="frames per evaluation batch (length bucketing)")
+    subtract_mean: bool = True
+    as_norm: bool = False
+    as_norm_top_n: int = Field(100, ge=1)
+
+
+class EnergyConfig(_Section):
+    meters: list[str] = Field(default_factory=lambda: ["auto"], description="zeus, node, estimate or auto")
+    node_command: list[str] = Field(default_factory=list, description="argv printing node watts")
+    node_regex: str = r"([0-9]+(?:\.[0-9]+)?)\s*W"
+    node_period_s: float = Field(1.0, gt=0)
+    cpu_w_per_core: float = Field(10.0, gt=0)
+    dram_w_per_gb: float = Field(0.375, ge=0)
+    idle_baseline_s: float = Field(0.0, ge=0)
+    pue: float = Field(1.0, ge=1.0)
+    region: str = "FRA"
+    intensity_csv: Optional[str] = None
+
+
+class TrackingConfig(_Section):
+    experiment: str = "sv-energy-bench"
+    log_model: bool = True
+    system_metrics: bool = True
+
+
+class Config(_Section):
+    name: str = "run"
+    data: DataConfig = Field(default_factory=DataConfig)
+    features: FeatureConfig = Field(default_factory=FeatureConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    head: HeadConfig = Field(default_factory=HeadConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    energy: EnergyConfig = Field(default_factory=EnergyConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+
+def list_presets() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise BenchError(f"config file {path} is not valid YAML ({exc.__class__.__name__}); fix its syntax") from None
+    except OSError as exc:
+        raise BenchError(f"cannot read config file {path}: {exc.strerror}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise BenchError(f"config file {path} must hold a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def load_preset_dict(preset: str) -> dict:
+    """Raw dict of a preset name or a YAML file path."""
+    path = Path(preset)
+    if preset.endswith((".yaml", ".yml")) or path.is_file():
+        if not path.is_file():
+            raise BenchError(f"config file {preset} does not exist; give a preset name ({', '.join(list_presets())}) or a YAML path")
+        return _read_yaml(path)
+    candidate = PRESET_DIR / f"{preset}.yaml"
+    if not candidate.is_file():
+        raise BenchError(f"unknown preset '{preset}'; choose one of: {', '.join(list_presets())} (or a YAML file)")
+    return _read_yaml(candidate)
+
+
+def parse_overrides(args: list[str]) -> dict[str, Any]:
+    """``["--a.b", "1", "--c=x"]`` -> ``{"a.b": 1, "c": "x"}`` (values parsed as YAML scalars)."""
+    out: dict[str, Any] = {}
+    i = 0
+    while i < len(args):
+        tok = args[i]
+        if not tok.startswith("--") or len(tok) <= 2:
+            raise BenchError(f"unexpected argument '{tok}'; overrides look like --section.key VALUE")
+        key = tok[2:]
+        if "=" in key:
+            key, raw = key.split("=", 1)
+            i += 1
+        else:
+            if i + 1 >= len(args):
+                raise BenchError(f"override --{key} has no value; write --{key} VALUE")
+            raw = args[i + 1]
+            i += 2
+        key = key.replace("-", "_")
+        if not key or any(not part for part in key.split(".")):
+            raise BenchError(f"malformed override key '--{key}'; use --section.key VALUE")
+        out[key] = _parse_scalar(raw)
+    return out
+
+
+def _parse_scalar(raw: str) -> Any:
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
+    # keep "3-4-6-3"-like strings and dates as strings
+    if isinstance(value, (dict,)) or value is None and raw.strip() not in ("null", "~", ""):
+        return raw
+    if type(value).__name__ in ("date", "datetime"):
+        return raw
+    return value
+
+
+def apply_overrides(base: dict, overrides: dict[str, Any]) -> dict:
+    data = copy.deepcopy(base)
+    for dotted, value in overrides.items():
+        parts = dotted.split(".")
+        node = data
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            elif not isinstance(child, dict):
+                raise BenchError(f"config key '{dotted}': '{part}' is a value, not a section")
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def _format_validation_error(err: ValidationError) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"])
+    if first["type"] == "extra_forbidden":
+        return f"config error: unknown key '{loc}'; check the spelling against `svbench config --preset demo`"
+    value = first.get("input")
+    shown = repr(value) if not isinstance(value, dict) else "a mapping"
+    return f"config error: {loc}: {first['msg']} (got {shown})"
+
+
+def build_config(data: dict) -> Config:
+    try:
+        return Config.model_validate(data)
+    except ValidationError as err:
+        raise BenchError(_format_validation_error(err)) from None
+
+
+def load_config(preset: str = "demo", overrides: list[str] | dict | None = None) -> Config:
+    """Load a preset (or YAML file) and apply dotted overrides; validated."""
+    base = load_preset_dict(preset)
+    if isinstance(overrides, list):
+        overrides = parse_overrides(overrides)
+    return build_config(apply_overrides(base, overrides or {}))
+
+
+def config_to_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def flat_params(cfg: Config) -> dict[str, Any]:
+    """Flat ``section.key -> value`` view of a config (lists joined with '-' or ',')."""
+    out: dict[str, Any] = {}
+
+    def walk(prefix: str, node: Any) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(f"{prefix}.{k}" if prefix else k, v)
+        elif isinstance(node, (list, tuple)):
+            out[prefix] = ",".join(str(x) for x in node)
+        else:
+            out[prefix] = node
+
+    walk("", cfg.model_dump(mode="json"))
+    return out

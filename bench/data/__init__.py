@@ -1,0 +1,1 @@
+"""Data layer: synthetic corpus, VoxCeleb preparation, manifests, trial lists, loaders, features."""

@@ -1,0 +1,108 @@
+import shutil
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from bench.config import load_config
+from bench.data.loader import TrainCrops, collate_crops
+from bench.data.manifest import read_manifest
+from conftest import assert_one_line_error, run_cli
+
+
+def _fake_vox1(tiny_corpus: Path, dst: Path) -> Path:
+    """A VoxCeleb1-shaped folder built from the tiny corpus, with the synthetic trial list."""
+    shutil.copytree(tiny_corpus / "wav", dst / "wav")
+    shutil.copy(tiny_corpus / "trials" / "synth.txt", dst / "veri_test2.txt")
+    return dst
+
+
+def test_prepare_voxceleb1_ok(tiny_corpus, tmp_path):
+    vox = _fake_vox1(tiny_corpus, tmp_path / "vox1")
+    proc = run_cli("data", "prepare", "--voxceleb1", vox, "--out", tmp_path / "prep")
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "prep" / "trials" / "vox1-O.txt").is_file()
+    train = read_manifest(tmp_path / "prep" / "train.csv")
+    ev = read_manifest(tmp_path / "prep" / "eval.csv")
+    assert len(ev) == 84 and train["speaker"].nunique() == 8  # trial speakers excluded from training
+
+
+def test_nonexistent_root(tmp_path):
+    assert_one_line_error(run_cli("data", "prepare", "--voxceleb1", tmp_path / "nope", "--out", tmp_path / "o"),
+                          "does not exist")
+
+
+def test_empty_folder(tmp_path):
+    (tmp_path / "empty").mkdir()
+    assert_one_line_error(run_cli("data", "prepare", "--voxceleb1", tmp_path / "empty", "--out", tmp_path / "o"),
+                          "no VoxCeleb1 files")
+    assert not (tmp_path / "o").exists()
+
+
+def test_corrupt_wav(tiny_corpus, tmp_path):
+    vox = _fake_vox1(tiny_corpus, tmp_path / "vox1")
+    victim = sorted((vox / "wav").rglob("*.wav"))[3]
+    victim.write_bytes(b"RIFF\x00\x00not a wav at all")
+    assert_one_line_error(run_cli("data", "prepare", "--voxceleb1", vox, "--out", tmp_path / "o"),
+                          "corrupt", victim.name)
+    assert not (tmp_path / "o").exists()
+
+
+def test_stereo_and_8k(tiny_corpus, tmp_path):
+    for kind in ("stereo", "8k"):
+        vox = _fake_vox1(tiny_corpus, tmp_path / f"vox1_{kind}")
+        victim = sorted((vox / "wav").rglob("*.wav"))[0]
+        x, sr = sf.read(str(victim))
+        if kind == "stereo":
+            sf.write(str(victim), np.stack([x, x], axis=1), sr, subtype="PCM_16")
+            frag = "2 channels"
+        else:
+            sf.write(str(victim), x[::2], 8000, subtype="PCM_16")
+            frag = "8000 Hz"
+        assert_one_line_error(run_cli("data", "prepare", "--voxceleb1", vox, "--out", tmp_path / f"o_{kind}"), frag)
+
+
+def test_trial_naming_missing_file(tiny_corpus, tmp_path):
+    vox = _fake_vox1(tiny_corpus, tmp_path / "vox1")
+    with open(vox / "veri_test2.txt", "a") as fh:
+        fh.write("1 id99999/abc/00001.wav id99999/abc/00002.wav\n")
+    assert_one_line_error(run_cli("data", "prepare", "--voxceleb1", vox, "--out", tmp_path / "o"),
+                          "names 2 file(s) missing", "id99999")
+
+
+def test_malformed_trial_line(tiny_corpus, tmp_path):
+    vox = _fake_vox1(tiny_corpus, tmp_path / "vox1")
+    with open(vox / "veri_test2.txt", "a") as fh:
+        fh.write("target id10001/a.wav\n")
+    assert_one_line_error(run_cli("data", "prepare", "--voxceleb1", vox, "--out", tmp_path / "o"),
+                          "malformed")
+
+
+def test_missing_ffmpeg_is_clear(tiny_corpus, tmp_path):
+    vox = _fake_vox1(tiny_corpus, tmp_path / "vox1")
+    m4a = tmp_path / "vox2" / "dev" / "aac" / "id00001" / "abc"
+    m4a.mkdir(parents=True)
+    (m4a / "00001.m4a").write_bytes(b"\x00")
+    import bench.cli
+    import os
+    env = {"PATH": os.path.dirname(os.sys.executable)}  # no ffmpeg on this PATH
+    assert_one_line_error(run_cli("data", "prepare", "--voxceleb1", vox, "--voxceleb2", tmp_path / "vox2",
+                                  "--out", tmp_path / "o", env=env), "ffmpeg")
+
+
+def test_synth_size_and_existing_out(tmp_path):
+    assert_one_line_error(run_cli("data", "synth", "--out", tmp_path / "x", "--size", "huge"), "unknown corpus size")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "f").write_text("x")
+    assert_one_line_error(run_cli("data", "synth", "--out", tmp_path / "full", "--size", "tiny"), "already exists")
+
+
+def test_corrupt_file_in_training_is_skipped_and_counted(tiny_corpus, tmp_path):
+    root = tmp_path / "c"
+    shutil.copytree(tiny_corpus, root)
+    df = read_manifest(root / "train.csv")
+    (root / df["path"].iloc[0]).write_bytes(b"garbage")
+    cfg = load_config("tiny")
+    ds = TrainCrops(df, root, cfg.data, seed=1)
+    wav, labels, skipped = collate_crops([ds[(0, i)] for i in range(4)])
+    assert skipped == 1 and wav.shape[0] == 3 and labels.shape == (3,)
