@@ -53,7 +53,7 @@ class FeatureConfig(_Section):
 class ModelConfig(_Section):
     """A named preset plus optional field overrides (any ``ResNetSpec`` field)."""
 
-    name: str = "tiny-50-D"
+    name: str = "tiny-ResNet-50-D"
     block: Optional[str] = None
     stages: Optional[str] = None
     channels: Optional[str] = None
