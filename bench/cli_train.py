@@ -1,5 +1,70 @@
 """train / eval sub-commands."""
 
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from bench.errors import BenchError
+
+
+def _config(args, extra):
+    from bench.config import load_config, parse_overrides
+
+    overrides = parse_overrides(extra)
+    if getattr(args, "model", None):
+        overrides["model.name"] = args.model
+    return load_config(args.preset, overrides)
+
+
+def cmd_train(args, extra) -> int:
+    from bench.variant import run_variant
+
+    cfg = _config(args, extra)
+    from bench.models import spec_from_config
+
+    spec_from_config(cfg.model, n_mels=cfg.features.n_mels)  # fail fast on a bad model
+    result = run_variant(cfg, args.out, resume=args.resume)
+    if result is not None:
+        for name, m in result.metrics.items():
+            print(f"{name}: EER {m['eer_pct']:.2f}%  minDCF(0.01) {m['min_dcf_p01']:.3f}  minDCF(0.05) {m['min_dcf_p05']:.3f}  ({m['n_trials']} trials)")
+        print(f"train: {result.train['steps']} steps in {result.train['time_s']:.1f} s; result: {Path(args.out) / 'result.json'}")
+    return 0
+
+
+def cmd_eval(args, extra) -> int:
+
+    from bench.evaluate import evaluate, load_model
+    from bench.train import select_device
+
+    cfg = _config(args, extra)
+    device = select_device(cfg.train.device)
+    model = load_model(args.checkpoint, device)
+    trial_names = args.trials or None
+    for t in trial_names or []:
+        if not Path(t).is_file() and "/" in t:
+            raise BenchError(f"trial list {t} does not exist")
+    out = Path(args.out) if args.out else Path(args.checkpoint).parent
+    results = evaluate(model, cfg, device, out, trial_names, precision=args.precision)
+    for name, m in results.items():
+        print(f"{name}: EER {m['eer_pct']:.2f}%  minDCF(0.01) {m['min_dcf_p01']:.3f}  minDCF(0.05) {m['min_dcf_p05']:.3f}  ({m['n_trials']} trials)")
+    if args.json:
+        print(json.dumps(results, indent=2))
+    return 0
+
 
 def register(sub, parser_class, add_config_args) -> None:
-    return None
+    t = sub.add_parser("train", help="train and evaluate one variant; writes OUT/result.json")
+    add_config_args(t)
+    t.add_argument("--model", default=None, help="model preset name (same as --model.name)")
+    t.add_argument("--out", required=True, help="output folder (checkpoints, scores, result.json)")
+    t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt")
+    t.set_defaults(func=cmd_train)
+    e = sub.add_parser("eval", help="evaluate a trained model.pt on trial lists")
+    add_config_args(e)
+    e.add_argument("--checkpoint", required=True)
+    e.add_argument("--trials", nargs="*", default=None, help="trial list names under data root/trials, or files")
+    e.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    e.add_argument("--out", default=None, help="folder for score files (default: beside the checkpoint)")
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(func=cmd_eval)

@@ -127,14 +127,21 @@ class EvalBatch:
     lengths: torch.Tensor  # samples
 
 
+LENGTH_TOLERANCE = 0.02
+
+
 def eval_batches(utt_ids: list[str], paths: list[Path], num_samples: list[int], batch_frames: int,
-                 hop: int = 160, sample_rate: int = 16000, min_samples: int = 400):
-    """Whole utterances sorted by length, batched so that B x longest frames <= batch_frames."""
+                 hop: int = 160, sample_rate: int = 16000, min_samples: int = 400,
+                 tolerance: float = LENGTH_TOLERANCE):
+    """Whole utterances sorted by length and bucketed: B x longest frames <= batch_frames and the
+    longest is at most ``tolerance`` longer than the shortest (the batch is cut to the shortest, so
+    at most 2% of an utterance's trailing frames are left out; ``tolerance=0`` keeps every frame)."""
     order = np.argsort(np.asarray(num_samples), kind="stable")
     batch: list[int] = []
     for i in order:
         frames = int(num_samples[i]) // hop + 1
-        if batch and (len(batch) + 1) * frames > batch_frames:
+        shortest = int(num_samples[batch[0]]) if batch else 0
+        if batch and ((len(batch) + 1) * frames > batch_frames or int(num_samples[i]) > shortest * (1 + tolerance)):
             yield _load_eval(batch, utt_ids, paths, sample_rate, min_samples)
             batch = []
         batch.append(int(i))

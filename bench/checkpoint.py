@@ -1,0 +1,50 @@
+"""Checkpoints: written atomically (temp file + rename), loaded with ``weights_only=True``.
+
+``last.pt`` holds the full training state (model, head, optimizer, AMP scaler, step, epoch, batch
+position inside the epoch, epoch accumulators, torch RNG states); ``epoch_NNN.pt`` holds the model
+weights at each epoch end for averaging; ``model.pt`` is the final (averaged) model with its spec,
+the speakers it was trained on and the training mean embedding / AS-norm cohort used in scoring.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from bench.atomic import atomic_path
+from bench.errors import BenchError
+
+
+def save(obj: dict, path: str | Path) -> None:
+    try:
+        with atomic_path(path, suffix=".pt") as tmp:
+            torch.save(obj, tmp)
+    except OSError as exc:
+        raise BenchError(f"cannot write checkpoint {path}: {exc.strerror or exc}; the previous checkpoint is kept") from None
+
+
+def load(path: str | Path, map_location="cpu") -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise BenchError(f"checkpoint {path} does not exist; check the path or train first")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises several types for corrupt or unsafe files
+        first = str(exc).strip().splitlines()[0][:100] if str(exc).strip() else type(exc).__name__
+        raise BenchError(f"checkpoint {path} cannot be loaded safely ({first}); it is corrupt or not an sv-energy-bench checkpoint") from None
+    if not isinstance(obj, dict):
+        raise BenchError(f"checkpoint {path} is not an sv-energy-bench checkpoint")
+    return obj
+
+
+def average_state_dicts(paths: list[Path]) -> dict:
+    """Element-wise mean of floating tensors over several model checkpoints (integers from the last)."""
+    states = [load(p)["model"] for p in paths]
+    out = {}
+    for key, last in states[-1].items():
+        if torch.is_floating_point(last):
+            out[key] = sum(s[key].double() for s in states).div(len(states)).to(last.dtype)
+        else:
+            out[key] = last.clone()
+    return out

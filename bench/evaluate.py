@@ -1,0 +1,168 @@
+"""Evaluation: whole-utterance embeddings batched by length, cosine scoring after subtracting the
+training mean embedding, optional AS-norm against a cohort of training-speaker mean embeddings,
+several trial lists, score files ``label score enroll test``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from bench import checkpoint as ckpt
+from bench.atomic import atomic_open
+from bench.config import Config
+from bench.data.features import Fbank
+from bench.data.loader import eval_batches
+from bench.data.manifest import EVAL_MANIFEST, TRAIN_MANIFEST, data_root, read_manifest
+from bench.data.trials import TrialList, check_against, find_trial_lists, read_trials
+from bench.errors import BenchError
+from bench.metrics import verification_metrics
+from bench.models import ResNetSpec, build_model
+from bench.models.resnet import min_samples
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class LoadedModel:
+    embedder: torch.nn.Module
+    spec: ResNetSpec
+    payload: dict
+
+
+def load_model(path: str | Path, device: torch.device) -> LoadedModel:
+    payload = ckpt.load(path)
+    if "model" not in payload or "spec" not in payload:
+        raise BenchError(f"checkpoint {path} holds no model spec; give a model.pt written by `svbench train`")
+    spec_d = {k: v for k, v in payload["spec"].items() if k != "depth"}
+    spec_d = {k: tuple(v) if isinstance(v, list) else v for k, v in spec_d.items()}
+    spec = ResNetSpec(**spec_d)
+    embedder = build_model(spec)
+    try:
+        embedder.load_state_dict(payload["model"])
+    except RuntimeError:
+        raise BenchError(f"checkpoint {path} does not match its model spec (mismatched weights); retrain or use the matching checkpoint") from None
+    return LoadedModel(embedder.to(device).eval(), spec, payload)
+
+
+def _precision_ctx(device: torch.device, precision: str):
+    if precision not in PRECISIONS:
+        raise BenchError(f"unknown precision '{precision}'; use fp32, bf16 or fp16")
+    dtype = PRECISIONS[precision]
+    if dtype is None:
+        return contextlib.nullcontext()
+    if dtype == torch.float16 and device.type == "cpu":
+        raise BenchError("fp16 inference needs a CUDA GPU; use bf16 on the CPU")
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@torch.no_grad()
+def extract_embeddings(embedder: torch.nn.Module, fbank: Fbank, utt_ids: list[str], paths: list[Path],
+                       num_samples: list[int], batch_frames: int, device: torch.device,
+                       precision: str = "fp32") -> np.ndarray:
+    """(N, D) float32 embeddings in the order of ``utt_ids``."""
+    index = {u: i for i, u in enumerate(utt_ids)}
+    out = None
+    for batch in eval_batches(utt_ids, paths, num_samples, batch_frames, hop=fbank.hop,
+                              sample_rate=fbank.sample_rate, min_samples=min_samples(fbank.hop, fbank.win)):
+        shortest = int(batch.lengths.min())  # a bucket is cut to its shortest member (<= 2% shorter)
+        feats = fbank(batch.wav[:, :shortest].to(device))
+        with _precision_ctx(device, precision):
+            emb = embedder(feats)
+        emb = emb.float().cpu().numpy()
+        if out is None:
+            out = np.zeros((len(utt_ids), emb.shape[1]), dtype=np.float32)
+        for u, e in zip(batch.utt_ids, emb):
+            out[index[u]] = e
+    return out
+
+
+def _normalise(x: np.ndarray) -> np.ndarray:
+    return x / (np.linalg.norm(x, axis=-1, keepdims=True) + 1e-12)
+
+
+def score_trials(emb: np.ndarray, index: dict[str, int], trials: TrialList, mean: np.ndarray | None = None,
+                 cohort: np.ndarray | None = None, top_n: int = 100) -> np.ndarray:
+    """Cosine scores (after subtracting ``mean``); adaptive S-norm when a cohort is given."""
+    x = emb - mean if mean is not None else emb
+    x = _normalise(x)
+    e = np.fromiter((index[u] for u in trials.enroll), dtype=np.int64, count=len(trials))
+    t = np.fromiter((index[u] for u in trials.test), dtype=np.int64, count=len(trials))
+    scores = np.einsum("ij,ij->i", x[e], x[t])
+    if cohort is None:
+        return scores
+    c = _normalise(cohort - mean if mean is not None else cohort)
+    cs = x @ c.T  # (N utts, cohort)
+    n = min(top_n, cs.shape[1])
+    top = -np.partition(-cs, n - 1, axis=1)[:, :n]
+    mu, sd = top.mean(axis=1), top.std(axis=1) + 1e-9
+    return 0.5 * ((scores - mu[e]) / sd[e] + (scores - mu[t]) / sd[t])
+
+
+def write_scores(path: Path, trials: TrialList, scores: np.ndarray) -> None:
+    with atomic_open(path, "w", encoding="utf-8") as fh:
+        for lab, s, en, te in zip(trials.labels, scores, trials.enroll, trials.test):
+            fh.write(f"{int(lab)} {s:.6f} {en} {te}\n")
+
+
+@torch.no_grad()
+def training_statistics(embedder, fbank, root: Path, batch_frames: int, device: torch.device,
+                        max_utts: int = 2000, seed: int = 0) -> dict:
+    """Mean embedding and per-speaker mean embeddings (AS-norm cohort) over a seeded sample of training data."""
+    df = read_manifest(root / TRAIN_MANIFEST)
+    if len(df) > max_utts:
+        df = df.sample(n=max_utts, random_state=seed).reset_index(drop=True)
+    ids = df["utt_id"].tolist()
+    emb = extract_embeddings(embedder, fbank, ids, [root / p for p in df["path"]], df["num_samples"].tolist(),
+                             batch_frames, device)
+    spk = df["speaker"].to_numpy()
+    speakers = sorted(set(spk))
+    cohort = np.stack([emb[spk == s].mean(axis=0) for s in speakers])
+    return {"train_mean": torch.from_numpy(emb.mean(axis=0)), "cohort": torch.from_numpy(cohort)}
+
+
+def make_fbank(cfg: Config, device: torch.device) -> Fbank:
+    return Fbank(cfg.features.n_mels, cfg.features.sample_rate, cfg.features.frame_length_ms,
+                 cfg.features.frame_shift_ms).to(device)
+
+
+def load_trial_lists(cfg: Config, names: list[str] | None = None) -> tuple[Path, list[TrialList], pd.DataFrame]:
+    root = data_root(cfg.data.root)
+    df = read_manifest(root / EVAL_MANIFEST)
+    lists = [read_trials(p) for p in find_trial_lists(root, names or cfg.data.trials)]
+    known = set(df["utt_id"])
+    for t in lists:
+        check_against(t, known, str(root / EVAL_MANIFEST))
+    return root, lists, df
+
+
+def evaluate(model: LoadedModel, cfg: Config, device: torch.device, out_dir: Path | None = None,
+             trial_names: list[str] | None = None, precision: str = "fp32") -> dict[str, dict]:
+    """Metrics per trial list (and score files under ``out_dir/scores`` when given)."""
+    root, lists, df = load_trial_lists(cfg, trial_names)
+    needed = sorted(set().union(*[set(t.utterances) for t in lists]))
+    rows = df.set_index("utt_id").loc[needed]
+    fbank = make_fbank(cfg, device)
+    emb = extract_embeddings(model.embedder, fbank, needed, [root / p for p in rows["path"]],
+                             rows["num_samples"].tolist(), cfg.eval.batch_frames, device, precision)
+    index = {u: i for i, u in enumerate(needed)}
+    mean = model.payload.get("train_mean") if cfg.eval.subtract_mean else None
+    mean = mean.numpy() if mean is not None else None
+    cohort = model.payload.get("cohort") if cfg.eval.as_norm else None
+    if cfg.eval.as_norm and cohort is None:
+        raise BenchError("eval.as_norm needs a cohort, but this checkpoint has none; re-run `svbench train` or disable as_norm")
+    results = {}
+    for t in lists:
+        scores = score_trials(emb, index, t, mean, cohort.numpy() if cohort is not None else None, cfg.eval.as_norm_top_n)
+        metrics = verification_metrics(scores, t.labels)
+        if out_dir is not None:
+            path = Path(out_dir) / "scores" / f"{t.name}{'' if precision == 'fp32' else '.' + precision}.txt"
+            write_scores(path, t, scores)
+            metrics["score_file"] = str(path)
+        results[t.name] = metrics
+    return results

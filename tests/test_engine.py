@@ -1,0 +1,125 @@
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from bench import checkpoint as ckpt
+from bench.config import load_config
+from bench.errors import BenchError
+from bench.variant import run_variant
+from conftest import REPO, assert_one_line_error, run_cli
+
+COMMON = ["--train.epochs", "3", "--train.batch_size", "8", "--train.threads", "1", "--train.checkpoint_every_steps", "1"]
+
+
+def _cfg(root, *extra):
+    return load_config("tiny", ["--data.root", str(root), *COMMON, *extra])
+
+
+def _weights(path):
+    return ckpt.load(path)["model"]
+
+
+def test_same_seed_same_result(tiny_corpus, tmp_path):
+    a = run_variant(_cfg(tiny_corpus), tmp_path / "a", progress=False)
+    b = run_variant(_cfg(tiny_corpus), tmp_path / "b", progress=False)
+    assert a.metrics["synth"]["eer_pct"] == b.metrics["synth"]["eer_pct"]
+    wa, wb = _weights(tmp_path / "a" / "model.pt"), _weights(tmp_path / "b" / "model.pt")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert (tmp_path / "a" / "scores" / "synth.txt").read_text().splitlines()[0].count(" ") == 3
+    res = json.loads((tmp_path / "a" / "result.json").read_text())
+    assert res["train"]["steps"] == 18 and len(res["train"]["history"]) == 3
+    assert {"loss", "accuracy", "lr", "margin"} <= set(res["train"]["history"][0])
+
+
+def test_sigkill_mid_epoch_then_resume_is_exact(tiny_corpus, tmp_path):
+    ref = run_variant(_cfg(tiny_corpus), tmp_path / "ref", progress=False)
+    out = tmp_path / "killed"
+    args = [sys.executable, "-m", "bench", "train", "--preset", "tiny", "--data.root", str(tiny_corpus), *COMMON,
+            "--out", str(out)]
+    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = out / "checkpoints" / "last.pt"
+    killed_at = None
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if last.is_file():
+            try:
+                state = torch.load(last, weights_only=True)
+            except Exception:
+                state = None
+            if state and state["epoch"] >= 1 and state["batch_in_epoch"] > 0:
+                os.kill(proc.pid, signal.SIGKILL)
+                killed_at = (state["epoch"], state["batch_in_epoch"])
+                break
+        time.sleep(0.01)
+    proc.wait()
+    assert killed_at is not None, "training finished before it could be killed"
+    assert proc.returncode == -signal.SIGKILL
+    assert not (out / "result.json").exists()
+    done = run_cli("train", "--preset", "tiny", "--data.root", tiny_corpus, *COMMON, "--out", out, "--resume")
+    assert done.returncode == 0, done.stderr
+    wr, wk = _weights(tmp_path / "ref" / "model.pt"), _weights(out / "model.pt")
+    assert all(torch.equal(wr[k], wk[k]) for k in wr), killed_at
+    res = json.loads((out / "result.json").read_text())
+    assert res["metrics"]["synth"]["eer_pct"] == ref.metrics["synth"]["eer_pct"]
+    assert [h["loss"] for h in res["train"]["history"]] == [h["loss"] for h in ref.train["history"]]
+
+
+def test_ddp_two_ranks_on_cpu(tiny_corpus, tmp_path):
+    out = tmp_path / "ddp"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "bench", "train", "--preset", "tiny", "--data.root", str(tiny_corpus),
+                           "--train.epochs", "1", "--train.batch_size", "4", "--out", str(out)],
+                          cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads((out / "result.json").read_text())
+    assert res["train"]["world"] == 2
+    assert res["train"]["steps"] == 48 // 2 // 4
+    assert 0.0 <= res["metrics"]["synth"]["eer_pct"] <= 100.0
+    assert "model" in ckpt.load(out / "model.pt")
+
+
+def test_eval_cli_and_bad_checkpoints(tiny_corpus, tmp_path):
+    run_variant(_cfg(tiny_corpus, "--train.epochs", "1"), tmp_path / "m", progress=False)
+    ok = run_cli("eval", "--preset", "tiny", "--data.root", tiny_corpus, "--checkpoint", tmp_path / "m" / "model.pt",
+                 "--trials", "synth", "--json")
+    assert ok.returncode == 0, ok.stderr
+    assert "EER" in ok.stdout
+    assert_one_line_error(run_cli("eval", "--preset", "tiny", "--checkpoint", tmp_path / "nope.pt"), "does not exist")
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    assert_one_line_error(run_cli("eval", "--preset", "tiny", "--checkpoint", bad), "cannot be loaded")
+    # a model.pt whose weights do not fit its spec
+    payload = ckpt.load(tmp_path / "m" / "model.pt")
+    payload["spec"]["width_mult"] = 2.0
+    ckpt.save(payload, tmp_path / "mismatch.pt")
+    assert_one_line_error(run_cli("eval", "--preset", "tiny", "--data.root", tiny_corpus, "--checkpoint",
+                                  tmp_path / "mismatch.pt"), "does not match")
+
+
+def test_resume_with_other_model_is_refused(tiny_corpus, tmp_path):
+    run_variant(_cfg(tiny_corpus, "--train.epochs", "1"), tmp_path / "r", progress=False)
+    assert_one_line_error(run_cli("train", "--preset", "tiny", "--data.root", tiny_corpus, "--model", "tiny-ResNet34",
+                                  "--out", tmp_path / "r", "--resume"), "another model")
+
+
+def test_nan_loss_names_the_step(tiny_corpus, tmp_path):
+    cfg = _cfg(tiny_corpus, "--train.lr", "1e30", "--train.final_lr", "1e30", "--train.momentum", "0")
+    with pytest.raises(BenchError, match=r"at step \d+"):
+        run_variant(cfg, tmp_path / "nan", progress=False)
+
+
+def test_empty_trial_list(tiny_corpus, tmp_path):
+    root = tmp_path / "c"
+    shutil.copytree(tiny_corpus, root)
+    (root / "trials" / "empty.txt").write_text("")
+    run_variant(_cfg(root, "--train.epochs", "1", "--data.trials", "[synth]"), tmp_path / "m", progress=False)
+    assert_one_line_error(run_cli("eval", "--preset", "tiny", "--data.root", root, "--checkpoint",
+                                  tmp_path / "m" / "model.pt", "--trials", "empty"), "empty")
