@@ -108,6 +108,8 @@ class EvalConfig(_Section):
     subtract_mean: bool = True
     as_norm: bool = False
     as_norm_top_n: int = Field(100, ge=1)
+    infer_precisions: list[Literal["fp32", "bf16", "fp16"]] = Field(
+        default_factory=lambda: ["fp32"], description="precisions whose inference energy is measured")
 
 
 class EnergyConfig(_Section):
@@ -121,6 +123,11 @@ class EnergyConfig(_Section):
     pue: float = Field(1.0, ge=1.0)
     region: str = "FRA"
     intensity_csv: Optional[str] = None
+    electricitymaps_location: Optional[tuple[float, float]] = Field(
+        None, description="(lat, lon): fetch the last 24 h from ElectricityMaps through Zeus (network; off by default)")
+    forecast: bool = Field(False, description="probe J/step before training and record the forecast error")
+    probe_steps: int = Field(5, ge=1)
+    probe_warmup_steps: int = Field(2, ge=0)
 
 
 class TrackingConfig(_Section):

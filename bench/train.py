@@ -27,6 +27,7 @@ from bench.data.features import Fbank
 from bench.data.loader import EpochBatchSampler, TrainCrops, collate_crops
 from bench.data.manifest import TRAIN_MANIFEST, data_root, read_manifest
 from bench.distributed import DistInfo, all_reduce_sum, barrier, init_distributed
+from bench.energy.reading import reading_to_state
 from bench.errors import BenchError
 from bench.models import build_model, spec_from_config
 from bench.models.heads import MarginHead
@@ -169,7 +170,7 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, callbacks: lis
         loader = DataLoader(dataset, batch_sampler=sampler, **loader_kwargs)
         bar = tqdm(loader, total=len(sampler), desc=f"epoch {epoch + 1}/{cfg.train.epochs}", unit="step",
                    disable=(not progress) or (not dist_info.is_main) or None, leave=False)
-        with epoch_window(f"train/epoch_{epoch + 1}"):
+        with epoch_window(f"train/epoch_{epoch + 1}") as window:
             t_epoch = time.perf_counter()
             for wav, labels, skipped in bar:
                 skipped_total += skipped
@@ -198,6 +199,7 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, callbacks: lis
                 scaler.step(opt)
                 scaler.update()
                 step += 1
+                _call(callbacks, "on_step_end", step)
                 batch_in_epoch += 1
                 acc["loss_sum"] += loss.item() * labels.shape[0]
                 acc["correct"] += (logits.argmax(1) == labels).sum().item()
@@ -222,6 +224,10 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, callbacks: lis
             "time_s": acc["time_s"],
             "step": step,
         }
+        reading = getattr(window, "reading", None)
+        if reading is not None:
+            metrics["energy_j"] = reading.total_j
+            metrics["energy"] = reading_to_state(reading)
         history.append({"epoch": epoch + 1, **metrics})
         epoch += 1
         batch_in_epoch = 0

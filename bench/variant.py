@@ -1,6 +1,9 @@
 """One variant end to end: ``run_variant(config) -> VariantResult``.
 
-Every entry point (train, sweep, search) is a thin caller of this function.
+Every entry point (train, sweep, search) is a thin caller of this function. Training and evaluation
+each run inside their own energy window; per-epoch energy goes to the callbacks through the
+trainer's history; with ``energy.forecast`` a probe forecasts the training energy first and the
+forecast error is recorded.
 """
 
 from __future__ import annotations
@@ -17,10 +20,14 @@ from bench.atomic import write_text_atomic
 from bench.config import Config, config_to_yaml, flat_params
 from bench.data.manifest import data_root
 from bench.distributed import init_distributed, shutdown
-from bench.evaluate import evaluate, load_model, make_fbank, training_statistics
+from bench.energy.accounting import (carbon_tags, gather_ranks, intensity_series, summarise,
+                                     train_reading_from_history, write_timeline_csv)
+from bench.energy.meters import create_meters
+from bench.evaluate import load_model, make_fbank, training_statistics
+from bench.infer import measure_inference
 from bench.models import spec_from_config
 from bench.models.profile import profile_model
-from bench.train import select_device, train
+from bench.train import select_device, steps_per_epoch, train
 
 
 @dataclass
@@ -32,44 +39,79 @@ class VariantResult:
     metrics: dict[str, dict]
     train: dict
     config: dict
-    energy: dict = field(default_factory=dict)
+    energy_metrics: dict = field(default_factory=dict)  # DESIGN.md metric names -> value
+    energy_tags: dict = field(default_factory=dict)
+    inference: dict = field(default_factory=dict)
+    forecast: dict | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, default=str)
 
 
 def run_variant(cfg: Config, out_dir: str | Path, resume: bool = False, callbacks: list | None = None,
-                epoch_window=None, progress: bool = True) -> VariantResult | None:
-    """Train, evaluate on every configured trial list, write ``out_dir/result.json``.
+                progress: bool = True, meters=None) -> VariantResult | None:
+    """Train, evaluate on every configured trial list, measure energy, write ``out_dir/result.json``.
 
     Under torchrun only rank 0 evaluates and returns a result; other ranks return None.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out_dir / "config.yaml", config_to_yaml(cfg))
-    tr = train(cfg, out_dir, resume=resume, callbacks=callbacks, epoch_window=epoch_window, progress=progress)
     dist_info = init_distributed(select_device(cfg.train.device).type)
-    if not dist_info.is_main:
-        shutdown(dist_info)
-        return None
     device = select_device(cfg.train.device, dist_info.local_rank)
-    model = load_model(tr.model_path, device)
-    t0 = time.perf_counter()
-    stats = training_statistics(model.embedder, make_fbank(cfg, device), data_root(cfg.data.root),
-                                cfg.eval.batch_frames, device, seed=cfg.train.seed)
-    model.payload.update(stats)
-    ckpt.save(model.payload, tr.model_path)
-    metrics = evaluate(model, cfg, device, out_dir)
-    eval_time_s = time.perf_counter() - t0
-    spec = spec_from_config(cfg.model, n_mels=cfg.features.n_mels)
-    prof = profile_model(spec, num_classes=len(model.payload["speakers"]) * (3 if cfg.data.augment.speed_perturb else 1))
-    result = VariantResult(
-        name=cfg.name, out_dir=str(out_dir), spec=spec.to_dict(), profile=prof.to_dict(), metrics=metrics,
-        train={"steps": tr.steps, "epochs": tr.epochs, "time_s": tr.time_s, "eval_time_s": eval_time_s,
-               "skipped_files": tr.skipped_files, "history": tr.history, "world": dist_info.world,
-               "device": str(device), "torch_threads": torch.get_num_threads()},
-        config=flat_params(cfg),
-    )
-    write_text_atomic(out_dir / "result.json", result.to_json())
-    shutdown(dist_info)
-    return result
+    own_meters = meters is None
+    meters = meters if meters is not None else create_meters(cfg.energy, device.type, dist_info.local_rank)
+    series = intensity_series(cfg.energy)
+    try:
+        forecast = None
+        if cfg.energy.forecast and dist_info.is_main and not resume:
+            from bench.energy.forecast import probe
+
+            total = steps_per_epoch(cfg) * cfg.train.epochs
+            forecast = probe(cfg, meters, min(total, cfg.train.max_steps or total)).to_dict()
+        tr = train(cfg, out_dir, resume=resume, callbacks=callbacks, epoch_window=meters.window, progress=progress)
+        train_reading = train_reading_from_history(tr.history)
+        if train_reading is not None:
+            train_reading = gather_ranks(train_reading, dist_info)
+        if not dist_info.is_main:
+            return None
+        model = load_model(tr.model_path, device)
+        with meters.window("eval/train_statistics"):
+            stats = training_statistics(model.embedder, make_fbank(cfg, device), data_root(cfg.data.root),
+                                        cfg.eval.batch_frames, device, seed=cfg.train.seed)
+        model.payload.update(stats)
+        ckpt.save(model.payload, tr.model_path)
+        precisions = ["fp32"] + [p for p in cfg.eval.infer_precisions if p != "fp32"]
+        inference = measure_inference(model, cfg, device, meters, precisions, out_dir, series=series)
+        metrics = inference["fp32"]["metrics"]
+        spec = spec_from_config(cfg.model, n_mels=cfg.features.n_mels)
+        n_classes = len(model.payload["speakers"]) * (3 if cfg.data.augment.speed_perturb else 1)
+        prof = profile_model(spec, num_classes=n_classes)
+        energy_metrics, energy_tags = summarise("train", train_reading, cfg.energy, series)
+        eval_reading = next(r for r in reversed(meters.readings) if r.name == "infer/fp32")
+        em, et = summarise("eval", eval_reading, cfg.energy, series)
+        energy_metrics.update(em)
+        energy_tags.update(et)
+        energy_tags.update(carbon_tags(cfg.energy, series))
+        energy_tags["energy.source"] = energy_tags.get("train.energy.source", "none")
+        energy_tags["energy.estimated"] = energy_tags.get("train.energy.estimated", "false")
+        energy_tags["energy.meters"] = meters.describe()
+        if forecast is not None and forecast["energy_j"] and energy_metrics.get("train/energy_j"):
+            forecast["error_pct"] = 100.0 * (forecast["energy_j"] - energy_metrics["train/energy_j"]) / energy_metrics["train/energy_j"]
+        write_timeline_csv(meters.readings, out_dir / "energy_timeline.csv")
+        result = VariantResult(
+            name=cfg.name, out_dir=str(out_dir), spec=spec.to_dict(), profile=prof.to_dict(), metrics=metrics,
+            train={"steps": tr.steps, "epochs": tr.epochs, "time_s": tr.time_s,
+                   "skipped_files": tr.skipped_files, "history": [{k: v for k, v in h.items() if k != "energy"} for h in tr.history],
+                   "world": dist_info.world, "device": str(device), "torch_threads": torch.get_num_threads()},
+            config=flat_params(cfg), energy_metrics=energy_metrics, energy_tags=energy_tags,
+            inference={p: {k: v for k, v in row.items() if k != "metrics"} | {"eer_pct": {n: m["eer_pct"] for n, m in row["metrics"].items()}}
+                       for p, row in inference.items()},
+            forecast=forecast,
+        )
+        write_text_atomic(out_dir / "result.json", result.to_json())
+        return result
+    finally:
+        if own_meters:
+            meters.close()
+        shutdown(dist_info)
