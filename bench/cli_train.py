@@ -53,7 +53,51 @@ def cmd_eval(args, extra) -> int:
     return 0
 
 
+def cmd_infer(args, extra) -> int:
+    import pandas as pd
+
+    from bench.energy.meters import create_meters
+    from bench.evaluate import load_model
+    from bench.infer import measure_inference
+    from bench.train import select_device
+
+    cfg = _config(args, extra)
+    precisions = [p.strip() for p in args.precision.split(",") if p.strip()]
+    bad = [p for p in precisions if p not in ("fp32", "bf16", "fp16")]
+    if bad or not precisions:
+        raise BenchError(f"--precision takes a comma list of fp32, bf16, fp16 (got {args.precision})")
+    if args.batch_frames:
+        cfg.eval.batch_frames = args.batch_frames
+    device = select_device(cfg.train.device)
+    model = load_model(args.checkpoint, device)
+    meters = create_meters(cfg.energy, device.type)
+    try:
+        rows = measure_inference(model, cfg, device, meters, precisions, Path(args.out) if args.out else None,
+                                 args.trials or None)
+    finally:
+        meters.close()
+    table = pd.DataFrame([{"precision": p, "utt_per_s": r["utt_per_s"], "energy_j_per_utt": r.get("energy_j_per_utt"),
+                           "energy_j_per_1k_trials": r.get("energy_j_per_1k_trials"),
+                           "co2_g_per_1k_trials": r.get("co2_g_per_1k_trials"),
+                           **{f"eer_pct/{n}": m["eer_pct"] for n, m in r["metrics"].items()},
+                           **{f"min_dcf_p01/{n}": m["min_dcf_p01"] for n, m in r["metrics"].items()},
+                           "energy.source": r["energy.source"]} for p, r in rows.items()])
+    print(table.to_string(index=False))
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))
+    return 0
+
+
 def register(sub, parser_class, add_config_args) -> None:
+    i = sub.add_parser("infer", help="inference energy per precision: J/utt, J/1k trials, utt/s, EER")
+    add_config_args(i)
+    i.add_argument("--checkpoint", required=True)
+    i.add_argument("--trials", nargs="*", default=None)
+    i.add_argument("--precision", default="fp32,bf16", help="comma list of fp32, bf16, fp16 (fp16 needs CUDA)")
+    i.add_argument("--batch-frames", type=int, default=None, help="frames per evaluation batch")
+    i.add_argument("--out", default=None, help="folder for score files")
+    i.add_argument("--json", action="store_true")
+    i.set_defaults(func=cmd_infer)
     t = sub.add_parser("train", help="train and evaluate one variant; writes OUT/result.json")
     add_config_args(t)
     t.add_argument("--model", default=None, help="model preset name (same as --model.name)")

@@ -123,3 +123,23 @@ def test_empty_trial_list(tiny_corpus, tmp_path):
     run_variant(_cfg(root, "--train.epochs", "1", "--data.trials", "[synth]"), tmp_path / "m", progress=False)
     assert_one_line_error(run_cli("eval", "--preset", "tiny", "--data.root", root, "--checkpoint",
                                   tmp_path / "m" / "model.pt", "--trials", "empty"), "empty")
+
+
+def test_energy_in_result_and_infer_cli(tiny_corpus, tmp_path):
+    cfg = _cfg(tiny_corpus, "--train.epochs", "2", "--energy.forecast", "true", "--eval.infer_precisions", "[fp32,bf16]")
+    res = run_variant(cfg, tmp_path / "e", progress=False)
+    em, tags = res.energy_metrics, res.energy_tags
+    assert em["train/energy_j"] > 0 and em["train/co2_g"] > 0 and em["train/time_s"] > 0
+    assert em["train/energy_kwh"] == pytest.approx(em["train/energy_j"] / 3.6e6)
+    assert tags["energy.source"] != "none" and tags["carbon.region"] == "FRA"
+    assert tags["energy.estimated"] == ("true" if "estimate" in tags["energy.source"] else "false")
+    assert all(h["energy_j"] > 0 for h in res.train["history"])  # per-epoch energy
+    assert set(res.inference) == {"fp32", "bf16"}
+    assert res.inference["fp32"]["energy_j_per_1k_trials"] > 0
+    assert res.forecast["energy_j"] > 0 and "error_pct" in res.forecast and res.forecast["probe_energy_j"] > 0
+    out = run_cli("infer", "--preset", "tiny", "--data.root", tiny_corpus, "--checkpoint", tmp_path / "e" / "model.pt",
+                  "--precision", "fp32,bf16")
+    assert out.returncode == 0, out.stderr
+    assert "energy_j_per_1k_trials" in out.stdout and "bf16" in out.stdout
+    assert_one_line_error(run_cli("infer", "--preset", "tiny", "--checkpoint", tmp_path / "e" / "model.pt",
+                                  "--precision", "fp8"), "precision")

@@ -1,0 +1,56 @@
+"""Fake hardware for energy tests: a powercap tree whose counters advance at known watts."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+class FakeRapl:
+    """``root/intel-rapl:0`` (package) with an ``intel-rapl:0:0`` dram subzone, advanced by a thread."""
+
+    def __init__(self, root: Path, package_w: float, dram_w: float, max_uj: float = 2e8,
+                 package_start_uj: float = 0.0, period_s: float = 0.005):
+        self.root = Path(root)
+        self.pkg = self.root / "intel-rapl:0"
+        self.dram = self.pkg / "intel-rapl:0:0"
+        self.dram.mkdir(parents=True, exist_ok=True)
+        (self.pkg / "name").write_text("package-0\n")
+        (self.dram / "name").write_text("dram\n")
+        for zone in (self.pkg, self.dram):
+            (zone / "max_energy_range_uj").write_text(f"{int(max_uj)}\n")
+        self.rates = {self.pkg: package_w, self.dram: dram_w}
+        self.start = {self.pkg: package_start_uj, self.dram: 0.0}
+        self.max_uj = max_uj
+        self.period_s = period_s
+        self.t0 = time.time()
+        self._tick()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _tick(self) -> None:
+        dt = time.time() - self.t0
+        for zone, watts in self.rates.items():
+            value = (self.start[zone] + watts * dt * 1e6) % self.max_uj
+            _write(zone / "energy_uj", f"{int(value)}\n")
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._tick()
+            time.sleep(self.period_s)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()

@@ -1,0 +1,163 @@
+import json
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import pytest
+
+from bench.config import EnergyConfig
+from bench.energy.carbon import HourlySeries, carbon_of, lookup
+from bench.energy.meters import MeterSet, create_meters
+from bench.energy.node_meter import NodeMeter
+from bench.energy.reading import EnergyReading, sum_ranks, sum_windows
+from bench.errors import BenchError
+from conftest import REPO
+
+HERE = Path(__file__).parent
+
+
+def _rapl(tmp_path, start_uj, seconds=2.0):
+    proc = subprocess.run([sys.executable, str(HERE / "rapl_child.py"), str(tmp_path / "powercap"), "50", "5",
+                           str(start_uj), str(seconds)], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_zeus_reads_rapl_tree(tmp_path):
+    r = _rapl(tmp_path, start_uj=0)
+    assert r["sources"] == {"cpu:0": "rapl", "dram:0": "rapl"}
+    assert r["source"] == "cpu:rapl,dram:rapl" and r["estimated"] is False
+    assert r["joules"]["cpu:0"] == pytest.approx(50 * r["time_s"], rel=0.02)
+    assert r["joules"]["dram:0"] == pytest.approx(5 * r["time_s"], rel=0.02)
+    assert r["total_j"] == pytest.approx(55 * r["time_s"], rel=0.02)
+
+
+def test_zeus_rapl_wraparound(tmp_path):
+    # package counter starts 30 J below its 200 J range: it wraps after 0.6 s of a 2 s window
+    r = _rapl(tmp_path, start_uj=2e8 - 30e6)
+    assert r["joules"]["cpu:0"] == pytest.approx(50 * r["time_s"], rel=0.02)
+
+
+WATTS_SCRIPT = "import sys; print('Instantaneous power reading: ' + sys.argv[1] + ' Watts')"
+
+
+def test_node_meter_integrates_real_subprocess():
+    meter = NodeMeter([sys.executable, "-c", WATTS_SCRIPT, "123.5"], regex=r"([0-9.]+)\s*Watts", period_s=0.1)
+    ms = MeterSet([meter])
+    with ms.window("w") as w:
+        time.sleep(1.5)
+    ms.close()
+    r = w.reading
+    assert r.source_tag == "node:command" and not r.incomplete
+    assert r.total_j == pytest.approx(123.5 * r.time_s, rel=0.02)
+    assert len(r.timeline["node"]) >= 5
+
+
+def test_node_meter_failing_midrun_marks_incomplete(tmp_path):
+    flag = tmp_path / "watts"
+    flag.write_text("80")
+    script = "import sys, pathlib; p = pathlib.Path(sys.argv[1]); print(p.read_text() + ' W')"
+    meter = NodeMeter([sys.executable, "-c", script, str(flag)], period_s=0.1)
+    ms = MeterSet([meter])
+    with ms.window("ok") as good:
+        time.sleep(0.5)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with ms.window("broken") as bad:
+            flag.unlink()  # the command now exits 1
+            time.sleep(0.5)
+    ms.close()
+    assert not good.reading.incomplete and good.reading.total_j == pytest.approx(80 * good.reading.time_s, rel=0.05)
+    assert "node" in bad.reading.incomplete and "exit code 1" in bad.reading.incomplete["node"]
+    assert bad.reading.total_j is None and bad.reading.node_j is None  # never a silent 0
+    assert any("incomplete" in str(c.message) for c in caught)
+
+
+def test_node_meter_command_that_never_works():
+    with pytest.raises(BenchError, match="failed"):
+        NodeMeter([sys.executable, "-c", "print('no number')"], period_s=0.1)
+    with pytest.raises(BenchError, match="argv list"):
+        NodeMeter("ipmitool dcmi power reading")
+
+
+def test_estimate_is_labelled_and_used_only_when_nothing_measures():
+    ms = create_meters(EnergyConfig(meters=["auto"]), "cpu")  # no GPU, no RAPL here
+    with ms.window("w") as w:
+        sum(i * i for i in range(300000))
+    ms.close()
+    if w.reading.source_tag.startswith("cpu:estimate"):
+        assert w.reading.estimated and w.reading.total_j > 0
+        assert set(w.reading.sources.values()) == {"estimate"}
+    else:  # a machine with real counters never falls back to the estimate
+        assert not w.reading.estimated
+
+
+def test_total_rule_node_wins_and_missing_is_absent():
+    r = EnergyReading("w", 0.0, 10.0, {"gpu:0": 100.0, "cpu:0": 50.0, "node": 400.0},
+                      {"gpu:0": "nvml", "cpu:0": "rapl", "node": "command"})
+    assert r.total_j == 400.0 and r.source_tag == "gpu:nvml,cpu:rapl,node:command"
+    r.incomplete["node"] = "failed"
+    assert r.total_j == 150.0 and r.node_j is None and r.dram_j is None
+
+
+def test_idle_baseline_gives_dynamic_energy():
+    r = EnergyReading("w", 0.0, 10.0, {"node": 1000.0}, {"node": "command"}, idle_power_w={"node": 60.0})
+    assert r.dynamic_j == pytest.approx(400.0)
+
+
+def test_ranks_count_shared_meters_once_per_host():
+    def rank(gpu):
+        return EnergyReading("train", 0.0, 10.0, {f"gpu:{gpu}": 100.0, "cpu:0": 40.0, "node": 500.0},
+                             {f"gpu:{gpu}": "nvml", "cpu:0": "rapl", "node": "command"})
+    one_host = sum_ranks([rank(0), rank(1)], ["a", "a"])
+    assert one_host.gpu_j == 200.0 and one_host.cpu_j == 40.0 and one_host.node_j == 500.0
+    two_hosts = sum_ranks([rank(0), rank(1), rank(0), rank(1)], ["a", "a", "b", "b"])
+    assert two_hosts.gpu_j == 400.0 and two_hosts.cpu_j == 80.0 and two_hosts.node_j == 1000.0
+    assert two_hosts.total_j == 1000.0
+    seq = sum_windows([rank(0), rank(0)], "train")
+    assert seq.time_s == 20.0 and seq.gpu_j == 200.0
+
+
+def test_carbon_table_lookups_equal_shipped_csv():
+    import pandas as pd
+
+    table = pd.read_csv(REPO / "bench" / "energy" / "data" / "carbon_intensity.csv").set_index("iso3")
+    for iso in ("FRA", "DEU", "USA", "WLD"):
+        assert lookup(iso).g_per_kwh == pytest.approx(float(table.loc[iso, "intensity_g_per_kwh"]))
+        assert "codecarbon" in lookup(iso).source
+    with pytest.warns(UserWarning, match="world average"):
+        unknown = lookup("XXX")
+    assert unknown.fallback and unknown.g_per_kwh == lookup("WLD").g_per_kwh
+
+
+def test_hourly_series_splits_energy_across_two_hours(tmp_path):
+    csv = tmp_path / "ci.csv"
+    csv.write_text("timestamp,g_per_kwh\n2026-01-01T10:00:00Z,100\n2026-01-01T11:00:00Z,300\n2026-01-01T12:00:00Z,300\n")
+    series = HourlySeries.from_csv(csv)
+    t_start = pd_ts("2026-01-01T10:30:00Z")
+    # 1 kWh spread evenly over 10:30-11:30: half at 100, half at 300 -> 200 g
+    r = EnergyReading("w", t_start, 3600.0, {"node": 3.6e6}, {"node": "command"})
+    c = carbon_of([r], pue=1.0, series=series)
+    assert c.co2_g == pytest.approx(200.0)
+    # PUE applied once, to energy
+    c2 = carbon_of([r], pue=1.5, series=series)
+    assert c2.co2_g == pytest.approx(300.0) and c2.facility_kwh == pytest.approx(1.5)
+    fra = carbon_of([r], pue=1.5, region="FRA")
+    assert fra.co2_g == pytest.approx(1.5 * lookup("FRA").g_per_kwh)
+
+
+def test_series_errors(tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("time,value\n1,2\n")
+    with pytest.raises(BenchError, match="timestamp,g_per_kwh"):
+        HourlySeries.from_csv(bad)
+    with pytest.raises(BenchError, match="does not exist"):
+        HourlySeries.from_csv(tmp_path / "none.csv")
+
+
+def pd_ts(s):
+    import pandas as pd
+
+    return pd.Timestamp(s).timestamp()
