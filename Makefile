@@ -4,6 +4,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
+export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR = false
+
 .PHONY: test demo install clean
 
 $(STAMP): pyproject.toml
@@ -18,8 +20,10 @@ install: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+# The demo: `mlflow run` of the `main` entry (synthetic corpus, the demo sweep, the report).
 demo: $(STAMP)
-	$(VENV)/bin/svbench data synth --out data/demo --size demo --seed 0 --force
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" MLFLOW_TRACKING_URI="$${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db}" \
+	  $(VENV)/bin/mlflow run . --env-manager local --experiment-name svbench-demo
 
 clean:
 	rm -rf $(VENV) data/tiny data/demo mlruns mlflow.db

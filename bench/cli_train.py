@@ -18,18 +18,41 @@ def _config(args, extra):
 
 
 def cmd_train(args, extra) -> int:
+    import os
+
+    from bench.models import spec_from_config
     from bench.variant import run_variant
 
     cfg = _config(args, extra)
-    from bench.models import spec_from_config
-
     spec_from_config(cfg.model, n_mels=cfg.features.n_mels)  # fail fast on a bad model
-    result = run_variant(cfg, args.out, resume=args.resume)
+    if args.no_track or int(os.environ.get("RANK", "0")) != 0 and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        result = run_variant(cfg, args.out, resume=args.resume)
+    else:
+        from bench import tracking
+
+        run_id = os.environ.pop("MLFLOW_RUN_ID", None)  # launched by `mlflow run`: log into that run
+        exp_id = None if run_id else tracking.set_experiment(cfg.tracking.experiment)
+        if run_id is None and args.resume:
+            run_id = _previous_run(exp_id, args.out)
+        tracking.setup_tracking()
+        rid, result = tracking.run_tracked(cfg, args.out, run_id=run_id, experiment_id=exp_id, resume=args.resume)
+        print(f"MLflow run {rid} at {tracking.setup_tracking()}")
     if result is not None:
         for name, m in result.metrics.items():
             print(f"{name}: EER {m['eer_pct']:.2f}%  minDCF(0.01) {m['min_dcf_p01']:.3f}  minDCF(0.05) {m['min_dcf_p05']:.3f}  ({m['n_trials']} trials)")
         print(f"train: {result.train['steps']} steps in {result.train['time_s']:.1f} s; result: {Path(args.out) / 'result.json'}")
     return 0
+
+
+def _previous_run(exp_id, out) -> str | None:
+    from mlflow.tracking import MlflowClient
+
+    from bench import tracking
+
+    out = str(Path(out).resolve())
+    runs = MlflowClient().search_runs([exp_id], filter_string=f"tags.`{tracking.TAG_OUT}` = '{out}'",
+                                      order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0].info.run_id if runs and runs[0].info.status != "FINISHED" else None
 
 
 def cmd_eval(args, extra) -> int:
@@ -98,11 +121,16 @@ def register(sub, parser_class, add_config_args) -> None:
     i.add_argument("--out", default=None, help="folder for score files")
     i.add_argument("--json", action="store_true")
     i.set_defaults(func=cmd_infer)
+
+    from bench import cli_sweep
+
+    cli_sweep.register(sub, parser_class, add_config_args)
     t = sub.add_parser("train", help="train and evaluate one variant; writes OUT/result.json")
     add_config_args(t)
     t.add_argument("--model", default=None, help="model preset name (same as --model.name)")
     t.add_argument("--out", required=True, help="output folder (checkpoints, scores, result.json)")
-    t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt")
+    t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt (and its MLflow run)")
+    t.add_argument("--no-track", action="store_true", help="do not log to MLflow")
     t.set_defaults(func=cmd_train)
     e = sub.add_parser("eval", help="evaluate a trained model.pt on trial lists")
     add_config_args(e)

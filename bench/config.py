@@ -106,6 +106,7 @@ class TrainConfig(_Section):
 class EvalConfig(_Section):
     batch_frames: int = Field(60000, ge=100, description="frames per evaluation batch (length bucketing)")
     subtract_mean: bool = True
+    stats_max_utts: int = Field(2000, ge=10, description="training utterances for the mean embedding and AS-norm cohort")
     as_norm: bool = False
     as_norm_top_n: int = Field(100, ge=1)
     infer_precisions: list[Literal["fp32", "bf16", "fp16"]] = Field(

@@ -78,7 +78,8 @@ def run_variant(cfg: Config, out_dir: str | Path, resume: bool = False, callback
         model = load_model(tr.model_path, device)
         with meters.window("eval/train_statistics"):
             stats = training_statistics(model.embedder, make_fbank(cfg, device), data_root(cfg.data.root),
-                                        cfg.eval.batch_frames, device, seed=cfg.train.seed)
+                                        cfg.eval.batch_frames, device, max_utts=cfg.eval.stats_max_utts,
+                                        seed=cfg.train.seed)
         model.payload.update(stats)
         ckpt.save(model.payload, tr.model_path)
         precisions = ["fp32"] + [p for p in cfg.eval.infer_precisions if p != "fp32"]

@@ -11,6 +11,34 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _mlflow_store(tmp_path_factory):
+    """Keep MLflow runs of the tests out of the repository: a session-wide sqlite store."""
+    db = tmp_path_factory.mktemp("mlflow") / "mlflow.db"
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{db}"
+    yield db
+
+
+def postgres_url(dbname: str | None = None) -> str | None:
+    """A fresh PostgreSQL database on 127.0.0.1:5432 (trust auth) or None when no server answers."""
+    try:
+        import psycopg2
+    except ImportError:
+        return None
+    try:
+        conn = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="test", connect_timeout=3)
+    except Exception:
+        return None
+    if dbname is None:
+        return "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+        cur.execute(f'CREATE DATABASE "{dbname}"')
+    conn.close()
+    return f"postgresql+psycopg2://postgres@127.0.0.1:5432/{dbname}"
+
+
 @pytest.fixture(scope="session")
 def tiny_corpus(tmp_path_factory) -> Path:
     from bench.data.synth import generate_corpus

@@ -1,0 +1,1 @@
+"""Analysis: MLflow runs -> pandas -> tables, Pareto and knee plots, report.md."""

@@ -1,0 +1,191 @@
+"""``svbench report``: pull runs with ``mlflow.search_runs`` into pandas and write ``report.md``,
+``report.csv`` and figures (EER vs training energy with the Pareto front and knee, EER vs params,
+inference J/1k trials per variant and precision, the study-style depth / width / stage tables)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import mlflow  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from analysis.pareto import knee_index, marginal_gains, pareto_mask  # noqa: E402
+from bench.atomic import write_text_atomic  # noqa: E402
+from bench.errors import BenchError  # noqa: E402
+
+NOISE_NOTE = ("Differences under about 1 EER point are noise at the synthetic demo's trial count "
+              "(a few thousand trials).")
+
+
+def load_runs(experiment: str | None = None, sweep_key: str | None = None, parent_run_id: str | None = None,
+              extra_filter: str | None = None) -> pd.DataFrame:
+    from bench import tracking
+
+    tracking.setup_tracking()
+    if experiment is None and parent_run_id is None:
+        raise BenchError("give --experiment NAME or --parent-run ID for the report")
+    if parent_run_id:
+        try:
+            exp_ids = [mlflow.get_run(parent_run_id).info.experiment_id]
+        except Exception:
+            raise BenchError(f"MLflow run {parent_run_id} not found at {mlflow.get_tracking_uri()}") from None
+    else:
+        exp = mlflow.get_experiment_by_name(experiment)
+        if exp is None:
+            raise BenchError(f"no MLflow experiment '{experiment}' at {mlflow.get_tracking_uri()}; run a sweep first")
+        exp_ids = [exp.experiment_id]
+    filters = ["attributes.status = 'FINISHED'"]
+    if sweep_key:
+        filters.append(f"tags.`{tracking.TAG_SWEEP}` = '{sweep_key}'")
+    elif parent_run_id:  # a sweep's runs may hang under several parents (re-runs); otherwise the parent's children
+        filters.append(f"tags.`{tracking.PARENT}` = '{parent_run_id}'")
+    if extra_filter:
+        filters.append(extra_filter)
+    df = mlflow.search_runs(exp_ids, filter_string=" and ".join(filters), max_results=10000,
+                            order_by=["attributes.start_time DESC"])
+    kind_col = f"tags.{tracking.TAG_KIND}"
+    if df.empty or kind_col not in df.columns:
+        return df.iloc[0:0]
+    df = df[df[kind_col].isin(["variant", "trial"])]
+    df = df.drop_duplicates(subset=[f"tags.{tracking.TAG_VARIANT}"], keep="first")  # latest run per variant
+    return df.reset_index(drop=True)
+
+
+def variant_table(runs: pd.DataFrame, trials: str | None = None) -> tuple[pd.DataFrame, str]:
+    eer_cols = sorted(c for c in runs.columns if c.startswith("metrics.eer_pct/"))
+    if not eer_cols:
+        raise BenchError("the runs have no eer_pct metrics")
+    trials = trials or eer_cols[0].split("/", 1)[1]
+    col = lambda name: runs[name] if name in runs.columns else pd.Series([np.nan] * len(runs))  # noqa: E731
+    t = pd.DataFrame({
+        "variant": runs["tags.svbench.variant"],
+        "series": col("tags.svbench.series").fillna(""),
+        "stages": col("params.model.stages"),
+        "width": pd.to_numeric(col("params.model.width_mult"), errors="coerce"),
+        "depth": pd.to_numeric(col("params.model.depth"), errors="coerce"),
+        "params_m": col("metrics.model/params_m"),
+        "gmacs_per_s": col("metrics.model/gmacs_per_s_audio"),
+        "eer_pct": col(f"metrics.eer_pct/{trials}"),
+        "min_dcf_p01": col(f"metrics.min_dcf_p01/{trials}"),
+        "train_energy_j": col("metrics.train/energy_j"),
+        "train_energy_kwh": col("metrics.train/energy_kwh"),
+        "train_co2_g": col("metrics.train/co2_g"),
+        "train_time_s": col("metrics.train/time_s"),
+        "infer_j_per_1k_trials": col("metrics.infer/energy_j_per_1k_trials"),
+        "infer_bf16_j_per_1k_trials": col("metrics.infer_bf16/energy_j_per_1k_trials"),
+        "energy_source": col("tags.energy.source"),
+        "run_id": runs["run_id"],
+    })
+    t = t.sort_values("train_energy_j").reset_index(drop=True)
+    ok = t["train_energy_j"].notna() & t["eer_pct"].notna()
+    t["pareto"] = False
+    if ok.any():
+        t.loc[ok, "pareto"] = pareto_mask(t.loc[ok, "train_energy_j"].to_numpy(), t.loc[ok, "eer_pct"].to_numpy())
+    return t, trials
+
+
+def _fig_eer_vs_energy(t: pd.DataFrame, trials: str, path: Path, knee: str | None) -> None:
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    front = t[t["pareto"]].sort_values("train_energy_j")
+    ax.scatter(t["train_energy_j"], t["eer_pct"], c=["tab:red" if p else "tab:blue" for p in t["pareto"]], zorder=3)
+    ax.plot(front["train_energy_j"], front["eer_pct"], "--", color="tab:red", label="Pareto front")
+    for _, r in t.iterrows():
+        ax.annotate(r["variant"] + (" (knee)" if r["variant"] == knee else ""), (r["train_energy_j"], r["eer_pct"]),
+                    textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel(f"training energy (J, log) [{', '.join(sorted(set(t['energy_source'].dropna())))}]")
+    ax.set_ylabel(f"EER % ({trials})")
+    ax.set_title("How much accuracy does each joule buy?")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _fig_eer_vs_params(t: pd.DataFrame, trials: str, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.scatter(t["params_m"], t["eer_pct"])
+    for _, r in t.iterrows():
+        ax.annotate(r["variant"], (r["params_m"], r["eer_pct"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel("parameters (millions, without head, log)")
+    ax.set_ylabel(f"EER % ({trials})")
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _fig_inference(t: pd.DataFrame, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(7, 4))
+    x = np.arange(len(t))
+    ax.bar(x - 0.2, t["infer_j_per_1k_trials"], width=0.4, label="fp32")
+    if t["infer_bf16_j_per_1k_trials"].notna().any():
+        ax.bar(x + 0.2, t["infer_bf16_j_per_1k_trials"], width=0.4, label="bf16")
+    ax.set_xticks(x, t["variant"], rotation=30, ha="right")
+    ax.set_ylabel("inference energy (J per 1k trials)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _md(df: pd.DataFrame) -> str:
+    return df.to_markdown(index=False, floatfmt=".4g")
+
+
+def build_report(runs: pd.DataFrame, out_dir: str | Path, title: str, trials: str | None = None) -> dict:
+    """Write report.md, report.csv and figures into ``out_dir``; returns paths and the table."""
+    if runs.empty:
+        raise BenchError("no finished runs to report on; run a sweep or search first")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    t, trials = variant_table(runs, trials)
+    front = t[t["pareto"]]
+    k = knee_index(front, "train_energy_j", "eer_pct") if len(front) else None
+    knee = front.sort_values("train_energy_j").reset_index(drop=True).iloc[k]["variant"] if k is not None else None
+    gains = marginal_gains(front, "train_energy_j", "eer_pct") if len(front) else front
+    _fig_eer_vs_energy(t, trials, out / "eer_vs_energy.png", knee)
+    _fig_eer_vs_params(t, trials, out / "eer_vs_params.png")
+    _fig_inference(t, out / "inference_energy.png")
+    t.to_csv(out / "report.csv", index=False)
+    sources = ", ".join(sorted(set(t["energy_source"].dropna())))
+    lines = [f"# {title}", "", f"Trial list: `{trials}`. Energy source: `{sources}`"
+             + (" (**estimates**, not measurements)" if "estimate" in sources else "") + ".", "", NOISE_NOTE, "",
+             "## All variants (sorted by training energy; `pareto` marks the front)", "",
+             _md(t[["variant", "stages", "width", "params_m", "gmacs_per_s", "eer_pct", "min_dcf_p01", "train_energy_j",
+                    "train_co2_g", "infer_j_per_1k_trials", "pareto"]]), "",
+             "![EER vs energy](eer_vs_energy.png)", "", "## Diminishing returns along the front", ""]
+    if len(gains) > 1:
+        lines += [_md(gains[["variant", "train_energy_j", "eer_pct", "extra_kwh", "eer_gain_pct_points", "eer_gain_per_kwh"]]), ""]
+    lines += [f"Knee of the front: **{knee}**." if knee else "Fewer than 3 points on the front: no knee.", "",
+              "![EER vs params](eer_vs_params.png)", "", "## Inference", "", "![inference](inference_energy.png)", ""]
+    for series in ("depth", "width", "stages"):
+        sub = t[t["series"].str.split(",").apply(lambda s: series in s)]
+        if len(sub):
+            order = {"depth": "depth", "width": "width", "stages": "variant"}[series]
+            lines += [f"## {series.capitalize()} series", "",
+                      _md(sub.sort_values(order)[["variant", "stages", "width", "depth", "params_m", "eer_pct", "min_dcf_p01",
+                                                   "train_energy_kwh", "train_co2_g", "infer_j_per_1k_trials"]]), ""]
+    write_text_atomic(out / "report.md", "\n".join(lines))
+    return {"dir": out, "table": t, "knee": knee, "trials": trials}
+
+
+def log_report(report: dict, run_id: str) -> None:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    for p in sorted(Path(report["dir"]).iterdir()):
+        client.log_artifact(run_id, str(p), "report")
+
+
+def terminal_table(report: dict) -> str:
+    t = report["table"]
+    cols = ["variant", "params_m", "eer_pct", "min_dcf_p01", "train_energy_j", "train_co2_g", "infer_j_per_1k_trials", "pareto"]
+    return t[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}")

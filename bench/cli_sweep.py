@@ -1,0 +1,85 @@
+"""sweep / report sub-commands (MLflow-tracked)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bench.errors import BenchError
+
+
+def _ensure_synth(root: str, size: str | None, seed: int = 0) -> None:
+    if size is None:
+        return
+    if (Path(root) / "train.csv").is_file():
+        print(f"data: using the existing corpus in {root}")
+        return
+    from bench.data.synth import generate_corpus
+
+    print(f"data: generating the synthetic '{size}' corpus into {root} ...")
+    s = generate_corpus(root, seed=seed, size=size)
+    print(f"data: {s['train_speakers']} training speakers, {s['test_speakers']} test speakers, {s['hours']:.2f} h, {s['trials']} trials")
+
+
+def cmd_sweep(args, extra) -> int:
+    from bench import tracking
+    from bench.config import parse_overrides
+    from bench.sweep import load_grid, run_sweep
+
+    overrides = parse_overrides(extra)
+    if args.data_root:
+        overrides["data.root"] = args.data_root
+    grid = load_grid(args.grid, overrides)
+    root = grid.variants[0].config.data.root
+    _ensure_synth(root, args.synth)
+    out_root = Path(args.out) / grid.name
+    summary = run_sweep(grid, out_root, new=args.new)
+    print(f"sweep {grid.name}: ran {len(summary['ran'])}, skipped {len(summary['skipped'])} (parent run {summary['parent_run_id']})")
+    if args.report:
+        _report(sweep_key=summary["key"], parent=summary["parent_run_id"], out=Path(args.reports) / grid.name,
+                title=f"Sweep {grid.name}")
+    print(f"\nOpen the MLflow UI:  mlflow ui --backend-store-uri {tracking.setup_tracking()} --host 127.0.0.1 --port 5000")
+    return 0
+
+
+def _report(sweep_key=None, parent=None, out=None, title="report", experiment=None, trials=None) -> dict:
+    from analysis.report import build_report, load_runs, log_report, terminal_table
+
+    runs = load_runs(experiment=experiment, sweep_key=sweep_key, parent_run_id=parent)
+    rep = build_report(runs, out, title, trials)
+    if parent:
+        log_report(rep, parent)
+    print(f"\n{title}: {len(rep['table'])} variants, trial list {rep['trials']}")
+    print(terminal_table(rep))
+    print(f"Pareto-optimal: {', '.join(rep['table'][rep['table']['pareto']]['variant'])}; knee: {rep['knee']}")
+    print("Differences under about 1 EER point are noise at the demo's trial count.")
+    print(f"report: {Path(rep['dir']) / 'report.md'}")
+    return rep
+
+
+def cmd_report(args, extra) -> int:
+    if extra:
+        raise BenchError(f"unexpected argument(s): {' '.join(extra)}")
+    if not args.experiment and not args.parent_run:
+        raise BenchError("give --experiment NAME or --parent-run RUN_ID")
+    out = Path(args.out) if args.out else Path("reports") / (args.experiment or args.parent_run)
+    _report(parent=args.parent_run, out=out, title=f"Report {args.experiment or args.parent_run}",
+            experiment=args.experiment, trials=args.trials)
+    return 0
+
+
+def register(sub, parser_class, add_config_args) -> None:
+    s = sub.add_parser("sweep", help="run a grid of variants as nested MLflow runs (resumable)")
+    s.add_argument("--grid", default="demo", help="demo, paper-depth, paper-width, paper-stages, paper-all, wespeaker or a YAML file")
+    s.add_argument("--data-root", default=None, help="same as --data.root")
+    s.add_argument("--synth", default=None, help="generate this synthetic corpus size at the data root if missing")
+    s.add_argument("--out", default="runs", help="folder for checkpoints and scores (runs/<grid>/<variant>)")
+    s.add_argument("--report", action="store_true", help="write and print the report at the end")
+    s.add_argument("--reports", default="reports")
+    s.add_argument("--new", action="store_true", help="start a new parent run instead of continuing the last one")
+    s.set_defaults(func=cmd_sweep)
+    r = sub.add_parser("report", help="tables and Pareto plots from MLflow runs")
+    r.add_argument("--experiment", default=None)
+    r.add_argument("--parent-run", default=None, help="report the children of this run")
+    r.add_argument("--trials", default=None, help="trial list whose EER is plotted (default: the first)")
+    r.add_argument("--out", default=None)
+    r.set_defaults(func=cmd_report)

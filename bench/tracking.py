@@ -1,0 +1,260 @@
+"""The one place that knows MLflow names: params, metric keys, tags and artifacts of a variant run.
+
+Metric keys are identical across runs (DESIGN.md): ``eer_pct/<trials>``, ``min_dcf_p01/<trials>``,
+``min_dcf_p05/<trials>``, ``train/energy_j`` ... ``infer/energy_j_per_1k_trials``, ``model/params_m``.
+The tracking URI is MLflow's own: ``MLFLOW_TRACKING_URI`` when set, else ``sqlite:///mlflow.db``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import subprocess
+import tempfile
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import torch
+from mlflow.tracking import MlflowClient
+
+from bench.config import Config, config_to_yaml, flat_params
+from bench.errors import BenchError
+
+DEFAULT_URI = "sqlite:///mlflow.db"
+TAG_KIND = "svbench.kind"  # sweep | variant | study | trial
+TAG_VARIANT = "svbench.variant"
+TAG_SWEEP = "svbench.sweep"
+TAG_SERIES = "svbench.series"
+TAG_OUT = "svbench.out_dir"
+PARENT = "mlflow.parentRunId"
+
+
+def setup_tracking() -> str:
+    for name in ("mlflow", "alembic"):  # keep the CLI's stderr for our messages and real warnings
+        logging.getLogger(name).setLevel(logging.WARNING)
+    if not os.environ.get("MLFLOW_TRACKING_URI"):
+        mlflow.set_tracking_uri(DEFAULT_URI)
+    return mlflow.get_tracking_uri()
+
+
+def set_experiment(name: str) -> str:
+    setup_tracking()
+    try:
+        return mlflow.set_experiment(name).experiment_id
+    except Exception as exc:  # server down, bad URI
+        raise BenchError(f"cannot reach MLflow tracking at {mlflow.get_tracking_uri()} ({str(exc).splitlines()[0][:120]}); start the server or unset MLFLOW_TRACKING_URI") from None
+
+
+# ---------------------------------------------------------------- names
+def variant_params(cfg: Config, spec) -> dict:
+    params = flat_params(cfg)
+    params.update({"model.depth": spec.depth, "model.stages": spec.stages_str, "model.width_mult": spec.width_mult,
+                   "model.block": spec.block, "model.channels": "-".join(map(str, spec.channels)),
+                   "model.family": spec.family, "model.embed_dim": spec.embed_dim, "model.pooling": spec.pooling})
+    return {k: ("" if v is None else v) for k, v in params.items()}
+
+
+def result_metrics(result) -> dict[str, float]:
+    m: dict[str, float] = {}
+    for trials, r in result.metrics.items():
+        m[f"eer_pct/{trials}"] = r["eer_pct"]
+        m[f"min_dcf_p01/{trials}"] = r["min_dcf_p01"]
+        m[f"min_dcf_p05/{trials}"] = r["min_dcf_p05"]
+    m.update({k: v for k, v in result.energy_metrics.items() if v is not None})
+    for precision, row in result.inference.items():
+        prefix = "infer" if precision == "fp32" else f"infer_{precision}"
+        for key in ("energy_j_per_utt", "energy_j_per_1k_trials", "co2_g_per_1k_trials", "utt_per_s", "time_s"):
+            if row.get(key) is not None:
+                m[f"{prefix}/{key}"] = row[key]
+        for trials, eer in row["eer_pct"].items():
+            if precision != "fp32":
+                m[f"{prefix}/eer_pct/{trials}"] = eer
+    m["model/params_m"] = result.profile["params"] / 1e6
+    m["model/params_with_head_m"] = result.profile["params_with_head"] / 1e6
+    m["model/gmacs_per_s_audio"] = result.profile["gmacs_per_s_audio"]
+    m["train/steps"] = result.train["steps"]
+    if result.forecast:
+        for key in ("energy_j", "time_s", "probe_energy_j", "error_pct"):
+            if result.forecast.get(key) is not None:
+                m[f"forecast/{key}"] = result.forecast[key]
+    return m
+
+
+def environment_tags() -> dict[str, str]:
+    tags = {"torch.version": torch.__version__, "cuda.version": str(torch.version.cuda),
+            "cpu.model": _cpu_model(), "cpu.count": str(os.cpu_count()),
+            "gpu.count": str(torch.cuda.device_count()), "git.commit": _git_commit()}
+    if torch.cuda.is_available():
+        tags["gpu.model"] = torch.cuda.get_device_name(0)
+    return tags
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+
+
+# ---------------------------------------------------------------- callbacks
+class EpochLogger:
+    """Trainer callback: per-epoch loss, accuracy, lr, margin, energy and time with step = epoch."""
+
+    def __init__(self, run_id: str):
+        self.run_id = run_id
+        self.client = MlflowClient()
+
+    def on_epoch_end(self, epoch: int, metrics: dict) -> None:
+        keys = {"loss": "train/epoch_loss", "accuracy": "train/epoch_accuracy", "lr": "train/epoch_lr",
+                "margin": "train/epoch_margin", "energy_j": "train/epoch_energy_j", "time_s": "train/epoch_time_s",
+                "skipped_files": "train/epoch_skipped_files"}
+        for k, name in keys.items():
+            if metrics.get(k) is not None:
+                self.client.log_metric(self.run_id, name, float(metrics[k]), step=epoch)
+
+
+# ---------------------------------------------------------------- artifacts
+def _det_plot(result, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from scipy.stats import norm
+
+    from bench.metrics import det_points
+
+    fig, ax = plt.subplots(figsize=(5, 5))
+    for trials, r in result.metrics.items():
+        rows = [ln.split() for ln in Path(r["score_file"]).read_text().splitlines()]
+        labels = np.array([int(x[0]) for x in rows])
+        scores = np.array([float(x[1]) for x in rows])
+        fpr, fnr = det_points(scores, labels)
+        clip = lambda v: np.clip(v, 1e-4, 1 - 1e-4)  # noqa: E731
+        ax.plot(norm.ppf(clip(fpr)), norm.ppf(clip(fnr)), label=f"{trials} (EER {r['eer_pct']:.2f}%)")
+    ticks = [0.001, 0.01, 0.05, 0.2, 0.5]
+    ax.set_xticks(norm.ppf(ticks), [f"{t:g}" for t in ticks])
+    ax.set_yticks(norm.ppf(ticks), [f"{t:g}" for t in ticks])
+    ax.set_xlabel("false acceptance rate")
+    ax.set_ylabel("false rejection rate")
+    ax.set_title(f"DET: {result.name}")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _energy_plot(result, out_dir: Path, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    tl = out_dir / "energy_timeline.csv"
+    if tl.is_file():
+        df = pd.read_csv(tl)
+        for comp, g in df.groupby("component"):
+            ax.plot(g["time_unix_s"] - df["time_unix_s"].min(), g["power_w"], label=comp)
+        ax.set_xlabel("time (s)")
+        ax.set_ylabel("power (W)")
+    else:
+        hist = result.train["history"]
+        ax.bar([h["epoch"] for h in hist], [h.get("energy_j") or 0 for h in hist])
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("energy (J)")
+    ax.set_title(f"training energy ({result.energy_tags.get('energy.source', 'none')})")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def log_artifacts(result, cfg: Config, model_path: Path, log_model: bool) -> None:
+    out_dir = Path(result.out_dir)
+    mlflow.log_text(config_to_yaml(cfg), "config.yaml")
+    mlflow.log_dict(json.loads(result.to_json()), "result.json")
+    for r in result.metrics.values():
+        if r.get("score_file") and Path(r["score_file"]).is_file():
+            mlflow.log_artifact(r["score_file"], "scores")
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        _det_plot(result, tmp / "det.png")
+        _energy_plot(result, out_dir, tmp / "energy.png")
+        mlflow.log_artifact(str(tmp / "det.png"))
+        mlflow.log_artifact(str(tmp / "energy.png"))
+    if (out_dir / "energy_timeline.csv").is_file():
+        mlflow.log_artifact(str(out_dir / "energy_timeline.csv"))
+    import pandas as pd
+
+    windows = pd.DataFrame([{"epoch": h["epoch"], "time_s": h["time_s"], "energy_j": h.get("energy_j")}
+                            for h in result.train["history"]])
+    mlflow.log_text(windows.to_csv(index=False), "energy_per_epoch.csv")
+    from bench.evaluate import load_model
+
+    model = load_model(model_path, torch.device("cpu"))
+    summary = f"{model.embedder}\n\nspec: {json.dumps(result.spec, indent=1)}\nprofile: {json.dumps(result.profile, indent=1)}\n"
+    mlflow.log_text(summary, "model_summary.txt")
+    if log_model:
+        from mlflow.models import infer_signature
+
+        example = np.zeros((1, 200, model.spec.n_mels), dtype=np.float32)
+        with torch.no_grad():
+            out = model.embedder(torch.from_numpy(example)).numpy()
+        mlflow.pytorch.log_model(model.embedder, name="model", signature=infer_signature(example, out),
+                                 input_example=example, pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+
+
+# ---------------------------------------------------------------- one tracked variant
+def find_child_runs(parent_run_id: str, experiment_id: str) -> list:
+    return MlflowClient().search_runs([experiment_id], filter_string=f"tags.`{PARENT}` = '{parent_run_id}'",
+                                      max_results=5000)
+
+
+def run_tracked(cfg: Config, out_dir: str | Path, run_id: str | None = None, parent_run_id: str | None = None,
+                experiment_id: str | None = None, run_name: str | None = None, extra_tags: dict | None = None,
+                resume: bool = False, progress: bool = True, meters=None):
+    """``run_variant`` inside an MLflow run (a new one, or ``run_id`` continued); returns (run_id, result)."""
+    from bench.models import spec_from_config
+    from bench.variant import run_variant
+
+    spec = spec_from_config(cfg.model, n_mels=cfg.features.n_mels)
+    tags = {TAG_KIND: "variant", TAG_VARIANT: run_name or cfg.name, TAG_OUT: str(Path(out_dir).resolve()),
+            **environment_tags(), **(extra_tags or {})}
+    kwargs = {"log_system_metrics": cfg.tracking.system_metrics}
+    if run_id is None:
+        kwargs.update(run_name=run_name or cfg.name, experiment_id=experiment_id, tags=tags)
+        if parent_run_id:
+            kwargs["parent_run_id"] = parent_run_id
+    with mlflow.start_run(run_id=run_id, **kwargs) as run:
+        if run_id is not None:
+            mlflow.set_tags(tags)
+        rid = run.info.run_id
+        existing = MlflowClient().get_run(rid).data.params
+        params = {k: v for k, v in variant_params(cfg, spec).items() if k not in existing}
+        for i in range(0, len(params), 90):
+            mlflow.log_params(dict(list(params.items())[i:i + 90]))
+        result = run_variant(cfg, out_dir, resume=resume, callbacks=[EpochLogger(rid)], progress=progress, meters=meters)
+        if result is None:
+            return rid, None
+        mlflow.log_metrics(result_metrics(result))
+        mlflow.set_tags(result.energy_tags)
+        log_artifacts(result, cfg, Path(out_dir) / "model.pt", cfg.tracking.log_model)
+    return rid, result

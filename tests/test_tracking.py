@@ -1,0 +1,158 @@
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import tomllib
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from analysis.pareto import knee_index, marginal_gains, pareto_mask
+from conftest import REPO, assert_one_line_error, postgres_url, run_cli
+
+TINY_GRID = """name: tinygrid
+preset: tiny
+variants:
+  - {name: v18, series: [depth], model: tiny-ResNet-18-D}
+  - {name: vw25, series: [depth, width], model: tiny-ResNet-50-W0.25}
+"""
+
+
+def _env(**extra):
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
+    env.update(extra)
+    return env
+
+
+def test_mlflow_run_train_entry(tiny_corpus, tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    proc = subprocess.run(["mlflow", "run", str(REPO), "--env-manager", "local", "-e", "train",
+                           "--experiment-name", "ci-train", "-P", f"data_root={tiny_corpus}", "-P", f"out={tmp_path / 'out'}",
+                           "-P", "epochs=2"], capture_output=True, text=True, env=_env(MLFLOW_TRACKING_URI=uri),
+                          cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("ci-train")
+    runs = client.search_runs([exp.experiment_id])
+    assert len(runs) == 1, "svbench must log into the run `mlflow run` created"
+    run = runs[0]
+    assert run.info.status == "FINISHED"
+    p, m, t = run.data.params, run.data.metrics, run.data.tags
+    assert p["model.depth"] == "50" and p["model.stages"] == "3-4-6-3" and p["model.width_mult"] == "1.0"
+    assert p["train.epochs"] == "2" and p["model.name"] == "tiny-ResNet-50-D"
+    for key in ("eer_pct/synth", "min_dcf_p01/synth", "min_dcf_p05/synth", "train/energy_j", "train/energy_kwh",
+                "train/co2_g", "train/time_s", "infer/energy_j_per_utt", "infer/energy_j_per_1k_trials",
+                "infer/co2_g_per_1k_trials", "infer/utt_per_s", "model/params_m", "model/gmacs_per_s_audio"):
+        assert key in m, key
+    assert 0 <= m["eer_pct/synth"] <= 100 and m["train/energy_j"] > 0
+    from bench.models import get_spec
+    from bench.models.profile import profile_model
+
+    expected = profile_model(get_spec("tiny-ResNet-50-D").replace(n_mels=80)).params / 1e6
+    assert m["model/params_m"] == pytest.approx(expected)
+    for key in ("energy.source", "energy.estimated", "carbon.region", "carbon.intensity_g_per_kwh", "pue",
+                "torch.version", "cuda.version", "cpu.model", "gpu.count", "git.commit"):
+        assert key in t, key
+    assert t["energy.estimated"] == ("true" if "estimate" in t["energy.source"] else "false")
+    history = client.get_metric_history(run.info.run_id, "train/epoch_loss")
+    assert [h.step for h in history] == [1, 2]
+    arts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "result.json", "det.png", "energy.png", "model_summary.txt", "scores",
+            "energy_per_epoch.csv"} <= arts
+    assert any(a.path.endswith("synth.txt") for a in client.list_artifacts(run.info.run_id, "scores"))
+    models = client.search_logged_models([exp.experiment_id])
+    assert models and models[0].source_run_id == run.info.run_id
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_sweep_against_mlflow_server_over_rest(tiny_corpus, tmp_path):
+    backend = postgres_url("svbench_mlflow_test") or f"sqlite:///{tmp_path}/server.db"
+    port = _free_port()
+    server = subprocess.Popen(["mlflow", "server", "--backend-store-uri", backend, "--host", "127.0.0.1",
+                               "--port", str(port), "--artifacts-destination", str(tmp_path / "artifacts"),
+                               "--workers", "1"], env=_env(), cwd=tmp_path, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(f"{base}/health", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            pytest.fail("mlflow server did not start")
+        grid = tmp_path / "grid.yaml"
+        grid.write_text(TINY_GRID)
+        proc = run_cli("sweep", "--grid", grid, "--data-root", tiny_corpus, "--out", tmp_path / "runs",
+                       "--train.epochs", "1", "--tracking.log_model", "false", "--report", "--reports", tmp_path / "rep",
+                       env={"MLFLOW_TRACKING_URI": base}, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        req = urllib.request.Request(f"{base}/api/2.0/mlflow/experiments/get-by-name?experiment_name=sv-energy-bench")
+        exp_id = json.load(urllib.request.urlopen(req))["experiment"]["experiment_id"]
+        body = json.dumps({"experiment_ids": [exp_id], "max_results": 100}).encode()
+        req = urllib.request.Request(f"{base}/api/2.0/mlflow/runs/search", data=body,
+                                     headers={"Content-Type": "application/json"})
+        runs = json.load(urllib.request.urlopen(req))["runs"]
+        tags = [{t["key"]: t["value"] for t in r["data"]["tags"]} for r in runs]
+        children = [t for t in tags if t.get("svbench.kind") == "variant"]
+        parents = [r for r, t in zip(runs, tags) if t.get("svbench.kind") == "sweep"]
+        assert sorted(t["svbench.variant"] for t in children) == ["v18", "vw25"]
+        assert len(parents) == 1 and all(t["mlflow.parentRunId"] == parents[0]["info"]["run_id"] for t in children)
+        metrics = [{m["key"] for m in r["data"]["metrics"]} for r, t in zip(runs, tags) if t.get("svbench.kind") == "variant"]
+        assert all("eer_pct/synth" in m and "train/energy_j" in m for m in metrics)
+        assert (tmp_path / "rep" / "tinygrid" / "report.md").is_file()
+        # re-running the sweep skips both finished variants
+        again = run_cli("sweep", "--grid", grid, "--data-root", tiny_corpus, "--out", tmp_path / "runs",
+                        "--train.epochs", "1", "--tracking.log_model", "false", env={"MLFLOW_TRACKING_URI": base}, cwd=tmp_path)
+        assert again.returncode == 0 and again.stdout.count("already finished, skipped") == 2
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_conda_yaml_pins_equal_pyproject():
+    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    conda = yaml.safe_load((REPO / "conda.yaml").read_text())
+    pip = next(d["pip"] for d in conda["dependencies"] if isinstance(d, dict))
+    assert sorted(x for x in pip if not x.startswith("-e")) == sorted(deps)
+    assert "python=3.11" in conda["dependencies"]
+
+
+def test_mlproject_entries_are_one_line_svbench_calls():
+    mp = yaml.safe_load((REPO / "MLproject").read_text())
+    assert set(mp["entry_points"]) >= {"main", "train", "sweep", "search", "infer", "report", "data"}
+    for ep in mp["entry_points"].values():
+        assert ep["command"].startswith("svbench ") and "\n" not in ep["command"].strip()
+
+
+def test_bad_grid_and_report_errors(tmp_path):
+    assert_one_line_error(run_cli("sweep", "--grid", "nope"), "unknown grid")
+    bad = tmp_path / "g.yaml"
+    bad.write_text("name: g\npreset: tiny\nvariants:\n  - {name: x, model: ResNet-9000}\n")
+    assert_one_line_error(run_cli("sweep", "--grid", bad), "unknown model")
+    assert_one_line_error(run_cli("report", "--experiment", "never-made"), "no MLflow experiment")
+
+
+def test_pareto_and_knee():
+    x = np.array([1.0, 2.0, 4.0, 8.0, 3.0])
+    y = np.array([10.0, 6.0, 5.0, 4.9, 7.0])
+    assert pareto_mask(x, y).tolist() == [True, True, True, True, False]
+    import pandas as pd
+
+    front = pd.DataFrame({"e": [1.0, 10.0, 100.0, 1000.0], "eer": [10.0, 5.0, 4.5, 4.4]})
+    assert knee_index(front, "e", "eer") == 1
+    g = marginal_gains(front, "e", "eer")
+    assert g["eer_gain_pct_points"].iloc[1] == pytest.approx(5.0)
