@@ -131,6 +131,30 @@ class EnergyConfig(_Section):
     probe_warmup_steps: int = Field(2, ge=0)
 
 
+class SearchConfig(_Section):
+    """Optuna search over the ResNet family (bounds per family live in the preset)."""
+
+    study_name: str = "svbench-search"
+    storage: Optional[str] = Field(None, description="RDB URL (postgresql+psycopg2://..., sqlite:///...) or journal file; default runs/search/<study>.journal")
+    n_trials: int = Field(8, ge=1)
+    objective: Literal["energy", "carbon"] = "energy"
+    trial_list: Optional[str] = Field(None, description="trial list whose EER is minimised; default: the first")
+    sampler: Literal["nsga2", "tpe", "gp"] = "nsga2"
+    seed: int = 0
+    stage_blocks_min: list[int] = Field(default_factory=lambda: [1, 1, 1, 1])
+    stage_blocks_max: list[int] = Field(default_factory=lambda: [3, 4, 6, 3])
+    width_mults: list[float] = Field(default_factory=lambda: [0.25, 0.5, 1.0])
+    blocks: list[Literal["basic", "bottleneck", "preact2", "preact3"]] = Field(default_factory=lambda: ["preact3"])
+    embed_dims: list[int] = Field(default_factory=list, description="empty: keep the preset's embedding size")
+    energy_budget_j: Optional[float] = Field(None, gt=0)
+    carbon_budget_g: Optional[float] = Field(None, gt=0)
+    max_params_m: Optional[float] = Field(None, gt=0)
+    forecast_pruning: bool = True
+    prune_margin: float = Field(0.1, ge=0.0, description="prune when the forecast exceeds the budget by this fraction")
+    enqueue_study_variants: bool = False
+    heartbeat_s: int = Field(30, ge=1, description="RDB storages: trial heartbeat interval")
+
+
 class TrackingConfig(_Section):
     experiment: str = "sv-energy-bench"
     log_model: bool = True
@@ -146,6 +170,7 @@ class Config(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     energy: EnergyConfig = Field(default_factory=EnergyConfig)
+    search: SearchConfig = Field(default_factory=SearchConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
 

@@ -1,0 +1,86 @@
+"""search / dashboard sub-commands (Optuna)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bench.errors import BenchError
+
+
+def cmd_search(args, extra) -> int:
+    import optuna
+
+    from bench import tracking
+    from bench.config import load_config, parse_overrides
+    from bench.search import run_search
+
+    overrides = parse_overrides(extra)
+    if args.n_trials is not None:
+        overrides["search.n_trials"] = args.n_trials
+    if args.storage:
+        overrides["search.storage"] = args.storage
+    if args.study:
+        overrides["search.study_name"] = args.study
+    cfg = load_config(args.preset, overrides)
+    s = cfg.search
+    if s.energy_budget_j is None and s.carbon_budget_g is None and s.max_params_m is None:
+        print("search: no budget set (search.energy_budget_j / carbon_budget_g / max_params_m): every trial is feasible")
+    res = run_search(cfg, workers=args.workers, out_root=args.out)
+    study: optuna.Study = res["study"]
+    print(f"study {s.study_name} in {res['storage']}: {len(study.trials)} trials "
+          + ", ".join(f"{n.lower()} {c}" for n, c in res["states"].items() if c))
+    print(f"search cost (all trials, probes, pruned and failed): {res['spent_energy_j']:.1f} J, {res['spent_co2_g']:.4g} gCO2e")
+    best = res["best"]
+    if not best:
+        finished = [t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
+        budget = ", ".join(f"{k} {v}" for k, v in study.user_attrs.get("budgets", {}).items() if v is not None)
+        print(f"no feasible trial: all {len(finished)} finished trials violate the budget ({budget}); "
+              "raise search.energy_budget_j / carbon_budget_g / max_params_m or shrink the search space")
+    else:
+        print("Pareto-optimal feasible trials:")
+        for t in sorted(best, key=lambda t: t.values[1]):
+            print(f"  trial {t.number}: EER {t.values[0]:.2f}%  {study.metric_names[1] if study.metric_names else 'objective 2'} {t.values[1]:.4g}  "
+                  f"stages {'-'.join(str(v) for k, v in sorted(t.params.items()) if k.startswith('blocks_'))} width {t.params.get('width_mult')}")
+    if args.report and study.trials:
+        from bench.cli_sweep import _report
+
+        try:
+            _report(parent=res["parent_run_id"], out=Path(args.reports) / s.study_name, title=f"Search {s.study_name}")
+        except BenchError as err:
+            print(f"report: {err}")
+    print(f"\nOpen optuna-dashboard:  svbench dashboard --storage {res['storage']}")
+    print(f"Open the MLflow UI:     mlflow ui --backend-store-uri {tracking.setup_tracking()} --host 127.0.0.1")
+    return 0
+
+
+def cmd_dashboard(args, extra) -> int:
+    from optuna_dashboard import run_server
+
+    from bench.search import make_storage
+
+    if extra:
+        raise BenchError(f"unexpected argument(s): {' '.join(extra)}")
+    if "://" not in args.storage and not Path(args.storage).is_file():
+        raise BenchError(f"Optuna storage {args.storage} does not exist; run `svbench search` first")
+    storage = make_storage(args.storage)
+    print(f"optuna-dashboard on http://{args.host}:{args.port}/ (Ctrl-C to stop)")
+    run_server(storage, host=args.host, port=args.port)
+    return 0
+
+
+def register(sub, parser_class, add_config_args) -> None:
+    s = sub.add_parser("search", help="Optuna multi-objective search (EER vs energy) under a budget")
+    add_config_args(s)
+    s.add_argument("--n-trials", type=int, default=None, help="total trials of the study (re-running continues it)")
+    s.add_argument("--workers", type=int, default=1, help="worker processes on this machine")
+    s.add_argument("--storage", default=None, help="RDB URL or journal file (default runs/search/<study>.journal)")
+    s.add_argument("--study", default=None, help="study name (search.study_name)")
+    s.add_argument("--out", default="runs/search")
+    s.add_argument("--report", action="store_true")
+    s.add_argument("--reports", default="reports")
+    s.set_defaults(func=cmd_search)
+    d = sub.add_parser("dashboard", help="optuna-dashboard for a study's storage (binds 127.0.0.1)")
+    d.add_argument("--storage", required=True)
+    d.add_argument("--host", default="127.0.0.1")
+    d.add_argument("--port", type=int, default=8080)
+    d.set_defaults(func=cmd_dashboard)

@@ -1,0 +1,334 @@
+"""Energy-constrained multi-objective search with Optuna: depth, width and stage layout to the front.
+
+Objectives: minimise EER (%) on one trial list and minimise training energy (J), or carbon (g) with
+``search.objective carbon``. Constraints (feasible when <= 0): energy budget, carbon budget, maximum
+parameters. They are stored by the sampler's ``constraints_func`` in the trial system attribute
+``constraints`` (a list), which is what ``study.best_trials`` and optuna-dashboard 0.21 read.
+
+Before a trial trains, the energy probe forecasts its training energy; a trial forecast to exceed the
+budget by ``search.prune_margin`` ends PRUNED with its forecast as the constraint value. Every joule
+the search spends (probes, pruned and failed trials included) is recorded per trial
+(``spent_energy_j``) and summed on the study's parent MLflow run.
+
+Storage: an Optuna journal file by default (several processes on one machine), any RDB URL for
+several machines (with heartbeats, so a killed worker's trial ends FAIL). ``--workers N`` runs N
+processes; the study and its parent MLflow run are created once before they start.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import socket
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+import psutil
+
+from bench.config import Config, build_config
+from bench.errors import BenchError
+
+STUDY_VARIANT_LAYOUTS = [(2, 2, 2, 2), (3, 4, 6, 3), (2, 6, 6, 2), (2, 10, 2, 2), (10, 2, 2, 2), (2, 2, 2, 10)]
+ATTR_PARENT = "mlflow_parent_run_id"
+ATTR_EXPERIMENT = "mlflow_experiment_id"
+
+
+# ------------------------------------------------------------------ storage and study
+def storage_url(cfg: Config, out_root: str | Path = "runs/search") -> str:
+    return cfg.search.storage or str(Path(out_root) / f"{cfg.search.study_name}.journal")
+
+
+def make_storage(url: str, heartbeat_s: int = 30):
+    if "://" in url:
+        try:
+            return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat_s, grace_period=2 * heartbeat_s,
+                                              failed_trial_callback=None)
+        except Exception as exc:
+            raise BenchError(f"cannot open Optuna storage {url} ({str(exc).splitlines()[0][:120]})") from None
+    path = Path(url)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    from optuna.storages.journal import JournalFileBackend
+
+    return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+
+
+def _constraints(trial: optuna.trial.FrozenTrial) -> list[float]:
+    return list(trial.user_attrs.get("constraints", [0.0]))
+
+
+def make_sampler(name: str, seed: int):
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, constraints_func=_constraints)
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, constraints_func=_constraints)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.GPSampler(seed=seed, constraints_func=_constraints)
+
+
+def load_study(cfg: Config, storage) -> optuna.Study:
+    return optuna.load_study(study_name=cfg.search.study_name, storage=storage,
+                             sampler=make_sampler(cfg.search.sampler, cfg.search.seed + os.getpid() % 1000))
+
+
+def create_study(cfg: Config, storage) -> optuna.Study:
+    """Create (or continue) the study and its MLflow parent run; returns the study."""
+    from mlflow.tracking import MlflowClient
+
+    from bench import tracking
+
+    study = optuna.create_study(study_name=cfg.search.study_name, storage=storage, load_if_exists=True,
+                                directions=["minimize", "minimize"],
+                                sampler=make_sampler(cfg.search.sampler, cfg.search.seed))
+    study.set_metric_names(["eer_pct", "train_energy_j" if cfg.search.objective == "energy" else "train_co2_g"])
+    if ATTR_PARENT not in study.user_attrs:
+        exp_id = tracking.set_experiment(cfg.tracking.experiment)
+        run = MlflowClient().create_run(exp_id, run_name=f"study-{cfg.search.study_name}",
+                                        tags={tracking.TAG_KIND: "study", "optuna.study": cfg.search.study_name})
+        study.set_user_attr(ATTR_PARENT, run.info.run_id)
+        study.set_user_attr(ATTR_EXPERIMENT, exp_id)
+        study.set_user_attr("budgets", {"energy_j": cfg.search.energy_budget_j, "carbon_g": cfg.search.carbon_budget_g,
+                                        "max_params_m": cfg.search.max_params_m})
+        if cfg.search.enqueue_study_variants:
+            for layout in STUDY_VARIANT_LAYOUTS:
+                params = _layout_params(cfg, layout)
+                if params is not None:
+                    study.enqueue_trial(params, skip_if_exists=True)
+    return study
+
+
+def _layout_params(cfg: Config, layout) -> dict | None:
+    s = cfg.search
+    if any(b < lo or b > hi for b, lo, hi in zip(layout, s.stage_blocks_min, s.stage_blocks_max)):
+        return None
+    params = {f"blocks_stage{i + 1}": b for i, b in enumerate(layout)}
+    params["width_mult"] = 1.0 if 1.0 in s.width_mults else s.width_mults[-1]
+    if len(s.blocks) > 1:
+        params["block"] = s.blocks[-1]
+    return params
+
+
+# ------------------------------------------------------------------ one trial
+def suggest_overrides(trial: optuna.Trial, cfg: Config) -> dict:
+    s = cfg.search
+    if len(s.stage_blocks_min) != len(s.stage_blocks_max):
+        raise BenchError("search.stage_blocks_min and stage_blocks_max need one bound per stage")
+    stages = [trial.suggest_int(f"blocks_stage{i + 1}", lo, hi)
+              for i, (lo, hi) in enumerate(zip(s.stage_blocks_min, s.stage_blocks_max))]
+    over = {"model.stages": "-".join(map(str, stages)),
+            "model.width_mult": trial.suggest_categorical("width_mult", s.width_mults)}
+    if len(s.blocks) > 1:
+        over["model.block"] = trial.suggest_categorical("block", s.blocks)
+    elif s.blocks:
+        over["model.block"] = s.blocks[0]
+    if s.embed_dims:
+        over["model.embed_dim"] = trial.suggest_categorical("embed_dim", s.embed_dims)
+    return over
+
+
+@dataclass
+class TrialContext:
+    cfg: Config
+    out_root: Path
+    parent_run_id: str
+    experiment_id: str
+    meters: object
+    series: object
+
+
+def _constraint_values(cfg: Config, energy_j: float | None, co2_g: float | None, params_m: float) -> list[float]:
+    s = cfg.search
+    values = []
+    if s.energy_budget_j is not None:
+        values.append((energy_j if energy_j is not None else float("inf")) - s.energy_budget_j)
+    if s.carbon_budget_g is not None:
+        values.append((co2_g if co2_g is not None else float("inf")) - s.carbon_budget_g)
+    if s.max_params_m is not None:
+        values.append(params_m - s.max_params_m)
+    return values or [0.0]
+
+
+def objective(trial: optuna.Trial, ctx: TrialContext) -> tuple[float, float]:
+    """One trial: its own nested MLflow run (created first, so failed and pruned trials have one too)."""
+    from mlflow.tracking import MlflowClient
+
+    from bench import tracking
+
+    trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+    name = f"trial-{trial.number}"
+    tags = {tracking.TAG_KIND: "trial", "optuna.study": ctx.cfg.search.study_name, "optuna.trial": str(trial.number),
+            tracking.TAG_VARIANT: name, tracking.PARENT: ctx.parent_run_id}
+    client = MlflowClient()
+    rid = client.create_run(ctx.experiment_id, run_name=name, tags=tags).info.run_id
+    trial.set_user_attr("mlflow_run_id", rid)
+    handle = None
+    try:
+        with ctx.meters.window(f"trial/{trial.number}") as handle:
+            return _trial_body(trial, ctx, rid, tags)
+    except optuna.TrialPruned:
+        client.set_tag(rid, "optuna.state", "PRUNED")
+        client.set_terminated(rid, "FINISHED")
+        raise
+    except BaseException as exc:
+        client.set_tag(rid, "optuna.state", "FAIL")
+        client.set_tag(rid, "optuna.error", f"{type(exc).__name__}: {exc}"[:500])
+        client.set_terminated(rid, "FAILED")
+        raise
+    finally:
+        if handle is not None and handle.reading is not None:
+            trial.set_user_attr("spent_energy_j", handle.reading.total_j)
+            trial.set_user_attr("spent_co2_g", _co2(ctx.cfg, handle.reading.total_j, ctx))
+
+
+def _trial_body(trial: optuna.Trial, ctx: TrialContext, rid: str, tags: dict) -> tuple[float, float]:
+    from mlflow.tracking import MlflowClient
+
+    from bench import tracking
+    from bench.config import apply_overrides
+    from bench.energy.forecast import probe
+    from bench.models import spec_from_config
+    from bench.models.profile import profile_model
+    from bench.train import steps_per_epoch
+
+    client = MlflowClient()
+    over = suggest_overrides(trial, ctx.cfg)
+    cfg = build_config(apply_overrides(ctx.cfg.model_dump(mode="json"), {**over, "name": f"trial-{trial.number}"}))
+    for key, value in over.items():
+        client.log_param(rid, key, value)
+    spec = spec_from_config(cfg.model, n_mels=cfg.features.n_mels)
+    params_m = profile_model(spec).params / 1e6
+    trial.set_user_attr("params_m", params_m)
+    s = cfg.search
+    if s.forecast_pruning and (s.energy_budget_j or s.carbon_budget_g):
+        total = steps_per_epoch(cfg) * cfg.train.epochs
+        fc = probe(cfg, ctx.meters, min(total, cfg.train.max_steps or total))
+        fc_co2 = _co2(cfg, fc.energy_j, ctx)
+        trial.set_user_attr("forecast_energy_j", fc.energy_j)
+        trial.set_user_attr("probe_energy_j", fc.probe_energy_j)
+        client.log_metric(rid, "forecast/energy_j", fc.energy_j if fc.energy_j is not None else float("nan"))
+        client.log_metric(rid, "forecast/probe_energy_j", fc.probe_energy_j if fc.probe_energy_j is not None else float("nan"))
+        over_energy = bool(s.energy_budget_j) and fc.energy_j is not None and fc.energy_j > s.energy_budget_j * (1 + s.prune_margin)
+        over_carbon = bool(s.carbon_budget_g) and fc_co2 is not None and fc_co2 > s.carbon_budget_g * (1 + s.prune_margin)
+        if over_energy or over_carbon:
+            cons = _constraint_values(cfg, fc.energy_j, fc_co2, params_m)
+            trial.set_user_attr("constraints", cons)
+            for i, c in enumerate(cons):
+                client.log_metric(rid, f"constraint/{i}", c)
+            client.set_tag(rid, "optuna.feasible", "false")
+            raise optuna.TrialPruned(f"forecast {fc.energy_j:.4g} J exceeds the budget")
+    _, res = tracking.run_tracked(cfg, ctx.out_root / f"trial-{trial.number}", run_id=rid, run_name=f"trial-{trial.number}",
+                                  extra_tags=tags, progress=False, meters=ctx.meters)
+    trials_name = cfg.search.trial_list or next(iter(res.metrics))
+    if trials_name not in res.metrics:
+        raise BenchError(f"search.trial_list '{trials_name}' is not among the evaluated lists {list(res.metrics)}")
+    eer = res.metrics[trials_name]["eer_pct"]
+    energy_j = res.energy_metrics.get("train/energy_j")
+    co2_g = res.energy_metrics.get("train/co2_g")
+    if energy_j is None:
+        raise BenchError("no training energy was measured for this trial; check energy.meters")
+    cons = _constraint_values(cfg, energy_j, co2_g, params_m)
+    trial.set_user_attr("constraints", cons)
+    for i, c in enumerate(cons):
+        client.log_metric(rid, f"constraint/{i}", c)
+    client.set_tag(rid, "optuna.feasible", str(all(c <= 0 for c in cons)).lower())
+    client.set_tag(rid, "optuna.state", "COMPLETE")
+    return eer, (energy_j if cfg.search.objective == "energy" else co2_g)
+
+
+def _co2(cfg: Config, energy_j: float | None, ctx: TrialContext) -> float | None:
+    if energy_j is None:
+        return None
+    from bench.energy.carbon import lookup
+
+    if ctx.series is not None:
+        import time
+
+        now = time.time()
+        return energy_j / 3.6e6 * cfg.energy.pue * ctx.series.mean_over(now - 1, now)
+    return energy_j / 3.6e6 * cfg.energy.pue * lookup(cfg.energy.region).g_per_kwh
+
+
+# ------------------------------------------------------------------ workers
+def run_worker(cfg_dict: dict, storage_url_: str, n_trials: int, out_root: str) -> None:
+    """One worker process: run ``n_trials`` trials of the shared study."""
+    from bench import tracking
+    from bench.energy.accounting import intensity_series
+    from bench.energy.meters import create_meters
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    cfg = build_config(cfg_dict)
+    tracking.setup_tracking()
+    storage = make_storage(storage_url_, cfg.search.heartbeat_s)
+    study = load_study(cfg, storage)
+    meters = create_meters(cfg.energy, "cuda" if cfg.train.device.startswith("cuda") else "cpu")
+    ctx = TrialContext(cfg, Path(out_root), study.user_attrs[ATTR_PARENT], study.user_attrs[ATTR_EXPERIMENT], meters,
+                       intensity_series(cfg.energy))
+    try:
+        study.optimize(lambda t: objective(t, ctx), n_trials=n_trials, catch=(Exception,), gc_after_trial=True)
+    finally:
+        meters.close()
+
+
+def _fail_orphans(study: optuna.Study) -> int:
+    """Journal storages have no heartbeat: RUNNING trials whose worker process on this host is gone are
+    marked FAIL before the study continues."""
+    host = socket.gethostname()
+    n = 0
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        who = t.user_attrs.get("worker", "")
+        h, _, pid = who.partition(":")
+        if h == host and pid.isdigit() and not psutil.pid_exists(int(pid)):
+            study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+            n += 1
+    return n
+
+
+def run_search(cfg: Config, workers: int = 1, out_root: str | Path = "runs/search") -> dict:
+    from mlflow.tracking import MlflowClient
+
+    from bench import tracking
+
+    if workers < 1:
+        raise BenchError("--workers must be at least 1")
+    url = storage_url(cfg, out_root)
+    tracking.setup_tracking()
+    storage = make_storage(url, cfg.search.heartbeat_s)
+    study = create_study(cfg, storage)
+    if isinstance(storage, optuna.storages.RDBStorage):
+        optuna.storages.fail_stale_trials(study)
+    else:
+        _fail_orphans(study)
+    # finished trials, and running ones (another machine's workers), count; enqueued (WAITING) ones do not
+    done = len([t for t in study.get_trials(deepcopy=False) if t.state != optuna.trial.TrialState.WAITING])
+    remaining = max(0, cfg.search.n_trials - done)
+    shares = [remaining // workers + (1 if i < remaining % workers else 0) for i in range(workers)]
+    shares = [s for s in shares if s > 0]
+    cfg_dict = cfg.model_dump(mode="json")
+    out = str(Path(out_root) / cfg.search.study_name)
+    if len(shares) == 1:
+        run_worker(cfg_dict, url, shares[0], out)
+    elif shares:
+        ctx = mp.get_context("spawn")
+        procs = [ctx.Process(target=run_worker, args=(cfg_dict, url, n, out)) for n in shares]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join()
+    study = load_study(cfg, make_storage(url, cfg.search.heartbeat_s))
+    trials = study.get_trials(deepcopy=False)
+    spent_j = sum(t.user_attrs.get("spent_energy_j") or 0.0 for t in trials)
+    spent_g = sum(t.user_attrs.get("spent_co2_g") or 0.0 for t in trials)
+    parent = study.user_attrs[ATTR_PARENT]
+    client = MlflowClient()
+    client.log_metric(parent, "search/energy_j", spent_j)
+    client.log_metric(parent, "search/energy_kwh", spent_j / 3.6e6)
+    client.log_metric(parent, "search/co2_g", spent_g)
+    client.log_metric(parent, "search/trials", len(trials))
+    states = {s.name: sum(1 for t in trials if t.state == s) for s in optuna.trial.TrialState}
+    for name, n in states.items():
+        client.log_metric(parent, f"search/trials_{name.lower()}", n)
+    best = study.best_trials
+    return {"study": study, "storage": url, "parent_run_id": parent, "spent_energy_j": spent_j,
+            "spent_co2_g": spent_g, "states": states, "best": best}

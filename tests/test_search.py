@@ -1,0 +1,116 @@
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+
+from bench.config import load_config
+from bench.search import create_study, make_storage, run_search
+from conftest import REPO, postgres_url, run_cli
+
+
+def _cfg(root, tmp_path, study, *extra):
+    return load_config("tiny", ["--data.root", str(root), "--train.epochs", "1", "--train.batch_size", "8",
+                                "--tracking.log_model", "false", "--tracking.experiment", f"exp-{study}",
+                                "--search.study_name", study, "--search.storage", str(tmp_path / f"{study}.journal"),
+                                "--search.stage_blocks_min", "[1,1,1,1]", "--search.stage_blocks_max", "[2,2,2,2]",
+                                "--search.width_mults", "[0.25,0.5]", *extra])
+
+
+def _children(cfg, parent):
+    client = MlflowClient()
+    exp = client.get_experiment_by_name(cfg.tracking.experiment)
+    return client.search_runs([exp.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent}'",
+                              max_results=1000)
+
+
+def test_two_workers_eight_trials_none_lost_and_a_failure_continues(tiny_corpus, tmp_path):
+    cfg = _cfg(tiny_corpus, tmp_path, "two-workers", "--search.n_trials", "8")
+    storage = make_storage(cfg.search.storage)
+    study = create_study(cfg, storage)
+    # a trial that raises: zero blocks in stage 1 cannot be built
+    study.enqueue_trial({"blocks_stage1": 0, "blocks_stage2": 1, "blocks_stage3": 1, "blocks_stage4": 1, "width_mult": 0.25})
+    res = run_search(cfg, workers=2, out_root=tmp_path / "runs")
+    trials = res["study"].get_trials(deepcopy=False)
+    assert len(trials) == 8
+    assert sorted(t.number for t in trials) == list(range(8))
+    states = [t.state for t in trials]
+    assert states.count(optuna.trial.TrialState.FAIL) == 1
+    assert states.count(optuna.trial.TrialState.COMPLETE) == 7
+    failed = next(t for t in trials if t.state == optuna.trial.TrialState.FAIL)
+    assert failed.params["blocks_stage1"] == 0
+    assert len({t.user_attrs["worker"] for t in trials}) == 2  # both workers ran trials
+    children = _children(cfg, res["parent_run_id"])
+    assert len(children) == 8
+    assert sorted(int(r.data.tags["optuna.trial"]) for r in children) == list(range(8))
+    by_state = {r.data.tags["optuna.trial"]: r for r in children}
+    assert by_state[str(failed.number)].info.status == "FAILED"
+    ok = [r for r in children if r.info.status == "FINISHED"]
+    assert len(ok) == 7 and all("eer_pct/synth" in r.data.metrics and "constraint/0" in r.data.metrics for r in ok)
+    assert res["spent_energy_j"] > 0
+    parent = MlflowClient().get_run(res["parent_run_id"])
+    assert parent.data.metrics["search/energy_j"] == pytest.approx(res["spent_energy_j"])
+    assert parent.data.metrics["search/trials"] == 8
+    # re-running with the same target adds nothing; a higher target continues the study
+    again = run_search(cfg, workers=1, out_root=tmp_path / "runs")
+    assert len(again["study"].trials) == 8
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_impossible_budget_is_infeasible_everywhere(tiny_corpus, tmp_path):
+    study = "impossible"
+    args = ["search", "--preset", "tiny", "--data.root", tiny_corpus, "--train.epochs", "1", "--tracking.log_model", "false",
+            "--tracking.experiment", f"exp-{study}", "--study", study, "--storage", tmp_path / f"{study}.journal",
+            "--search.stage_blocks_max", "[2,2,2,2]", "--search.energy_budget_j", "1e-9", "--n-trials", "3",
+            "--out", tmp_path / "runs"]
+    proc = run_cli(*args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "no feasible trial: all 3 finished trials violate the budget" in proc.stdout
+    storage = make_storage(str(tmp_path / f"{study}.journal"))
+    st = optuna.load_study(study_name=study, storage=storage)
+    assert len(st.trials) == 3 and st.best_trials == []
+    assert all(t.state == optuna.trial.TrialState.PRUNED for t in st.trials)
+    assert all(t.user_attrs["forecast_energy_j"] > 1e-9 and t.user_attrs["probe_energy_j"] > 0 for t in st.trials)
+    assert all(c > 0 for t in st.trials for c in t.constraints.values())
+    port = _free_port()
+    dash = subprocess.Popen([sys.executable, "-m", "bench", "dashboard", "--storage", str(tmp_path / f"{study}.journal"),
+                             "--port", str(port)], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            try:
+                studies = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=2))
+                break
+            except OSError:
+                time.sleep(0.3)
+        else:
+            pytest.fail("optuna-dashboard did not answer")
+        sid = next(s["study_id"] for s in studies["study_summaries"] if s["study_name"] == study)
+        detail = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies/{sid}", timeout=5))
+        assert len(detail["trials"]) == 3
+        assert all(t["constraints"] and all(c > 0 for c in t["constraints"]) for t in detail["trials"])
+        assert detail["best_trials"] == []
+    finally:
+        dash.terminate()
+        dash.wait(timeout=20)
+
+
+def test_rdb_storage_on_postgresql_shared_by_workers(tiny_corpus, tmp_path):
+    url = postgres_url("svbench_optuna_test")
+    if url is None:
+        pytest.skip("no PostgreSQL server answers on 127.0.0.1:5432")
+    cfg = _cfg(tiny_corpus, tmp_path, "pg", "--search.n_trials", "4", "--search.storage", url, "--search.sampler", "tpe")
+    res = run_search(cfg, workers=2, out_root=tmp_path / "runs")
+    assert len(res["study"].trials) == 4
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in res["study"].trials)
+    assert len(_children(cfg, res["parent_run_id"])) == 4
