@@ -71,6 +71,11 @@ def variant_table(runs: pd.DataFrame, trials: str | None = None) -> tuple[pd.Dat
         "params_m": col("metrics.model/params_m"),
         "gmacs_per_s": col("metrics.model/gmacs_per_s_audio"),
         "eer_pct": col(f"metrics.eer_pct/{trials}"),
+        "eer_ci_low": col(f"metrics.eer_pct_ci_low/{trials}"),
+        "eer_ci_high": col(f"metrics.eer_pct_ci_high/{trials}"),
+        "eer_std": col(f"metrics.eer_pct_std/{trials}"),
+        "train_energy_j_std": col("metrics.train/energy_j_std"),
+        "seeds": col("metrics.seeds"),
         "min_dcf_p01": col(f"metrics.min_dcf_p01/{trials}"),
         "train_energy_j": col("metrics.train/energy_j"),
         "train_energy_kwh": col("metrics.train/energy_kwh"),
@@ -92,6 +97,15 @@ def variant_table(runs: pd.DataFrame, trials: str | None = None) -> tuple[pd.Dat
 def _fig_eer_vs_energy(t: pd.DataFrame, trials: str, path: Path, knee: str | None) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     front = t[t["pareto"]].sort_values("train_energy_j")
+    yerr = None
+    if t["eer_ci_low"].notna().any():  # bootstrap interval over speakers
+        yerr = np.vstack([(t["eer_pct"] - t["eer_ci_low"]).clip(lower=0).fillna(0), (t["eer_ci_high"] - t["eer_pct"]).clip(lower=0).fillna(0)])
+    xerr = t["train_energy_j_std"].fillna(0).to_numpy() if t["train_energy_j_std"].notna().any() else None
+    ax.errorbar(t["train_energy_j"], t["eer_pct"], yerr=yerr, xerr=xerr, fmt="none", ecolor="gray", alpha=0.6,
+                capsize=3, zorder=2, label="bootstrap interval (speakers)" if yerr is not None else None)
+    if t["eer_std"].notna().any():  # seed spread
+        ax.errorbar(t["train_energy_j"], t["eer_pct"], yerr=t["eer_std"].fillna(0), fmt="none", ecolor="tab:orange",
+                    elinewidth=3, alpha=0.5, zorder=2, label="std over seeds")
     ax.scatter(t["train_energy_j"], t["eer_pct"], c=["tab:red" if p else "tab:blue" for p in t["pareto"]], zorder=3)
     ax.plot(front["train_energy_j"], front["eer_pct"], "--", color="tab:red", label="Pareto front")
     for _, r in t.iterrows():
@@ -159,8 +173,9 @@ def build_report(runs: pd.DataFrame, out_dir: str | Path, title: str, trials: st
     lines = [f"# {title}", "", f"Trial list: `{trials}`. Energy source: `{sources}`"
              + (" (**estimates**, not measurements)" if "estimate" in sources else "") + ".", "", NOISE_NOTE, "",
              "## All variants (sorted by training energy; `pareto` marks the front)", "",
-             _md(t[["variant", "stages", "width", "params_m", "gmacs_per_s", "eer_pct", "min_dcf_p01", "train_energy_j",
-                    "train_co2_g", "infer_j_per_1k_trials", "pareto"]]), "",
+             _md(t[["variant", "stages", "width", "params_m", "gmacs_per_s", "eer_pct", "eer_ci_low", "eer_ci_high",
+                    "eer_std", "min_dcf_p01", "train_energy_j", "train_energy_j_std", "train_co2_g",
+                    "infer_j_per_1k_trials", "pareto"]].dropna(axis=1, how="all")), "",
              "![EER vs energy](eer_vs_energy.png)", "", "## Diminishing returns along the front", ""]
     if len(gains) > 1:
         lines += [_md(gains[["variant", "train_energy_j", "eer_pct", "extra_kwh", "eer_gain_pct_points", "eer_gain_per_kwh"]]), ""]
@@ -173,8 +188,30 @@ def build_report(runs: pd.DataFrame, out_dir: str | Path, title: str, trials: st
             lines += [f"## {series.capitalize()} series", "",
                       _md(sub.sort_values(order)[["variant", "stages", "width", "depth", "params_m", "eer_pct", "min_dcf_p01",
                                                    "train_energy_kwh", "train_co2_g", "infer_j_per_1k_trials"]]), ""]
+    lines += ["## Which differences are real?", "", distinguishability(t), ""]
     write_text_atomic(out / "report.md", "\n".join(lines))
     return {"dir": out, "table": t, "knee": knee, "trials": trials}
+
+
+def distinguishability(t: pd.DataFrame) -> str:
+    """Each pair of variants: do their EER intervals overlap (not distinguishable at this trial count)?"""
+    from bench.statistics import overlaps
+
+    have = t[t["eer_ci_low"].notna() & t["eer_ci_high"].notna()].sort_values("eer_pct").reset_index(drop=True)
+    if len(have) < 2:
+        return "No bootstrap intervals were logged (eval.bootstrap_resamples 0), so no pair can be judged."
+    rows = []
+    for i in range(len(have)):
+        for j in range(i + 1, len(have)):
+            a, b = have.iloc[i], have.iloc[j]
+            same = overlaps((a["eer_ci_low"], a["eer_ci_high"]), (b["eer_ci_low"], b["eer_ci_high"]))
+            rows.append({"better": a["variant"], "worse": b["variant"],
+                         "eer_pct": f"{a['eer_pct']:.2f} [{a['eer_ci_low']:.2f}, {a['eer_ci_high']:.2f}] vs "
+                                    f"{b['eer_pct']:.2f} [{b['eer_ci_low']:.2f}, {b['eer_ci_high']:.2f}]",
+                         "verdict": "not distinguishable at this trial count" if same else "distinguishable"})
+    return ("EER intervals are percentile intervals of a bootstrap over speakers (trials resampled with "
+            "their speakers); overlapping intervals mean the ranking is not supported by this trial list.\n\n"
+            + pd.DataFrame(rows).to_markdown(index=False))
 
 
 def log_report(report: dict, run_id: str) -> None:

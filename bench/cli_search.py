@@ -21,6 +21,8 @@ def cmd_search(args, extra) -> int:
         overrides["search.storage"] = args.storage
     if args.study:
         overrides["search.study_name"] = args.study
+    if args.seeds is not None:
+        overrides["seeds"] = args.seeds
     cfg = load_config(args.preset, overrides)
     s = cfg.search
     if s.energy_budget_j is None and s.carbon_budget_g is None and s.max_params_m is None:
@@ -76,6 +78,7 @@ def register(sub, parser_class, add_config_args) -> None:
     s.add_argument("--storage", default=None, help="RDB URL or journal file (default runs/search/<study>.journal)")
     s.add_argument("--study", default=None, help="study name (search.study_name)")
     s.add_argument("--out", default="runs/search")
+    s.add_argument("--seeds", type=int, default=None, help="train each trial over N seeds; objectives use the mean")
     s.add_argument("--report", action="store_true")
     s.add_argument("--reports", default="reports")
     s.set_defaults(func=cmd_search)

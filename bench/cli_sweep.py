@@ -28,6 +28,8 @@ def cmd_sweep(args, extra) -> int:
     overrides = parse_overrides(extra)
     if args.data_root:
         overrides["data.root"] = args.data_root
+    if args.seeds is not None:
+        overrides["seeds"] = args.seeds
     grid = load_grid(args.grid, overrides)
     root = grid.variants[0].config.data.root
     _ensure_synth(root, args.synth)
@@ -76,6 +78,7 @@ def register(sub, parser_class, add_config_args) -> None:
     s.add_argument("--report", action="store_true", help="write and print the report at the end")
     s.add_argument("--reports", default="reports")
     s.add_argument("--new", action="store_true", help="start a new parent run instead of continuing the last one")
+    s.add_argument("--seeds", type=int, default=None, help="repeat each variant over N seeds (mean and std logged)")
     s.set_defaults(func=cmd_sweep)
     r = sub.add_parser("report", help="tables and Pareto plots from MLflow runs")
     r.add_argument("--experiment", default=None)

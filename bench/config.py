@@ -109,6 +109,9 @@ class EvalConfig(_Section):
     stats_max_utts: int = Field(2000, ge=10, description="training utterances for the mean embedding and AS-norm cohort")
     as_norm: bool = False
     as_norm_top_n: int = Field(100, ge=1)
+    bootstrap_resamples: int = Field(1000, ge=0, description="speaker-bootstrap resamples for EER/minDCF intervals; 0 = off")
+    ci_level: float = Field(0.95, gt=0.0, lt=1.0)
+    latency: bool = Field(True, description="measure per-utterance latency, throughput and real-time factor")
     infer_precisions: list[Literal["fp32", "bf16", "fp16"]] = Field(
         default_factory=lambda: ["fp32"], description="precisions whose inference energy is measured")
 
@@ -163,6 +166,7 @@ class TrackingConfig(_Section):
 
 class Config(_Section):
     name: str = "run"
+    seeds: int = Field(1, ge=1, le=100, description="repeat each variant over this many seeds (train.seed, +1, ...)")
     data: DataConfig = Field(default_factory=DataConfig)
     features: FeatureConfig = Field(default_factory=FeatureConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)

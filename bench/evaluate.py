@@ -22,6 +22,7 @@ from bench.data.manifest import EVAL_MANIFEST, TRAIN_MANIFEST, data_root, read_m
 from bench.data.trials import TrialList, check_against, find_trial_lists, read_trials
 from bench.errors import BenchError
 from bench.metrics import verification_metrics
+from bench.statistics import bootstrap_ci, speaker_of
 from bench.models import ResNetSpec, build_model
 from bench.models.resnet import min_samples
 
@@ -160,6 +161,12 @@ def evaluate(model: LoadedModel, cfg: Config, device: torch.device, out_dir: Pat
     for t in lists:
         scores = score_trials(emb, index, t, mean, cohort.numpy() if cohort is not None else None, cfg.eval.as_norm_top_n)
         metrics = verification_metrics(scores, t.labels)
+        if cfg.eval.bootstrap_resamples:
+            ci = bootstrap_ci(scores, t.labels, [speaker_of(u) for u in t.enroll], [speaker_of(u) for u in t.test],
+                              cfg.eval.bootstrap_resamples, cfg.eval.ci_level, seed=cfg.train.seed)
+            metrics.update(eer_pct_ci_low=ci["eer_pct"].low, eer_pct_ci_high=ci["eer_pct"].high,
+                           min_dcf_p01_ci_low=ci["min_dcf"].low, min_dcf_p01_ci_high=ci["min_dcf"].high,
+                           ci_level=cfg.eval.ci_level, ci_resamples=ci["eer_pct"].n_resamples)
         if out_dir is not None:
             path = Path(out_dir) / "scores" / f"{t.name}{'' if precision == 'fp32' else '.' + precision}.txt"
             write_scores(path, t, scores)

@@ -14,7 +14,8 @@ from bench.config import Config
 from bench.energy.accounting import intensity_series
 from bench.energy.carbon import carbon_of
 from bench.energy.meters import MeterSet
-from bench.evaluate import LoadedModel, evaluate, load_trial_lists
+from bench.evaluate import LoadedModel, evaluate, load_trial_lists, make_fbank
+from bench.latency import measure_latency
 
 
 def measure_inference(model: LoadedModel, cfg: Config, device: torch.device, meters: MeterSet,
@@ -37,5 +38,9 @@ def measure_inference(model: LoadedModel, cfg: Config, device: torch.device, met
             row.update(energy_j=r.total_j, energy_j_per_utt=r.total_j / n_utts,
                        energy_j_per_1k_trials=r.total_j / n_trials * 1000.0,
                        co2_g_per_1k_trials=carbon.co2_g / n_trials * 1000.0)
+        if cfg.eval.latency:
+            root, df = load_trial_lists(cfg, trial_names)[0::2]
+            row.update(measure_latency(model.embedder, make_fbank(cfg, device), [root / p for p in df["path"]],
+                                       device, precision, seed=cfg.train.seed))
         out[precision] = row
     return out

@@ -218,14 +218,16 @@ def _trial_body(trial: optuna.Trial, ctx: TrialContext, rid: str, tags: dict) ->
                 client.log_metric(rid, f"constraint/{i}", c)
             client.set_tag(rid, "optuna.feasible", "false")
             raise optuna.TrialPruned(f"forecast {fc.energy_j:.4g} J exceeds the budget")
-    _, res = tracking.run_tracked(cfg, ctx.out_root / f"trial-{trial.number}", run_id=rid, run_name=f"trial-{trial.number}",
-                                  extra_tags=tags, progress=False, meters=ctx.meters)
-    trials_name = cfg.search.trial_list or next(iter(res.metrics))
-    if trials_name not in res.metrics:
-        raise BenchError(f"search.trial_list '{trials_name}' is not among the evaluated lists {list(res.metrics)}")
-    eer = res.metrics[trials_name]["eer_pct"]
-    energy_j = res.energy_metrics.get("train/energy_j")
-    co2_g = res.energy_metrics.get("train/co2_g")
+    _, metrics = tracking.run_tracked_seeds(cfg, ctx.out_root / f"trial-{trial.number}", run_id=rid,
+                                            run_name=f"trial-{trial.number}", extra_tags=tags, progress=False,
+                                            meters=ctx.meters)
+    lists = [k.split("/", 1)[1] for k in metrics if k.startswith("eer_pct/")]
+    trials_name = cfg.search.trial_list or lists[0]
+    if trials_name not in lists:
+        raise BenchError(f"search.trial_list '{trials_name}' is not among the evaluated lists {lists}")
+    eer = metrics[f"eer_pct/{trials_name}"]  # the mean over seeds when cfg.seeds > 1
+    energy_j = metrics.get("train/energy_j")
+    co2_g = metrics.get("train/co2_g")
     if energy_j is None:
         raise BenchError("no training energy was measured for this trial; check energy.meters")
     cons = _constraint_values(cfg, energy_j, co2_g, params_m)

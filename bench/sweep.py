@@ -143,15 +143,15 @@ def run_sweep(grid: Grid, out_root: str | Path, progress: bool = True, new: bool
                 print(f"[sweep {grid.name}] {v.name}: already finished, skipped")
                 continue
             print(f"[sweep {grid.name}] {v.name}: training {v.config.model.name}")
-            rid, res = tracking.run_tracked(
+            rid, metrics = tracking.run_tracked_seeds(
                 v.config, Path(out_root) / v.name, run_id=unfinished.get(v.name), parent_run_id=parent_id,
                 experiment_id=exp_id, run_name=v.name,
                 extra_tags={tracking.TAG_SWEEP: grid.key, tracking.TAG_SERIES: ",".join(v.series), "svbench.grid": grid.name},
                 resume=v.name in unfinished, progress=progress)
             ran.append(v.name)
-            if res is not None:
-                m = next(iter(res.metrics.values()))
-                print(f"[sweep {grid.name}] {v.name}: EER {m['eer_pct']:.2f}%  train {res.energy_metrics.get('train/energy_j', float('nan')):.1f} J ({res.energy_tags.get('energy.source')})")
+            eer = next((val for k, val in metrics.items() if k.startswith("eer_pct/")), float("nan"))
+            seeds = f" (mean of {v.config.seeds} seeds)" if v.config.seeds > 1 else ""
+            print(f"[sweep {grid.name}] {v.name}: EER {eer:.2f}%  train {metrics.get('train/energy_j', float('nan')):.1f} J{seeds}")
     except BaseException:
         if not outer_run:
             client.set_terminated(parent_id, "FAILED")

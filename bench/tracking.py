@@ -63,10 +63,14 @@ def result_metrics(result) -> dict[str, float]:
         m[f"eer_pct/{trials}"] = r["eer_pct"]
         m[f"min_dcf_p01/{trials}"] = r["min_dcf_p01"]
         m[f"min_dcf_p05/{trials}"] = r["min_dcf_p05"]
+        for key in ("eer_pct_ci_low", "eer_pct_ci_high", "min_dcf_p01_ci_low", "min_dcf_p01_ci_high"):
+            if key in r:
+                m[f"{key}/{trials}"] = r[key]
     m.update({k: v for k, v in result.energy_metrics.items() if v is not None})
     for precision, row in result.inference.items():
         prefix = "infer" if precision == "fp32" else f"infer_{precision}"
-        for key in ("energy_j_per_utt", "energy_j_per_1k_trials", "co2_g_per_1k_trials", "utt_per_s", "time_s"):
+        for key in ("energy_j_per_utt", "energy_j_per_1k_trials", "co2_g_per_1k_trials", "utt_per_s", "time_s",
+                    "latency_p50_ms", "latency_p95_ms", "rtf", "throughput_utt_per_s", "best_batch_size"):
             if row.get(key) is not None:
                 m[f"{prefix}/{key}"] = row[key]
         for trials, eer in row["eer_pct"].items():
@@ -258,3 +262,85 @@ def run_tracked(cfg: Config, out_dir: str | Path, run_id: str | None = None, par
         mlflow.set_tags(result.energy_tags)
         log_artifacts(result, cfg, Path(out_dir) / "model.pt", cfg.tracking.log_model)
     return rid, result
+
+
+# ---------------------------------------------------------------- seed repeats
+SPREAD_KEYS = ("eer_pct/", "min_dcf_p01/", "train/energy_j", "train/co2_g", "train/energy_kwh",
+               "infer/energy_j_per_1k_trials")
+
+
+def seed_summary(per_seed: list[dict[str, float]]) -> dict[str, float]:
+    """Mean of every metric over seeds, plus ``<key>_std`` for EER, minDCF, energy and carbon
+    (``eer_pct_std/<trials>`` for per-trial-list keys)."""
+    from bench.statistics import mean_std
+
+    keys = sorted(set().union(*per_seed))
+    out: dict[str, float] = {}
+    for k in keys:
+        mean, std = mean_std([m.get(k) for m in per_seed])
+        out[k] = mean
+        if k.startswith(SPREAD_KEYS) and "_ci_" not in k:
+            head, sep, tail = k.partition("/")
+            std_key = f"{head}_std/{tail}" if k.startswith(("eer_pct/", "min_dcf_p01/")) else f"{k}_std"
+            out[std_key] = std
+    out["seeds"] = float(len(per_seed))
+    return out
+
+
+def run_tracked_seeds(cfg: Config, out_dir: str | Path, run_id: str | None = None, parent_run_id: str | None = None,
+                      experiment_id: str | None = None, run_name: str | None = None, extra_tags: dict | None = None,
+                      resume: bool = False, progress: bool = True, meters=None) -> tuple[str, dict]:
+    """One variant over ``cfg.seeds`` seeds. With one seed this is ``run_tracked``; with several, the
+    variant run is the parent of one run per seed and logs the mean and standard deviation.
+    Returns (variant run id, metrics) where metrics are the variant's (mean) metrics."""
+    if cfg.seeds <= 1:
+        rid, res = run_tracked(cfg, out_dir, run_id, parent_run_id, experiment_id, run_name, extra_tags, resume,
+                               progress, meters)
+        return rid, (result_metrics(res) if res is not None else {})
+    from bench.config import build_config
+    from bench.models import spec_from_config
+
+    client = MlflowClient()
+    name = run_name or cfg.name
+    tags = {TAG_KIND: "variant", TAG_VARIANT: name, TAG_OUT: str(Path(out_dir).resolve()), **environment_tags(),
+            **(extra_tags or {})}
+    if run_id is None:
+        if parent_run_id:
+            tags[PARENT] = parent_run_id
+        run_id = client.create_run(experiment_id or mlflow.get_experiment_by_name(cfg.tracking.experiment).experiment_id,
+                                   run_name=name, tags=tags).info.run_id
+    else:
+        for k, v in tags.items():
+            client.set_tag(run_id, k, v)
+    exp_id = client.get_run(run_id).info.experiment_id
+    spec = spec_from_config(cfg.model, n_mels=cfg.features.n_mels)
+    existing = client.get_run(run_id).data.params
+    for k, v in variant_params(cfg, spec).items():
+        if k not in existing and k != "train.seed":
+            client.log_param(run_id, k, v)
+    done = {r.data.tags.get("svbench.seed"): r for r in find_child_runs(run_id, exp_id)
+            if r.data.tags.get(TAG_KIND) == "seed"}
+    per_seed = []
+    try:
+        for i in range(cfg.seeds):
+            seed = cfg.train.seed + i
+            prev = done.get(str(seed))
+            if prev is not None and prev.info.status == "FINISHED":
+                per_seed.append(dict(prev.data.metrics))
+                continue
+            scfg = build_config({**cfg.model_dump(mode="json"), "seeds": 1,
+                                 "train": {**cfg.train.model_dump(mode="json"), "seed": seed}})
+            seed_tags = {**(extra_tags or {}), TAG_KIND: "seed", "svbench.seed": str(seed)}
+            _, res = run_tracked(scfg, Path(out_dir) / f"seed{seed}", run_id=prev.info.run_id if prev else None,
+                                 parent_run_id=run_id, experiment_id=exp_id, run_name=f"{name}/seed{seed}",
+                                 extra_tags=seed_tags, resume=prev is not None or resume, progress=progress, meters=meters)
+            per_seed.append(result_metrics(res))
+        summary = seed_summary(per_seed)
+        for k, v in summary.items():
+            if v == v:  # not NaN
+                client.log_metric(run_id, k, v)
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")
+        raise
+    client.set_terminated(run_id, "FINISHED")
+    return run_id, summary
