@@ -8,18 +8,22 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from energy_helpers import FakeRapl  # noqa: E402
 
-root, package_w, dram_w, start_uj, seconds = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5])
-import zeus.device.cpu.rapl as rapl  # noqa: E402
+def main() -> None:
+    root, package_w, dram_w, start_uj, seconds = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5])
+    import zeus.device.cpu.rapl as rapl
 
-rapl.RAPL_DIR = root
-with FakeRapl(Path(root), package_w, dram_w, max_uj=2e8, package_start_uj=start_uj):
-    from bench.config import EnergyConfig
-    from bench.energy.meters import create_meters
+    rapl.RAPL_DIR = root
+    with FakeRapl(Path(root), package_w, dram_w, max_uj=2e8, package_start_uj=start_uj):
+        from bench.config import EnergyConfig
+        from bench.energy.meters import create_meters
 
-    meters = create_meters(EnergyConfig(meters=["zeus"]), "cpu")
-    with meters.window("work") as w:
-        time.sleep(seconds)
-    meters.close()
-r = w.reading
-print(json.dumps({"joules": r.joules, "sources": r.sources, "time_s": r.time_s, "total_j": r.total_j,
-                  "source": r.source_tag, "estimated": r.estimated, "meters": meters.describe()}))
+        meters = create_meters(EnergyConfig(meters=["zeus"]), "cpu")
+        with meters.window("work") as w:
+            time.sleep(seconds)
+        meters.close()
+    r = w.reading
+    print(json.dumps({"joules": r.joules, "sources": r.sources, "time_s": r.time_s, "total_j": r.total_j,
+                      "source": r.source_tag, "estimated": r.estimated, "meters": meters.describe()}))
+
+if __name__ == "__main__":  # Zeus starts its wraparound tracker with spawn: never re-run this on import
+    main()
