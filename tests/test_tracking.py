@@ -25,7 +25,8 @@ variants:
 
 
 def _env(**extra):
-    env = dict(os.environ)
+    # in-process MLflow calls of earlier tests export MLFLOW_EXPERIMENT_ID; a fresh `mlflow run` must not inherit it
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID")}
     env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
     env.update(extra)
     return env
