@@ -8,25 +8,38 @@ import tempfile
 from pathlib import Path
 from typing import IO, Iterator
 
+from bench.errors import BenchError
+
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, suffix: str = "", what: str = "file") -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` on success.
 
-    On any exception the temporary file is removed and ``path`` is untouched.
+    On any exception the temporary file is removed and ``path`` is untouched; an OS error (disk
+    full, read-only folder, permissions) becomes a one-line BenchError naming the file.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or ".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or ".tmp", dir=path.parent)
+        os.close(fd)
+        tmp_path = Path(tmp)
         yield tmp_path
         os.replace(tmp_path, path)
+    except OSError as exc:
+        _cleanup(tmp_path)
+        kept = f"the previous {what} is kept" if path.exists() else "nothing was written"
+        raise BenchError(f"cannot write {what} {path}: {exc.strerror or exc}; {kept}") from None
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp_path.unlink()
+        _cleanup(tmp_path)
         raise
+
+
+def _cleanup(tmp_path: Path | None) -> None:
+    if tmp_path is not None:
+        with contextlib.suppress(OSError):
+            tmp_path.unlink()
 
 
 @contextlib.contextmanager

@@ -8,6 +8,8 @@ the speakers it was trained on and the training mean embedding / AS-norm cohort 
 
 from __future__ import annotations
 
+import io
+import os
 from pathlib import Path
 
 import torch
@@ -17,11 +19,15 @@ from bench.errors import BenchError
 
 
 def save(obj: dict, path: str | Path) -> None:
-    try:
-        with atomic_path(path, suffix=".pt") as tmp:
-            torch.save(obj, tmp)
-    except OSError as exc:
-        raise BenchError(f"cannot write checkpoint {path}: {exc.strerror or exc}; the previous checkpoint is kept") from None
+    """Serialise in memory, then write a temp file beside ``path`` and rename it: a failed write
+    (disk full, read-only folder) raises a one-line BenchError and leaves the previous file intact."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    with atomic_path(path, suffix=".pt", what="checkpoint") as tmp:
+        with open(tmp, "wb") as fh:
+            fh.write(buf.getbuffer())
+            fh.flush()
+            os.fsync(fh.fileno())
 
 
 def load(path: str | Path, map_location="cpu") -> dict:

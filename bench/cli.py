@@ -118,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("svbench: interrupted", file=sys.stderr)
         return 130
+    except SystemExit as exc:  # argparse's --help / --version
+        return int(exc.code or 0) if isinstance(exc.code, (int, type(None))) else 2
 
 
 if __name__ == "__main__":

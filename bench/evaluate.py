@@ -17,7 +17,7 @@ from bench import checkpoint as ckpt
 from bench.atomic import atomic_open
 from bench.config import Config
 from bench.data.features import Fbank
-from bench.data.loader import eval_batches
+from bench.data.loader import LENGTH_TOLERANCE, eval_batches
 from bench.data.manifest import EVAL_MANIFEST, TRAIN_MANIFEST, data_root, read_manifest
 from bench.data.trials import TrialList, check_against, find_trial_lists, read_trials
 from bench.errors import BenchError
@@ -36,7 +36,7 @@ class LoadedModel:
     payload: dict
 
 
-def load_model(path: str | Path, device: torch.device) -> LoadedModel:
+def load_model(path: str | Path, device: torch.device, channels_last: bool = False) -> LoadedModel:
     payload = ckpt.load(path)
     if "model" not in payload or "spec" not in payload:
         raise BenchError(f"checkpoint {path} holds no model spec; give a model.pt written by `svbench train`")
@@ -48,7 +48,10 @@ def load_model(path: str | Path, device: torch.device) -> LoadedModel:
         embedder.load_state_dict(payload["model"])
     except RuntimeError:
         raise BenchError(f"checkpoint {path} does not match its model spec (mismatched weights); retrain or use the matching checkpoint") from None
-    return LoadedModel(embedder.to(device).eval(), spec, payload)
+    embedder = embedder.to(device).eval()
+    if channels_last:  # inference only: see README "Performance" for why training on CPU stays contiguous
+        embedder = embedder.to(memory_format=torch.channels_last)
+    return LoadedModel(embedder, spec, payload)
 
 
 def _precision_ctx(device: torch.device, precision: str):
@@ -65,12 +68,13 @@ def _precision_ctx(device: torch.device, precision: str):
 @torch.no_grad()
 def extract_embeddings(embedder: torch.nn.Module, fbank: Fbank, utt_ids: list[str], paths: list[Path],
                        num_samples: list[int], batch_frames: int, device: torch.device,
-                       precision: str = "fp32") -> np.ndarray:
+                       precision: str = "fp32", tolerance: float = LENGTH_TOLERANCE) -> np.ndarray:
     """(N, D) float32 embeddings in the order of ``utt_ids``."""
     index = {u: i for i, u in enumerate(utt_ids)}
     out = None
     for batch in eval_batches(utt_ids, paths, num_samples, batch_frames, hop=fbank.hop,
-                              sample_rate=fbank.sample_rate, min_samples=min_samples(fbank.hop, fbank.win)):
+                              sample_rate=fbank.sample_rate, min_samples=min_samples(fbank.hop, fbank.win),
+                              tolerance=tolerance):
         shortest = int(batch.lengths.min())  # a bucket is cut to its shortest member (<= 2% shorter)
         feats = fbank(batch.wav[:, :shortest].to(device))
         with _precision_ctx(device, precision):
@@ -150,7 +154,8 @@ def evaluate(model: LoadedModel, cfg: Config, device: torch.device, out_dir: Pat
     rows = df.set_index("utt_id").loc[needed]
     fbank = make_fbank(cfg, device)
     emb = extract_embeddings(model.embedder, fbank, needed, [root / p for p in rows["path"]],
-                             rows["num_samples"].tolist(), cfg.eval.batch_frames, device, precision)
+                             rows["num_samples"].tolist(), cfg.eval.batch_frames, device, precision,
+                             cfg.eval.length_tolerance)
     index = {u: i for i, u in enumerate(needed)}
     mean = model.payload.get("train_mean") if cfg.eval.subtract_mean else None
     mean = mean.numpy() if mean is not None else None

@@ -19,41 +19,47 @@ from bench.errors import BenchError
 
 
 def error_rates(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(fnr, fpr, thresholds) at every distinct threshold, starting below the lowest score."""
-    scores = np.asarray(scores, dtype=np.float64).ravel()
+    """(fnr, fpr, thresholds) at every distinct threshold, starting below the lowest score.
+
+    Implementation: one value sort of all scores and one of the target scores (no argsort), the
+    target count at each position from where each target score lands, cumulative sums at the ends
+    of tie groups.
+    """
+    scores = np.asarray(scores).ravel()
+    if scores.dtype not in (np.float32, np.float64):
+        scores = scores.astype(np.float64)
     labels = np.asarray(labels).ravel()
     if scores.shape != labels.shape:
         raise BenchError(f"scores ({scores.size}) and labels ({labels.size}) differ in length")
     if scores.size == 0:
         raise BenchError("no trials to score; the trial list is empty")
-    if not np.all(np.isfinite(scores)):
-        raise BenchError(f"{int((~np.isfinite(scores)).sum())} score(s) are NaN or infinite; check the model output")
+    finite = np.isfinite(scores)
+    if not finite.all():
+        raise BenchError(f"{int((~finite).sum())} score(s) are NaN or infinite; check the model output")
     tgt = labels.astype(bool)
-    n_tgt = int(tgt.sum())
+    n_tgt = int(np.count_nonzero(tgt))
     n_non = tgt.size - n_tgt
     if n_tgt == 0 or n_non == 0:
         kind = "non-target" if n_tgt == 0 else "target"
         raise BenchError(f"all {tgt.size} trials are {kind} trials; EER and minDCF need both target and non-target trials")
-    order = np.argsort(scores, kind="stable")
-    s = scores[order]
-    t = tgt[order]
-    cum_tgt = np.cumsum(t)
-    cum_non = np.arange(1, s.size + 1) - cum_tgt
-    last_of_group = np.ones(s.size, dtype=bool)
-    last_of_group[:-1] = s[1:] != s[:-1]
-    cum_tgt = cum_tgt[last_of_group]
-    cum_non = cum_non[last_of_group]
+    s = np.sort(scores)
+    t = np.sort(scores[tgt])
+    ends = np.flatnonzero(np.r_[s[1:] != s[:-1], True])  # last index of each tie group
+    landing = np.searchsorted(s, t, side="right") - 1  # the tie-group end each target score belongs to
+    cum_tgt = np.cumsum(np.bincount(landing, minlength=s.size))[ends]
+    cum_non = (ends + 1) - cum_tgt
     fnr = np.concatenate([[0.0], cum_tgt / n_tgt])
     fpr = np.concatenate([[1.0], 1.0 - cum_non / n_non])
-    thr = np.concatenate([[s[0] - 1e-12 - abs(s[0]) * 1e-12], s[last_of_group]])
+    lowest = float(s[0])
+    thr = np.concatenate([[lowest - 1e-12 - abs(lowest) * 1e-12], s[ends].astype(np.float64)])
     return fnr, fpr, thr
 
 
 def eer(fnr: np.ndarray, fpr: np.ndarray, thr: np.ndarray) -> tuple[float, float]:
     """(EER as a fraction, threshold) by the NIST interpolation."""
-    diff = fnr - fpr
-    x1 = int(np.flatnonzero(diff >= 0)[0])
-    x2 = int(np.flatnonzero(diff < 0)[-1])
+    diff = fnr - fpr  # non-decreasing: FNR only grows and FPR only falls with the threshold
+    x1 = int(np.argmax(diff >= 0))  # first point with FNR - FPR >= 0 (the last point has FNR 1, FPR 0)
+    x2 = x1 - 1  # the last point below 0 (the first point, FNR 0 / FPR 1, always is)
     denom = (fpr[x2] - fpr[x1]) - (fnr[x2] - fnr[x1])
     a = (fnr[x1] - fpr[x1]) / denom if denom != 0 else 0.0
     value = fnr[x1] + a * (fnr[x2] - fnr[x1])

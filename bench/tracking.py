@@ -123,6 +123,14 @@ class EpochLogger:
         self.run_id = run_id
         self.client = MlflowClient()
 
+    def on_train_begin(self, info: dict) -> None:
+        """After a resume: log restored epochs that never reached MLflow (killed between the
+        checkpoint and the metric), never twice."""
+        logged = {m.step for m in self.client.get_metric_history(self.run_id, "train/epoch_loss")}
+        for h in info.get("history", []):
+            if h["epoch"] not in logged:
+                self.on_epoch_end(h["epoch"], h)
+
     def on_epoch_end(self, epoch: int, metrics: dict) -> None:
         keys = {"loss": "train/epoch_loss", "accuracy": "train/epoch_accuracy", "lr": "train/epoch_lr",
                 "margin": "train/epoch_margin", "energy_j": "train/epoch_energy_j", "time_s": "train/epoch_time_s",

@@ -160,7 +160,8 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, callbacks: lis
         ckpt.save(state, last)
 
     _call(callbacks, "on_train_begin", {"steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
-                                        "num_classes": dataset.num_classes, "spec": spec, "world": dist_info.world})
+                                        "num_classes": dataset.num_classes, "spec": spec, "world": dist_info.world,
+                                        "history": list(history) if dist_info.is_main else []})
     loader_kwargs = {"num_workers": cfg.data.num_workers, "collate_fn": collate_crops,
                      "pin_memory": device.type == "cuda"}
     t_start = time.perf_counter()

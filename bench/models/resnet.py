@@ -60,8 +60,8 @@ class ResNetEmbedding(nn.Module):
         if feats.shape[1] < MIN_FRAMES:
             raise ValueError(f"need at least {MIN_FRAMES} frames, got {feats.shape[1]}")
         x = feats.transpose(1, 2).unsqueeze(1)  # (B, 1, F, T)
-        if x.is_cuda and next(self.parameters()).is_contiguous(memory_format=torch.channels_last):
-            x = x.contiguous(memory_format=torch.channels_last)
+        if self.stem[0].weight.is_contiguous(memory_format=torch.channels_last) and not self.stem[0].weight.is_contiguous():
+            x = x.contiguous(memory_format=torch.channels_last)  # a channels-last model gets channels-last input
         x = self.stages(self.stem(x))
         x = x.flatten(1, 2)  # (B, C*F', T')
         return self.embedding(self.pool(x))
