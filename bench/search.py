@@ -287,6 +287,25 @@ def _fail_orphans(study: optuna.Study) -> int:
     return n
 
 
+def _close_runs_of_failed_trials(study: optuna.Study) -> None:
+    """A worker killed mid-trial leaves its MLflow run RUNNING: end it FAILED like its trial."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,)):
+        rid = t.user_attrs.get("mlflow_run_id")
+        if not rid:
+            continue
+        try:
+            run = client.get_run(rid)
+        except Exception:
+            continue
+        if run.info.status == "RUNNING":
+            client.set_tag(rid, "optuna.state", "FAIL")
+            client.set_tag(rid, "optuna.error", "worker died during the trial (no heartbeat)")
+            client.set_terminated(rid, "FAILED")
+
+
 def run_search(cfg: Config, workers: int = 1, out_root: str | Path = "runs/search") -> dict:
     from mlflow.tracking import MlflowClient
 
@@ -302,6 +321,7 @@ def run_search(cfg: Config, workers: int = 1, out_root: str | Path = "runs/searc
         optuna.storages.fail_stale_trials(study)
     else:
         _fail_orphans(study)
+    _close_runs_of_failed_trials(study)
     # finished trials, and running ones (another machine's workers), count; enqueued (WAITING) ones do not
     done = len([t for t in study.get_trials(deepcopy=False) if t.state != optuna.trial.TrialState.WAITING])
     remaining = max(0, cfg.search.n_trials - done)

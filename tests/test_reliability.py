@@ -261,3 +261,68 @@ def test_mlproject_parameters_cannot_inject_shell(tmp_path):
     # the whole value reached svbench as one argument (a folder name with '; touch' in it)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (tmp_path / f"d; touch {marker}").exists() or any("touch" in p.name for p in tmp_path.iterdir())
+
+
+# ---------------------------------------------------------------- killed workers and sweeps
+def test_search_worker_killed_mid_trial_is_failed_by_heartbeat(tiny_corpus, tmp_path):
+    import optuna
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    env = _env(MLFLOW_TRACKING_URI=uri)
+    args = [sys.executable, "-m", "bench", "search", "--preset", "tiny", "--data.root", str(tiny_corpus),
+            "--train.epochs", "3", "--train.batch_size", "4", "--tracking.log_model", "false", "--study", "hb",
+            "--storage", storage, "--n-trials", "3", "--search.heartbeat_s", "1", "--search.stage_blocks_max", "[1,1,1,1]",
+            "--out", str(tmp_path / "runs")]
+    proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    victim = None
+    while time.time() < deadline and proc.poll() is None and victim is None:
+        try:
+            st_ = optuna.load_study(study_name="hb", storage=storage)
+            running = [t for t in st_.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.RUNNING
+                       and "mlflow_run_id" in t.user_attrs]
+            if running:
+                time.sleep(1.0)  # mid-trial
+                victim = running[0].number
+                os.kill(proc.pid, signal.SIGKILL)
+        except Exception:
+            pass
+        time.sleep(0.1)
+    proc.wait()
+    assert victim is not None, "no trial was running to kill"
+    time.sleep(3)  # past the grace period (2 x heartbeat)
+    again = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr[-2000:]
+    study = optuna.load_study(study_name="hb", storage=storage)
+    states = {t.number: t.state for t in study.trials}
+    assert len(states) == 3 and states[victim] == optuna.trial.TrialState.FAIL
+    assert all(s == optuna.trial.TrialState.COMPLETE for n, s in states.items() if n != victim)
+    client = MlflowClient(tracking_uri=uri)
+    run = client.get_run(study.trials[victim].user_attrs["mlflow_run_id"])
+    assert run.info.status == "FAILED" and run.data.tags["optuna.state"] == "FAIL"
+
+
+def test_interrupted_sweep_rerun_skips_finished_and_resumes(tiny_corpus, tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    env = _env(MLFLOW_TRACKING_URI=uri)
+    grid = tmp_path / "g.yaml"
+    grid.write_text("name: interrupted\npreset: tiny\nvariants:\n  - {name: first, model: tiny-ResNet-50-W0.25}\n"
+                    "  - {name: second, model: tiny-ResNet-18-D}\n")
+    args = [sys.executable, "-m", "bench", "sweep", "--grid", str(grid), "--data-root", str(tiny_corpus),
+            "--out", str(tmp_path / "runs"), *TRAIN]
+    killed = _kill_at_step(args, tmp_path / "runs" / "interrupted" / "second" / "checkpoints" / "last.pt", 3, env)
+    assert killed >= 3
+    again = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "first: already finished, skipped" in again.stdout
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("sv-energy-bench")
+    runs = client.search_runs([exp.experiment_id])
+    variants = [r for r in runs if r.data.tags.get("svbench.kind") == "variant"]
+    parents = [r for r in runs if r.data.tags.get("svbench.kind") == "sweep"]
+    assert sorted(r.data.tags["svbench.variant"] for r in variants) == ["first", "second"]
+    assert all(r.info.status == "FINISHED" for r in variants + parents) and len(parents) == 1
+    second = next(r for r in variants if r.data.tags["svbench.variant"] == "second")
+    steps = [m.step for m in client.get_metric_history(second.info.run_id, "train/epoch_loss")]
+    assert sorted(steps) == [1, 2, 3]
