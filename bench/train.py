@@ -26,7 +26,7 @@ from bench.config import Config, config_to_yaml
 from bench.data.features import Fbank
 from bench.data.loader import EpochBatchSampler, TrainCrops, collate_crops
 from bench.data.manifest import TRAIN_MANIFEST, data_root, read_manifest
-from bench.distributed import DistInfo, all_reduce_sum, barrier, init_distributed
+from bench.distributed import all_reduce_sum, barrier, init_distributed
 from bench.energy.reading import reading_to_state
 from bench.errors import BenchError
 from bench.models import build_model, spec_from_config

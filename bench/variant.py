@@ -9,7 +9,6 @@ forecast error is recorded.
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 

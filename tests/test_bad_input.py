@@ -83,7 +83,6 @@ def test_missing_ffmpeg_is_clear(tiny_corpus, tmp_path):
     m4a = tmp_path / "vox2" / "dev" / "aac" / "id00001" / "abc"
     m4a.mkdir(parents=True)
     (m4a / "00001.m4a").write_bytes(b"\x00")
-    import bench.cli
     import os
     env = {"PATH": os.path.dirname(os.sys.executable)}  # no ffmpeg on this PATH
     assert_one_line_error(run_cli("data", "prepare", "--voxceleb1", vox, "--voxceleb2", tmp_path / "vox2",

@@ -1,4 +1,3 @@
-import numpy as np
 import torch
 
 from bench.data.audio import load_audio

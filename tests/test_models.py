@@ -6,7 +6,7 @@ from bench.errors import BenchError
 from bench.models import build_model, get_spec, list_presets, spec_from_config
 from bench.models.heads import MarginHead
 from bench.models.profile import profile_model
-from bench.models.resnet import MIN_FRAMES, count_params
+from bench.models.resnet import MIN_FRAMES
 from conftest import assert_one_line_error, run_cli
 
 STUDY_WITH_HEAD = {  # PAPER.md: 81-bin input, 5,994-class head, 256-dim, ASTP
