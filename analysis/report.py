@@ -224,9 +224,9 @@ def log_report(report: dict, run_id: str) -> None:
 
 def terminal_table(report: dict) -> str:
     t = report["table"].copy()
-    cols = ["variant", "params_m", "eer_pct", "eer_95ci", "min_dcf_p01", "train_energy_j", "train_co2_g",
+    cols = ["variant", "params_m", "eer_pct", "eer_ci", "min_dcf_p01", "train_energy_j", "train_co2_g",
             "infer_j_per_1k_trials", "pareto"]
-    t["eer_95ci"] = [f"[{lo:.2f}, {hi:.2f}]" if lo == lo and hi == hi else "" for lo, hi in zip(t["eer_ci_low"], t["eer_ci_high"])]
+    t["eer_ci"] = [f"[{lo:.2f}, {hi:.2f}]" if lo == lo and hi == hi else "" for lo, hi in zip(t["eer_ci_low"], t["eer_ci_high"])]
     if t["eer_std"].notna().any():
         cols.insert(4, "eer_std")
     return t[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}")
