@@ -53,7 +53,7 @@ def _report(sweep_key=None, parent=None, out=None, title="report", experiment=No
     print(f"\n{title}: {len(rep['table'])} variants, trial list {rep['trials']}")
     print(terminal_table(rep))
     print(f"Pareto-optimal: {', '.join(rep['table'][rep['table']['pareto']]['variant'])}; knee: {rep['knee']}")
-    print("Differences under about 1 EER point are noise at the demo's trial count.")
+    print("eer_ci: bootstrap interval over speakers; overlapping intervals are not distinguishable at this trial count.")
     print(f"report: {Path(rep['dir']) / 'report.md'}")
     return rep
 
