@@ -1,4 +1,4 @@
-"""Command line: ``svbench data | config | models | train | eval``.
+"""Command line: ``svbench data | config | models | train | eval | infer | sweep | report | search | dashboard``.
 
 Every user error is one line on stderr and exit code 2 (see ``bench.errors``).
 """
@@ -100,10 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _register_more(sub) -> None:
-    """Hook for commands defined in other modules (models, train, eval ...)."""
-    from bench import cli_commands
+    """Commands defined in their own modules, each with ``register(sub, parser_class, add_config_args)``."""
+    from bench import cli_models, cli_search, cli_sweep, cli_train
 
-    cli_commands.register(sub, _Parser, _add_config_args)
+    for module in (cli_models, cli_train, cli_sweep, cli_search):
+        module.register(sub, _Parser, _add_config_args)
 
 
 def main(argv: list[str] | None = None) -> int:

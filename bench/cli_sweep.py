@@ -86,7 +86,3 @@ def register(sub, parser_class, add_config_args) -> None:
     r.add_argument("--trials", default=None, help="trial list whose EER is plotted (default: the first)")
     r.add_argument("--out", default=None)
     r.set_defaults(func=cmd_report)
-
-    from bench import cli_search
-
-    cli_search.register(sub, parser_class, add_config_args)

@@ -1,4 +1,4 @@
-"""train / eval sub-commands."""
+"""train / eval / infer sub-commands."""
 
 from __future__ import annotations
 
@@ -121,10 +121,6 @@ def register(sub, parser_class, add_config_args) -> None:
     i.add_argument("--out", default=None, help="folder for score files")
     i.add_argument("--json", action="store_true")
     i.set_defaults(func=cmd_infer)
-
-    from bench import cli_sweep
-
-    cli_sweep.register(sub, parser_class, add_config_args)
     t = sub.add_parser("train", help="train and evaluate one variant; writes OUT/result.json")
     add_config_args(t)
     t.add_argument("--model", default=None, help="model preset name (same as --model.name)")

@@ -28,6 +28,7 @@ import optuna
 import psutil
 
 from bench.config import Config, build_config
+from bench.energy.carbon import grams
 from bench.errors import BenchError
 
 STUDY_VARIANT_LAYOUTS = [(2, 2, 2, 2), (3, 4, 6, 3), (2, 6, 6, 2), (2, 10, 2, 2), (10, 2, 2, 2), (2, 2, 2, 10)]
@@ -179,7 +180,9 @@ def objective(trial: optuna.Trial, ctx: TrialContext) -> tuple[float, float]:
     finally:
         if handle is not None and handle.reading is not None:
             trial.set_user_attr("spent_energy_j", handle.reading.total_j)
-            trial.set_user_attr("spent_co2_g", _co2(ctx.cfg, handle.reading.total_j, ctx))
+            r = handle.reading
+            trial.set_user_attr("spent_co2_g", None if r.total_j is None else grams(
+                r.total_j, ctx.cfg.energy.pue, ctx.cfg.energy.region, ctx.series, r.start_time, r.end_time))
 
 
 def _trial_body(trial: optuna.Trial, ctx: TrialContext, rid: str, tags: dict) -> tuple[float, float]:
@@ -240,16 +243,8 @@ def _trial_body(trial: optuna.Trial, ctx: TrialContext, rid: str, tags: dict) ->
 
 
 def _co2(cfg: Config, energy_j: float | None, ctx: TrialContext) -> float | None:
-    if energy_j is None:
-        return None
-    from bench.energy.carbon import lookup
-
-    if ctx.series is not None:
-        import time
-
-        now = time.time()
-        return energy_j / 3.6e6 * cfg.energy.pue * ctx.series.mean_over(now - 1, now)
-    return energy_j / 3.6e6 * cfg.energy.pue * lookup(cfg.energy.region).g_per_kwh
+    """Carbon of a forecast energy at the current intensity."""
+    return None if energy_j is None else grams(energy_j, cfg.energy.pue, cfg.energy.region, ctx.series)
 
 
 # ------------------------------------------------------------------ workers

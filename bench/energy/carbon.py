@@ -103,6 +103,19 @@ def electricitymaps_series(lat: float, lon: float) -> HourlySeries:
                         "electricitymaps")
 
 
+def grams(energy_j: float, pue: float, region: str = "FRA", series: HourlySeries | None = None,
+          start: float | None = None, end: float | None = None) -> float:
+    """gCO2e of ``energy_j`` joules: J -> kWh, x PUE, x the region's intensity or the series' mean
+    over [start, end] (default: the last second)."""
+    if series is not None:
+        import time
+
+        end = time.time() if end is None else end
+        start = end - 1.0 if start is None else start
+        return energy_j / J_PER_KWH * pue * series.mean_over(start, end)
+    return energy_j / J_PER_KWH * pue * lookup(region).g_per_kwh
+
+
 @dataclass
 class CarbonResult:
     co2_g: float | None

@@ -1,4 +1,4 @@
-"""Sub-commands beyond data and config (models, train, eval ...), registered on the main parser."""
+"""models sub-commands: list and show presets with their profiles."""
 
 from __future__ import annotations
 
@@ -54,7 +54,3 @@ def register(sub, parser_class, add_config_args) -> None:
     ms.add_argument("--batch-size", type=int, default=128, help="batch for the peak training memory figure")
     ms.add_argument("--frames", type=int, default=200)
     ms.set_defaults(func=cmd_models_show)
-
-    from bench import cli_train
-
-    cli_train.register(sub, parser_class, add_config_args)
