@@ -63,7 +63,9 @@ def run_variant(cfg: Config, out_dir: str | Path, resume: bool = False, callback
     series = intensity_series(cfg.energy)
     try:
         forecast = None
-        if cfg.energy.forecast and dist_info.is_main and not resume:
+        if cfg.energy.forecast and dist_info.enabled and dist_info.is_main:
+            print("energy.forecast is skipped under torchrun (the probe is a single-process run)")
+        if cfg.energy.forecast and not dist_info.enabled and not resume:
             from bench.energy.forecast import probe
 
             total = steps_per_epoch(cfg) * cfg.train.epochs
