@@ -85,10 +85,11 @@ def variant_table(runs: pd.DataFrame, trials: str | None = None) -> tuple[pd.Dat
         "infer_j_per_1k_trials": col("metrics.infer/energy_j_per_1k_trials"),
         "infer_bf16_j_per_1k_trials": col("metrics.infer_bf16/energy_j_per_1k_trials"),
         "energy_source": col("tags.energy.source"),
+        "feasible": col("tags.optuna.feasible").fillna("true") != "false",  # search trials over budget are not
         "run_id": runs["run_id"],
     })
     t = t.sort_values("train_energy_j").reset_index(drop=True)
-    ok = t["train_energy_j"].notna() & t["eer_pct"].notna()
+    ok = t["train_energy_j"].notna() & t["eer_pct"].notna() & t["feasible"]
     t["pareto"] = False
     if ok.any():
         t.loc[ok, "pareto"] = pareto_mask(t.loc[ok, "train_energy_j"].to_numpy(), t.loc[ok, "eer_pct"].to_numpy())

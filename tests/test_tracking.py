@@ -157,3 +157,20 @@ def test_pareto_and_knee():
     assert knee_index(front, "e", "eer") == 1
     g = marginal_gains(front, "e", "eer")
     assert g["eer_gain_pct_points"].iloc[1] == pytest.approx(5.0)
+
+
+def test_report_front_ignores_infeasible_trials():
+    import pandas as pd
+
+    from analysis.report import variant_table
+
+    runs = pd.DataFrame({
+        "tags.svbench.variant": ["cheap-bad", "over-budget", "ok"],
+        "metrics.eer_pct/x": [20.0, 5.0, 10.0],
+        "metrics.train/energy_j": [10.0, 5.0, 50.0],
+        "tags.optuna.feasible": ["true", "false", "true"],
+        "run_id": ["a", "b", "c"],
+    })
+    t, trials = variant_table(runs)
+    front = set(t[t["pareto"]]["variant"])
+    assert trials == "x" and front == {"cheap-bad", "ok"}  # the infeasible one would dominate both
