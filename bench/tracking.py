@@ -227,7 +227,7 @@ def log_artifacts(result, cfg: Config, model_path: Path, log_model: bool) -> Non
     if log_model:
         from mlflow.models import infer_signature
 
-        example = np.zeros((1, 200, model.spec.n_mels), dtype=np.float32)
+        example = np.zeros((2, 200, model.spec.n_mels), dtype=np.float32)  # batch 2: export keeps batch and time dynamic
         with torch.no_grad():
             out = model.embedder(torch.from_numpy(example)).numpy()
         mlflow.pytorch.log_model(model.embedder, name="model", signature=infer_signature(example, out),
