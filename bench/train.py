@@ -261,9 +261,9 @@ def _check_compatible(state: dict, spec, num_classes: int, path: Path) -> None:
         raise BenchError(f"checkpoint {path} was made for another model or data set ({what} differ); use a new --out or the matching config")
 
 
-def steps_per_epoch(cfg: Config) -> int:
-    root = data_root(cfg.data.root)
-    n = len(read_manifest(root / TRAIN_MANIFEST))
-    return max(1, n // cfg.train.batch_size)
+def steps_per_epoch(cfg: Config, world: int = 1) -> int:
+    """Optimizer steps per epoch for this config's training manifest (the sampler's own count)."""
+    n = len(read_manifest(data_root(cfg.data.root) / TRAIN_MANIFEST))
+    return EpochBatchSampler(n, cfg.train.batch_size, cfg.train.seed, world=world).batches_per_epoch()
 
 
