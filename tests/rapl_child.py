@@ -13,7 +13,7 @@ def main() -> None:
     import zeus.device.cpu.rapl as rapl
 
     rapl.RAPL_DIR = root
-    with FakeRapl(Path(root), package_w, dram_w, max_uj=2e8, package_start_uj=start_uj):
+    with FakeRapl(Path(root), package_w, dram_w, max_uj=1e9, package_start_uj=start_uj):
         from bench.config import EnergyConfig
         from bench.energy.meters import create_meters
 

@@ -35,8 +35,8 @@ def test_zeus_reads_rapl_tree(tmp_path):
 
 
 def test_zeus_rapl_wraparound(tmp_path):
-    # package counter starts 30 J below its 200 J range: it wraps after 0.6 s of the window
-    r = _rapl(tmp_path, start_uj=2e8 - 30e6)
+    # package counter starts 30 J below its 1000 J range: it wraps after 0.6 s of the window
+    r = _rapl(tmp_path, start_uj=1e9 - 30e6)
     assert r["joules"]["cpu:0"] == pytest.approx(50 * r["time_s"], rel=0.02)
 
 
