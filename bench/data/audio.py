@@ -12,14 +12,18 @@ from bench.errors import BenchError
 SAMPLE_RATE = 16000
 
 
+def _unreadable(path: str | Path, exc: Exception) -> BenchError:
+    if not Path(path).exists():
+        return BenchError(f"audio file {path} does not exist; re-run `svbench data prepare`")
+    return BenchError(f"audio file {path} is corrupt or not a WAV/FLAC file ({str(exc).splitlines()[0][:80]})")
+
+
 def audio_info(path: str | Path) -> tuple[int, int, int]:
     """(num_samples, sample_rate, channels) of an audio file; BenchError when unreadable."""
     try:
         info = sf.info(str(path))
     except (RuntimeError, sf.LibsndfileError) as exc:
-        if not Path(path).exists():
-            raise BenchError(f"audio file {path} does not exist; re-run `svbench data prepare`") from None
-        raise BenchError(f"audio file {path} is corrupt or not a WAV/FLAC file ({str(exc).splitlines()[0][:80]})") from None
+        raise _unreadable(path, exc) from None
     return int(info.frames), int(info.samplerate), int(info.channels)
 
 
@@ -39,8 +43,6 @@ def load_audio(path: str | Path, expected_rate: int = SAMPLE_RATE, start: int = 
     try:
         data, rate = sf.read(str(path), dtype="float32", start=start, frames=frames, always_2d=True)
     except (RuntimeError, sf.LibsndfileError) as exc:
-        if not Path(path).exists():
-            raise BenchError(f"audio file {path} does not exist; re-run `svbench data prepare`") from None
-        raise BenchError(f"audio file {path} is corrupt or not a WAV/FLAC file ({str(exc).splitlines()[0][:80]})") from None
+        raise _unreadable(path, exc) from None
     check_format(path, max(data.shape[0], 1) if start else data.shape[0], rate, data.shape[1], expected_rate)
     return np.ascontiguousarray(data[:, 0])
