@@ -138,9 +138,9 @@ def carbon_of(readings: list[EnergyReading], pue: float, region: str = "FRA",
     kwh = sum(t for _, t in totals) / J_PER_KWH
     facility_kwh = kwh * pue
     if series is not None:
-        grams = sum(t / J_PER_KWH * pue * series.mean_over(r.start_time, r.end_time) for r, t in totals)
-        mean_int = grams / facility_kwh if facility_kwh > 0 else series.mean_over(readings[0].start_time, readings[-1].end_time)
-        return CarbonResult(grams, facility_kwh, mean_int, "series", series.source, pue)
+        co2 = sum(grams(t, pue, series=series, start=r.start_time, end=r.end_time) for r, t in totals)
+        mean_int = co2 / facility_kwh if facility_kwh > 0 else series.mean_over(readings[0].start_time, readings[-1].end_time)
+        return CarbonResult(co2, facility_kwh, mean_int, "series", series.source, pue)
     inten = lookup(region)
     return CarbonResult(facility_kwh * inten.g_per_kwh, facility_kwh, inten.g_per_kwh, inten.region,
                         f"{inten.source} ({inten.year})", pue)
