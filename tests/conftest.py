@@ -56,6 +56,23 @@ def run_cli(*args, cwd=None, env=None, timeout=600):
                           cwd=cwd or REPO, env=e, timeout=timeout)
 
 
+def fresh_env(**extra) -> dict:
+    """Environment for a child svbench/mlflow process: the venv's bin first on PATH, and none of the
+    MLFLOW_EXPERIMENT_ID / MLFLOW_RUN_ID that in-process MLflow calls of earlier tests export."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID")}
+    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
+    env.update(extra)
+    return env
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def assert_one_line_error(proc, *fragments):
     assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
     lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]

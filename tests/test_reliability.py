@@ -24,16 +24,10 @@ from bench.data.features import Fbank
 from bench.data.loader import TrainCrops, collate_crops, crop_samples
 from bench.data.manifest import read_manifest
 from bench.errors import BenchError
-from conftest import REPO, assert_one_line_error, run_cli
+from conftest import fresh_env, REPO, assert_one_line_error, run_cli
 
 TRAIN = ["--train.epochs", "3", "--train.batch_size", "8", "--train.threads", "1", "--train.checkpoint_every_steps", "1",
          "--tracking.log_model", "false"]
-
-
-def _env(**extra):
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID")}
-    env.update(extra)
-    return env
 
 
 def _kill_at_step(args, last: Path, step: int, env) -> int:
@@ -55,7 +49,7 @@ def _kill_at_step(args, last: Path, step: int, env) -> int:
 
 def test_three_sigkills_then_resume_match_uninterrupted_and_mlflow_is_clean(tiny_corpus, tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    env = _env(MLFLOW_TRACKING_URI=uri)
+    env = fresh_env(MLFLOW_TRACKING_URI=uri)
     base = [sys.executable, "-m", "bench", "train", "--preset", "tiny", "--data.root", str(tiny_corpus), *TRAIN]
     ref = subprocess.run(base + ["--out", str(tmp_path / "ref"), "--tracking.experiment", "ref"], cwd=REPO, env=env,
                          capture_output=True, text=True)
@@ -253,7 +247,7 @@ def test_servers_bind_loopback_by_default():
 
 def test_mlproject_parameters_cannot_inject_shell(tmp_path):
     marker = tmp_path / "PWNED"
-    env = _env(MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/m.db", PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    env = fresh_env(MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/m.db", PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
     proc = subprocess.run(["mlflow", "run", str(REPO), "--env-manager", "local", "-e", "data",
                            "-P", f"out={tmp_path}/d; touch {marker}", "-P", "size=tiny"],
                           capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
@@ -269,7 +263,7 @@ def test_search_worker_killed_mid_trial_is_failed_by_heartbeat(tiny_corpus, tmp_
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     storage = f"sqlite:///{tmp_path}/optuna.db"
-    env = _env(MLFLOW_TRACKING_URI=uri)
+    env = fresh_env(MLFLOW_TRACKING_URI=uri)
     args = [sys.executable, "-m", "bench", "search", "--preset", "tiny", "--data.root", str(tiny_corpus),
             "--train.epochs", "3", "--train.batch_size", "4", "--tracking.log_model", "false", "--study", "hb",
             "--storage", storage, "--n-trials", "3", "--search.heartbeat_s", "1", "--search.stage_blocks_max", "[1,1,1,1]",
@@ -305,7 +299,7 @@ def test_search_worker_killed_mid_trial_is_failed_by_heartbeat(tiny_corpus, tmp_
 
 def test_interrupted_sweep_rerun_skips_finished_and_resumes(tiny_corpus, tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    env = _env(MLFLOW_TRACKING_URI=uri)
+    env = fresh_env(MLFLOW_TRACKING_URI=uri)
     grid = tmp_path / "g.yaml"
     grid.write_text("name: interrupted\npreset: tiny\nvariants:\n  - {name: first, model: tiny-ResNet-50-W0.25}\n"
                     "  - {name: second, model: tiny-ResNet-18-D}\n")

@@ -1,5 +1,4 @@
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -11,7 +10,7 @@ from mlflow.tracking import MlflowClient
 
 from bench.config import load_config
 from bench.search import create_study, make_storage, run_search
-from conftest import REPO, postgres_url, run_cli
+from conftest import free_port, REPO, postgres_url, run_cli
 
 
 def _cfg(root, tmp_path, study, *extra):
@@ -61,12 +60,6 @@ def test_two_workers_eight_trials_none_lost_and_a_failure_continues(tiny_corpus,
     assert len(again["study"].trials) == 8
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_impossible_budget_is_infeasible_everywhere(tiny_corpus, tmp_path):
     study = "impossible"
     args = ["search", "--preset", "tiny", "--data.root", tiny_corpus, "--train.epochs", "1", "--tracking.log_model", "false",
@@ -82,7 +75,7 @@ def test_impossible_budget_is_infeasible_everywhere(tiny_corpus, tmp_path):
     assert all(t.state == optuna.trial.TrialState.PRUNED for t in st.trials)
     assert all(t.user_attrs["forecast_energy_j"] > 1e-9 and t.user_attrs["probe_energy_j"] > 0 for t in st.trials)
     assert all(c > 0 for t in st.trials for c in t.constraints.values())
-    port = _free_port()
+    port = free_port()
     dash = subprocess.Popen([sys.executable, "-m", "bench", "dashboard", "--storage", str(tmp_path / f"{study}.journal"),
                              "--port", str(port)], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

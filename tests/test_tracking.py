@@ -1,12 +1,8 @@
 import json
-import os
-import socket
 import subprocess
-import sys
 import time
 import tomllib
 import urllib.request
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +10,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from analysis.pareto import knee_index, marginal_gains, pareto_mask
-from conftest import REPO, assert_one_line_error, postgres_url, run_cli
+from conftest import fresh_env, free_port, REPO, assert_one_line_error, postgres_url, run_cli
 
 TINY_GRID = """name: tinygrid
 preset: tiny
@@ -24,19 +20,11 @@ variants:
 """
 
 
-def _env(**extra):
-    # in-process MLflow calls of earlier tests export MLFLOW_EXPERIMENT_ID; a fresh `mlflow run` must not inherit it
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID")}
-    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
-    env.update(extra)
-    return env
-
-
 def test_mlflow_run_train_entry(tiny_corpus, tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     proc = subprocess.run(["mlflow", "run", str(REPO), "--env-manager", "local", "-e", "train",
                            "--experiment-name", "ci-train", "-P", f"data_root={tiny_corpus}", "-P", f"out={tmp_path / 'out'}",
-                           "-P", "epochs=2"], capture_output=True, text=True, env=_env(MLFLOW_TRACKING_URI=uri),
+                           "-P", "epochs=2"], capture_output=True, text=True, env=fresh_env(MLFLOW_TRACKING_URI=uri),
                           cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     client = MlflowClient(tracking_uri=uri)
@@ -72,18 +60,12 @@ def test_mlflow_run_train_entry(tiny_corpus, tmp_path):
     assert models and models[0].source_run_id == run.info.run_id
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_sweep_against_mlflow_server_over_rest(tiny_corpus, tmp_path):
     backend = postgres_url("svbench_mlflow_test") or f"sqlite:///{tmp_path}/server.db"
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(["mlflow", "server", "--backend-store-uri", backend, "--host", "127.0.0.1",
                                "--port", str(port), "--artifacts-destination", str(tmp_path / "artifacts"),
-                               "--workers", "1"], env=_env(), cwd=tmp_path, stdout=subprocess.DEVNULL,
+                               "--workers", "1"], env=fresh_env(), cwd=tmp_path, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     try:
