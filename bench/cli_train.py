@@ -62,7 +62,7 @@ def cmd_eval(args, extra) -> int:
 
     cfg = _config(args, extra)
     device = select_device(cfg.train.device)
-    model = load_model(args.checkpoint, device, cfg.eval.channels_last)
+    model = load_model(args.checkpoint, device, cfg.eval.channels_last, cfg.eval.compile)
     trial_names = args.trials or None
     for t in trial_names or []:
         if not Path(t).is_file() and "/" in t:
@@ -92,7 +92,7 @@ def cmd_infer(args, extra) -> int:
     if args.batch_frames:
         cfg.eval.batch_frames = args.batch_frames
     device = select_device(cfg.train.device)
-    model = load_model(args.checkpoint, device, cfg.eval.channels_last)
+    model = load_model(args.checkpoint, device, cfg.eval.channels_last, cfg.eval.compile)
     meters = create_meters(cfg.energy, device.type)
     try:
         rows = measure_inference(model, cfg, device, meters, precisions, Path(args.out) if args.out else None,

@@ -110,7 +110,8 @@ class EvalConfig(_Section):
     as_norm: bool = False
     as_norm_top_n: int = Field(100, ge=1)
     length_tolerance: float = Field(0.02, ge=0.0, le=0.5, description="a length bucket's longest utterance may exceed its shortest by this fraction (the batch is cut to the shortest)")
-    channels_last: bool = Field(True, description="channels-last model for embedding extraction (1.5-1.9x on this CPU)")
+    channels_last: bool = Field(True, description="channels-last model for embedding extraction (see README Performance)")
+    compile: bool = Field(False, description="torch.compile the extraction model (dynamic shapes): a one-off compile of tens of seconds per shape range, worth it for long trial lists")
     bootstrap_resamples: int = Field(1000, ge=0, description="speaker-bootstrap resamples for EER/minDCF intervals; 0 = off")
     ci_level: float = Field(0.95, gt=0.0, lt=1.0)
     latency: bool = Field(True, description="measure per-utterance latency, throughput and real-time factor")

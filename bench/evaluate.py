@@ -24,6 +24,7 @@ from bench.errors import BenchError
 from bench.metrics import verification_metrics
 from bench.statistics import bootstrap_ci, speaker_of
 from bench.models import ResNetSpec, build_model
+from bench.models.inference import extraction_model
 from bench.models.resnet import min_samples
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -31,12 +32,14 @@ PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 @dataclass
 class LoadedModel:
-    embedder: torch.nn.Module
+    embedder: torch.nn.Module  # the trained architecture, as logged to MLflow
     spec: ResNetSpec
     payload: dict
+    extractor: torch.nn.Module  # what extraction and latency run: see bench.models.inference
 
 
-def load_model(path: str | Path, device: torch.device, channels_last: bool = False) -> LoadedModel:
+def load_model(path: str | Path, device: torch.device, channels_last: bool = False,
+               compiled: bool = False) -> LoadedModel:
     payload = ckpt.load(path)
     if "model" not in payload or "spec" not in payload:
         raise BenchError(f"checkpoint {path} holds no model spec; give a model.pt written by `svbench train`")
@@ -49,9 +52,8 @@ def load_model(path: str | Path, device: torch.device, channels_last: bool = Fal
     except RuntimeError:
         raise BenchError(f"checkpoint {path} does not match its model spec (mismatched weights); retrain or use the matching checkpoint") from None
     embedder = embedder.to(device).eval()
-    if channels_last:  # inference only: see README "Performance" for why training on CPU stays contiguous
-        embedder = embedder.to(memory_format=torch.channels_last)
-    return LoadedModel(embedder, spec, payload)
+    # channels-last is for inference only: see README "Performance" for why CPU training stays contiguous
+    return LoadedModel(embedder, spec, payload, extraction_model(embedder, channels_last, compiled))
 
 
 def _precision_ctx(device: torch.device, precision: str):
@@ -153,7 +155,7 @@ def evaluate(model: LoadedModel, cfg: Config, device: torch.device, out_dir: Pat
     needed = sorted(set().union(*[set(t.utterances) for t in lists]))
     rows = df.set_index("utt_id").loc[needed]
     fbank = make_fbank(cfg, device)
-    emb = extract_embeddings(model.embedder, fbank, needed, [root / p for p in rows["path"]],
+    emb = extract_embeddings(model.extractor, fbank, needed, [root / p for p in rows["path"]],
                              rows["num_samples"].tolist(), cfg.eval.batch_frames, device, precision,
                              cfg.eval.length_tolerance)
     index = {u: i for i, u in enumerate(needed)}

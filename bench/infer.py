@@ -40,7 +40,7 @@ def measure_inference(model: LoadedModel, cfg: Config, device: torch.device, met
                        co2_g_per_1k_trials=carbon.co2_g / n_trials * 1000.0)
         if cfg.eval.latency:
             root, df = load_trial_lists(cfg, trial_names)[0::2]
-            row.update(measure_latency(model.embedder, make_fbank(cfg, device), [root / p for p in df["path"]],
+            row.update(measure_latency(model.extractor, make_fbank(cfg, device), [root / p for p in df["path"]],
                                        device, precision, seed=cfg.train.seed))
         out[precision] = row
     return out

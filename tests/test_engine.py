@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -93,6 +94,9 @@ def test_eval_cli_and_bad_checkpoints(tiny_corpus, tmp_path):
     assert ok.returncode == 0, ok.stderr
     assert "EER" in ok.stdout
     assert_one_line_error(run_cli("eval", "--preset", "tiny", "--checkpoint", tmp_path / "nope.pt"), "does not exist")
+    assert_one_line_error(run_cli("eval", "--preset", "tiny", "--data.root", tiny_corpus, "--checkpoint",
+                                  tmp_path / "m" / "model.pt", "--eval.compile", "true", env={"CXX": "/nonexistent/g++"}),
+                          "needs a C++ compiler")
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
     assert_one_line_error(run_cli("eval", "--preset", "tiny", "--checkpoint", bad), "cannot be loaded")
@@ -102,6 +106,26 @@ def test_eval_cli_and_bad_checkpoints(tiny_corpus, tmp_path):
     ckpt.save(payload, tmp_path / "mismatch.pt")
     assert_one_line_error(run_cli("eval", "--preset", "tiny", "--data.root", tiny_corpus, "--checkpoint",
                                   tmp_path / "mismatch.pt"), "does not match")
+
+
+def _eval_json(stdout: str) -> dict:
+    return json.loads(stdout[stdout.index("{"):])
+
+
+def test_compiled_extraction_scores_like_eager(tiny_corpus, tmp_path):
+    """`--eval.compile true`: torch.compile with dynamic shapes over every bucket shape of the trial
+    list gives the eager scores to float rounding."""
+    run_variant(_cfg(tiny_corpus, "--train.epochs", "1"), tmp_path / "m", progress=False)
+    args = ["eval", "--preset", "tiny", "--data.root", tiny_corpus, "--checkpoint", tmp_path / "m" / "model.pt",
+            "--trials", "synth"]
+    eager = run_cli(*args, "--out", tmp_path / "eager")
+    compiled = run_cli(*args, "--out", tmp_path / "compiled", "--eval.compile", "true")
+    assert eager.returncode == 0 and compiled.returncode == 0, compiled.stderr[-3000:]
+    a = np.loadtxt(tmp_path / "eager" / "scores" / "synth.txt", usecols=1)
+    b = np.loadtxt(tmp_path / "compiled" / "scores" / "synth.txt", usecols=1)
+    assert len(a) == len(b) > 100
+    assert np.abs(a - b).max() < 1e-4
+    assert np.abs(a).max() > 1e-3  # real scores, not zeros
 
 
 def test_resume_with_other_model_is_refused(tiny_corpus, tmp_path):

@@ -5,6 +5,7 @@ from bench.config import load_config
 from bench.errors import BenchError
 from bench.models import build_model, get_spec, list_presets, spec_from_config
 from bench.models.heads import MarginHead
+from bench.models.inference import extraction_model
 from bench.models.profile import profile_model
 from bench.models.resnet import MIN_FRAMES
 from conftest import assert_one_line_error, run_cli
@@ -111,3 +112,34 @@ def test_models_cli():
         assert col in header
     assert "ResNet-50-D,study,preact3,50,3-4-6-3,1.0,15635968,17170432" in proc.stdout
     assert_one_line_error(run_cli("models", "show", "ResNet-9000"), "unknown model")
+
+
+def _trained_like(model: torch.nn.Module) -> torch.nn.Module:
+    g = torch.Generator().manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.3)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) * 2 + 0.3)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+    return model.eval()
+
+
+@pytest.mark.parametrize("name", [n for n in list_presets() if n.startswith("tiny-")])
+def test_extraction_model_equals_the_trained_one(name):
+    """Batch norm folded + channels-last gives the trained model's embeddings (float rounding)."""
+    torch.manual_seed(0)
+    model = _trained_like(build_model(get_spec(name)))
+    fast = extraction_model(model, channels_last=True)
+    x = torch.randn(3, 137, model.spec.n_mels)
+    with torch.no_grad():
+        ref, out = model(x), fast(x)
+    assert torch.allclose(out, ref, atol=1e-4, rtol=1e-4), (out - ref).abs().max()
+    assert fast.stem[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) > 0
+    left = sum(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
+    if model.spec.block in ("basic", "bottleneck"):
+        assert left == 0  # every conv-BN pair folded
+    else:  # pre-activation: only the BN at each block's input (after the previous block's add) stays
+        assert left == sum(model.spec.stages)
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())  # the trained model is untouched

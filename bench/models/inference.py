@@ -1,0 +1,54 @@
+"""Inference-time forms of a trained embedder: batch norm folded into the convolution before it,
+channels-last weights, optionally ``torch.compile``. The training model is left untouched; each
+transform returns a new module whose embeddings equal the original's to float rounding."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+from bench.errors import BenchError
+
+
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """A copy in eval mode where every ``Conv2d`` directly followed by a ``BatchNorm2d`` (stem,
+    basic/bottleneck blocks, shortcuts, the second conv of pre-activation blocks) carries the
+    normalisation in its weights and bias; the batch norm becomes ``Identity``. A batch norm that
+    comes after an activation or at a block input (pre-activation) cannot be folded and stays."""
+    folded = copy.deepcopy(model).eval()
+    for parent in folded.modules():
+        names = list(parent._modules)
+        for conv_name, bn_name in zip(names, names[1:]):
+            conv, bn = parent._modules[conv_name], parent._modules[bn_name]
+            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and bn.track_running_stats:
+                parent._modules[conv_name] = fuse_conv_bn_eval(conv, bn)
+                parent._modules[bn_name] = nn.Identity()
+    return folded
+
+
+def _need_cpp_compiler() -> None:
+    """On the CPU, inductor builds C++ kernels: say so up front instead of failing mid-extraction."""
+    from torch._inductor.cpp_builder import get_cpp_compiler
+
+    try:
+        get_cpp_compiler()
+    except Exception:  # torch raises its own error types here, which differ between releases
+        raise BenchError("eval.compile on the CPU needs a C++ compiler (g++ or clang++, or $CXX); "
+                         "install one or run with --eval.compile false") from None
+
+
+def extraction_model(embedder: nn.Module, channels_last: bool = True, compiled: bool = False) -> nn.Module:
+    """The module `svbench eval` extracts with: batch norm folded, channels-last weights (the input
+    follows, see ``ResNetSpeaker.forward``) and, with ``compiled``, ``torch.compile(dynamic=True)``
+    so variable batch and utterance lengths share a few graphs instead of one per shape."""
+    model = fold_batchnorm(embedder)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if compiled:
+        if next(model.parameters()).device.type == "cpu":
+            _need_cpp_compiler()
+        model = torch.compile(model, dynamic=True)
+    return model
