@@ -5,7 +5,6 @@ several trial lists, score files ``label score enroll test``.
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,9 +25,7 @@ from bench.statistics import bootstrap_ci, speaker_of
 from bench.models import ResNetSpec, build_model
 from bench.models.inference import extraction_model
 from bench.models.resnet import min_samples
-
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
+from bench.precision import autocast
 
 @dataclass
 class LoadedModel:
@@ -56,17 +53,6 @@ def load_model(path: str | Path, device: torch.device, channels_last: bool = Fal
     return LoadedModel(embedder, spec, payload, extraction_model(embedder, channels_last, compiled))
 
 
-def _precision_ctx(device: torch.device, precision: str):
-    if precision not in PRECISIONS:
-        raise BenchError(f"unknown precision '{precision}'; use fp32, bf16 or fp16")
-    dtype = PRECISIONS[precision]
-    if dtype is None:
-        return contextlib.nullcontext()
-    if dtype == torch.float16 and device.type == "cpu":
-        raise BenchError("fp16 inference needs a CUDA GPU; use bf16 on the CPU")
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
 @torch.no_grad()
 def extract_embeddings(embedder: torch.nn.Module, fbank: Fbank, utt_ids: list[str], paths: list[Path],
                        num_samples: list[int], batch_frames: int, device: torch.device,
@@ -79,7 +65,7 @@ def extract_embeddings(embedder: torch.nn.Module, fbank: Fbank, utt_ids: list[st
                               tolerance=tolerance):
         shortest = int(batch.lengths.min())  # a bucket is cut to its shortest member (<= 2% shorter)
         feats = fbank(batch.wav[:, :shortest].to(device))
-        with _precision_ctx(device, precision):
+        with autocast(device, precision, inference=True):
             emb = embedder(feats)
         emb = emb.float().cpu().numpy()
         if out is None:

@@ -15,7 +15,7 @@ import torch
 
 from bench.data.audio import load_audio
 from bench.data.features import Fbank
-from bench.evaluate import _precision_ctx
+from bench.precision import autocast
 
 BATCH_SIZES = (1, 8, 32, 64)
 
@@ -33,7 +33,7 @@ def measure_latency(embedder: torch.nn.Module, fbank: Fbank, paths: list[Path], 
     pick = rng.choice(len(paths), size=min(n_utts, len(paths)), replace=False)
     wavs = [torch.from_numpy(load_audio(paths[i])).to(device) for i in pick]
     lat, audio_s = [], []
-    with _precision_ctx(device, precision):
+    with autocast(device, precision, inference=True):
         for i, w in enumerate([*wavs[:warmup], *wavs]):
             _sync(device)
             t = time.perf_counter()

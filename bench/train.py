@@ -31,6 +31,7 @@ from bench.energy.reading import reading_to_state
 from bench.errors import BenchError
 from bench.models import build_model, spec_from_config
 from bench.models.heads import MarginHead
+from bench.precision import autocast
 from bench.schedule import lr_at, margin_at
 
 
@@ -69,13 +70,6 @@ class TrainResult:
     time_s: float
     skipped_files: int
     history: list[dict] = field(default_factory=list)
-
-
-def _autocast(device: torch.device, amp: str):
-    if amp == "none":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def _call(callbacks, name: str, *args) -> None:
@@ -187,7 +181,7 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, callbacks: lis
                 wav = wav.to(device, non_blocking=True)
                 labels = labels.to(device, non_blocking=True)
                 feats = fbank(wav)
-                with _autocast(device, cfg.train.amp):
+                with autocast(device, cfg.train.amp):
                     logits = model_for_ddp(feats, labels)
                     loss = torch.nn.functional.cross_entropy(logits.float(), labels)
                 if not torch.isfinite(loss):

@@ -3,9 +3,12 @@ ours (raw-wave crops, fbank batched on the training device) vs the per-utterance
 WeSpeaker and voxceleb_trainer (Kaldi fbank computed per sample inside DataLoader workers).
 Same model, batch, crops and optimizer on both sides.
 
-    .venv/bin/python benchmarks/train_throughput.py [--models tiny-ResNet-50-D,ResNet34] [--steps 6]
+    .venv/bin/python benchmarks/train_throughput.py [--models tiny-ResNet-50-D,ResNet34] [--batch 16] [--steps 4] [--repeats 2]
 
-Target on this CPU: >= 1.3x.
+Target on this CPU: >= 1.3x. One more line says where the time goes: `ceiling`, the same steps
+on features already in memory (no reading, no augmentation, no fbank), the most any input
+pipeline could reach. The sides alternate ``--repeats`` times and each keeps its best figure, so a
+neighbour's load on a shared machine does not decide the ratio.
 """
 
 from __future__ import annotations
@@ -42,7 +45,9 @@ class PerUtteranceFbank(Dataset):
         return f - f.mean(dim=0, keepdim=True), label
 
 
-def run(model_name: str, crops: TrainCrops, batch: int, steps: int, ours: bool, workers: int) -> float:
+def run(model_name: str, crops: TrainCrops, batch: int, steps: int, mode: str) -> float:
+    """Samples/s over ``steps`` optimizer steps after 2 warm-up steps. ``mode``: baseline, ours or
+    ceiling."""
     torch.manual_seed(0)
     spec = get_spec(model_name).replace(n_mels=80)
     model = build_model(spec)
@@ -50,21 +55,26 @@ def run(model_name: str, crops: TrainCrops, batch: int, steps: int, ours: bool, 
     opt = torch.optim.SGD(list(model.parameters()) + list(head.parameters()), lr=0.01, momentum=0.9)
     sampler = EpochBatchSampler(len(crops), batch, seed=0)
     fbank = Fbank()
-    if ours:
-        loader = DataLoader(crops, batch_sampler=sampler, collate_fn=collate_crops, num_workers=workers)
+    if mode == "baseline":
+        loader = DataLoader(PerUtteranceFbank(crops), batch_sampler=sampler, num_workers=2)
     else:
-        loader = DataLoader(PerUtteranceFbank(crops), batch_sampler=sampler, num_workers=workers,
-                            persistent_workers=False)
+        loader = DataLoader(crops, batch_sampler=sampler, collate_fn=collate_crops, num_workers=0)
     it = iter(loader)
+    cached = None
     done, t0 = 0, None
     for step in range(steps + 2):
         if step == 2:
             t0 = time.perf_counter()
-        if ours:
+        if mode == "baseline":
+            feats, labels = next(it)
+        elif mode == "ceiling":
+            if cached is None:
+                wav, labels, _ = next(it)
+                cached = fbank(wav), labels
+            feats, labels = cached
+        else:
             wav, labels, _ = next(it)
             feats = fbank(wav)
-        else:
-            feats, labels = next(it)
         loss = torch.nn.functional.cross_entropy(head(model(feats), labels), labels)
         opt.zero_grad()
         loss.backward()
@@ -77,9 +87,10 @@ def run(model_name: str, crops: TrainCrops, batch: int, steps: int, ours: bool, 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default="data/demo")
-    ap.add_argument("--models", default="tiny-ResNet-50-D,tiny-ResNet34,ResNet34")
-    ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--models", default="tiny-ResNet-50-D,ResNet34")
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--crop-frames", type=int, default=200)
     args = ap.parse_args()
     root = Path(args.data)
@@ -87,14 +98,20 @@ def main() -> None:
         generate_corpus(root, seed=0, size="demo", progress=False)
     cfg = load_config("demo", ["--data.root", str(root), "--data.crop_frames", str(args.crop_frames)])
     crops = TrainCrops(read_manifest(root / "train.csv"), root, cfg.data, seed=0)
-    print(f"batch {args.batch} x {args.crop_frames} frames, {args.steps} timed steps, {torch.get_num_threads()} threads")
+    print(f"batch {args.batch} x {args.crop_frames} frames, {args.steps} timed steps, {torch.get_num_threads()} threads, "
+          f"best of {args.repeats} alternating runs")
+    modes = ("baseline", "ours", "ceiling")
     for name in args.models.split(","):
-        base = run(name, crops, args.batch, args.steps, ours=False, workers=2)
-        mine = run(name, crops, args.batch, args.steps, ours=True, workers=0)
+        best = dict.fromkeys(modes, 0.0)
+        for _ in range(args.repeats):
+            for mode in modes:
+                best[mode] = max(best[mode], run(name, crops, args.batch, args.steps, mode))
         print(f"{name}")
-        print(f"  ours      {mine:7.1f} samples/s  (wave crops, batched fbank, no workers)")
-        print(f"  baseline  {base:7.1f} samples/s  (per-sample fbank in 2 DataLoader workers)")
-        print(f"  ratio     {mine / base:.2f}x")
+        print(f"  ours      {best['ours']:7.1f} samples/s  (wave crops, batched fbank, no workers)")
+        print(f"  baseline  {best['baseline']:7.1f} samples/s  (per-sample fbank in 2 DataLoader workers)")
+        print(f"  ratio     {best['ours'] / best['baseline']:.2f}x")
+        print(f"  ceiling   {best['ceiling']:7.1f} samples/s  (features in memory: at most {best['ceiling'] / best['baseline']:.2f}x "
+              f"over the baseline for any input pipeline)")
 
 
 if __name__ == "__main__":

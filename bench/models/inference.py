@@ -5,6 +5,7 @@ transform returns a new module whose embeddings equal the original's to float ro
 from __future__ import annotations
 
 import copy
+import itertools
 
 import torch
 from torch import nn
@@ -20,8 +21,7 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     comes after an activation or at a block input (pre-activation) cannot be folded and stays."""
     folded = copy.deepcopy(model).eval()
     for parent in folded.modules():
-        names = list(parent._modules)
-        for conv_name, bn_name in zip(names, names[1:]):
+        for conv_name, bn_name in itertools.pairwise(list(parent._modules)):
             conv, bn = parent._modules[conv_name], parent._modules[bn_name]
             if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and bn.track_running_stats:
                 parent._modules[conv_name] = fuse_conv_bn_eval(conv, bn)
