@@ -23,16 +23,19 @@ from bench.errors import BenchError
 from bench.metrics import verification_metrics
 from bench.statistics import bootstrap_ci, speaker_of
 from bench.models import ResNetSpec, build_model
-from bench.models.inference import extraction_model
+from bench.models.inference import compile_extractor, extraction_model
 from bench.models.resnet import min_samples
 from bench.precision import autocast
+
 
 @dataclass
 class LoadedModel:
     embedder: torch.nn.Module  # the trained architecture, as logged to MLflow
     spec: ResNetSpec
     payload: dict
-    extractor: torch.nn.Module  # what extraction and latency run: see bench.models.inference
+    extractor: torch.nn.Module  # eager inference form (BN folded, channels-last): latency runs it
+    list_extractor: torch.nn.Module  # what whole trial lists are extracted with: ``extractor`` or, with
+    # eval.compile, its compiled form (latency stays eager so no compile lands inside a timed call)
 
 
 def load_model(path: str | Path, device: torch.device, channels_last: bool = False,
@@ -50,7 +53,8 @@ def load_model(path: str | Path, device: torch.device, channels_last: bool = Fal
         raise BenchError(f"checkpoint {path} does not match its model spec (mismatched weights); retrain or use the matching checkpoint") from None
     embedder = embedder.to(device).eval()
     # channels-last is for inference only: see README "Performance" for why CPU training stays contiguous
-    return LoadedModel(embedder, spec, payload, extraction_model(embedder, channels_last, compiled))
+    extractor = extraction_model(embedder, channels_last)
+    return LoadedModel(embedder, spec, payload, extractor, compile_extractor(extractor) if compiled else extractor)
 
 
 @torch.no_grad()
@@ -141,7 +145,7 @@ def evaluate(model: LoadedModel, cfg: Config, device: torch.device, out_dir: Pat
     needed = sorted(set().union(*[set(t.utterances) for t in lists]))
     rows = df.set_index("utt_id").loc[needed]
     fbank = make_fbank(cfg, device)
-    emb = extract_embeddings(model.extractor, fbank, needed, [root / p for p in rows["path"]],
+    emb = extract_embeddings(model.list_extractor, fbank, needed, [root / p for p in rows["path"]],
                              rows["num_samples"].tolist(), cfg.eval.batch_frames, device, precision,
                              cfg.eval.length_tolerance)
     index = {u: i for i, u in enumerate(needed)}

@@ -78,7 +78,7 @@ def run_variant(cfg: Config, out_dir: str | Path, resume: bool = False, callback
             return None
         model = load_model(tr.model_path, device, cfg.eval.channels_last, cfg.eval.compile)
         with meters.window("eval/train_statistics"):
-            stats = training_statistics(model.extractor, make_fbank(cfg, device), data_root(cfg.data.root),
+            stats = training_statistics(model.list_extractor, make_fbank(cfg, device), data_root(cfg.data.root),
                                         cfg.eval.batch_frames, device, max_utts=cfg.eval.stats_max_utts,
                                         seed=cfg.train.seed)
         model.payload.update(stats)

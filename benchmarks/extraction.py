@@ -26,7 +26,7 @@ from bench.data.manifest import read_manifest
 from bench.data.synth import generate_corpus
 from bench.evaluate import extract_embeddings
 from bench.models import build_model, get_spec
-from bench.models.inference import extraction_model
+from bench.models.inference import compile_extractor, extraction_model
 
 
 @torch.no_grad()
@@ -80,7 +80,7 @@ def main() -> None:
     dev = torch.device("cpu")
     sides = {"ours": extraction_model(base_model, channels_last=True)}
     if args.compile:
-        sides["compiled"] = extraction_model(base_model, channels_last=True, compiled=True)
+        sides["compiled"] = compile_extractor(extraction_model(base_model, channels_last=True))
 
     def ours(model):
         return lambda: extract_embeddings(model, fbank, ids, paths, lengths, args.batch_frames, dev, tolerance=args.tolerance)

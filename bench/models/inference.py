@@ -40,15 +40,16 @@ def _need_cpp_compiler() -> None:
                          "install one or run with --eval.compile false") from None
 
 
-def extraction_model(embedder: nn.Module, channels_last: bool = True, compiled: bool = False) -> nn.Module:
-    """The module `svbench eval` extracts with: batch norm folded, channels-last weights (the input
-    follows, see ``ResNetSpeaker.forward``) and, with ``compiled``, ``torch.compile(dynamic=True)``
-    so variable batch and utterance lengths share a few graphs instead of one per shape."""
+def extraction_model(embedder: nn.Module, channels_last: bool = True) -> nn.Module:
+    """The eager module `svbench eval` extracts with: batch norm folded, channels-last weights (the
+    input follows, see ``ResNetSpeaker.forward``)."""
     model = fold_batchnorm(embedder)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    if compiled:
-        if next(model.parameters()).device.type == "cpu":
-            _need_cpp_compiler()
-        model = torch.compile(model, dynamic=True)
-    return model
+    return model.to(memory_format=torch.channels_last) if channels_last else model
+
+
+def compile_extractor(model: nn.Module) -> nn.Module:
+    """``torch.compile(dynamic=True)``: variable batch sizes and utterance lengths share a few graphs
+    (one per shape range inductor distinguishes) instead of one per shape."""
+    if next(model.parameters()).device.type == "cpu":
+        _need_cpp_compiler()
+    return torch.compile(model, dynamic=True)
