@@ -13,11 +13,13 @@ import os
 import platform
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import mlflow
 import numpy as np
 import torch
+from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 from bench.config import Config, config_to_yaml, flat_params
@@ -119,25 +121,34 @@ def _git_commit() -> str:
 class EpochLogger:
     """Trainer callback: per-epoch loss, accuracy, lr, margin, energy and time with step = epoch."""
 
+    KEYS = {"loss": "train/epoch_loss", "accuracy": "train/epoch_accuracy", "lr": "train/epoch_lr",
+            "margin": "train/epoch_margin", "energy_j": "train/epoch_energy_j", "time_s": "train/epoch_time_s",
+            "skipped_files": "train/epoch_skipped_files"}
+
     def __init__(self, run_id: str):
         self.run_id = run_id
         self.client = MlflowClient()
 
     def on_train_begin(self, info: dict) -> None:
-        """After a resume: log restored epochs that never reached MLflow (killed between the
-        checkpoint and the metric), never twice."""
-        logged = {m.step for m in self.client.get_metric_history(self.run_id, "train/epoch_loss")}
-        for h in info.get("history", []):
-            if h["epoch"] not in logged:
-                self.on_epoch_end(h["epoch"], h)
+        """After a resume: log each restored epoch's metrics that never reached MLflow (killed between
+        the checkpoint and the metric), never twice; checked per metric, not per epoch."""
+        history = info.get("history", [])
+        if not history:
+            return
+        logged = {name: {m.step for m in self.client.get_metric_history(self.run_id, name)} for name in self.KEYS.values()}
+        for h in history:
+            self._log(h["epoch"], h, skip=lambda name, epoch: epoch in logged[name])
 
     def on_epoch_end(self, epoch: int, metrics: dict) -> None:
-        keys = {"loss": "train/epoch_loss", "accuracy": "train/epoch_accuracy", "lr": "train/epoch_lr",
-                "margin": "train/epoch_margin", "energy_j": "train/epoch_energy_j", "time_s": "train/epoch_time_s",
-                "skipped_files": "train/epoch_skipped_files"}
-        for k, name in keys.items():
-            if metrics.get(k) is not None:
-                self.client.log_metric(self.run_id, name, float(metrics[k]), step=epoch)
+        self._log(epoch, metrics)
+
+    def _log(self, epoch: int, metrics: dict, skip=lambda name, epoch: False) -> None:
+        """One ``log_batch``: one transaction in the tracking store, so a kill leaves all or none."""
+        now = int(time.time() * 1000)
+        batch = [Metric(name, float(metrics[k]), now, epoch) for k, name in self.KEYS.items()
+                 if metrics.get(k) is not None and not skip(name, epoch)]
+        if batch:
+            self.client.log_batch(self.run_id, metrics=batch, synchronous=True)
 
 
 # ---------------------------------------------------------------- artifacts
