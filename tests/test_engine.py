@@ -162,7 +162,7 @@ def test_energy_in_result_and_infer_cli(tiny_corpus, tmp_path):
     assert res.inference["fp32"]["energy_j_per_1k_trials"] > 0
     assert res.forecast["energy_j"] > 0 and "error_pct" in res.forecast and res.forecast["probe_energy_j"] > 0
     out = run_cli("infer", "--preset", "tiny", "--data.root", tiny_corpus, "--checkpoint", tmp_path / "e" / "model.pt",
-                  "--precision", "fp32,bf16")
+                  "--precision", "fp32,bf16", "--eval.latency", "false")  # latency: covered by run_variant above
     assert out.returncode == 0, out.stderr
     assert "energy_j_per_1k_trials" in out.stdout and "bf16" in out.stdout
     assert_one_line_error(run_cli("infer", "--preset", "tiny", "--checkpoint", tmp_path / "e" / "model.pt",
