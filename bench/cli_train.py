@@ -80,6 +80,7 @@ def cmd_infer(args, extra) -> int:
     import pandas as pd
 
     from bench.energy.meters import create_meters
+    from bench.energy.plan import measurement_plan
     from bench.evaluate import load_model
     from bench.infer import measure_inference
     from bench.train import select_device
@@ -93,7 +94,7 @@ def cmd_infer(args, extra) -> int:
         cfg.eval.batch_frames = args.batch_frames
     device = select_device(cfg.train.device)
     model = load_model(args.checkpoint, device, cfg.eval.channels_last, cfg.eval.compile)
-    meters = create_meters(cfg.energy, device.type)
+    meters = create_meters(cfg.energy, measurement_plan(cfg.train.device))
     try:
         rows = measure_inference(model, cfg, device, meters, precisions, Path(args.out) if args.out else None,
                                  args.trials or None)
@@ -104,7 +105,8 @@ def cmd_infer(args, extra) -> int:
                            "co2_g_per_1k_trials": r.get("co2_g_per_1k_trials"),
                            **{f"eer_pct/{n}": m["eer_pct"] for n, m in r["metrics"].items()},
                            **{f"min_dcf_p01/{n}": m["min_dcf_p01"] for n, m in r["metrics"].items()},
-                           "energy.source": r["energy.source"]} for p, r in rows.items()])
+                           "energy.source": r["energy.source"], "energy.estimated": r["energy.estimated"]}
+                          for p, r in rows.items()])
     print(table.to_string(index=False))
     if args.json:
         print(json.dumps(rows, indent=2, default=str))

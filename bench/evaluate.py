@@ -5,8 +5,10 @@ several trial lists, score files ``label score enroll test``.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ContextManager
 
 import numpy as np
 import pandas as pd
@@ -139,24 +141,30 @@ def load_trial_lists(cfg: Config, names: list[str] | None = None) -> tuple[Path,
 
 
 def evaluate(model: LoadedModel, cfg: Config, device: torch.device, out_dir: Path | None = None,
-             trial_names: list[str] | None = None, precision: str = "fp32") -> dict[str, dict]:
-    """Metrics per trial list (and score files under ``out_dir/scores`` when given)."""
+             trial_names: list[str] | None = None, precision: str = "fp32",
+             measured: ContextManager | None = None) -> dict[str, dict]:
+    """Metrics per trial list (and score files under ``out_dir/scores`` when given).
+
+    ``measured`` (an energy window) is entered around the embeddings and the scoring only: loading the
+    trial lists, the bootstrap intervals and writing score files stay outside it."""
     root, lists, df = load_trial_lists(cfg, trial_names)
     needed = sorted(set().union(*[set(t.utterances) for t in lists]))
     rows = df.set_index("utt_id").loc[needed]
-    fbank = make_fbank(cfg, device)
-    emb = extract_embeddings(model.list_extractor, fbank, needed, [root / p for p in rows["path"]],
-                             rows["num_samples"].tolist(), cfg.eval.batch_frames, device, precision,
-                             cfg.eval.length_tolerance)
-    index = {u: i for i, u in enumerate(needed)}
     mean = model.payload.get("train_mean") if cfg.eval.subtract_mean else None
     mean = mean.numpy() if mean is not None else None
     cohort = model.payload.get("cohort") if cfg.eval.as_norm else None
     if cfg.eval.as_norm and cohort is None:
         raise BenchError("eval.as_norm needs a cohort, but this checkpoint has none; re-run `svbench train` or disable as_norm")
+    paths = [root / p for p in rows["path"]]
+    with measured if measured is not None else contextlib.nullcontext():
+        fbank = make_fbank(cfg, device)
+        emb = extract_embeddings(model.list_extractor, fbank, needed, paths, rows["num_samples"].tolist(),
+                                 cfg.eval.batch_frames, device, precision, cfg.eval.length_tolerance)
+        index = {u: i for i, u in enumerate(needed)}
+        all_scores = [score_trials(emb, index, t, mean, cohort.numpy() if cohort is not None else None,
+                                   cfg.eval.as_norm_top_n) for t in lists]
     results = {}
-    for t in lists:
-        scores = score_trials(emb, index, t, mean, cohort.numpy() if cohort is not None else None, cfg.eval.as_norm_top_n)
+    for t, scores in zip(lists, all_scores):
         metrics = verification_metrics(scores, t.labels)
         if cfg.eval.bootstrap_resamples:
             ci = bootstrap_ci(scores, t.labels, [speaker_of(u) for u in t.enroll], [speaker_of(u) for u in t.test],

@@ -27,12 +27,11 @@ def measure_inference(model: LoadedModel, cfg: Config, device: torch.device, met
     series = series if series is not None else intensity_series(cfg.energy)
     out: dict[str, dict] = {}
     for precision in precisions:
-        with meters.window(f"infer/{precision}") as w:
-            metrics = evaluate(model, cfg, device, out_dir, trial_names, precision=precision)
-        r = w.reading
+        window = meters.window(f"infer/{precision}")  # embeddings and scoring only (see evaluate)
+        metrics = evaluate(model, cfg, device, out_dir, trial_names, precision=precision, measured=window)
+        r = meters.readings[-1]
         row = {"time_s": r.time_s, "utt_per_s": n_utts / r.time_s if r.time_s > 0 else None, "n_utts": n_utts,
-               "n_trials": n_trials, "energy.source": r.source_tag, "energy.estimated": r.estimated,
-               "metrics": metrics}
+               "n_trials": n_trials, **r.tags(), "metrics": metrics}
         if r.total_j is not None:
             carbon = carbon_of([r], cfg.energy.pue, cfg.energy.region, series)
             row.update(energy_j=r.total_j, energy_j_per_utt=r.total_j / n_utts,

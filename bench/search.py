@@ -6,20 +6,29 @@ parameters. They are stored by the sampler's ``constraints_func`` in the trial s
 ``constraints`` (a list), which is what ``study.best_trials`` and optuna-dashboard 0.21 read.
 
 Before a trial trains, the energy probe forecasts its training energy; a trial forecast to exceed the
-budget by ``search.prune_margin`` ends PRUNED with its forecast as the constraint value. Every joule
-the search spends (probes, pruned and failed trials included) is recorded per trial
-(``spent_energy_j``) and summed on the study's parent MLflow run.
+budget by ``search.prune_margin`` ends PRUNED with its forecast as the constraint value.
+
+What the search costs is measured once, by the process that starts the workers: one energy window over
+the whole run, on every GPU the workers use and on the machine-level meters (RAPL, node command). That
+is ``search/energy_j`` (summed over the runs of a continued study): probes, pruned, failed and killed
+trials included, never N times the machine. Each trial also records what it spent (``spent_energy_j``),
+measured by its worker: its own GPUs, and under ``--workers N`` its CPU-time share of the machine-level
+meters (``bench.energy.plan``), so the trials' sum never exceeds the search's cost.
 
 Storage: an Optuna journal file by default (several processes on one machine), any RDB URL for
 several machines (with heartbeats, so a killed worker's trial ends FAIL). ``--workers N`` runs N
-processes; the study and its parent MLflow run are created once before they start.
+worker processes (``bench.search_worker``), each with its own GPUs when the machine has them; the
+study and its parent MLflow run are created once before they start.
 """
 
 from __future__ import annotations
 
-import multiprocessing as mp
+import json
 import os
 import socket
+import subprocess
+import sys
+import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,11 +38,14 @@ import psutil
 
 from bench.config import Config, build_config
 from bench.energy.carbon import grams
+from bench.energy.plan import MeasurePlan, measurement_plan, visible_gpu_count, worker_gpu_sets
+from bench.energy.reading import EnergyReading
 from bench.errors import BenchError
 
 STUDY_VARIANT_LAYOUTS = [(2, 2, 2, 2), (3, 4, 6, 3), (2, 6, 6, 2), (2, 10, 2, 2), (10, 2, 2, 2), (2, 2, 2, 10)]
 ATTR_PARENT = "mlflow_parent_run_id"
 ATTR_EXPERIMENT = "mlflow_experiment_id"
+ATTR_COST = "search_cost_runs"  # one entry per run of the study: what the machine drew during it
 
 
 # ------------------------------------------------------------------ storage and study
@@ -164,25 +176,43 @@ def objective(trial: optuna.Trial, ctx: TrialContext) -> tuple[float, float]:
     client = MlflowClient()
     rid = client.create_run(ctx.experiment_id, run_name=name, tags=tags).info.run_id
     trial.set_user_attr("mlflow_run_id", rid)
-    handle = None
+    ctx.meters.reset()  # this trial's timeline and readings only
+    window = ctx.meters.window(f"trial/{trial.number}")
     try:
-        with ctx.meters.window(f"trial/{trial.number}") as handle:
-            return _trial_body(trial, ctx, rid, tags)
+        with window as handle:
+            values = _trial_body(trial, ctx, rid, tags)
+        _record_spent(trial, ctx, rid, handle.reading, log=False)  # the variant run logged its own figures
+        return values
     except optuna.TrialPruned:
+        _record_spent(trial, ctx, rid, handle.reading, estimated=True)  # its forecast/* are extrapolations
         client.set_tag(rid, "optuna.state", "PRUNED")
         client.set_terminated(rid, "FINISHED")
         raise
     except BaseException as exc:
+        if handle.reading is not None:
+            _record_spent(trial, ctx, rid, handle.reading)
         client.set_tag(rid, "optuna.state", "FAIL")
         client.set_tag(rid, "optuna.error", f"{type(exc).__name__}: {exc}"[:500])
         client.set_terminated(rid, "FAILED")
         raise
-    finally:
-        if handle is not None and handle.reading is not None:
-            trial.set_user_attr("spent_energy_j", handle.reading.total_j)
-            r = handle.reading
-            trial.set_user_attr("spent_co2_g", None if r.total_j is None else grams(
-                r.total_j, ctx.cfg.energy.pue, ctx.cfg.energy.region, ctx.series, r.start_time, r.end_time))
+
+
+def _record_spent(trial: optuna.Trial, ctx: TrialContext, rid: str, r: EnergyReading, log: bool = True,
+                  estimated: bool = False) -> None:
+    """What the trial spent (probe, training, evaluation): trial attrs, and on a pruned or failed trial's
+    run ``trial/spent_energy_j`` with its labels."""
+    from mlflow.tracking import MlflowClient
+
+    co2 = None if r.total_j is None else grams(r.total_j, ctx.cfg.energy.pue, ctx.cfg.energy.region, ctx.series,
+                                               r.start_time, r.end_time)
+    trial.set_user_attr("spent_energy_j", r.total_j)
+    trial.set_user_attr("spent_co2_g", co2)
+    if not log:
+        return
+    client = MlflowClient()
+    client.log_metric(rid, "trial/spent_energy_j", _nan_if_none(r.total_j))
+    for k, v in r.tags().items():
+        client.set_tag(rid, k, "true" if estimated and k == "energy.estimated" else v)
 
 
 def _trial_body(trial: optuna.Trial, ctx: TrialContext, rid: str, tags: dict) -> tuple[float, float]:
@@ -210,8 +240,8 @@ def _trial_body(trial: optuna.Trial, ctx: TrialContext, rid: str, tags: dict) ->
         fc_co2 = _co2(cfg, fc.energy_j, ctx)
         trial.set_user_attr("forecast_energy_j", fc.energy_j)
         trial.set_user_attr("probe_energy_j", fc.probe_energy_j)
-        client.log_metric(rid, "forecast/energy_j", fc.energy_j if fc.energy_j is not None else float("nan"))
-        client.log_metric(rid, "forecast/probe_energy_j", fc.probe_energy_j if fc.probe_energy_j is not None else float("nan"))
+        client.log_metric(rid, "forecast/energy_j", _nan_if_none(fc.energy_j))
+        client.log_metric(rid, "forecast/probe_energy_j", _nan_if_none(fc.probe_energy_j))
         over_energy = bool(s.energy_budget_j) and fc.energy_j is not None and fc.energy_j > s.energy_budget_j * (1 + s.prune_margin)
         over_carbon = bool(s.carbon_budget_g) and fc_co2 is not None and fc_co2 > s.carbon_budget_g * (1 + s.prune_margin)
         if over_energy or over_carbon:
@@ -242,14 +272,19 @@ def _trial_body(trial: optuna.Trial, ctx: TrialContext, rid: str, tags: dict) ->
     return eer, (energy_j if cfg.search.objective == "energy" else co2_g)
 
 
+def _nan_if_none(value: float | None) -> float:
+    return float("nan") if value is None else value
+
+
 def _co2(cfg: Config, energy_j: float | None, ctx: TrialContext) -> float | None:
     """Carbon of a forecast energy at the current intensity."""
     return None if energy_j is None else grams(energy_j, cfg.energy.pue, cfg.energy.region, ctx.series)
 
 
 # ------------------------------------------------------------------ workers
-def run_worker(cfg_dict: dict, storage_url_: str, n_trials: int, out_root: str) -> None:
-    """One worker process: run ``n_trials`` trials of the shared study."""
+def run_worker(cfg_dict: dict, storage_url_: str, n_trials: int, out_root: str, shared: bool = False) -> None:
+    """One worker: run ``n_trials`` trials of the shared study. ``shared``: other workers of the study
+    run on this machine at the same time (machine-level meters are then attributed by CPU-time share)."""
     from bench import tracking
     from bench.energy.accounting import intensity_series
     from bench.energy.meters import create_meters
@@ -259,13 +294,46 @@ def run_worker(cfg_dict: dict, storage_url_: str, n_trials: int, out_root: str) 
     tracking.setup_tracking()
     storage = make_storage(storage_url_, cfg.search.heartbeat_s)
     study = load_study(cfg, storage)
-    meters = create_meters(cfg.energy, "cuda" if cfg.train.device.startswith("cuda") else "cpu")
+    meters = create_meters(cfg.energy, measurement_plan(cfg.train.device, shared=shared))
     ctx = TrialContext(cfg, Path(out_root), study.user_attrs[ATTR_PARENT], study.user_attrs[ATTR_EXPERIMENT], meters,
                        intensity_series(cfg.energy))
     try:
         study.optimize(lambda t: objective(t, ctx), n_trials=n_trials, catch=(Exception,), gc_after_trial=True)
     finally:
         meters.close()
+
+
+def _run_worker_processes(cfg_dict: dict, url: str, shares: list[int], out: str, gpu_sets) -> None:
+    """N worker processes started with ``subprocess`` (each a plain Python process, whose exit handlers run
+    and stop Zeus's helpers), each with its own ``CUDA_VISIBLE_DEVICES`` when the machine has GPUs."""
+    procs = []
+    with tempfile.TemporaryDirectory(prefix="svbench-workers-") as tmp:
+        spec = Path(tmp) / "worker.json"
+        spec.write_text(json.dumps({"config": cfg_dict, "storage": url, "out_root": out, "shared": True}))
+        try:
+            for i, n in enumerate(shares):
+                env = dict(os.environ)
+                if gpu_sets is not None:
+                    env["CUDA_VISIBLE_DEVICES"] = ",".join(gpu_sets[i])
+                procs.append(subprocess.Popen([sys.executable, "-m", "bench.search_worker", str(spec), str(n)], env=env))
+            codes = [p.wait() for p in procs]
+        except BaseException:
+            for p in procs:
+                p.terminate()
+            for p in procs:
+                p.wait()
+            raise
+    bad = [c for c in codes if c != 0]
+    if bad:
+        warnings.warn(f"{len(bad)} search worker(s) exited with code(s) {bad}; their running trials end FAIL",
+                      stacklevel=2)
+
+
+def _study_plan(cfg: Config, gpu_sets) -> MeasurePlan:
+    """What the search's own window measures: every GPU its workers use, and the machine-level meters."""
+    if gpu_sets is not None:
+        return MeasurePlan(tuple(range(visible_gpu_count())))
+    return measurement_plan(cfg.train.device)
 
 
 def _fail_orphans(study: optuna.Study) -> int:
@@ -322,30 +390,75 @@ def run_search(cfg: Config, workers: int = 1, out_root: str | Path = "runs/searc
     remaining = max(0, cfg.search.n_trials - done)
     shares = [remaining // workers + (1 if i < remaining % workers else 0) for i in range(workers)]
     shares = [s for s in shares if s > 0]
+    gpu_sets = worker_gpu_sets(len(shares)) if len(shares) > 1 and cfg.train.device != "cpu" else None
     cfg_dict = cfg.model_dump(mode="json")
     out = str(Path(out_root) / cfg.search.study_name)
-    if len(shares) == 1:
-        run_worker(cfg_dict, url, shares[0], out)
-    elif shares:
-        ctx = mp.get_context("spawn")
-        procs = [ctx.Process(target=run_worker, args=(cfg_dict, url, n, out)) for n in shares]
-        for p in procs:
-            p.start()
-        for p in procs:
-            p.join()
+    reading = _measured(cfg, _study_plan(cfg, gpu_sets), lambda: _run_all(cfg_dict, url, shares, out, gpu_sets))
     study = load_study(cfg, make_storage(url, cfg.search.heartbeat_s))
+    cost = _record_cost(study, reading, cfg)
     trials = study.get_trials(deepcopy=False)
-    spent_j = sum(t.user_attrs.get("spent_energy_j") or 0.0 for t in trials)
-    spent_g = sum(t.user_attrs.get("spent_co2_g") or 0.0 for t in trials)
     parent = study.user_attrs[ATTR_PARENT]
     client = MlflowClient()
-    client.log_metric(parent, "search/energy_j", spent_j)
-    client.log_metric(parent, "search/energy_kwh", spent_j / 3.6e6)
-    client.log_metric(parent, "search/co2_g", spent_g)
+    client.log_metric(parent, "search/energy_j", cost.energy_j)
+    client.log_metric(parent, "search/energy_kwh", cost.energy_j / 3.6e6)
+    client.log_metric(parent, "search/co2_g", cost.co2_g)
+    client.log_metric(parent, "search/time_s", cost.time_s)
+    measured = [t.user_attrs["spent_energy_j"] for t in trials if t.user_attrs.get("spent_energy_j") is not None]
+    client.log_metric(parent, "search/trials_energy_j", float(sum(measured)))
+    client.log_metric(parent, "search/trials_unmeasured", len(trials) - len(measured))
+    for k, v in cost.tags.items():
+        client.set_tag(parent, k, v)
     client.log_metric(parent, "search/trials", len(trials))
     states = {s.name: sum(1 for t in trials if t.state == s) for s in optuna.trial.TrialState}
     for name, n in states.items():
         client.log_metric(parent, f"search/trials_{name.lower()}", n)
     best = study.best_trials
-    return {"study": study, "storage": url, "parent_run_id": parent, "spent_energy_j": spent_j,
-            "spent_co2_g": spent_g, "states": states, "best": best}
+    return {"study": study, "storage": url, "parent_run_id": parent, "spent_energy_j": cost.energy_j,
+            "spent_co2_g": cost.co2_g, "states": states, "best": best}
+
+
+def _run_all(cfg_dict: dict, url: str, shares: list[int], out: str, gpu_sets) -> None:
+    if len(shares) == 1:
+        run_worker(cfg_dict, url, shares[0], out)
+    elif shares:
+        _run_worker_processes(cfg_dict, url, shares, out, gpu_sets)
+
+
+def _measured(cfg: Config, plan: MeasurePlan, work) -> EnergyReading | None:
+    from bench.energy.meters import create_meters
+
+    meters = create_meters(cfg.energy, plan)
+    try:
+        with meters.window("search") as w:
+            work()
+    finally:
+        meters.close()
+    return w.reading if meters.meters else None
+
+
+@dataclass
+class SearchCost:
+    """What the machine drew over all runs of a study (``search/*`` on the study's parent run)."""
+    energy_j: float
+    co2_g: float
+    time_s: float
+    tags: dict[str, str]
+
+
+def _record_cost(study: optuna.Study, reading: EnergyReading | None, cfg: Config) -> SearchCost:
+    from bench import tracking
+    from bench.energy.accounting import intensity_series
+
+    runs = list(study.user_attrs.get(ATTR_COST, []))
+    if reading is not None:
+        total = reading.total_j
+        co2 = None if total is None else grams(total, cfg.energy.pue, cfg.energy.region, intensity_series(cfg.energy),
+                                               reading.start_time, reading.end_time)
+        runs.append({"energy_j": total, "co2_g": co2, "time_s": reading.time_s, **reading.tags()})
+        study.set_user_attr(ATTR_COST, runs)
+    measured = [r for r in runs if r["energy_j"] is not None]
+    tags = tracking.combined_energy_tags(runs)
+    if len(runs) > len(measured):
+        tags["energy.incomplete"] = ",".join([*tags["energy.incomplete"].split(","), "unmeasured runs"]).removeprefix("none,")
+    return SearchCost(float(sum(r["energy_j"] for r in measured)), float(sum(r["co2_g"] or 0.0 for r in measured)),
+                      float(sum(r["time_s"] for r in runs)), tags)

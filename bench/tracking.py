@@ -288,6 +288,21 @@ SPREAD_KEYS = ("eer_pct/", "min_dcf_p01/", "train/energy_j", "train/co2_g", "tra
                "infer/energy_j_per_1k_trials")
 
 
+ENERGY_LABELS = ("energy.source", "energy.estimated", "energy.incomplete", "energy.attribution")
+
+
+def combined_energy_tags(per_run: list[dict]) -> dict[str, str]:
+    """The labels of a figure made from several runs' figures (a seed mean): every source, estimated when
+    any part is, every incomplete component."""
+    def values(key: str) -> set[str]:
+        return {t[key] for t in per_run if t.get(key)}
+
+    return {"energy.source": ",".join(sorted(values("energy.source") - {"none"})) or "none",
+            "energy.estimated": str("true" in values("energy.estimated")).lower(),
+            "energy.incomplete": ",".join(sorted(values("energy.incomplete") - {"none"})) or "none",
+            "energy.attribution": ",".join(sorted(values("energy.attribution"))) or "exclusive"}
+
+
 def seed_summary(per_seed: list[dict[str, float]]) -> dict[str, float]:
     """Mean of every metric over seeds, plus ``<key>_std`` for EER, minDCF, energy and carbon
     (``eer_pct_std/<trials>`` for per-trial-list keys)."""
@@ -340,12 +355,14 @@ def run_tracked_seeds(cfg: Config, out_dir: str | Path, run_id: str | None = Non
     done = {r.data.tags.get("svbench.seed"): r for r in find_child_runs(run_id, exp_id)
             if r.data.tags.get(TAG_KIND) == "seed"}
     per_seed = []
+    seed_tags_seen: list[dict] = []
     try:
         for i in range(cfg.seeds):
             seed = cfg.train.seed + i
             prev = done.get(str(seed))
             if prev is not None and prev.info.status == "FINISHED":
                 per_seed.append(dict(prev.data.metrics))
+                seed_tags_seen.append(dict(prev.data.tags))
                 continue
             scfg = build_config({**cfg.model_dump(mode="json"), "seeds": 1,
                                  "train": {**cfg.train.model_dump(mode="json"), "seed": seed}})
@@ -354,10 +371,13 @@ def run_tracked_seeds(cfg: Config, out_dir: str | Path, run_id: str | None = Non
                                  parent_run_id=run_id, experiment_id=exp_id, run_name=f"{name}/seed{seed}",
                                  extra_tags=seed_tags, resume=prev is not None or resume, progress=progress, meters=meters)
             per_seed.append(result_metrics(res))
+            seed_tags_seen.append(res.energy_tags)
         summary = seed_summary(per_seed)
         for k, v in summary.items():
             if v == v:  # not NaN
                 client.log_metric(run_id, k, v)
+        for k, v in combined_energy_tags(seed_tags_seen).items():
+            client.set_tag(run_id, k, v)
     except BaseException:
         client.set_terminated(run_id, "FAILED")
         raise

@@ -27,7 +27,8 @@ from bench.data.features import Fbank
 from bench.data.loader import EpochBatchSampler, TrainCrops, collate_crops
 from bench.data.manifest import TRAIN_MANIFEST, data_root, read_manifest
 from bench.distributed import all_reduce_sum, barrier, init_distributed
-from bench.energy.reading import reading_to_state
+from bench.energy.accounting import gather_ranks
+from bench.energy.reading import reading_from_state, reading_to_state, sum_windows
 from bench.errors import BenchError
 from bench.models import build_model, spec_from_config
 from bench.models.heads import MarginHead
@@ -117,7 +118,8 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, callbacks: lis
     margin_ramp = int(cfg.head.margin_ramp_epochs * steps_per_epoch)
 
     step, epoch, batch_in_epoch = 0, 0, 0
-    acc = {"loss_sum": 0.0, "correct": 0.0, "seen": 0.0, "skipped": 0.0, "time_s": 0.0}
+    acc = _new_accumulators()
+    resumed_mid_epoch = False
     history: list[dict] = []
     skipped_total = 0
     last = ck_dir / "last.pt"
@@ -128,7 +130,8 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, callbacks: lis
         opt.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
         step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
-        acc = dict(state["accumulators"])
+        acc = {**_new_accumulators(), **state["accumulators"]}
+        resumed_mid_epoch = batch_in_epoch > 0
         history = list(state["history"])
         skipped_total = int(state["skipped_total"])
         torch.set_rng_state(state["rng_torch"])
@@ -165,7 +168,12 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, callbacks: lis
         loader = DataLoader(dataset, batch_sampler=sampler, **loader_kwargs)
         bar = tqdm(loader, total=len(sampler), desc=f"epoch {epoch + 1}/{cfg.train.epochs}", unit="step",
                    disable=(not progress) or (not dist_info.is_main) or None, leave=False)
-        with epoch_window(f"train/epoch_{epoch + 1}") as window:
+        # the epoch's energy window is cut at each mid-epoch checkpoint, and the part before it is saved in
+        # the checkpoint, so a resumed epoch still counts the energy spent before the kill
+        window_name = f"train/epoch_{epoch + 1}"
+        stack = contextlib.ExitStack()
+        window = stack.enter_context(epoch_window(window_name))
+        try:
             t_epoch = time.perf_counter()
             for wav, labels, skipped in bar:
                 skipped_total += skipped
@@ -204,11 +212,17 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, callbacks: lis
                 if cfg.train.checkpoint_every_steps and step % cfg.train.checkpoint_every_steps == 0 \
                         and batch_in_epoch < steps_per_epoch:
                     acc["time_s"] += time.perf_counter() - t_epoch
+                    stack.close()
+                    _keep_segment(window, acc)
+                    window = stack.enter_context(epoch_window(window_name))  # saving is part of the next segment
                     t_epoch = time.perf_counter()
                     save_state(epoch, batch_in_epoch)
                 if step >= total_steps:
                     break
             acc["time_s"] += time.perf_counter() - t_epoch
+        finally:
+            stack.close()
+        _keep_segment(window, acc)
         seen = all_reduce_sum(acc["seen"], dist_info, device)
         metrics = {
             "loss": all_reduce_sum(acc["loss_sum"], dist_info, device) / max(seen, 1.0),
@@ -219,14 +233,20 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, callbacks: lis
             "time_s": acc["time_s"],
             "step": step,
         }
-        reading = getattr(window, "reading", None)
-        if reading is not None:
+        reading = None
+        if acc["energy_segments"]:
+            reading = sum_windows([reading_from_state(d) for d in acc["energy_segments"]], window_name)
+            reading = gather_ranks(reading, dist_info)  # the epoch's energy over all ranks, like the total
+            if resumed_mid_epoch:
+                reading.incomplete["killed-run-tail"] = ("the work of a killed run after its last checkpoint "
+                                                         "was not measured (it was redone and measured)")
             metrics["energy_j"] = reading.total_j
             metrics["energy"] = reading_to_state(reading)
+        resumed_mid_epoch = False
         history.append({"epoch": epoch + 1, **metrics})
         epoch += 1
         batch_in_epoch = 0
-        acc = {"loss_sum": 0.0, "correct": 0.0, "seen": 0.0, "skipped": 0.0, "time_s": 0.0}
+        acc = _new_accumulators()
         if dist_info.is_main:
             ckpt.save({"model": net.embedder.state_dict(), "epoch": epoch}, ck_dir / f"epoch_{epoch:03d}.pt")
         save_state(epoch, 0)
@@ -244,6 +264,17 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, callbacks: lis
     result = TrainResult(out_dir, model_path, step, epoch, time_s, skipped_total, history)
     _call(callbacks, "on_train_end", result)
     return result
+
+
+def _new_accumulators() -> dict:
+    return {"loss_sum": 0.0, "correct": 0.0, "seen": 0.0, "skipped": 0.0, "time_s": 0.0, "energy_segments": []}
+
+
+def _keep_segment(window, acc: dict) -> None:
+    """Append the energy of an ended window segment (if a meter measured it) to the epoch's segments."""
+    reading = getattr(window, "reading", None)
+    if reading is not None:
+        acc["energy_segments"] = [*acc["energy_segments"], reading_to_state(reading)]
 
 
 def _check_compatible(state: dict, spec, num_classes: int, path: Path) -> None:

@@ -19,9 +19,10 @@ from bench.atomic import write_text_atomic
 from bench.config import Config, config_to_yaml, flat_params
 from bench.data.manifest import data_root
 from bench.distributed import init_distributed, shutdown
-from bench.energy.accounting import (carbon_tags, gather_ranks, intensity_series, summarise,
-                                     train_reading_from_history, write_timeline_csv)
+from bench.energy.accounting import (carbon_tags, intensity_series, summarise, train_reading_from_history,
+                                     write_timeline_csv)
 from bench.energy.meters import create_meters
+from bench.energy.plan import measurement_plan
 from bench.evaluate import load_model, make_fbank, training_statistics
 from bench.infer import measure_inference
 from bench.models import spec_from_config
@@ -59,7 +60,9 @@ def run_variant(cfg: Config, out_dir: str | Path, resume: bool = False, callback
     dist_info = init_distributed(select_device(cfg.train.device).type)
     device = select_device(cfg.train.device, dist_info.local_rank)
     own_meters = meters is None
-    meters = meters if meters is not None else create_meters(cfg.energy, device.type, dist_info.local_rank)
+    if meters is None:
+        plan = measurement_plan(cfg.train.device, dist_info.local_rank)
+        meters = create_meters(cfg.energy, plan, machine_meters=dist_info.local_rank == 0)
     series = intensity_series(cfg.energy)
     try:
         forecast = None
@@ -71,9 +74,7 @@ def run_variant(cfg: Config, out_dir: str | Path, resume: bool = False, callback
             total = steps_per_epoch(cfg) * cfg.train.epochs
             forecast = probe(cfg, meters, min(total, cfg.train.max_steps or total)).to_dict()
         tr = train(cfg, out_dir, resume=resume, callbacks=callbacks, epoch_window=meters.window, progress=progress)
-        train_reading = train_reading_from_history(tr.history)
-        if train_reading is not None:
-            train_reading = gather_ranks(train_reading, dist_info)
+        train_reading = train_reading_from_history(tr.history)  # epochs already summed over ranks
         if not dist_info.is_main:
             return None
         model = load_model(tr.model_path, device, cfg.eval.channels_last, cfg.eval.compile)
@@ -95,8 +96,7 @@ def run_variant(cfg: Config, out_dir: str | Path, resume: bool = False, callback
         energy_metrics.update(em)
         energy_tags.update(et)
         energy_tags.update(carbon_tags(cfg.energy, series))
-        energy_tags["energy.source"] = energy_tags.get("train.energy.source", "none")
-        energy_tags["energy.estimated"] = energy_tags.get("train.energy.estimated", "false")
+        energy_tags.update({k.removeprefix("train."): v for k, v in energy_tags.items() if k.startswith("train.energy.")})
         energy_tags["energy.meters"] = meters.describe()
         if forecast is not None and forecast["energy_j"] and energy_metrics.get("train/energy_j"):
             forecast["error_pct"] = 100.0 * (forecast["energy_j"] - energy_metrics["train/energy_j"]) / energy_metrics["train/energy_j"]

@@ -18,6 +18,7 @@ from pathlib import Path
 from bench.config import load_config
 from bench.data.synth import generate_corpus
 from bench.energy.meters import create_meters
+from bench.energy.plan import measurement_plan
 from bench.train import train
 
 
@@ -41,7 +42,7 @@ def main() -> None:
         generate_corpus(root, seed=0, size="40x8:6x6", progress=False)
     cfg = load_config("tiny", ["--data.root", str(root), "--train.epochs", "2", "--train.batch_size", "16"])
     cfg.energy.node_command = [sys.executable, "-c", "print('100 W')"]
-    meters = create_meters(cfg.energy, "cpu")
+    meters = create_meters(cfg.energy, measurement_plan("cpu"))
     epoch_times(cfg, None, 1)  # warm-up
     base, ours = [], []
     for _ in range(args.repeats):  # interleave to share any drift

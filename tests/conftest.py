@@ -1,6 +1,7 @@
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -80,3 +81,47 @@ def assert_one_line_error(proc, *fragments):
     assert "Traceback" not in proc.stderr
     for f in fragments:
         assert f.lower() in lines[0].lower(), (f, lines[0])
+
+
+FAKEHW = Path(__file__).parent / "fakehw"
+
+
+@pytest.fixture
+def fake_machine(tmp_path):
+    """Simulated hardware for whole ``svbench`` processes, through Zeus's own device layer.
+
+    ``fake_machine(gpu_w=[200, 300], rapl_w=50)`` returns the environment for a child process: every Python
+    process started with it (workers, torchrun ranks, Zeus's own helpers) sees those fake GPUs in
+    ``zeus.device.gpu`` and reads a powercap tree driven here at ``rapl_w`` (package) + 5 W (dram)."""
+    from energy_helpers import FakeRapl
+
+    started = []
+
+    def start(gpu_w=(), rapl_w=None, **extra):
+        env = fresh_env(PYTHONPATH=os.pathsep.join([str(FAKEHW), str(REPO)]), FAKE_ZEUS_GPU_T0=f"{time.time():.3f}",
+                        SVBENCH_TEST_MARKER=str(tmp_path), **extra)
+        if gpu_w:
+            env["FAKE_ZEUS_GPU_W"] = ",".join(str(w) for w in gpu_w)
+        if rapl_w is not None:
+            rapl = FakeRapl(tmp_path / "powercap", rapl_w, 5.0, max_uj=1e12).__enter__()
+            started.append(rapl)
+            env["FAKE_ZEUS_RAPL_DIR"] = str(tmp_path / "powercap")
+        return env
+
+    yield start
+    for rapl in started:
+        rapl.__exit__(None, None, None)
+
+
+def processes_with_marker(marker: str) -> list:
+    """Live processes whose environment carries ``SVBENCH_TEST_MARKER=marker`` (what a test started)."""
+    import psutil
+
+    found = []
+    for p in psutil.process_iter():
+        try:
+            if p.environ().get("SVBENCH_TEST_MARKER") == marker:
+                found.append(p)
+        except (psutil.Error, OSError):
+            continue
+    return found

@@ -16,8 +16,9 @@ def main() -> None:
     with FakeRapl(Path(root), package_w, dram_w, max_uj=1e9, package_start_uj=start_uj):
         from bench.config import EnergyConfig
         from bench.energy.meters import create_meters
+        from bench.energy.plan import measurement_plan
 
-        meters = create_meters(EnergyConfig(meters=["zeus"]), "cpu")
+        meters = create_meters(EnergyConfig(meters=["zeus"]), measurement_plan("cpu"))
         with meters.window("work") as w:
             time.sleep(seconds)
         meters.close()

@@ -11,6 +11,7 @@ from bench.config import EnergyConfig
 from bench.energy.carbon import HourlySeries, carbon_of, lookup
 from bench.energy.meters import MeterSet, create_meters
 from bench.energy.node_meter import NodeMeter
+from bench.energy.plan import measurement_plan
 from bench.energy.reading import EnergyReading, sum_ranks, sum_windows
 from bench.errors import BenchError
 from conftest import REPO
@@ -83,7 +84,7 @@ def test_node_meter_command_that_never_works():
 
 
 def test_estimate_is_labelled_and_used_only_when_nothing_measures():
-    ms = create_meters(EnergyConfig(meters=["auto"]), "cpu")  # no GPU, no RAPL here
+    ms = create_meters(EnergyConfig(meters=["auto"]), measurement_plan("cpu"))  # no GPU, no RAPL here
     with ms.window("w") as w:
         sum(i * i for i in range(300000))
     ms.close()

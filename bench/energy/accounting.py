@@ -54,11 +54,7 @@ def summarise(prefix: str, reading: EnergyReading | None, energy_cfg, series: Ho
         v = reading.kind_j(kind)
         if v is not None:
             metrics[f"{prefix}/energy_{kind}_j"] = v
-    tags = {f"{prefix}.energy.source": reading.source_tag,
-            f"{prefix}.energy.estimated": str(reading.estimated).lower()}
-    if reading.incomplete:
-        tags[f"{prefix}.energy.incomplete"] = ",".join(sorted(reading.incomplete))
-    return metrics, tags
+    return metrics, reading.tags(f"{prefix}.energy")
 
 
 def carbon_tags(energy_cfg, series: HourlySeries | None) -> dict:

@@ -24,7 +24,8 @@ def _tree():
     return me, procs
 
 
-def _cpu_seconds() -> float:
+def process_cpu_seconds() -> float:
+    """User + system CPU seconds of this process and its children (live and reaped)."""
     me, procs = _tree()
     total = 0.0
     for p in procs:
@@ -62,11 +63,11 @@ class EstimateMeter:
         return f"estimate({self.cpu_w_per_core} W/core, {self.dram_w_per_gb} W/GB)"
 
     def begin(self, window: str) -> None:
-        self._start[window] = (time.time(), _cpu_seconds(), _rss_gb())
+        self._start[window] = (time.time(), process_cpu_seconds(), _rss_gb())
 
     def end(self, window: str) -> dict:
         t0, c0, r0 = self._start.pop(window)
-        dt, cpu_s, rss = time.time() - t0, max(0.0, _cpu_seconds() - c0), (r0 + _rss_gb()) / 2
+        dt, cpu_s, rss = time.time() - t0, max(0.0, process_cpu_seconds() - c0), (r0 + _rss_gb()) / 2
         return {"joules": {"cpu:process": cpu_s * self.cpu_w_per_core, "dram:process": rss * self.dram_w_per_gb * dt},
                 "sources": {"cpu:process": "estimate", "dram:process": "estimate"},
                 "incomplete": {}, "timeline": {}}

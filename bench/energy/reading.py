@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 
 J_PER_KWH = 3.6e6
 KINDS = ("gpu", "cpu", "dram", "node")
+MACHINE_SOURCES = ("rapl", "command")  # meters of the whole machine, shared by its processes
 
 
 def _kind(component: str) -> str:
@@ -31,6 +32,8 @@ class EnergyReading:
     incomplete: dict[str, str] = field(default_factory=dict)
     timeline: dict[str, list[tuple[float, float]]] = field(default_factory=dict)  # component -> (unix t, W)
     idle_power_w: dict[str, float] = field(default_factory=dict)
+    attribution: str = "exclusive"  # how machine-level components were attributed (bench.energy.plan)
+    machine_share: float | None = None  # the share applied under cpu-time-share
 
     @property
     def end_time(self) -> float:
@@ -95,6 +98,16 @@ class EnergyReading:
     def estimated(self) -> bool:
         return any(self.sources.get(c) == "estimate" for c in self._total_components())
 
+    @property
+    def incomplete_tag(self) -> str:
+        """Components left out of the total (``""`` when none), e.g. ``cpu`` or ``node``."""
+        return ",".join(sorted(self.incomplete))
+
+    def tags(self, prefix: str = "energy") -> dict[str, str]:
+        """The labels every figure carries: source, estimated, incomplete, attribution."""
+        return {f"{prefix}.source": self.source_tag, f"{prefix}.estimated": str(self.estimated).lower(),
+                f"{prefix}.incomplete": self.incomplete_tag or "none", f"{prefix}.attribution": self.attribution}
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d.update(total_j=self.total_j, total_kwh=self.total_kwh, dynamic_j=self.dynamic_j,
@@ -113,6 +126,11 @@ def _add(out: EnergyReading, r: EnergyReading, comp: str, key: str) -> None:
         out.timeline.setdefault(key, []).extend(r.timeline[comp])
 
 
+def _notes(r: EnergyReading) -> dict[str, str]:
+    """Incomplete entries that are not components (e.g. unmeasured work), kept when readings are summed."""
+    return {k: v for k, v in r.incomplete.items() if k not in r.joules}
+
+
 def sum_windows(readings: list[EnergyReading], name: str) -> EnergyReading:
     """Sequential windows of one process (e.g. the epochs of a training): joules and times add up."""
     if not readings:
@@ -121,8 +139,10 @@ def sum_windows(readings: list[EnergyReading], name: str) -> EnergyReading:
     for r in readings:
         for comp in r.joules:
             _add(out, r, comp, comp)
+        out.incomplete.update(_notes(r))
     for comp, watts in readings[0].idle_power_w.items():
         out.idle_power_w[comp] = watts  # a power, not summed over windows
+    out.attribution = readings[0].attribution
     return out
 
 
@@ -136,7 +156,8 @@ def sum_ranks(readings: list[EnergyReading], hosts: list[str]) -> EnergyReading:
         raise ValueError("one host name per reading is needed")
     multi = len(set(hosts)) > 1
     start = min(r.start_time for r in readings)
-    out = EnergyReading(readings[0].name, start, max(r.end_time for r in readings) - start)
+    out = EnergyReading(readings[0].name, start, max(r.end_time for r in readings) - start,
+                        attribution=readings[0].attribution)
     seen: set[tuple[str, str]] = set()
     for r, host in zip(readings, hosts):
         for comp in r.joules:
@@ -145,15 +166,18 @@ def sum_ranks(readings: list[EnergyReading], hosts: list[str]) -> EnergyReading:
                     continue
                 seen.add((host, comp))
             _add(out, r, comp, f"{comp}@{host}" if multi else comp)
+        out.incomplete.update(_notes(r))
     return out
 
 
 def reading_to_state(r: EnergyReading) -> dict:
     """Plain dict (floats, strings) for checkpoints and JSON; the timeline is left out."""
     return {"name": r.name, "start_time": r.start_time, "time_s": r.time_s, "joules": dict(r.joules),
-            "sources": dict(r.sources), "incomplete": dict(r.incomplete), "idle_power_w": dict(r.idle_power_w)}
+            "sources": dict(r.sources), "incomplete": dict(r.incomplete), "idle_power_w": dict(r.idle_power_w),
+            "attribution": r.attribution, "machine_share": r.machine_share}
 
 
 def reading_from_state(d: dict) -> EnergyReading:
     return EnergyReading(d["name"], float(d["start_time"]), float(d["time_s"]), dict(d["joules"]), dict(d["sources"]),
-                         dict(d["incomplete"]), {}, dict(d.get("idle_power_w", {})))
+                         dict(d["incomplete"]), {}, dict(d.get("idle_power_w", {})), d.get("attribution", "exclusive"),
+                         d.get("machine_share"))

@@ -11,9 +11,11 @@ class ZeusMeter:
     kind = "zeus"
 
     def __init__(self, gpu_indices: list[int] | None = None, cpu_indices: list[int] | None = None,
-                 power_timeline: bool = True, update_period_s: float = 0.1):
+                 power_timeline: bool = True, update_period_s: float = 0.1, sync_cuda: bool = False):
         from zeus.monitor import ZeusMonitor
 
+        self.sync_cuda = sync_cuda  # wait for queued CUDA work at window edges (only when computing there)
+        self.missing_cpu_reason: str | None = None  # set when nothing else covers the CPU: listed as incomplete
         self.monitor = ZeusMonitor(gpu_indices=gpu_indices, cpu_indices=cpu_indices, sync_execution_with="torch")
         self.gpu_indices = list(self.monitor.gpu_indices)
         self.cpu_indices = list(self.monitor.cpu_indices)
@@ -34,13 +36,13 @@ class ZeusMeter:
 
     def begin(self, window: str) -> None:
         self._start[window] = time.time()
-        self.monitor.begin_window(window)
+        self.monitor.begin_window(window, sync_execution=self.sync_cuda)
 
     def end(self, window: str) -> dict:
         start = self._start.pop(window)
         out = {"joules": {}, "sources": {}, "incomplete": {}, "timeline": {}}
         try:
-            m = self.monitor.end_window(window)
+            m = self.monitor.end_window(window, sync_execution=self.sync_cuda)
         except Exception as exc:  # a read error must not stop the run
             warnings.warn(f"Zeus could not read window {window}: {exc}", stacklevel=2)
             for i in self.gpu_indices:
@@ -62,6 +64,10 @@ class ZeusMeter:
             if self.has_dram.get(i, True):
                 out["joules"][f"dram:{i}"] = float(j)
                 out["sources"][f"dram:{i}"] = "rapl"
+        if self.missing_cpu_reason:
+            out["joules"]["cpu"] = float("nan")
+            out["sources"]["cpu"] = "rapl"
+            out["incomplete"]["cpu"] = self.missing_cpu_reason
         if self.power is not None:
             try:
                 tl = self.power.get_power_timeline("device_instant", start_time=start, end_time=time.time())

@@ -1,0 +1,68 @@
+"""What one process measures: the one decision every entry point (train, sweep, search worker, infer,
+forecast probe) takes through ``measurement_plan``.
+
+- GPUs: the GPUs this process trains on, as Zeus sees them (after ``CUDA_VISIBLE_DEVICES``).
+  ``train.device cpu`` measures none; ``cuda:K`` measures K; ``cuda`` and ``auto`` measure the local
+  rank's GPU when Zeus finds one (under ``auto`` that is the GPU torch picks on a GPU machine).
+- Machine-level meters (RAPL packages, the node command) measure the whole machine. A process that
+  owns the machine (``shared=False``: one training, one DDP rank group, the search parent) reports
+  all of it (attribution ``exclusive``). A process that shares the machine with other workers of the
+  same study (``shared=True``) reports the share of it given by its CPU time (attribution
+  ``cpu-time-share``, see ``bench.energy.meters``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from bench.errors import BenchError
+
+EXCLUSIVE = "exclusive"
+CPU_TIME_SHARE = "cpu-time-share"
+
+
+@dataclass(frozen=True)
+class MeasurePlan:
+    gpu_indices: tuple[int, ...]  # Zeus indices, i.e. after CUDA_VISIBLE_DEVICES
+    attribution: str = EXCLUSIVE  # how machine-level meters are attributed to this process
+    sync_cuda: bool = False  # synchronise torch's CUDA stream at window edges (only when computing there)
+
+
+def visible_gpu_count() -> int:
+    """GPUs Zeus can measure from this process (0 without NVML/AMDSMI)."""
+    try:
+        from zeus.device import get_gpus
+
+        return len(get_gpus())
+    except Exception:  # no NVML, no AMDSMI, driver errors: nothing to measure
+        return 0
+
+
+def measurement_plan(train_device: str, local_rank: int = 0, shared: bool = False) -> MeasurePlan:
+    import torch
+
+    attribution = CPU_TIME_SHARE if shared else EXCLUSIVE
+    if train_device == "cpu":
+        return MeasurePlan((), attribution)
+    if train_device.startswith("cuda:"):
+        index = int(train_device.split(":", 1)[1])
+    else:  # "cuda" or "auto": the local rank's GPU
+        index = local_rank
+    n = visible_gpu_count()
+    gpus = (index,) if index < n else ()
+    return MeasurePlan(gpus, attribution, sync_cuda=bool(gpus) and torch.cuda.is_available())
+
+
+def worker_gpu_sets(workers: int) -> list[list[str]] | None:
+    """Split the visible GPUs among ``workers`` processes of one machine: a list of
+    ``CUDA_VISIBLE_DEVICES`` entries per worker, or None when there is no GPU to share."""
+    n = visible_gpu_count()
+    if n == 0:
+        return None
+    if workers > n:
+        raise BenchError(f"--workers {workers} on a machine with {n} GPU(s): each worker needs its own GPU; "
+                         f"use --workers {n} or fewer")
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    ids = [x.strip() for x in visible.split(",")] if visible else [str(i) for i in range(n)]
+    return [ids[i::workers] for i in range(workers)]

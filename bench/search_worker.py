@@ -1,0 +1,21 @@
+"""One search worker process: ``python -m bench.search_worker SPEC.json N_TRIALS``.
+
+Started by ``bench.search`` with ``subprocess`` (not ``multiprocessing``), so that it is an ordinary
+Python process whose exit handlers run: Zeus stops its RAPL wraparound tracker only in one."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from bench.search import run_worker
+
+
+def main(argv: list[str]) -> int:
+    spec = json.loads(open(argv[0], encoding="utf-8").read())
+    run_worker(spec["config"], spec["storage"], int(argv[1]), spec["out_root"], shared=spec["shared"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,165 @@
+"""Energy on simulated hardware: fake GPUs in Zeus's device layer and a RAPL tree Zeus reads, given to
+whole ``svbench`` processes (and every process they start). The product code does not know it is under
+test: it computes on the CPU and measures what Zeus shows it."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from conftest import REPO, processes_with_marker, run_cli
+
+TINY = ["--preset", "tiny", "--train.batch_size", "8", "--train.threads", "1", "--tracking.log_model", "false",
+        "--eval.latency", "false", "--eval.infer_precisions", "[fp32]"]
+
+
+def _result(out):
+    return json.loads((out / "result.json").read_text())
+
+
+def _probe(env, meters="auto"):
+    code = ("import json, time\n"
+            "from bench.config import EnergyConfig\nfrom bench.energy.meters import create_meters\n"
+            "from bench.energy.plan import measurement_plan\n"
+            f"ms = create_meters(EnergyConfig(meters=['{meters}']), measurement_plan('auto'))\n"
+            "with ms.window('w') as w:\n    time.sleep(1.0)\nms.close()\nr = w.reading\n"
+            "print(json.dumps({'tags': r.tags(), 'gpu': r.gpu_j, 'total': r.total_j, 't': r.time_s}))\n")
+    proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_train_on_fake_gpu_and_rapl_is_measured_and_labelled(tiny_corpus, tmp_path, fake_machine):
+    env = fake_machine(gpu_w=[200], rapl_w=50)
+    out = tmp_path / "run"
+    proc = run_cli("train", *TINY, "--data.root", tiny_corpus, "--train.epochs", "1", "--out", out, "--no-track",
+                   env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = _result(out)
+    m, tags = res["energy_metrics"], res["energy_tags"]
+    assert m["train/energy_gpu_j"] == pytest.approx(200 * m["train/time_s"], rel=0.03)
+    assert m["train/energy_cpu_j"] == pytest.approx(50 * m["train/time_s"], rel=0.03)
+    assert tags["energy.source"] == "gpu:nvml,cpu:rapl,dram:rapl"
+    assert tags["energy.estimated"] == "false" and tags["energy.incomplete"] == "none"
+    assert tags["energy.attribution"] == "exclusive"
+    # the inference window holds the embeddings and scoring only, and carries the same labels
+    assert res["inference"]["fp32"]["energy.source"] == "gpu:nvml,cpu:rapl,dram:rapl"
+
+
+def test_gpu_without_rapl_is_estimated_or_incomplete_never_silent(fake_machine):
+    auto = _probe(fake_machine(gpu_w=[200]))
+    assert auto["gpu"] == pytest.approx(200 * auto["t"], rel=0.03)
+    assert auto["tags"]["energy.source"] == "gpu:nvml,cpu:estimate,dram:estimate"
+    assert auto["tags"]["energy.estimated"] == "true"
+    zeus_only = _probe(fake_machine(gpu_w=[200]), meters="zeus")
+    assert zeus_only["tags"]["energy.source"] == "gpu:nvml" and zeus_only["tags"]["energy.estimated"] == "false"
+    assert zeus_only["tags"]["energy.incomplete"] == "cpu"
+
+
+def test_sigkill_mid_epoch_then_resume_keeps_the_energy_before_the_kill(tiny_corpus, tmp_path, fake_machine):
+    env = fake_machine(gpu_w=[200], rapl_w=50)
+    out = tmp_path / "killed"
+    args = ["train", *TINY, "--data.root", str(tiny_corpus), "--train.epochs", "2", "--train.checkpoint_every_steps",
+            "1", "--out", str(out), "--no-track"]
+    proc = subprocess.Popen([sys.executable, "-m", "bench", *args], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    last = out / "checkpoints" / "last.pt"
+    killed = None
+    deadline = time.time() + 180
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            state = torch.load(last, weights_only=True) if last.is_file() else None
+        except Exception:
+            state = None
+        if state and state["epoch"] == 0 and state["batch_in_epoch"] >= 3:
+            os.kill(proc.pid, signal.SIGKILL)
+            killed = state
+            break
+        time.sleep(0.01)
+    proc.wait()
+    assert killed is not None, "training finished before it could be killed"
+    saved = sum(s["time_s"] for s in killed["accumulators"]["energy_segments"])
+    assert saved > 0  # the energy up to the checkpoint travels with it
+    t0 = time.time()
+    done = run_cli(*args, "--resume", env=env)
+    resumed_wall_s = time.time() - t0
+    assert done.returncode == 0, done.stderr[-3000:]
+    res = _result(out)
+    m, tags = res["energy_metrics"], res["energy_tags"]
+    watts = 200 + 50 + 5
+    assert m["train/energy_j"] == pytest.approx(watts * m["train/time_s"], rel=0.05)
+    first_epoch = res["train"]["history"][0]
+    assert first_epoch["energy_j"] == pytest.approx(watts * first_epoch["time_s"], rel=0.05)
+    # the killed run's measured part is in the total: more training time than the resumed process could hold
+    assert m["train/time_s"] > saved
+    assert m["train/time_s"] < resumed_wall_s + saved
+    assert "killed-run-tail" in tags["energy.incomplete"]
+
+
+def test_ddp_epoch_energies_sum_to_the_total(tiny_corpus, tmp_path, fake_machine):
+    env = fake_machine(gpu_w=[200, 200], rapl_w=50, OMP_NUM_THREADS="1")
+    out = tmp_path / "ddp"
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "bench", "train", *TINY, "--data.root", str(tiny_corpus), "--train.epochs", "2",
+                           "--train.batch_size", "4", "--out", str(out), "--no-track"],
+                          cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = _result(out)
+    m = res["energy_metrics"]
+    epochs = [h["energy_j"] for h in res["train"]["history"]]
+    assert len(epochs) == 2 and sum(epochs) == pytest.approx(m["train/energy_j"], rel=1e-9)
+    # two ranks, one fake GPU each: both GPUs are in the figure, RAPL once for the machine
+    assert m["train/energy_gpu_j"] > 1.5 * 200 * max(h["time_s"] for h in res["train"]["history"])
+    assert m["train/energy_cpu_j"] < 1.2 * 50 * m["train/time_s"]
+
+
+def test_two_worker_search_on_two_gpus_attributes_and_exits(tiny_corpus, tmp_path, fake_machine):
+    env = fake_machine(gpu_w=[200, 300], rapl_w=50)
+    db = tmp_path / "mlflow.db"
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{db}"
+    args = ["search", *TINY, "--data.root", str(tiny_corpus), "--train.epochs", "1", "--n-trials", "4",
+            "--workers", "2", "--study", "fakehw", "--storage", str(tmp_path / "s.journal"),
+            "--out", str(tmp_path / "runs"), "--tracking.experiment", "fakehw",
+            "--search.stage_blocks_min", "[1,1,1,1]", "--search.stage_blocks_max", "[1,1,1,1]",
+            "--search.width_mults", "[0.25,0.5]", "--search.enqueue_study_variants", "false"]
+    t0 = time.time()
+    proc = subprocess.Popen([sys.executable, "-m", "bench", *args], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=400)
+    finally:
+        proc.kill()
+    wall_s = time.time() - t0
+    assert proc.returncode == 0, stderr[-3000:]
+    time.sleep(1.0)
+    left = processes_with_marker(str(tmp_path))
+    assert not left, [p.cmdline() for p in left]  # no worker and no Zeus helper outlives the search
+    client = MlflowClient(tracking_uri=f"sqlite:///{db}")
+    exp = client.get_experiment_by_name("fakehw")
+    runs = client.search_runs([exp.experiment_id], max_results=100)
+    parent = next(r for r in runs if r.data.tags.get("svbench.kind") == "study")
+    trials = [r for r in runs if r.data.tags.get("svbench.kind") == "trial" and r.info.status == "FINISHED"]
+    assert len(trials) == 4
+    # each trial measured its own GPU: one worker saw the 200 W board, the other the 300 W one
+    boards = set()
+    for r in trials:
+        assert r.data.tags["energy.source"] == "gpu:nvml,cpu:rapl,dram:rapl", stderr[-3000:]
+        w = r.data.metrics["train/energy_gpu_j"] / r.data.metrics["train/time_s"]
+        board = 200 if abs(w - 200) < abs(w - 300) else 300
+        assert w == pytest.approx(board, rel=0.03)
+        boards.add(board)
+        assert r.data.tags["energy.attribution"] == "cpu-time-share"
+    assert boards == {200, 300}
+    # the search's cost is what the machine drew over its window, never N times it
+    pm = parent.data.metrics
+    assert pm["search/time_s"] < wall_s
+    assert pm["search/energy_j"] == pytest.approx((200 + 300 + 50 + 5) * pm["search/time_s"], rel=0.03)
+    assert pm["search/trials_energy_j"] <= pm["search/energy_j"]
+    assert parent.data.tags["energy.source"] == "gpu:nvml,cpu:rapl,dram:rapl"
+    assert parent.info.status in ("RUNNING", "FINISHED")
