@@ -29,6 +29,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import uuid
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,13 +40,15 @@ import psutil
 from bench.config import Config, build_config
 from bench.energy.carbon import grams
 from bench.energy.plan import MeasurePlan, measurement_plan, visible_gpu_count, worker_gpu_sets
-from bench.energy.reading import EnergyReading
+from bench.energy.reading import EnergyReading, reading_from_state, sum_windows
 from bench.errors import BenchError
 
 STUDY_VARIANT_LAYOUTS = [(2, 2, 2, 2), (3, 4, 6, 3), (2, 6, 6, 2), (2, 10, 2, 2), (10, 2, 2, 2), (2, 2, 2, 10)]
 ATTR_PARENT = "mlflow_parent_run_id"
 ATTR_EXPERIMENT = "mlflow_experiment_id"
 ATTR_COST = "search_cost_runs"  # one entry per run of the study: what the machine drew during it
+ATTR_RUN = "search_run"  # on a trial: the run of ``svbench search`` that ran it
+ATTR_SPENT_SO_FAR = "spent_so_far"  # on a trial: its cost entry up to its last finished epoch
 
 
 # ------------------------------------------------------------------ storage and study
@@ -149,6 +152,24 @@ class TrialContext:
     experiment_id: str
     meters: object
     series: object
+    search_run: str  # the run of ``svbench search`` this worker belongs to
+
+
+class SpentSoFar:
+    """Trainer callback: what the trial has spent so far (its probe and finished epochs), stored on the trial
+    at each epoch, so that the trials of a search process that is killed still count in the study's cost."""
+
+    def __init__(self, trial: optuna.Trial, ctx: TrialContext):
+        self.trial, self.ctx = trial, ctx
+        self.epochs: list[EnergyReading] = []
+
+    def on_epoch_end(self, epoch: int, metrics: dict) -> None:
+        if metrics.get("energy"):
+            self.epochs.append(reading_from_state(metrics["energy"]))
+        parts = [r for r in self.ctx.meters.readings if r.name == "probe"] + self.epochs
+        if parts:
+            self.trial.set_user_attr(ATTR_SPENT_SO_FAR, _cost_entry(sum_windows(parts, "so-far"), self.ctx.cfg,
+                                                                    self.ctx.series))
 
 
 def _constraint_values(cfg: Config, energy_j: float | None, co2_g: float | None, params_m: float) -> list[float]:
@@ -170,6 +191,7 @@ def objective(trial: optuna.Trial, ctx: TrialContext) -> tuple[float, float]:
     from bench import tracking
 
     trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+    trial.set_user_attr(ATTR_RUN, ctx.search_run)
     name = f"trial-{trial.number}"
     tags = {tracking.TAG_KIND: "trial", "optuna.study": ctx.cfg.search.study_name, "optuna.trial": str(trial.number),
             tracking.TAG_VARIANT: name, tracking.PARENT: ctx.parent_run_id}
@@ -203,10 +225,10 @@ def _record_spent(trial: optuna.Trial, ctx: TrialContext, rid: str, r: EnergyRea
     run ``trial/spent_energy_j`` with its labels."""
     from mlflow.tracking import MlflowClient
 
-    co2 = None if r.total_j is None else grams(r.total_j, ctx.cfg.energy.pue, ctx.cfg.energy.region, ctx.series,
-                                               r.start_time, r.end_time)
-    trial.set_user_attr("spent_energy_j", r.total_j)
-    trial.set_user_attr("spent_co2_g", co2)
+    entry = _cost_entry(r, ctx.cfg, ctx.series)
+    trial.set_user_attr("spent_energy_j", entry["energy_j"])
+    trial.set_user_attr("spent_co2_g", entry["co2_g"])
+    trial.set_user_attr("spent_entry", entry)
     if not log:
         return
     client = MlflowClient()
@@ -253,7 +275,7 @@ def _trial_body(trial: optuna.Trial, ctx: TrialContext, rid: str, tags: dict) ->
             raise optuna.TrialPruned(f"forecast {fc.energy_j:.4g} J exceeds the budget")
     _, metrics = tracking.run_tracked_seeds(cfg, ctx.out_root / f"trial-{trial.number}", run_id=rid,
                                             run_name=f"trial-{trial.number}", extra_tags=tags, progress=False,
-                                            meters=ctx.meters)
+                                            meters=ctx.meters, callbacks=[SpentSoFar(trial, ctx)])
     lists = [k.split("/", 1)[1] for k in metrics if k.startswith("eer_pct/")]
     trials_name = cfg.search.trial_list or lists[0]
     if trials_name not in lists:
@@ -282,7 +304,8 @@ def _co2(cfg: Config, energy_j: float | None, ctx: TrialContext) -> float | None
 
 
 # ------------------------------------------------------------------ workers
-def run_worker(cfg_dict: dict, storage_url_: str, n_trials: int, out_root: str, shared: bool = False) -> None:
+def run_worker(cfg_dict: dict, storage_url_: str, n_trials: int, out_root: str, search_run: str,
+               shared: bool = False) -> None:
     """One worker: run ``n_trials`` trials of the shared study. ``shared``: other workers of the study
     run on this machine at the same time (machine-level meters are then attributed by CPU-time share)."""
     from bench import tracking
@@ -296,26 +319,28 @@ def run_worker(cfg_dict: dict, storage_url_: str, n_trials: int, out_root: str, 
     study = load_study(cfg, storage)
     meters = create_meters(cfg.energy, measurement_plan(cfg.train.device, shared=shared))
     ctx = TrialContext(cfg, Path(out_root), study.user_attrs[ATTR_PARENT], study.user_attrs[ATTR_EXPERIMENT], meters,
-                       intensity_series(cfg.energy))
+                       intensity_series(cfg.energy), search_run)
     try:
         study.optimize(lambda t: objective(t, ctx), n_trials=n_trials, catch=(Exception,), gc_after_trial=True)
     finally:
         meters.close()
 
 
-def _run_worker_processes(cfg_dict: dict, url: str, shares: list[int], out: str, gpu_sets) -> None:
+def _run_worker_processes(cfg_dict: dict, url: str, shares: list[int], out: str, search_run: str, gpu_sets) -> None:
     """N worker processes started with ``subprocess`` (each a plain Python process, whose exit handlers run
     and stop Zeus's helpers), each with its own ``CUDA_VISIBLE_DEVICES`` when the machine has GPUs."""
     procs = []
     with tempfile.TemporaryDirectory(prefix="svbench-workers-") as tmp:
         spec = Path(tmp) / "worker.json"
-        spec.write_text(json.dumps({"config": cfg_dict, "storage": url, "out_root": out, "shared": True}))
+        spec.write_text(json.dumps({"config": cfg_dict, "storage": url, "out_root": out, "search_run": search_run,
+                                    "shared": True}))
         try:
             for i, n in enumerate(shares):
                 env = dict(os.environ)
                 if gpu_sets is not None:
                     env["CUDA_VISIBLE_DEVICES"] = ",".join(gpu_sets[i])
-                procs.append(subprocess.Popen([sys.executable, "-m", "bench.search_worker", str(spec), str(n)], env=env))
+                argv = [sys.executable, "-m", "bench.search_worker", str(spec), str(n)]
+                procs.append(subprocess.Popen(argv, env=env))
             codes = [p.wait() for p in procs]
         except BaseException:
             for p in procs:
@@ -376,6 +401,8 @@ def run_search(cfg: Config, workers: int = 1, out_root: str | Path = "runs/searc
 
     if workers < 1:
         raise BenchError("--workers must be at least 1")
+    if workers > 1 and cfg.train.device != "cpu":
+        worker_gpu_sets(workers)  # more workers than GPUs: the one-line error before anything is created
     url = storage_url(cfg, out_root)
     tracking.setup_tracking()
     storage = make_storage(url, cfg.search.heartbeat_s)
@@ -385,6 +412,7 @@ def run_search(cfg: Config, workers: int = 1, out_root: str | Path = "runs/searc
     else:
         _fail_orphans(study)
     _close_runs_of_failed_trials(study)
+    _recover_killed_runs(study, cfg)
     # finished trials, and running ones (another machine's workers), count; enqueued (WAITING) ones do not
     done = len([t for t in study.get_trials(deepcopy=False) if t.state != optuna.trial.TrialState.WAITING])
     remaining = max(0, cfg.search.n_trials - done)
@@ -393,9 +421,11 @@ def run_search(cfg: Config, workers: int = 1, out_root: str | Path = "runs/searc
     gpu_sets = worker_gpu_sets(len(shares)) if len(shares) > 1 and cfg.train.device != "cpu" else None
     cfg_dict = cfg.model_dump(mode="json")
     out = str(Path(out_root) / cfg.search.study_name)
-    reading = _measured(cfg, _study_plan(cfg, gpu_sets), lambda: _run_all(cfg_dict, url, shares, out, gpu_sets))
+    search_run = uuid.uuid4().hex
+    reading = _measured(cfg, _study_plan(cfg, gpu_sets),
+                        lambda: _run_all(cfg_dict, url, shares, out, search_run, gpu_sets))
     study = load_study(cfg, make_storage(url, cfg.search.heartbeat_s))
-    cost = _record_cost(study, reading, cfg)
+    cost = _record_cost(study, search_run, reading, cfg)
     trials = study.get_trials(deepcopy=False)
     parent = study.user_attrs[ATTR_PARENT]
     client = MlflowClient()
@@ -417,11 +447,11 @@ def run_search(cfg: Config, workers: int = 1, out_root: str | Path = "runs/searc
             "spent_co2_g": cost.co2_g, "states": states, "best": best}
 
 
-def _run_all(cfg_dict: dict, url: str, shares: list[int], out: str, gpu_sets) -> None:
+def _run_all(cfg_dict: dict, url: str, shares: list[int], out: str, search_run: str, gpu_sets) -> None:
     if len(shares) == 1:
-        run_worker(cfg_dict, url, shares[0], out)
+        run_worker(cfg_dict, url, shares[0], out, search_run)
     elif shares:
-        _run_worker_processes(cfg_dict, url, shares, out, gpu_sets)
+        _run_worker_processes(cfg_dict, url, shares, out, search_run, gpu_sets)
 
 
 def _measured(cfg: Config, plan: MeasurePlan, work) -> EnergyReading | None:
@@ -445,20 +475,53 @@ class SearchCost:
     tags: dict[str, str]
 
 
-def _record_cost(study: optuna.Study, reading: EnergyReading | None, cfg: Config) -> SearchCost:
+def _cost_entry(reading: EnergyReading, cfg: Config, series) -> dict:
+    total = reading.total_j
+    co2 = None if total is None else grams(total, cfg.energy.pue, cfg.energy.region, series, reading.start_time,
+                                           reading.end_time)
+    return {"energy_j": total, "co2_g": co2, "time_s": reading.time_s, **reading.tags()}
+
+
+def _recover_killed_runs(study: optuna.Study, cfg: Config) -> None:
+    """A search process killed before it recorded its cost: what its trials recorded (their totals, or for
+    a trial killed with it what it spent up to its last finished epoch) becomes that run's cost entry,
+    marked incomplete. If that process was in fact alive (on another machine), its own entry replaces this
+    one when it ends."""
+    from bench import tracking
+
+    runs = list(study.user_attrs.get(ATTR_COST, []))
+    known = {r.get("search_run") for r in runs}
+    trials = study.get_trials(deepcopy=False)
+    alive = {t.user_attrs.get(ATTR_RUN) for t in trials if t.state == optuna.trial.TrialState.RUNNING}
+    lost: dict[str, list[dict]] = {}
+    for t in trials:
+        token = t.user_attrs.get(ATTR_RUN)
+        if token and token not in known and token not in alive:
+            entry = t.user_attrs.get("spent_entry") or t.user_attrs.get(ATTR_SPENT_SO_FAR)
+            lost.setdefault(token, []).extend([entry] if entry else [])
+    for token, entries in lost.items():
+        tags = tracking.combined_energy_tags(entries) if entries else {}
+        measured = [e for e in entries if e["energy_j"] is not None]
+        runs.append({"search_run": token, "energy_j": float(sum(e["energy_j"] for e in measured)),
+                     "co2_g": float(sum(e["co2_g"] or 0.0 for e in measured)),
+                     "time_s": float(sum(e["time_s"] for e in measured)), **tags,
+                     "energy.incomplete": "search process killed: only what its trials recorded"})
+    if lost:
+        study.set_user_attr(ATTR_COST, runs)
+
+
+def _record_cost(study: optuna.Study, search_run: str, reading: EnergyReading | None, cfg: Config) -> SearchCost:
     from bench import tracking
     from bench.energy.accounting import intensity_series
 
-    runs = list(study.user_attrs.get(ATTR_COST, []))
+    runs = [r for r in study.user_attrs.get(ATTR_COST, []) if r.get("search_run") != search_run]
     if reading is not None:
-        total = reading.total_j
-        co2 = None if total is None else grams(total, cfg.energy.pue, cfg.energy.region, intensity_series(cfg.energy),
-                                               reading.start_time, reading.end_time)
-        runs.append({"energy_j": total, "co2_g": co2, "time_s": reading.time_s, **reading.tags()})
+        runs.append({"search_run": search_run, **_cost_entry(reading, cfg, intensity_series(cfg.energy))})
         study.set_user_attr(ATTR_COST, runs)
     measured = [r for r in runs if r["energy_j"] is not None]
     tags = tracking.combined_energy_tags(runs)
     if len(runs) > len(measured):
-        tags["energy.incomplete"] = ",".join([*tags["energy.incomplete"].split(","), "unmeasured runs"]).removeprefix("none,")
+        parts = [p for p in tags["energy.incomplete"].split(",") if p != "none"]
+        tags["energy.incomplete"] = ",".join([*parts, "unmeasured runs"])
     return SearchCost(float(sum(r["energy_j"] for r in measured)), float(sum(r["co2_g"] or 0.0 for r in measured)),
                       float(sum(r["time_s"] for r in runs)), tags)

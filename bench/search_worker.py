@@ -13,7 +13,8 @@ from bench.search import run_worker
 
 def main(argv: list[str]) -> int:
     spec = json.loads(open(argv[0], encoding="utf-8").read())
-    run_worker(spec["config"], spec["storage"], int(argv[1]), spec["out_root"], shared=spec["shared"])
+    run_worker(spec["config"], spec["storage"], int(argv[1]), spec["out_root"], spec["search_run"],
+               shared=spec["shared"])
     return 0
 
 

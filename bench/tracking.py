@@ -19,10 +19,11 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import torch
-from mlflow.entities import Metric
+from mlflow.entities import Metric, RunTag
 from mlflow.tracking import MlflowClient
 
 from bench.config import Config, config_to_yaml, flat_params
+from bench.energy.reading import reading_from_state
 from bench.errors import BenchError
 
 DEFAULT_URI = "sqlite:///mlflow.db"
@@ -147,8 +148,11 @@ class EpochLogger:
         now = int(time.time() * 1000)
         batch = [Metric(name, float(metrics[k]), now, epoch) for k, name in self.KEYS.items()
                  if metrics.get(k) is not None and not skip(name, epoch)]
+        # the epoch's labels come with its energy, so a run killed before its end is labelled too
+        tags = [RunTag(k, v) for k, v in reading_from_state(metrics["energy"]).tags().items()] \
+            if batch and metrics.get("energy") else []
         if batch:
-            self.client.log_batch(self.run_id, metrics=batch, synchronous=True)
+            self.client.log_batch(self.run_id, metrics=batch, tags=tags, synchronous=True)
 
 
 # ---------------------------------------------------------------- artifacts
@@ -253,8 +257,9 @@ def find_child_runs(parent_run_id: str, experiment_id: str) -> list:
 
 def run_tracked(cfg: Config, out_dir: str | Path, run_id: str | None = None, parent_run_id: str | None = None,
                 experiment_id: str | None = None, run_name: str | None = None, extra_tags: dict | None = None,
-                resume: bool = False, progress: bool = True, meters=None):
-    """``run_variant`` inside an MLflow run (a new one, or ``run_id`` continued); returns (run_id, result)."""
+                resume: bool = False, progress: bool = True, meters=None, callbacks: list | None = None):
+    """``run_variant`` inside an MLflow run (a new one, or ``run_id`` continued); returns (run_id, result).
+    ``callbacks`` are trainer callbacks beside the epoch logger."""
     from bench.models import spec_from_config
     from bench.variant import run_variant
 
@@ -274,7 +279,8 @@ def run_tracked(cfg: Config, out_dir: str | Path, run_id: str | None = None, par
         params = {k: v for k, v in variant_params(cfg, spec).items() if k not in existing}
         for i in range(0, len(params), 90):
             mlflow.log_params(dict(list(params.items())[i:i + 90]))
-        result = run_variant(cfg, out_dir, resume=resume, callbacks=[EpochLogger(rid)], progress=progress, meters=meters)
+        result = run_variant(cfg, out_dir, resume=resume, callbacks=[EpochLogger(rid), *(callbacks or [])],
+                             progress=progress, meters=meters)
         if result is None:
             return rid, None
         mlflow.log_metrics(result_metrics(result))
@@ -323,13 +329,14 @@ def seed_summary(per_seed: list[dict[str, float]]) -> dict[str, float]:
 
 def run_tracked_seeds(cfg: Config, out_dir: str | Path, run_id: str | None = None, parent_run_id: str | None = None,
                       experiment_id: str | None = None, run_name: str | None = None, extra_tags: dict | None = None,
-                      resume: bool = False, progress: bool = True, meters=None) -> tuple[str, dict]:
+                      resume: bool = False, progress: bool = True, meters=None,
+                      callbacks: list | None = None) -> tuple[str, dict]:
     """One variant over ``cfg.seeds`` seeds. With one seed this is ``run_tracked``; with several, the
     variant run is the parent of one run per seed and logs the mean and standard deviation.
     Returns (variant run id, metrics) where metrics are the variant's (mean) metrics."""
     if cfg.seeds <= 1:
         rid, res = run_tracked(cfg, out_dir, run_id, parent_run_id, experiment_id, run_name, extra_tags, resume,
-                               progress, meters)
+                               progress, meters, callbacks)
         return rid, (result_metrics(res) if res is not None else {})
     from bench.config import build_config
     from bench.models import spec_from_config
@@ -369,7 +376,8 @@ def run_tracked_seeds(cfg: Config, out_dir: str | Path, run_id: str | None = Non
             seed_tags = {**(extra_tags or {}), TAG_KIND: "seed", "svbench.seed": str(seed)}
             _, res = run_tracked(scfg, Path(out_dir) / f"seed{seed}", run_id=prev.info.run_id if prev else None,
                                  parent_run_id=run_id, experiment_id=exp_id, run_name=f"{name}/seed{seed}",
-                                 extra_tags=seed_tags, resume=prev is not None or resume, progress=progress, meters=meters)
+                                 extra_tags=seed_tags, resume=prev is not None or resume, progress=progress,
+                                 meters=meters, callbacks=callbacks)
             per_seed.append(result_metrics(res))
             seed_tags_seen.append(res.energy_tags)
         summary = seed_summary(per_seed)

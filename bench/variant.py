@@ -96,7 +96,9 @@ def run_variant(cfg: Config, out_dir: str | Path, resume: bool = False, callback
         energy_metrics.update(em)
         energy_tags.update(et)
         energy_tags.update(carbon_tags(cfg.energy, series))
-        energy_tags.update({k.removeprefix("train."): v for k, v in energy_tags.items() if k.startswith("train.energy.")})
+        # the run's labels are its training energy's
+        energy_tags.update({k.removeprefix("train."): v for k, v in energy_tags.items()
+                            if k.startswith("train.energy.")})
         energy_tags["energy.meters"] = meters.describe()
         if forecast is not None and forecast["energy_j"] and energy_metrics.get("train/energy_j"):
             forecast["error_pct"] = 100.0 * (forecast["energy_j"] - energy_metrics["train/energy_j"]) / energy_metrics["train/energy_j"]

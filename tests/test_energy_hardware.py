@@ -13,7 +13,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from conftest import REPO, processes_with_marker, run_cli
+from conftest import REPO, assert_one_line_error, processes_with_marker, run_cli
 
 TINY = ["--preset", "tiny", "--train.batch_size", "8", "--train.threads", "1", "--tracking.log_model", "false",
         "--eval.latency", "false", "--eval.infer_precisions", "[fp32]"]
@@ -163,3 +163,43 @@ def test_two_worker_search_on_two_gpus_attributes_and_exits(tiny_corpus, tmp_pat
     assert pm["search/trials_energy_j"] <= pm["search/energy_j"]
     assert parent.data.tags["energy.source"] == "gpu:nvml,cpu:rapl,dram:rapl"
     assert parent.info.status in ("RUNNING", "FINISHED")
+
+
+def test_one_worker_search_with_forecast_and_infer_on_a_fake_gpu(tiny_corpus, tmp_path, fake_machine):
+    env = fake_machine(gpu_w=[200], rapl_w=50)
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    proc = run_cli("search", *TINY, "--data.root", tiny_corpus, "--train.epochs", "1", "--n-trials", "1",
+                   "--study", "one", "--storage", tmp_path / "s.journal", "--out", tmp_path / "runs",
+                   "--tracking.experiment", "one", "--search.stage_blocks_min", "[1,1,1,1]",
+                   "--search.stage_blocks_max", "[1,1,1,1]", "--search.width_mults", "[0.25]",
+                   "--search.enqueue_study_variants", "false", "--search.energy_budget_j", "1e9", env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
+    runs = client.search_runs([client.get_experiment_by_name("one").experiment_id])
+    trial = next(r for r in runs if r.data.tags.get("svbench.kind") == "trial")
+    parent = next(r for r in runs if r.data.tags.get("svbench.kind") == "study")
+    m = trial.data.metrics
+    assert m["train/energy_gpu_j"] == pytest.approx(200 * m["train/time_s"], rel=0.03)  # train.device auto
+    assert m["forecast/probe_energy_j"] > 200 * 0.05  # the probe measured the GPU too
+    assert trial.data.tags["energy.source"] == "gpu:nvml,cpu:rapl,dram:rapl"
+    assert trial.data.tags["energy.attribution"] == "exclusive"
+    pm = parent.data.metrics
+    assert pm["search/energy_j"] == pytest.approx(255 * pm["search/time_s"], rel=0.03)
+    assert pm["search/trials_energy_j"] <= pm["search/energy_j"]
+    # inference on the same fake GPU: labelled, per 1k trials
+    model = next((tmp_path / "runs").rglob("model.pt"))
+    inf = run_cli("infer", "--preset", "tiny", "--data.root", tiny_corpus, "--checkpoint", model, "--precision", "fp32",
+                  "--eval.latency", "false", "--json", env=env)
+    assert inf.returncode == 0, inf.stderr[-3000:]
+    rows = json.loads(inf.stdout[inf.stdout.index("{"):])
+    fp32 = rows["fp32"]
+    assert fp32["energy.source"] == "gpu:nvml,cpu:rapl,dram:rapl" and fp32["energy.estimated"] == "false"
+    assert fp32["energy_j"] == pytest.approx(255 * fp32["time_s"], rel=0.05)
+
+
+def test_more_workers_than_gpus_is_a_one_line_error(tiny_corpus, tmp_path, fake_machine):
+    env = fake_machine(gpu_w=[200])
+    proc = run_cli("search", *TINY, "--data.root", tiny_corpus, "--n-trials", "2", "--workers", "2", "--study", "x",
+                   "--storage", tmp_path / "s.journal", "--out", tmp_path / "runs", env=env)
+    assert_one_line_error(proc, "--workers 2", "1 GPU")
+    assert not (tmp_path / "s.journal").exists()  # nothing created

@@ -275,9 +275,8 @@ def test_search_worker_killed_mid_trial_is_failed_by_heartbeat(tiny_corpus, tmp_
         try:
             st_ = optuna.load_study(study_name="hb", storage=storage)
             running = [t for t in st_.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.RUNNING
-                       and "mlflow_run_id" in t.user_attrs]
+                       and "spent_so_far" in t.user_attrs]  # mid-trial, one epoch done
             if running:
-                time.sleep(1.0)  # mid-trial
                 victim = running[0].number
                 os.kill(proc.pid, signal.SIGKILL)
         except Exception:
@@ -295,6 +294,15 @@ def test_search_worker_killed_mid_trial_is_failed_by_heartbeat(tiny_corpus, tmp_
     client = MlflowClient(tracking_uri=uri)
     run = client.get_run(study.trials[victim].user_attrs["mlflow_run_id"])
     assert run.info.status == "FAILED" and run.data.tags["optuna.state"] == "FAIL"
+    assert run.data.tags["energy.source"] != "none"  # labelled from its first epoch on
+    # the killed search process never recorded its cost: what its trials recorded is in the study's cost
+    killed_run = study.trials[victim].user_attrs["search_run"]
+    cost = {r["search_run"]: r for r in study.user_attrs["search_cost_runs"]}
+    assert cost[killed_run]["energy_j"] >= study.trials[victim].user_attrs["spent_so_far"]["energy_j"] > 0
+    assert "killed" in cost[killed_run]["energy.incomplete"]
+    parent = client.get_run(study.user_attrs["mlflow_parent_run_id"])
+    assert parent.data.metrics["search/energy_j"] == pytest.approx(sum(r["energy_j"] for r in cost.values()))
+    assert "killed" in parent.data.tags["energy.incomplete"]
 
 
 def test_interrupted_sweep_rerun_skips_finished_and_resumes(tiny_corpus, tmp_path):
