@@ -516,8 +516,12 @@ def _record_cost(study: optuna.Study, search_run: str, reading: EnergyReading | 
 
     runs = [r for r in study.user_attrs.get(ATTR_COST, []) if r.get("search_run") != search_run]
     if reading is not None:
-        runs.append({"search_run": search_run, **_cost_entry(reading, cfg, intensity_series(cfg.energy))})
-        study.set_user_attr(ATTR_COST, runs)
+        entry = _cost_entry(reading, cfg, intensity_series(cfg.energy))
+    else:  # energy.meters [none]: the run is known, and unmeasured
+        entry = {"energy_j": None, "co2_g": None, "time_s": 0.0, "energy.source": "none", "energy.estimated": "false",
+                 "energy.incomplete": "none", "energy.attribution": "exclusive"}
+    runs.append({"search_run": search_run, **entry})
+    study.set_user_attr(ATTR_COST, runs)
     measured = [r for r in runs if r["energy_j"] is not None]
     tags = tracking.combined_energy_tags(runs)
     if len(runs) > len(measured):

@@ -28,7 +28,7 @@ def _probe(env, meters="auto"):
             "from bench.config import EnergyConfig\nfrom bench.energy.meters import create_meters\n"
             "from bench.energy.plan import measurement_plan\n"
             f"ms = create_meters(EnergyConfig(meters=['{meters}']), measurement_plan('auto'))\n"
-            "with ms.window('w') as w:\n    time.sleep(1.0)\nms.close()\nr = w.reading\n"
+            "with ms.window('w') as w:\n    time.sleep(2.0)\nms.close()\nr = w.reading\n"
             "print(json.dumps({'tags': r.tags(), 'gpu': r.gpu_j, 'total': r.total_j, 't': r.time_s}))\n")
     proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -65,7 +65,7 @@ def test_gpu_without_rapl_is_estimated_or_incomplete_never_silent(fake_machine):
 def test_sigkill_mid_epoch_then_resume_keeps_the_energy_before_the_kill(tiny_corpus, tmp_path, fake_machine):
     env = fake_machine(gpu_w=[200], rapl_w=50)
     out = tmp_path / "killed"
-    args = ["train", *TINY, "--data.root", str(tiny_corpus), "--train.epochs", "2", "--train.checkpoint_every_steps",
+    args = ["train", *TINY, "--data.root", str(tiny_corpus), "--train.epochs", "1", "--train.checkpoint_every_steps",
             "1", "--out", str(out), "--no-track"]
     proc = subprocess.Popen([sys.executable, "-m", "bench", *args], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
@@ -100,23 +100,6 @@ def test_sigkill_mid_epoch_then_resume_keeps_the_energy_before_the_kill(tiny_cor
     assert m["train/time_s"] > saved
     assert m["train/time_s"] < resumed_wall_s + saved
     assert "killed-run-tail" in tags["energy.incomplete"]
-
-
-def test_ddp_epoch_energies_sum_to_the_total(tiny_corpus, tmp_path, fake_machine):
-    env = fake_machine(gpu_w=[200, 200], rapl_w=50, OMP_NUM_THREADS="1")
-    out = tmp_path / "ddp"
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           "-m", "bench", "train", *TINY, "--data.root", str(tiny_corpus), "--train.epochs", "2",
-                           "--train.batch_size", "4", "--out", str(out), "--no-track"],
-                          cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    res = _result(out)
-    m = res["energy_metrics"]
-    epochs = [h["energy_j"] for h in res["train"]["history"]]
-    assert len(epochs) == 2 and sum(epochs) == pytest.approx(m["train/energy_j"], rel=1e-9)
-    # two ranks, one fake GPU each: both GPUs are in the figure, RAPL once for the machine
-    assert m["train/energy_gpu_j"] > 1.5 * 200 * max(h["time_s"] for h in res["train"]["history"])
-    assert m["train/energy_cpu_j"] < 1.2 * 50 * m["train/time_s"]
 
 
 def test_two_worker_search_on_two_gpus_attributes_and_exits(tiny_corpus, tmp_path, fake_machine):

@@ -72,19 +72,27 @@ def test_sigkill_mid_epoch_then_resume_is_exact(tiny_corpus, tmp_path):
     assert [h["loss"] for h in res["train"]["history"]] == [h["loss"] for h in ref.train["history"]]
 
 
-def test_ddp_two_ranks_on_cpu(tiny_corpus, tmp_path):
+def test_ddp_two_ranks_on_cpu(tiny_corpus, tmp_path, fake_machine):
+    """Two gloo ranks, each measuring its own fake GPU (Zeus's device layer) beside one fake RAPL tree."""
     out = tmp_path / "ddp"
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env = fake_machine(gpu_w=[200, 200], rapl_w=50, OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                            "-m", "bench", "train", "--preset", "tiny", "--data.root", str(tiny_corpus),
-                           "--train.epochs", "1", "--train.batch_size", "4", "--out", str(out)],
+                           "--train.epochs", "2", "--train.batch_size", "4", "--out", str(out), "--no-track",
+                           "--eval.latency", "false", "--eval.infer_precisions", "[fp32]"],
                           cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads((out / "result.json").read_text())
     assert res["train"]["world"] == 2
-    assert res["train"]["steps"] == 48 // 2 // 4
+    assert res["train"]["steps"] == 2 * (48 // 2 // 4)
     assert 0.0 <= res["metrics"]["synth"]["eer_pct"] <= 100.0
     assert "model" in ckpt.load(out / "model.pt")
+    # energy: the epochs (summed over ranks) add up to the total; both GPUs in it, RAPL once for the machine
+    m, history = res["energy_metrics"], res["train"]["history"]
+    assert sum(h["energy_j"] for h in history) == pytest.approx(m["train/energy_j"], rel=1e-9)
+    assert m["train/energy_gpu_j"] == pytest.approx(2 * 200 * m["train/time_s"], rel=0.1)
+    assert m["train/energy_cpu_j"] < 1.2 * 50 * m["train/time_s"]
+    assert res["energy_tags"]["energy.source"] == "gpu:nvml,cpu:rapl,dram:rapl"
 
 
 def test_eval_cli_and_bad_checkpoints(tiny_corpus, tmp_path):

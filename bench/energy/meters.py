@@ -146,6 +146,9 @@ def create_meters(energy_cfg, plan: MeasurePlan, machine_meters: bool = True) ->
     elif zeus_gpu_only := next((m for m in meters if m.kind == "zeus" and not m.cpu_indices), None):
         if not node:
             zeus_gpu_only.missing_cpu_reason = "no readable RAPL counters (absent, or root needed)"
+    # counters read last at a window's start and first at its end, right beside its timestamps; the slower
+    # meters (process-tree scans, polling threads) around them
+    meters.sort(key=lambda m: m.kind == "zeus")
     ms = MeterSet(meters, attribution=plan.attribution)
     if energy_cfg.idle_baseline_s > 0:
         ms.measure_idle(energy_cfg.idle_baseline_s)
