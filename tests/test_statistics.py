@@ -65,12 +65,13 @@ def test_seed_summary_mean_and_std():
     assert s["train/energy_j_std"] == pytest.approx(np.std([100, 140], ddof=1)) and s["seeds"] == 2
 
 
-def test_sweep_with_seeds_logs_mean_and_std(tiny_corpus, tmp_path):
+def test_sweep_with_seeds_logs_mean_and_std(tiny_corpus, tmp_path, fake_machine):
+    env = fake_machine(gpu_w=[200], rapl_w=50)  # a GPU node as Zeus shows it: the seed mean keeps its labels
     grid = tmp_path / "g.yaml"
     grid.write_text("name: seeded\npreset: tiny\nvariants:\n  - {name: s18, series: [depth], model: tiny-ResNet-18-D}\n")
     proc = run_cli("sweep", "--grid", grid, "--data-root", tiny_corpus, "--out", tmp_path / "runs", "--seeds", "2",
                    "--train.epochs", "1", "--tracking.log_model", "false", "--tracking.experiment", "seeded",
-                   "--report", "--reports", tmp_path / "rep", cwd=tmp_path)
+                   "--report", "--reports", tmp_path / "rep", cwd=tmp_path, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     client = MlflowClient()
     exp = client.get_experiment_by_name("seeded")
@@ -84,6 +85,10 @@ def test_sweep_with_seeds_logs_mean_and_std(tiny_corpus, tmp_path):
     assert m["eer_pct/synth"] == pytest.approx(np.mean([r.data.metrics["eer_pct/synth"] for r in seeds]))
     assert "eer_pct_std/synth" in m and "train/energy_j_std" in m and "train/co2_g_std" in m
     assert "eer_pct_ci_low/synth" in seeds[0].data.metrics
+    assert m["train/energy_gpu_j"] == pytest.approx(np.mean([r.data.metrics["train/energy_gpu_j"] for r in seeds]))
+    for run in (variant, *seeds):
+        assert run.data.tags["energy.source"] == "gpu:nvml,cpu:rapl,dram:rapl", run.info.run_name
+        assert run.data.tags["energy.estimated"] == "false" and run.data.tags["energy.incomplete"] == "none"
     for key in ("infer/latency_p50_ms", "infer/latency_p95_ms", "infer/rtf", "infer/throughput_utt_per_s"):
         assert key in seeds[0].data.metrics, key
     report = (tmp_path / "rep" / "seeded" / "report.md").read_text()

@@ -16,6 +16,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+import torch
+
 from bench.errors import BenchError
 
 EXCLUSIVE = "exclusive"
@@ -40,8 +42,6 @@ def visible_gpu_count() -> int:
 
 
 def measurement_plan(train_device: str, local_rank: int = 0, shared: bool = False) -> MeasurePlan:
-    import torch
-
     attribution = CPU_TIME_SHARE if shared else EXCLUSIVE
     if train_device == "cpu":
         return MeasurePlan((), attribution)
