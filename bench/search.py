@@ -413,6 +413,26 @@ def run_search(cfg: Config, workers: int = 1, out_root: str | Path = "runs/searc
         _fail_orphans(study)
     _close_runs_of_failed_trials(study)
     _recover_killed_runs(study, cfg)
+    parent = study.user_attrs[ATTR_PARENT]
+    client = MlflowClient()
+    client.update_run(parent, status="RUNNING")  # continuing a study reopens its parent run
+    try:
+        result = _search_and_log(cfg, workers, url, out_root, study, parent)
+    except KeyboardInterrupt:
+        client.set_terminated(parent, "KILLED")
+        raise
+    except BaseException:
+        client.set_terminated(parent, "FAILED")
+        raise
+    client.set_terminated(parent, "FINISHED")
+    return result
+
+
+def _search_and_log(cfg: Config, workers: int, url: str, out_root: str | Path, study: optuna.Study,
+                    parent: str) -> dict:
+    """Run the workers inside the search's energy window, then log the study's figures on its parent run."""
+    from mlflow.tracking import MlflowClient
+
     # finished trials, and running ones (another machine's workers), count; enqueued (WAITING) ones do not
     done = len([t for t in study.get_trials(deepcopy=False) if t.state != optuna.trial.TrialState.WAITING])
     remaining = max(0, cfg.search.n_trials - done)
@@ -427,7 +447,6 @@ def run_search(cfg: Config, workers: int = 1, out_root: str | Path = "runs/searc
     study = load_study(cfg, make_storage(url, cfg.search.heartbeat_s))
     cost = _record_cost(study, search_run, reading, cfg)
     trials = study.get_trials(deepcopy=False)
-    parent = study.user_attrs[ATTR_PARENT]
     client = MlflowClient()
     client.log_metric(parent, "search/energy_j", cost.energy_j)
     client.log_metric(parent, "search/energy_kwh", cost.energy_j / 3.6e6)

@@ -55,9 +55,12 @@ def test_two_workers_eight_trials_none_lost_and_a_failure_continues(tiny_corpus,
     parent = MlflowClient().get_run(res["parent_run_id"])
     assert parent.data.metrics["search/energy_j"] == pytest.approx(res["spent_energy_j"])
     assert parent.data.metrics["search/trials"] == 8
+    assert parent.info.status == "FINISHED"  # the study's parent run is never left RUNNING
+    assert parent.data.tags["energy.source"] != "none" and "energy.estimated" in parent.data.tags
     # re-running with the same target adds nothing; a higher target continues the study
     again = run_search(cfg, workers=1, out_root=tmp_path / "runs")
     assert len(again["study"].trials) == 8
+    assert MlflowClient().get_run(res["parent_run_id"]).info.status == "FINISHED"
 
 
 def test_impossible_budget_is_infeasible_everywhere(tiny_corpus, tmp_path):
