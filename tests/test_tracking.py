@@ -1,5 +1,6 @@
 import json
 import subprocess
+import sys
 import time
 import tomllib
 import urllib.request
@@ -156,3 +157,16 @@ def test_report_front_ignores_infeasible_trials():
     t, trials = variant_table(runs)
     front = set(t[t["pareto"]]["variant"])
     assert trials == "x" and front == {"cheap-bad", "ok"}  # the infeasible one would dominate both
+
+
+def test_wheel_carries_presets_grids_and_carbon_table(tmp_path):
+    """A non-editable install has every file the package reads at run time."""
+    import zipfile
+
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                           str(tmp_path), str(REPO)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    names = zipfile.ZipFile(next(tmp_path.glob("*.whl"))).namelist()
+    for grid in (REPO / "bench" / "presets" / "grids").glob("*.yaml"):
+        assert f"bench/presets/grids/{grid.name}" in names
+    assert "bench/presets/tiny.yaml" in names and "bench/energy/data/carbon_intensity.csv" in names
