@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from bench.config import empty_as_none
 from bench.errors import BenchError
 
 
@@ -15,19 +16,16 @@ def cmd_search(args, extra) -> int:
     from bench.search import run_search
 
     overrides = parse_overrides(extra)
-    if args.n_trials is not None:
-        overrides["search.n_trials"] = args.n_trials
-    if args.storage:
-        overrides["search.storage"] = args.storage
-    if args.study:
-        overrides["search.study_name"] = args.study
-    if args.seeds is not None:
-        overrides["seeds"] = args.seeds
+    named = {"search.n_trials": args.n_trials, "search.storage": args.storage, "search.study_name": args.study,
+             "seeds": args.seeds, "search.energy_budget_j": args.energy_budget_j,
+             "search.carbon_budget_g": args.carbon_budget_g, "search.objective": args.objective,
+             "search.sampler": args.sampler}
+    overrides.update({k: v for k, v in named.items() if v is not None})  # empty = unset: the preset's value
     cfg = load_config(args.preset, overrides)
     s = cfg.search
     if s.energy_budget_j is None and s.carbon_budget_g is None and s.max_params_m is None:
         print("search: no budget set (search.energy_budget_j / carbon_budget_g / max_params_m): every trial is feasible")
-    res = run_search(cfg, workers=args.workers, out_root=args.out)
+    res = run_search(cfg, workers=args.workers or 1, out_root=args.out)
     study: optuna.Study = res["study"]
     print(f"study {s.study_name} in {res['storage']}: {len(study.trials)} trials "
           + ", ".join(f"{n.lower()} {c}" for n, c in res["states"].items() if c))
@@ -71,14 +69,31 @@ def cmd_dashboard(args, extra) -> int:
 
 
 def register(sub, parser_class, add_config_args) -> None:
-    s = sub.add_parser("search", help="Optuna multi-objective search (EER vs energy) under a budget")
+    s = sub.add_parser("search", help="Optuna multi-objective search (EER vs energy) under a budget",
+                       description="Optuna search of depth and width: minimise EER (%) and training energy (J) or "
+                                   "carbon (gCO2e) under a budget. An empty value means unset (the preset's).",
+                       epilog="Every config key also works as --section.key, e.g. --search.prune_margin 0.2 "
+                              "--search.width_mults [0.5,1.0] --train.epochs 10 (the keys: bench/presets/*.yaml, "
+                              "bench/config.py).")
     add_config_args(s)
-    s.add_argument("--n-trials", type=int, default=None, help="total trials of the study (re-running continues it)")
-    s.add_argument("--workers", type=int, default=1, help="worker processes on this machine")
-    s.add_argument("--storage", default=None, help="RDB URL or journal file (default runs/search/<study>.journal)")
-    s.add_argument("--study", default=None, help="study name (search.study_name)")
+    s.add_argument("--n-trials", type=empty_as_none(int), default=None,
+                   help="total trials of the study (re-running continues it)")
+    s.add_argument("--energy-budget-j", type=empty_as_none(float), default=None, metavar="J",
+                   help="training energy budget per trial, joules (search.energy_budget_j)")
+    s.add_argument("--carbon-budget-g", type=empty_as_none(float), default=None, metavar="G",
+                   help="training carbon budget per trial, gCO2e (search.carbon_budget_g)")
+    s.add_argument("--objective", type=empty_as_none(str), default=None, metavar="{energy,carbon}",
+                   help="second objective beside EER: training energy (J) or carbon (g) (search.objective)")
+    s.add_argument("--sampler", type=empty_as_none(str), default=None, metavar="{nsga2,tpe,gp}",
+                   help="Optuna sampler (search.sampler)")
+    s.add_argument("--workers", type=empty_as_none(int), default=1,
+                   help="worker processes on this machine; each gets its own GPUs on a GPU node")
+    s.add_argument("--storage", type=empty_as_none(str), default=None,
+                   help="RDB URL or journal file (default runs/search/<study>.journal)")
+    s.add_argument("--study", type=empty_as_none(str), default=None, help="study name (search.study_name)")
     s.add_argument("--out", default="runs/search")
-    s.add_argument("--seeds", type=int, default=None, help="train each trial over N seeds; objectives use the mean")
+    s.add_argument("--seeds", type=empty_as_none(int), default=None,
+                   help="train each trial over N seeds; objectives use the mean")
     s.add_argument("--report", action="store_true")
     s.add_argument("--reports", default="reports")
     s.set_defaults(func=cmd_search)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from bench.config import empty_as_none
 from bench.errors import BenchError
 
 
@@ -30,6 +31,8 @@ def cmd_sweep(args, extra) -> int:
         overrides["data.root"] = args.data_root
     if args.seeds is not None:
         overrides["seeds"] = args.seeds
+    if args.experiment:
+        overrides["tracking.experiment"] = args.experiment
     grid = load_grid(args.grid, overrides)
     root = grid.variants[0].config.data.root
     _ensure_synth(root, args.synth)
@@ -78,7 +81,10 @@ def register(sub, parser_class, add_config_args) -> None:
     s.add_argument("--report", action="store_true", help="write and print the report at the end")
     s.add_argument("--reports", default="reports")
     s.add_argument("--new", action="store_true", help="start a new parent run instead of continuing the last one")
-    s.add_argument("--seeds", type=int, default=None, help="repeat each variant over N seeds (mean and std logged)")
+    s.add_argument("--seeds", type=empty_as_none(int), default=None,
+                   help="repeat each variant over N seeds (mean and std logged)")
+    s.add_argument("--experiment", type=empty_as_none(str), default=None,
+                   help="MLflow experiment (tracking.experiment; default: the grid preset's)")
     s.set_defaults(func=cmd_sweep)
     r = sub.add_parser("report", help="tables and Pareto plots from MLflow runs")
     r.add_argument("--experiment", default=None)

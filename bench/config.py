@@ -212,6 +212,15 @@ def load_preset_dict(preset: str) -> dict:
     return _read_yaml(candidate)
 
 
+def empty_as_none(type_):
+    """An argparse ``type`` that reads an empty value as unset (None): ``mlflow run -P budget=`` leaves it out."""
+    def convert(text: str):
+        return None if text.strip() == "" else type_(text)
+
+    convert.__name__ = type_.__name__  # argparse names the type in its error message
+    return convert
+
+
 def parse_overrides(args: list[str]) -> dict[str, Any]:
     """``["--a.b", "1", "--c=x"]`` -> ``{"a.b": 1, "c": "x"}`` (values parsed as YAML scalars)."""
     out: dict[str, Any] = {}

@@ -170,3 +170,20 @@ def test_wheel_carries_presets_grids_and_carbon_table(tmp_path):
     for grid in (REPO / "bench" / "presets" / "grids").glob("*.yaml"):
         assert f"bench/presets/grids/{grid.name}" in names
     assert "bench/presets/tiny.yaml" in names and "bench/energy/data/carbon_intensity.csv" in names
+
+
+def test_mlflow_run_search_entry_with_a_budget_and_empty_parameters(tiny_corpus, tmp_path):
+    """The budget reaches the search through `mlflow run -P`; parameters left empty are unset."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    proc = subprocess.run(["mlflow", "run", str(REPO), "--env-manager", "local", "-e", "search",
+                           "--experiment-name", "ci-search", "-P", "preset=tiny", "-P", f"data_root={tiny_corpus}",
+                           "-P", "trials=2", "-P", "energy_budget_j=1e-9", "-P", f"storage={tmp_path / 's.journal'}"],
+                          capture_output=True, text=True, env=fresh_env(MLFLOW_TRACKING_URI=uri), cwd=tmp_path,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "no feasible trial: all 2 finished trials violate the budget" in proc.stdout
+    client = MlflowClient(tracking_uri=uri)
+    runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+    study = next(r for r in runs if r.data.tags.get("svbench.kind") == "study")
+    assert study.info.status == "FINISHED" and study.data.metrics["search/energy_j"] > 0
+    assert study.data.metrics["search/trials_pruned"] == 2
