@@ -14,6 +14,7 @@ import platform
 import subprocess
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import mlflow
@@ -116,6 +117,30 @@ def _git_commit() -> str:
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.TimeoutExpired):
         return "unknown"
+
+
+def log_datasets(cfg: Config) -> None:
+    """The training manifest and each trial list as MLflow datasets of the active run (name, digest, source):
+    the runs table's Datasets column shows what each run used."""
+    import mlflow.data
+    import pandas as pd
+
+    from bench.data.manifest import TRAIN_MANIFEST, data_root, read_manifest
+    from bench.data.trials import find_trial_lists, read_trials
+
+    root = data_root(cfg.data.root)
+    name = root.resolve().name
+    tables = [(read_manifest(root / TRAIN_MANIFEST), root / TRAIN_MANIFEST, "train", "training")]
+    for path in find_trial_lists(root, cfg.data.trials):
+        t = read_trials(path)
+        tables.append((pd.DataFrame({"label": t.labels, "enroll": t.enroll, "test": t.test}), path, t.name,
+                       "evaluation"))
+    with warnings.catch_warnings():  # MLflow's hints (integer schema, local source kinds) are not for datasets
+        warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")
+        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways")
+        for df, path, label, context in tables:
+            mlflow.log_input(mlflow.data.from_pandas(df, source=str(path.resolve()), name=f"{name}/{label}"),
+                             context=context)
 
 
 # ---------------------------------------------------------------- callbacks
@@ -275,10 +300,13 @@ def run_tracked(cfg: Config, out_dir: str | Path, run_id: str | None = None, par
         if run_id is not None:
             mlflow.set_tags(tags)
         rid = run.info.run_id
-        existing = MlflowClient().get_run(rid).data.params
+        current = MlflowClient().get_run(rid)
+        existing = current.data.params
         params = {k: v for k, v in variant_params(cfg, spec).items() if k not in existing}
         for i in range(0, len(params), 90):
             mlflow.log_params(dict(list(params.items())[i:i + 90]))
+        if not current.inputs.dataset_inputs:  # a resumed run has its datasets already
+            log_datasets(cfg)
         result = run_variant(cfg, out_dir, resume=resume, callbacks=[EpochLogger(rid), *(callbacks or [])],
                              progress=progress, meters=meters)
         if result is None:

@@ -51,6 +51,8 @@ def test_mlflow_run_train_entry(tiny_corpus, tmp_path):
                 "torch.version", "cuda.version", "cpu.model", "gpu.count", "git.commit"):
         assert key in t, key
     assert t["energy.estimated"] == ("true" if "estimate" in t["energy.source"] else "false")
+    datasets = {(d.dataset.name, d.tags[0].value) for d in run.inputs.dataset_inputs}
+    assert datasets == {("tiny/train", "training"), ("tiny/synth", "evaluation")}  # the Datasets column
     history = client.get_metric_history(run.info.run_id, "train/epoch_loss")
     assert [h.step for h in history] == [1, 2]
     arts = {a.path for a in client.list_artifacts(run.info.run_id)}
