@@ -163,12 +163,19 @@ def test_report_front_ignores_infeasible_trials():
 
 def test_wheel_carries_presets_grids_and_carbon_table(tmp_path):
     """A non-editable install has every file the package reads at run time."""
+    import shutil
     import zipfile
 
+    src = tmp_path / "src"  # a copy, so the build leaves nothing in the checkout
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, src / name)
+    for name in ("bench", "analysis"):
+        shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
     proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                           str(tmp_path), str(REPO)], capture_output=True, text=True, timeout=300)
+                           str(tmp_path / "dist"), str(src)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    names = zipfile.ZipFile(next(tmp_path.glob("*.whl"))).namelist()
+    names = zipfile.ZipFile(next((tmp_path / "dist").glob("*.whl"))).namelist()
     for grid in (REPO / "bench" / "presets" / "grids").glob("*.yaml"):
         assert f"bench/presets/grids/{grid.name}" in names
     assert "bench/presets/tiny.yaml" in names and "bench/energy/data/carbon_intensity.csv" in names

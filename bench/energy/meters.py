@@ -1,6 +1,6 @@
 """Meters behind one interface, with named (nestable) windows:
 
-    meters = create_meters(cfg.energy, device)
+    meters = create_meters(cfg.energy, measurement_plan(cfg.train.device))
     with meters.window("train/epoch_3") as w:
         ...
     w.reading  # EnergyReading
