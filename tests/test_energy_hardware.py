@@ -120,8 +120,9 @@ def test_two_worker_search_on_two_gpus_attributes_and_exits(tiny_corpus, tmp_pat
         proc.kill()
     wall_s = time.time() - t0
     assert proc.returncode == 0, stderr[-3000:]
-    time.sleep(1.0)
-    left = processes_with_marker(str(tmp_path))
+    deadline = time.time() + 15  # helpers still closing their pipes may take a moment under load; a hang never ends
+    while (left := processes_with_marker(str(tmp_path))) and time.time() < deadline:
+        time.sleep(0.5)
     assert not left, [p.cmdline() for p in left]  # no worker and no Zeus helper outlives the search
     client = MlflowClient(tracking_uri=f"sqlite:///{db}")
     exp = client.get_experiment_by_name("fakehw")
@@ -135,15 +136,15 @@ def test_two_worker_search_on_two_gpus_attributes_and_exits(tiny_corpus, tmp_pat
         assert r.data.tags["energy.source"] == "gpu:nvml,cpu:rapl,dram:rapl", stderr[-3000:]
         w = r.data.metrics["train/energy_gpu_j"] / r.data.metrics["train/time_s"]
         board = 200 if abs(w - 200) < abs(w - 300) else 300
-        assert w == pytest.approx(board, rel=0.03)
+        assert w == pytest.approx(board, rel=0.03), (r.data.metrics, stderr[-3000:])
         boards.add(board)
         assert r.data.tags["energy.attribution"] == "cpu-time-share"
     assert boards == {200, 300}
     # the search's cost is what the machine drew over its window, never N times it
     pm = parent.data.metrics
     assert pm["search/time_s"] < wall_s
-    assert pm["search/energy_j"] == pytest.approx((200 + 300 + 50 + 5) * pm["search/time_s"], rel=0.03)
-    assert pm["search/trials_energy_j"] <= pm["search/energy_j"]
+    assert pm["search/energy_j"] == pytest.approx((200 + 300 + 50 + 5) * pm["search/time_s"], rel=0.03), pm
+    assert pm["search/trials_energy_j"] <= pm["search/energy_j"], pm
     assert parent.data.tags["energy.source"] == "gpu:nvml,cpu:rapl,dram:rapl"
     assert parent.info.status == "FINISHED"
 

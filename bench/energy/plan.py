@@ -16,8 +16,6 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-import torch
-
 from bench.errors import BenchError
 
 EXCLUSIVE = "exclusive"
@@ -42,6 +40,10 @@ def visible_gpu_count() -> int:
 
 
 def measurement_plan(train_device: str, local_rank: int = 0, shared: bool = False) -> MeasurePlan:
+    # torch is imported here, not at module level: the search worker's module is re-imported by every helper
+    # process Zeus spawns (power monitor, RAPL tracker), which must start within Zeus's 10 s limit
+    import torch
+
     attribution = CPU_TIME_SHARE if shared else EXCLUSIVE
     if train_device == "cpu":
         return MeasurePlan((), attribution)

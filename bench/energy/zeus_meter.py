@@ -24,7 +24,12 @@ class ZeusMeter:
         if self.gpu_indices and power_timeline:
             from zeus.monitor import PowerMonitor
 
-            self.power = PowerMonitor(gpu_indices=self.gpu_indices, update_period=update_period_s)
+            try:  # the timeline is optional: energy comes from the counters; a slow start must not lose them
+                self.power = PowerMonitor(gpu_indices=self.gpu_indices, update_period=update_period_s,
+                                          power_domains=["device_instant"])
+            except Exception as exc:
+                warnings.warn(f"no GPU power timeline ({type(exc).__name__}: {exc}); GPU energy still comes "
+                              "from the energy counters", stacklevel=2)
         self._start: dict[str, float] = {}
 
     @property
