@@ -25,7 +25,7 @@ def cmd_search(args, extra) -> int:
     s = cfg.search
     if s.energy_budget_j is None and s.carbon_budget_g is None and s.max_params_m is None:
         print("search: no budget set (search.energy_budget_j / carbon_budget_g / max_params_m): every trial is feasible")
-    res = run_search(cfg, workers=args.workers or 1, out_root=args.out)
+    res = run_search(cfg, workers=1 if args.workers is None else args.workers, out_root=args.out)
     study: optuna.Study = res["study"]
     print(f"study {s.study_name} in {res['storage']}: {len(study.trials)} trials "
           + ", ".join(f"{n.lower()} {c}" for n, c in res["states"].items() if c))

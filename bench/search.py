@@ -473,7 +473,7 @@ def _run_all(cfg_dict: dict, url: str, shares: list[int], out: str, search_run: 
         _run_worker_processes(cfg_dict, url, shares, out, search_run, gpu_sets)
 
 
-def _measured(cfg: Config, plan: MeasurePlan, work) -> EnergyReading | None:
+def _measured(cfg: Config, plan: MeasurePlan, work) -> EnergyReading:
     from bench.energy.meters import create_meters
 
     meters = create_meters(cfg.energy, plan)
@@ -482,7 +482,7 @@ def _measured(cfg: Config, plan: MeasurePlan, work) -> EnergyReading | None:
             work()
     finally:
         meters.close()
-    return w.reading if meters.meters else None
+    return w.reading  # with energy.meters [none]: no component, so an unmeasured total (None)
 
 
 @dataclass
@@ -529,17 +529,12 @@ def _recover_killed_runs(study: optuna.Study, cfg: Config) -> None:
         study.set_user_attr(ATTR_COST, runs)
 
 
-def _record_cost(study: optuna.Study, search_run: str, reading: EnergyReading | None, cfg: Config) -> SearchCost:
+def _record_cost(study: optuna.Study, search_run: str, reading: EnergyReading, cfg: Config) -> SearchCost:
     from bench import tracking
     from bench.energy.accounting import intensity_series
 
     runs = [r for r in study.user_attrs.get(ATTR_COST, []) if r.get("search_run") != search_run]
-    if reading is not None:
-        entry = _cost_entry(reading, cfg, intensity_series(cfg.energy))
-    else:  # energy.meters [none]: the run is known, and unmeasured
-        entry = {"energy_j": None, "co2_g": None, "time_s": 0.0, "energy.source": "none", "energy.estimated": "false",
-                 "energy.incomplete": "none", "energy.attribution": "exclusive"}
-    runs.append({"search_run": search_run, **entry})
+    runs.append({"search_run": search_run, **_cost_entry(reading, cfg, intensity_series(cfg.energy))})
     study.set_user_attr(ATTR_COST, runs)
     measured = [r for r in runs if r["energy_j"] is not None]
     tags = tracking.combined_energy_tags(runs)

@@ -322,9 +322,6 @@ SPREAD_KEYS = ("eer_pct/", "min_dcf_p01/", "train/energy_j", "train/co2_g", "tra
                "infer/energy_j_per_1k_trials")
 
 
-ENERGY_LABELS = ("energy.source", "energy.estimated", "energy.incomplete", "energy.attribution")
-
-
 def combined_energy_tags(per_run: list[dict]) -> dict[str, str]:
     """The labels of a figure made from several runs' figures (a seed mean): every source, estimated when
     any part is, every incomplete component."""

@@ -84,7 +84,6 @@ class MeterSet:
     def _apply_share(r: EnergyReading, proc0: float, machine0: float) -> None:
         busy = machine_busy_cpu_seconds() - machine0
         share = min(1.0, max(0.0, (process_cpu_seconds() - proc0) / busy)) if busy > 0 else 1.0
-        r.machine_share = share
         for comp, src in r.sources.items():
             if src in MACHINE_SOURCES and comp in r.joules:
                 r.joules[comp] *= share

@@ -33,7 +33,6 @@ class EnergyReading:
     timeline: dict[str, list[tuple[float, float]]] = field(default_factory=dict)  # component -> (unix t, W)
     idle_power_w: dict[str, float] = field(default_factory=dict)
     attribution: str = "exclusive"  # how machine-level components were attributed (bench.energy.plan)
-    machine_share: float | None = None  # the share applied under cpu-time-share
 
     @property
     def end_time(self) -> float:
@@ -98,15 +97,12 @@ class EnergyReading:
     def estimated(self) -> bool:
         return any(self.sources.get(c) == "estimate" for c in self._total_components())
 
-    @property
-    def incomplete_tag(self) -> str:
-        """Components left out of the total (``""`` when none), e.g. ``cpu`` or ``node``."""
-        return ",".join(sorted(self.incomplete))
-
     def tags(self, prefix: str = "energy") -> dict[str, str]:
-        """The labels every figure carries: source, estimated, incomplete, attribution."""
+        """The labels every figure carries: source, estimated, incomplete (what the total leaves out, e.g.
+        ``cpu`` or ``node``, else ``none``), attribution."""
         return {f"{prefix}.source": self.source_tag, f"{prefix}.estimated": str(self.estimated).lower(),
-                f"{prefix}.incomplete": self.incomplete_tag or "none", f"{prefix}.attribution": self.attribution}
+                f"{prefix}.incomplete": ",".join(sorted(self.incomplete)) or "none",
+                f"{prefix}.attribution": self.attribution}
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -174,10 +170,9 @@ def reading_to_state(r: EnergyReading) -> dict:
     """Plain dict (floats, strings) for checkpoints and JSON; the timeline is left out."""
     return {"name": r.name, "start_time": r.start_time, "time_s": r.time_s, "joules": dict(r.joules),
             "sources": dict(r.sources), "incomplete": dict(r.incomplete), "idle_power_w": dict(r.idle_power_w),
-            "attribution": r.attribution, "machine_share": r.machine_share}
+            "attribution": r.attribution}
 
 
 def reading_from_state(d: dict) -> EnergyReading:
     return EnergyReading(d["name"], float(d["start_time"]), float(d["time_s"]), dict(d["joules"]), dict(d["sources"]),
-                         dict(d["incomplete"]), {}, dict(d.get("idle_power_w", {})), d.get("attribution", "exclusive"),
-                         d.get("machine_share"))
+                         dict(d["incomplete"]), {}, dict(d.get("idle_power_w", {})), d.get("attribution", "exclusive"))
