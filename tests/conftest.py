@@ -1,10 +1,12 @@
 import os
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+import torch
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -55,6 +57,25 @@ def run_cli(*args, cwd=None, env=None, timeout=600):
     e.update(env or {})
     return subprocess.run([sys.executable, "-m", "bench", *map(str, args)], capture_output=True, text=True,
                           cwd=cwd or REPO, env=e, timeout=timeout)
+
+
+def sigkill_at_checkpoint(argv, last: Path, when, env=None, timeout_s: float = 180.0) -> tuple[dict | None, int]:
+    """Start ``argv`` in the repository and SIGKILL it as soon as its checkpoint ``last`` satisfies
+    ``when(state)``; returns (the state it was killed at, or None if it never was, and its exit code)."""
+    proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    killed = None
+    deadline = time.time() + timeout_s
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            state = torch.load(last, weights_only=True) if last.is_file() else None
+        except Exception:  # read while being replaced
+            state = None
+        if state is not None and when(state):
+            os.kill(proc.pid, signal.SIGKILL)
+            killed = state
+            break
+        time.sleep(0.01)
+    return killed, proc.wait()
 
 
 def fresh_env(**extra) -> dict:

@@ -3,17 +3,14 @@ whole ``svbench`` processes (and every process they start). The product code doe
 test: it computes on the CPU and measures what Zeus shows it."""
 
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
 
 import pytest
-import torch
 from mlflow.tracking import MlflowClient
 
-from conftest import REPO, assert_one_line_error, processes_with_marker, run_cli
+from conftest import REPO, assert_one_line_error, processes_with_marker, run_cli, sigkill_at_checkpoint
 
 TINY = ["--preset", "tiny", "--train.batch_size", "8", "--train.threads", "1", "--tracking.log_model", "false",
         "--eval.latency", "false", "--eval.infer_precisions", "[fp32]"]
@@ -67,22 +64,8 @@ def test_sigkill_mid_epoch_then_resume_keeps_the_energy_before_the_kill(tiny_cor
     out = tmp_path / "killed"
     args = ["train", *TINY, "--data.root", str(tiny_corpus), "--train.epochs", "1", "--train.checkpoint_every_steps",
             "1", "--out", str(out), "--no-track"]
-    proc = subprocess.Popen([sys.executable, "-m", "bench", *args], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    last = out / "checkpoints" / "last.pt"
-    killed = None
-    deadline = time.time() + 180
-    while time.time() < deadline and proc.poll() is None:
-        try:
-            state = torch.load(last, weights_only=True) if last.is_file() else None
-        except Exception:
-            state = None
-        if state and state["epoch"] == 0 and state["batch_in_epoch"] >= 3:
-            os.kill(proc.pid, signal.SIGKILL)
-            killed = state
-            break
-        time.sleep(0.01)
-    proc.wait()
+    killed, _ = sigkill_at_checkpoint([sys.executable, "-m", "bench", *args], out / "checkpoints" / "last.pt",
+                                      lambda s: s["epoch"] == 0 and s["batch_in_epoch"] >= 3, env)
     assert killed is not None, "training finished before it could be killed"
     saved = sum(s["time_s"] for s in killed["accumulators"]["energy_segments"])
     assert saved > 0  # the energy up to the checkpoint travels with it

@@ -1,10 +1,8 @@
 import json
-import os
 import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -14,7 +12,7 @@ from bench import checkpoint as ckpt
 from bench.config import load_config
 from bench.errors import BenchError
 from bench.variant import run_variant
-from conftest import REPO, assert_one_line_error, run_cli
+from conftest import REPO, assert_one_line_error, run_cli, sigkill_at_checkpoint
 
 COMMON = ["--train.epochs", "3", "--train.batch_size", "8", "--train.threads", "1", "--train.checkpoint_every_steps", "1"]
 
@@ -44,24 +42,11 @@ def test_sigkill_mid_epoch_then_resume_is_exact(tiny_corpus, tmp_path):
     out = tmp_path / "killed"
     args = [sys.executable, "-m", "bench", "train", "--preset", "tiny", "--data.root", str(tiny_corpus), *COMMON,
             "--out", str(out)]
-    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    last = out / "checkpoints" / "last.pt"
-    killed_at = None
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if last.is_file():
-            try:
-                state = torch.load(last, weights_only=True)
-            except Exception:
-                state = None
-            if state and state["epoch"] >= 1 and state["batch_in_epoch"] > 0:
-                os.kill(proc.pid, signal.SIGKILL)
-                killed_at = (state["epoch"], state["batch_in_epoch"])
-                break
-        time.sleep(0.01)
-    proc.wait()
-    assert killed_at is not None, "training finished before it could be killed"
-    assert proc.returncode == -signal.SIGKILL
+    state, code = sigkill_at_checkpoint(args, out / "checkpoints" / "last.pt",
+                                        lambda s: s["epoch"] >= 1 and s["batch_in_epoch"] > 0, timeout_s=120)
+    assert state is not None, "training finished before it could be killed"
+    killed_at = (state["epoch"], state["batch_in_epoch"])
+    assert code == -signal.SIGKILL
     assert not (out / "result.json").exists()
     done = run_cli("train", "--preset", "tiny", "--data.root", tiny_corpus, *COMMON, "--out", out, "--resume")
     assert done.returncode == 0, done.stderr

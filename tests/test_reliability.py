@@ -24,27 +24,15 @@ from bench.data.features import Fbank
 from bench.data.loader import TrainCrops, collate_crops, crop_samples
 from bench.data.manifest import read_manifest
 from bench.errors import BenchError
-from conftest import fresh_env, REPO, assert_one_line_error, run_cli
+from conftest import fresh_env, REPO, assert_one_line_error, run_cli, sigkill_at_checkpoint
 
 TRAIN = ["--train.epochs", "3", "--train.batch_size", "8", "--train.threads", "1", "--train.checkpoint_every_steps", "1",
          "--tracking.log_model", "false"]
 
 
 def _kill_at_step(args, last: Path, step: int, env) -> int:
-    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    deadline = time.time() + 180
-    while time.time() < deadline and proc.poll() is None:
-        try:
-            state = torch.load(last, weights_only=True) if last.is_file() else None
-        except Exception:
-            state = None
-        if state is not None and state["step"] >= step:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
-            return state["step"]
-        time.sleep(0.01)
-    proc.wait()
-    return -1
+    state, _ = sigkill_at_checkpoint(args, last, lambda s: s["step"] >= step, env)
+    return state["step"] if state is not None else -1
 
 
 def test_three_sigkills_then_resume_match_uninterrupted_and_mlflow_is_clean(tiny_corpus, tmp_path):
