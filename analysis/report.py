@@ -18,9 +18,10 @@ from analysis.pareto import knee_index, marginal_gains, pareto_mask  # noqa: E40
 from bench.atomic import write_text_atomic  # noqa: E402
 from bench.errors import BenchError  # noqa: E402
 
-NOISE_NOTE = ("EER intervals are bootstrap intervals over speakers: a difference smaller than the intervals is "
-              "not distinguishable at this trial count (see the last table). On the synthetic demo (3,399 trials, "
-              "40 speakers) they are several EER points wide.")
+NOISE_NOTE = ("EER intervals are bootstrap intervals over speakers (of the seed mean when a variant has several "
+              "seeds). Whether two variants differ is decided by a paired bootstrap of their difference (see the "
+              "last table), not by comparing these intervals. On the synthetic demo (3,399 trials, 40 speakers) "
+              "they are several EER points wide.")
 
 
 def load_runs(experiment: str | None = None, sweep_key: str | None = None, parent_run_id: str | None = None,
@@ -53,15 +54,25 @@ def load_runs(experiment: str | None = None, sweep_key: str | None = None, paren
     if df.empty or kind_col not in df.columns:
         return df.iloc[0:0]
     df = df[df[kind_col].isin(["variant", "trial"])]
+    if "tags.optuna.state" in df.columns:  # pruned and failed trials have no EER to report
+        df = df[~df["tags.optuna.state"].isin(["PRUNED", "FAIL"])]
     df = df.drop_duplicates(subset=[f"tags.{tracking.TAG_VARIANT}"], keep="first")  # latest run per variant
     return df.reset_index(drop=True)
 
 
+def default_trials(runs: pd.DataFrame, logged: list[str]) -> str:
+    """The first of the runs' ``data.trials`` (as everywhere: ``bench.data.trials.default_trial_list``); with
+    none configured, the first logged list (lists found on disk are taken in sorted order)."""
+    configured = runs["params.data.trials"].dropna() if "params.data.trials" in runs.columns else []
+    first = next((v.split(",")[0] for v in configured if v), None)
+    return first if first in logged else sorted(logged)[0]
+
+
 def variant_table(runs: pd.DataFrame, trials: str | None = None) -> tuple[pd.DataFrame, str]:
-    eer_cols = sorted(c for c in runs.columns if c.startswith("metrics.eer_pct/"))
+    eer_cols = sorted(c for c in runs.columns if c.startswith("metrics.eer_pct/") and c.count("/") == 1)
     if not eer_cols:
         raise BenchError("the runs have no eer_pct metrics")
-    trials = trials or eer_cols[0].split("/", 1)[1]
+    trials = trials or default_trials(runs, [c.split("/", 1)[1] for c in eer_cols])
     col = lambda name: runs[name] if name in runs.columns else pd.Series([np.nan] * len(runs))  # noqa: E731
     t = pd.DataFrame({
         "variant": runs["tags.svbench.variant"],
@@ -72,10 +83,10 @@ def variant_table(runs: pd.DataFrame, trials: str | None = None) -> tuple[pd.Dat
         "params_m": col("metrics.model/params_m"),
         "gmacs_per_s": col("metrics.model/gmacs_per_s_audio"),
         "eer_pct": col(f"metrics.eer_pct/{trials}"),
-        "eer_ci_low": col(f"metrics.eer_pct_ci_low/{trials}"),
-        "eer_ci_high": col(f"metrics.eer_pct_ci_high/{trials}"),
-        "eer_std": col(f"metrics.eer_pct_std/{trials}"),
-        "train_energy_j_std": col("metrics.train/energy_j_std"),
+        "eer_ci_low": col(f"metrics.eer_pct/{trials}/ci_low"),
+        "eer_ci_high": col(f"metrics.eer_pct/{trials}/ci_high"),
+        "eer_std": col(f"metrics.eer_pct/{trials}/std"),
+        "train_energy_j_std": col("metrics.train/energy_j/std"),
         "seeds": col("metrics.seeds"),
         "min_dcf_p01": col(f"metrics.min_dcf_p01/{trials}"),
         "train_energy_j": col("metrics.train/energy_j"),
@@ -152,6 +163,15 @@ def _fig_inference(t: pd.DataFrame, path: Path) -> None:
     plt.close(fig)
 
 
+def _bootstrap_settings(runs: pd.DataFrame) -> tuple[int, float]:
+    """The runs' eval.bootstrap_resamples and eval.ci_level (1000 and 0.95 when not logged or 0)."""
+    def first(col: str, default: float) -> float:
+        vals = pd.to_numeric(runs[col], errors="coerce").dropna() if col in runs.columns else []
+        return float(vals.iloc[0]) if len(vals) and vals.iloc[0] > 0 else default
+
+    return int(first("params.eval.bootstrap_resamples", 1000)), first("params.eval.ci_level", 0.95)
+
+
 def _md(df: pd.DataFrame) -> str:
     return df.to_markdown(index=False, floatfmt=".4g")
 
@@ -190,30 +210,70 @@ def build_report(runs: pd.DataFrame, out_dir: str | Path, title: str, trials: st
             lines += [f"## {series.capitalize()} series", "",
                       _md(sub.sort_values(order)[["variant", "stages", "width", "depth", "params_m", "eer_pct", "min_dcf_p01",
                                                    "train_energy_kwh", "train_co2_g", "infer_j_per_1k_trials"]]), ""]
-    lines += ["## Which differences are real?", "", distinguishability(t), ""]
+    n_res, level = _bootstrap_settings(runs)
+    lines += ["## Which differences are real?", "", distinguishability(t, trials, n_res, level), ""]
     write_text_atomic(out / "report.md", "\n".join(lines))
     return {"dir": out, "table": t, "knee": knee, "trials": trials}
 
 
-def distinguishability(t: pd.DataFrame) -> str:
-    """Each pair of variants: do their EER intervals overlap (not distinguishable at this trial count)?"""
-    from bench.statistics import overlaps
+def variant_resamples(run_id: str, seeds: float, trials: str, n_resamples: int) -> tuple[dict, dict] | None:
+    """A variant's observed metrics and its metrics on every speaker resample of ``trials`` (the seed mean
+    over its seed runs when it has several); None when it logged no score file for that list."""
+    from bench import tracking
+    from bench.data.trials import read_scores
+    from bench.metrics import verification_metrics
+    from bench.statistics import METRICS, resampled_metrics, seed_mean, speaker_of, speaker_resamples
 
-    have = t[t["eer_ci_low"].notna() & t["eer_ci_high"].notna()].sort_values("eer_pct").reset_index(drop=True)
-    if len(have) < 2:
-        return "No bootstrap intervals were logged (eval.bootstrap_resamples 0), so no pair can be judged."
+    runs = [run_id]
+    if seeds == seeds and seeds > 1:
+        runs = [r.info.run_id for r in tracking.find_child_runs(run_id, tracking.experiment_of(run_id))
+                if r.data.tags.get(tracking.TAG_KIND) == "seed"]
+    observed, resampled = [], []
+    for rid in runs:
+        path = tracking.run_scores(rid).get(trials)
+        if path is None:
+            return None
+        t, scores = read_scores(path, trials)
+        spk_e, spk_t = [speaker_of(u) for u in t.enroll], [speaker_of(u) for u in t.test]
+        m = verification_metrics(scores, t.labels)
+        observed.append({k: m[k] for k in METRICS})
+        resampled.append(resampled_metrics(scores, t.labels, spk_e, spk_t,
+                                           speaker_resamples(spk_e, spk_t, n_resamples)))
+    if not resampled:
+        return None
+    return {k: float(np.mean([o[k] for o in observed])) for k in METRICS}, seed_mean(resampled)
+
+
+def paired_comparisons(t: pd.DataFrame, trials: str, n_resamples: int = 1000, level: float = 0.95) -> pd.DataFrame:
+    """Every pair of variants (A the lower EER): A - B of EER and minDCF(0.01) with the interval of a paired
+    speaker bootstrap (both on the same resamples), and the verdict the EER interval supports."""
+    from bench.statistics import paired_difference
+
+    have = {}
+    for _, r in t.sort_values("eer_pct").iterrows():
+        got = variant_resamples(r["run_id"], r["seeds"], trials, n_resamples)
+        if got is not None:
+            have[r["variant"]] = got
     rows = []
-    for i in range(len(have)):
-        for j in range(i + 1, len(have)):
-            a, b = have.iloc[i], have.iloc[j]
-            same = overlaps((a["eer_ci_low"], a["eer_ci_high"]), (b["eer_ci_low"], b["eer_ci_high"]))
-            rows.append({"better": a["variant"], "worse": b["variant"],
-                         "eer_pct": f"{a['eer_pct']:.2f} [{a['eer_ci_low']:.2f}, {a['eer_ci_high']:.2f}] vs "
-                                    f"{b['eer_pct']:.2f} [{b['eer_ci_low']:.2f}, {b['eer_ci_high']:.2f}]",
-                         "verdict": "not distinguishable at this trial count" if same else "distinguishable"})
-    return ("EER intervals are percentile intervals of a bootstrap over speakers (trials resampled with "
-            "their speakers); overlapping intervals mean the ranking is not supported by this trial list.\n\n"
-            + pd.DataFrame(rows).to_markdown(index=False))
+    names = list(have)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            d = paired_difference(have[a][0], have[b][0], have[a][1], have[b][1], level)
+            e, c = d["eer_pct"], d["min_dcf_p01"]
+            rows.append({"A": a, "B": b, "eer_diff_pct": f"{e.value:+.2f} [{e.interval.low:+.2f}, {e.interval.high:+.2f}]",
+                         "min_dcf_p01_diff": f"{c.value:+.3f} [{c.interval.low:+.3f}, {c.interval.high:+.3f}]",
+                         "verdict": e.verdict})
+    return pd.DataFrame(rows)
+
+
+def distinguishability(t: pd.DataFrame, trials: str, n_resamples: int = 1000, level: float = 0.95) -> str:
+    pairs = paired_comparisons(t, trials, n_resamples, level)
+    if pairs.empty:
+        return "Fewer than two variants logged score files for this trial list, so no pair can be judged."
+    return (f"A - B with its {level:.0%} interval from a paired bootstrap over speakers: both variants are scored "
+            "on the same resampled speakers, so what their errors share cancels. The verdict is \"A better than "
+            "B\" when the EER interval excludes 0, else \"not distinguishable at this trial count\".\n\n"
+            + pairs.to_markdown(index=False))
 
 
 def log_report(report: dict, run_id: str) -> None:

@@ -34,6 +34,12 @@ def cmd_data_synth(args, extra) -> int:
     summary["baseline_eer_pct"] = round(base["eer_pct"], 2)
     _print_summary("synthetic corpus", summary)
     print(f"no-training baseline (cosine of mean log-mel): EER {base['eer_pct']:.2f}% on {len(trials)} trials")
+    from bench import tracking
+
+    outer = tracking.take_outer_run()
+    if outer:  # launched by `mlflow run`: the corpus's figures go into its run
+        tracking.log_to_outer_run(outer, {"out": Path(args.out).resolve(), "size": args.size, "seed": args.seed},
+                                  {f"data/{k}": v for k, v in summary.items() if isinstance(v, (int, float))})
     return 0
 
 

@@ -20,12 +20,15 @@ def cmd_search(args, extra) -> int:
              "seeds": args.seeds, "search.energy_budget_j": args.energy_budget_j,
              "search.carbon_budget_g": args.carbon_budget_g, "search.objective": args.objective,
              "search.sampler": args.sampler}
+    if args.experiment:
+        named["tracking.experiment"] = args.experiment
     overrides.update({k: v for k, v in named.items() if v is not None})  # empty = unset: the preset's value
     cfg = load_config(args.preset, overrides)
     s = cfg.search
     if s.energy_budget_j is None and s.carbon_budget_g is None and s.max_params_m is None:
         print("search: no budget set (search.energy_budget_j / carbon_budget_g / max_params_m): every trial is feasible")
-    res = run_search(cfg, workers=1 if args.workers is None else args.workers, out_root=args.out)
+    res = run_search(cfg, workers=1 if args.workers is None else args.workers, out_root=args.out,
+                     outer_run=tracking.take_outer_run())
     study: optuna.Study = res["study"]
     print(f"study {s.study_name} in {res['storage']}: {len(study.trials)} trials "
           + ", ".join(f"{n.lower()} {c}" for n, c in res["states"].items() if c))
@@ -91,6 +94,8 @@ def register(sub, parser_class, add_config_args) -> None:
     s.add_argument("--storage", type=empty_as_none(str), default=None,
                    help="RDB URL or journal file (default runs/search/<study>.journal)")
     s.add_argument("--study", type=empty_as_none(str), default=None, help="study name (search.study_name)")
+    s.add_argument("--experiment", type=empty_as_none(str), default=None,
+                   help="MLflow experiment of a new study's runs (tracking.experiment); under `mlflow run`, its run's")
     s.add_argument("--out", default="runs/search")
     s.add_argument("--seeds", type=empty_as_none(int), default=None,
                    help="train each trial over N seeds; objectives use the mean")

@@ -56,19 +56,28 @@ def _report(sweep_key=None, parent=None, out=None, title="report", experiment=No
     print(f"\n{title}: {len(rep['table'])} variants, trial list {rep['trials']}")
     print(terminal_table(rep))
     print(f"Pareto-optimal: {', '.join(rep['table'][rep['table']['pareto']]['variant'])}; knee: {rep['knee']}")
-    print("eer_ci: bootstrap interval over speakers; overlapping intervals are not distinguishable at this trial count.")
+    print("eer_ci: bootstrap interval over speakers; report.md judges each pair by a paired bootstrap of the difference.")
     print(f"report: {Path(rep['dir']) / 'report.md'}")
     return rep
 
 
 def cmd_report(args, extra) -> int:
+    from bench import tracking
+
     if extra:
         raise BenchError(f"unexpected argument(s): {' '.join(extra)}")
     if not args.experiment and not args.parent_run:
         raise BenchError("give --experiment NAME or --parent-run RUN_ID")
     out = Path(args.out) if args.out else Path("reports") / (args.experiment or args.parent_run)
-    _report(parent=args.parent_run, out=out, title=f"Report {args.experiment or args.parent_run}",
-            experiment=args.experiment, trials=args.trials)
+    rep = _report(parent=args.parent_run, out=out, title=f"Report {args.experiment or args.parent_run}",
+                  experiment=args.experiment, trials=args.trials)
+    outer = tracking.take_outer_run()
+    if outer:  # launched by `mlflow run`: the report goes into its run
+        from analysis.report import log_report
+
+        tracking.log_to_outer_run(outer, {"experiment": args.experiment or "", "parent_run": args.parent_run or "",
+                                          "trials": rep["trials"]}, {"report/variants": len(rep["table"])})
+        log_report(rep, outer)
     return 0
 
 

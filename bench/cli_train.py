@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from bench.config import empty_as_none
 from bench.errors import BenchError
 
 
@@ -12,6 +13,8 @@ def _config(args, extra):
     from bench.config import load_config, parse_overrides
 
     overrides = parse_overrides(extra)
+    if getattr(args, "experiment", None):
+        overrides["tracking.experiment"] = args.experiment
     if getattr(args, "model", None):
         overrides["model.name"] = args.model
     return load_config(args.preset, overrides)
@@ -26,16 +29,17 @@ def cmd_train(args, extra) -> int:
     cfg = _config(args, extra)
     spec_from_config(cfg.model, n_mels=cfg.features.n_mels)  # fail fast on a bad model
     if args.no_track or int(os.environ.get("RANK", "0")) != 0 and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        result = run_variant(cfg, args.out, resume=args.resume)
+        result = run_variant(cfg, args.out, resume=args.resume, force=args.force)
     else:
         from bench import tracking
 
-        run_id = os.environ.pop("MLFLOW_RUN_ID", None)  # launched by `mlflow run`: log into that run
+        run_id = tracking.take_outer_run()  # launched by `mlflow run`: log into that run
         exp_id = None if run_id else tracking.set_experiment(cfg.tracking.experiment)
         if run_id is None and args.resume:
             run_id = _previous_run(exp_id, args.out)
         tracking.setup_tracking()
-        rid, result = tracking.run_tracked(cfg, args.out, run_id=run_id, experiment_id=exp_id, resume=args.resume)
+        rid, result = tracking.run_tracked(cfg, args.out, run_id=run_id, experiment_id=exp_id, resume=args.resume,
+                                           force=args.force)
         print(f"MLflow run {rid} at {tracking.setup_tracking()}")
     if result is not None:
         for name, m in result.metrics.items():
@@ -82,7 +86,7 @@ def cmd_infer(args, extra) -> int:
     from bench.energy.meters import create_meters
     from bench.energy.plan import measurement_plan
     from bench.evaluate import load_model
-    from bench.infer import measure_inference
+    from bench.infer import eer_by_list, measure_inference
     from bench.train import select_device
 
     cfg = _config(args, extra)
@@ -110,6 +114,15 @@ def cmd_infer(args, extra) -> int:
     print(table.to_string(index=False))
     if args.json:
         print(json.dumps(rows, indent=2, default=str))
+    from bench import tracking
+
+    outer = tracking.take_outer_run()
+    if outer:  # launched by `mlflow run`: the figures go into its run
+        by_list = eer_by_list(rows)
+        tracking.log_to_outer_run(outer, {"checkpoint": Path(args.checkpoint).resolve(), "precision": args.precision,
+                                          "data.root": cfg.data.root, "eval.batch_frames": cfg.eval.batch_frames},
+                                  tracking.inference_metrics(by_list, fp32_eer=True),
+                                  tracking.combined_energy_tags(list(rows.values())))
     return 0
 
 
@@ -128,7 +141,10 @@ def register(sub, parser_class, add_config_args) -> None:
     t.add_argument("--model", default=None, help="model preset name (same as --model.name)")
     t.add_argument("--out", required=True, help="output folder (checkpoints, scores, result.json)")
     t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt (and its MLflow run)")
+    t.add_argument("--force", action="store_true", help="replace the checkpoints an earlier run left in OUT")
     t.add_argument("--no-track", action="store_true", help="do not log to MLflow")
+    t.add_argument("--experiment", type=empty_as_none(str), default=None,
+                   help="MLflow experiment (tracking.experiment); under `mlflow run`, its run's")
     t.set_defaults(func=cmd_train)
     e = sub.add_parser("eval", help="evaluate a trained model.pt on trial lists")
     add_config_args(e)

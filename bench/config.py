@@ -106,7 +106,9 @@ class TrainConfig(_Section):
 class EvalConfig(_Section):
     batch_frames: int = Field(60000, ge=100, description="frames per evaluation batch (length bucketing)")
     subtract_mean: bool = True
-    stats_max_utts: int = Field(2000, ge=10, description="training utterances for the mean embedding and AS-norm cohort")
+    stats_max_utts: int = Field(2000, ge=10, description="training utterances for the mean embedding")
+    cohort_utts_per_speaker: int = Field(3, ge=1, description="AS-norm cohort: utterances per training speaker mean")
+    cohort_speakers: int = Field(6000, ge=1, description="AS-norm cohort: most training speakers (seeded choice)")
     as_norm: bool = False
     as_norm_top_n: int = Field(100, ge=1)
     length_tolerance: float = Field(0.02, ge=0.0, le=0.5, description="a length bucket's longest utterance may exceed its shortest by this fraction (the batch is cut to the shortest)")

@@ -15,15 +15,14 @@ import pandas as pd
 import torch
 
 from bench import checkpoint as ckpt
-from bench.atomic import atomic_open
 from bench.config import Config
 from bench.data.features import Fbank
 from bench.data.loader import LENGTH_TOLERANCE, eval_batches
 from bench.data.manifest import EVAL_MANIFEST, TRAIN_MANIFEST, data_root, read_manifest
-from bench.data.trials import TrialList, check_against, find_trial_lists, read_trials
+from bench.data.trials import TrialList, check_against, find_trial_lists, read_trials, write_scores
 from bench.errors import BenchError
 from bench.metrics import verification_metrics
-from bench.statistics import bootstrap_ci, speaker_of
+from bench.statistics import BOOTSTRAP_SEED, bootstrap_ci, speaker_of
 from bench.models import ResNetSpec, build_model
 from bench.models.inference import compile_extractor, extraction_model
 from bench.models.resnet import min_samples
@@ -103,26 +102,30 @@ def score_trials(emb: np.ndarray, index: dict[str, int], trials: TrialList, mean
     return 0.5 * ((scores - mu[e]) / sd[e] + (scores - mu[t]) / sd[t])
 
 
-def write_scores(path: Path, trials: TrialList, scores: np.ndarray) -> None:
-    with atomic_open(path, "w", encoding="utf-8") as fh:
-        for lab, s, en, te in zip(trials.labels, scores, trials.enroll, trials.test):
-            fh.write(f"{int(lab)} {s:.6f} {en} {te}\n")
-
-
 @torch.no_grad()
 def training_statistics(embedder, fbank, root: Path, batch_frames: int, device: torch.device,
-                        max_utts: int = 2000, seed: int = 0) -> dict:
-    """Mean embedding and per-speaker mean embeddings (AS-norm cohort) over a seeded sample of training data."""
+                        max_utts: int = 2000, seed: int = 0, cohort_utts_per_speaker: int = 3,
+                        cohort_speakers: int = 6000) -> dict:
+    """Mean embedding over a seeded sample of ``max_utts`` training utterances, and the AS-norm cohort as
+    WeSpeaker builds it: one mean embedding per training speaker (up to ``cohort_speakers`` speakers, a
+    seeded choice when there are more), each over up to ``cohort_utts_per_speaker`` of its utterances."""
     df = read_manifest(root / TRAIN_MANIFEST)
-    if len(df) > max_utts:
-        df = df.sample(n=max_utts, random_state=seed).reset_index(drop=True)
-    ids = df["utt_id"].tolist()
-    emb = extract_embeddings(embedder, fbank, ids, [root / p for p in df["path"]], df["num_samples"].tolist(),
+    mean_rows = df.sample(n=min(max_utts, len(df)), random_state=seed)
+    speakers = sorted(df["speaker"].unique())
+    if len(speakers) > cohort_speakers:
+        speakers = sorted(np.random.default_rng(seed).choice(speakers, cohort_speakers, replace=False))
+    cohort_rows = (df[df["speaker"].isin(speakers)].sample(frac=1.0, random_state=seed)
+                   .groupby("speaker", sort=True).head(cohort_utts_per_speaker))
+    rows = pd.concat([mean_rows, cohort_rows]).drop_duplicates("utt_id").reset_index(drop=True)
+    ids = rows["utt_id"].tolist()
+    emb = extract_embeddings(embedder, fbank, ids, [root / p for p in rows["path"]], rows["num_samples"].tolist(),
                              batch_frames, device)
-    spk = df["speaker"].to_numpy()
-    speakers = sorted(set(spk))
-    cohort = np.stack([emb[spk == s].mean(axis=0) for s in speakers])
-    return {"train_mean": torch.from_numpy(emb.mean(axis=0)), "cohort": torch.from_numpy(cohort)}
+    index = {u: i for i, u in enumerate(ids)}
+    mean = emb[[index[u] for u in mean_rows["utt_id"]]].mean(axis=0)
+    by_speaker = cohort_rows.groupby("speaker", sort=True)["utt_id"]
+    cohort = np.stack([emb[[index[u] for u in utts]].mean(axis=0) for _, utts in by_speaker])
+    return {"train_mean": torch.from_numpy(mean), "cohort": torch.from_numpy(cohort),
+            "cohort_utts": int(len(cohort_rows))}
 
 
 def make_fbank(cfg: Config, device: torch.device) -> Fbank:
@@ -168,10 +171,9 @@ def evaluate(model: LoadedModel, cfg: Config, device: torch.device, out_dir: Pat
         metrics = verification_metrics(scores, t.labels)
         if cfg.eval.bootstrap_resamples:
             ci = bootstrap_ci(scores, t.labels, [speaker_of(u) for u in t.enroll], [speaker_of(u) for u in t.test],
-                              cfg.eval.bootstrap_resamples, cfg.eval.ci_level, seed=cfg.train.seed)
-            metrics.update(eer_pct_ci_low=ci["eer_pct"].low, eer_pct_ci_high=ci["eer_pct"].high,
-                           min_dcf_p01_ci_low=ci["min_dcf"].low, min_dcf_p01_ci_high=ci["min_dcf"].high,
-                           ci_level=cfg.eval.ci_level, ci_resamples=ci["eer_pct"].n_resamples)
+                              cfg.eval.bootstrap_resamples, cfg.eval.ci_level, seed=BOOTSTRAP_SEED)
+            metrics["ci"] = {k: [i.low, i.high] for k, i in ci.items()}
+            metrics.update(ci_level=cfg.eval.ci_level, ci_resamples=ci["eer_pct"].n_resamples)
         if out_dir is not None:
             path = Path(out_dir) / "scores" / f"{t.name}{'' if precision == 'fp32' else '.' + precision}.txt"
             write_scores(path, t, scores)

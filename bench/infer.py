@@ -43,3 +43,9 @@ def measure_inference(model: LoadedModel, cfg: Config, device: torch.device, met
                                        device, precision, seed=cfg.train.seed))
         out[precision] = row
     return out
+
+
+def eer_by_list(rows: dict[str, dict]) -> dict[str, dict]:
+    """Rows of ``measure_inference`` with their per-list metrics reduced to ``eer_pct``: trial list -> EER."""
+    return {p: {k: v for k, v in row.items() if k != "metrics"}
+            | {"eer_pct": {n: m["eer_pct"] for n, m in row["metrics"].items()}} for p, row in rows.items()}

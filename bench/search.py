@@ -38,6 +38,7 @@ import optuna
 import psutil
 
 from bench.config import Config, build_config
+from bench.energy.accounting import intensity_series
 from bench.energy.carbon import grams
 from bench.energy.plan import MeasurePlan, measurement_plan, visible_gpu_count, worker_gpu_sets
 from bench.energy.reading import EnergyReading, reading_from_state, sum_windows
@@ -49,6 +50,7 @@ ATTR_EXPERIMENT = "mlflow_experiment_id"
 ATTR_COST = "search_cost_runs"  # one entry per run of the study: what the machine drew during it
 ATTR_RUN = "search_run"  # on a trial: the run of ``svbench search`` that ran it
 ATTR_SPENT_SO_FAR = "spent_so_far"  # on a trial: its cost entry up to its last finished epoch
+TAG_STUDY_PARENT = "svbench.study_parent"  # on the run of a continued study's later `mlflow run`
 
 
 # ------------------------------------------------------------------ storage and study
@@ -89,8 +91,12 @@ def load_study(cfg: Config, storage) -> optuna.Study:
                              sampler=make_sampler(cfg.search.sampler, cfg.search.seed + os.getpid() % 1000))
 
 
-def create_study(cfg: Config, storage) -> optuna.Study:
-    """Create (or continue) the study and its MLflow parent run; returns the study."""
+def create_study(cfg: Config, storage, outer_run: str | None = None) -> optuna.Study:
+    """Create (or continue) the study and its MLflow parent run; returns the study.
+
+    The parent is ``outer_run`` (the run ``mlflow run`` created) when the study is new, else a run created in
+    ``tracking.experiment``. A continued study keeps its first parent; an ``outer_run`` then links to it by the
+    tag ``svbench.study_parent``."""
     from mlflow.tracking import MlflowClient
 
     from bench import tracking
@@ -98,21 +104,52 @@ def create_study(cfg: Config, storage) -> optuna.Study:
     study = optuna.create_study(study_name=cfg.search.study_name, storage=storage, load_if_exists=True,
                                 directions=["minimize", "minimize"],
                                 sampler=make_sampler(cfg.search.sampler, cfg.search.seed))
-    study.set_metric_names(["eer_pct", "train_energy_j" if cfg.search.objective == "energy" else "train_co2_g"])
-    if ATTR_PARENT not in study.user_attrs:
+    study.set_metric_names(list(objective_keys(cfg)))
+    client = MlflowClient()
+    tags = {tracking.TAG_KIND: "study", "optuna.study": cfg.search.study_name}
+    if ATTR_PARENT in study.user_attrs:
+        if outer_run:
+            client.set_tag(outer_run, tracking.TAG_KIND, "search")
+            client.set_tag(outer_run, "optuna.study", cfg.search.study_name)
+            client.set_tag(outer_run, TAG_STUDY_PARENT, study.user_attrs[ATTR_PARENT])
+        return study
+    if outer_run:
+        exp_id, parent = tracking.experiment_of(outer_run), outer_run
+        for k, v in tags.items():
+            client.set_tag(parent, k, v)
+    else:
         exp_id = tracking.set_experiment(cfg.tracking.experiment)
-        run = MlflowClient().create_run(exp_id, run_name=f"study-{cfg.search.study_name}",
-                                        tags={tracking.TAG_KIND: "study", "optuna.study": cfg.search.study_name})
-        study.set_user_attr(ATTR_PARENT, run.info.run_id)
-        study.set_user_attr(ATTR_EXPERIMENT, exp_id)
-        study.set_user_attr("budgets", {"energy_j": cfg.search.energy_budget_j, "carbon_g": cfg.search.carbon_budget_g,
-                                        "max_params_m": cfg.search.max_params_m})
-        if cfg.search.enqueue_study_variants:
-            for layout in STUDY_VARIANT_LAYOUTS:
-                params = _layout_params(cfg, layout)
-                if params is not None:
-                    study.enqueue_trial(params, skip_if_exists=True)
+        parent = client.create_run(exp_id, run_name=f"study-{cfg.search.study_name}", tags=tags).info.run_id
+    tracking.log_new_params(parent, search_params(cfg))
+    study.set_user_attr(ATTR_PARENT, parent)
+    study.set_user_attr(ATTR_EXPERIMENT, exp_id)
+    study.set_user_attr("budgets", {"energy_j": cfg.search.energy_budget_j, "carbon_g": cfg.search.carbon_budget_g,
+                                    "max_params_m": cfg.search.max_params_m})
+    if cfg.search.enqueue_study_variants:
+        for layout in STUDY_VARIANT_LAYOUTS:
+            params = _layout_params(cfg, layout)
+            if params is not None:
+                study.enqueue_trial(params, skip_if_exists=True)
     return study
+
+
+def objective_keys(cfg: Config) -> tuple[str, str]:
+    """The two objectives under their MLflow metric keys (also the study's Optuna metric names)."""
+    from bench.data.trials import default_trial_list
+
+    second = "train/energy_j" if cfg.search.objective == "energy" else "train/co2_g"
+    from bench.data.manifest import data_root
+
+    name = cfg.search.trial_list or default_trial_list(data_root(cfg.data.root), cfg.data.trials)
+    return f"eer_pct/{name}", second
+
+
+def search_params(cfg: Config) -> dict:
+    """What defines the search, as MLflow params of the run that holds the study."""
+    from bench.config import flat_params
+
+    return {k: ("" if v is None else v) for k, v in flat_params(cfg).items()
+            if k.startswith(("search.", "data.", "train.epochs", "seeds", "model.name"))}
 
 
 def _layout_params(cfg: Config, layout) -> dict | None:
@@ -276,11 +313,11 @@ def _trial_body(trial: optuna.Trial, ctx: TrialContext, rid: str, tags: dict) ->
     _, metrics = tracking.run_tracked_seeds(cfg, ctx.out_root / f"trial-{trial.number}", run_id=rid,
                                             run_name=f"trial-{trial.number}", extra_tags=tags, progress=False,
                                             meters=ctx.meters, callbacks=[SpentSoFar(trial, ctx)])
-    lists = [k.split("/", 1)[1] for k in metrics if k.startswith("eer_pct/")]
-    trials_name = cfg.search.trial_list or lists[0]
-    if trials_name not in lists:
-        raise BenchError(f"search.trial_list '{trials_name}' is not among the evaluated lists {lists}")
-    eer = metrics[f"eer_pct/{trials_name}"]  # the mean over seeds when cfg.seeds > 1
+    eer_key, _ = objective_keys(cfg)
+    if eer_key not in metrics:
+        lists = [k.split("/", 1)[1] for k in metrics if k.startswith("eer_pct/")]
+        raise BenchError(f"search.trial_list '{eer_key.split('/', 1)[1]}' is not among the evaluated lists {lists}")
+    eer = metrics[eer_key]  # the mean over seeds when cfg.seeds > 1
     energy_j = metrics.get("train/energy_j")
     co2_g = metrics.get("train/co2_g")
     if energy_j is None:
@@ -309,7 +346,6 @@ def run_worker(cfg_dict: dict, storage_url_: str, n_trials: int, out_root: str, 
     """One worker: run ``n_trials`` trials of the shared study. ``shared``: other workers of the study
     run on this machine at the same time (machine-level meters are then attributed by CPU-time share)."""
     from bench import tracking
-    from bench.energy.accounting import intensity_series
     from bench.energy.meters import create_meters
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -394,7 +430,10 @@ def _close_runs_of_failed_trials(study: optuna.Study) -> None:
             client.set_terminated(rid, "FAILED")
 
 
-def run_search(cfg: Config, workers: int = 1, out_root: str | Path = "runs/search") -> dict:
+def run_search(cfg: Config, workers: int = 1, out_root: str | Path = "runs/search",
+               outer_run: str | None = None) -> dict:
+    """Run (or continue) the study. ``outer_run``: the MLflow run ``mlflow run`` created for this command; it
+    holds a new study, or links to a continued study's parent and gets this run's own cost."""
     from mlflow.tracking import MlflowClient
 
     from bench import tracking
@@ -406,7 +445,7 @@ def run_search(cfg: Config, workers: int = 1, out_root: str | Path = "runs/searc
     url = storage_url(cfg, out_root)
     tracking.setup_tracking()
     storage = make_storage(url, cfg.search.heartbeat_s)
-    study = create_study(cfg, storage)
+    study = create_study(cfg, storage, outer_run)
     if isinstance(storage, optuna.storages.RDBStorage):
         optuna.storages.fail_stale_trials(study)
     else:
@@ -417,7 +456,7 @@ def run_search(cfg: Config, workers: int = 1, out_root: str | Path = "runs/searc
     client = MlflowClient()
     client.update_run(parent, status="RUNNING")  # continuing a study reopens its parent run
     try:
-        result = _search_and_log(cfg, workers, url, out_root, study, parent)
+        result = _search_and_log(cfg, workers, url, out_root, study, parent, outer_run)
     except KeyboardInterrupt:
         client.set_terminated(parent, "KILLED")
         raise
@@ -429,9 +468,11 @@ def run_search(cfg: Config, workers: int = 1, out_root: str | Path = "runs/searc
 
 
 def _search_and_log(cfg: Config, workers: int, url: str, out_root: str | Path, study: optuna.Study,
-                    parent: str) -> dict:
+                    parent: str, outer_run: str | None = None) -> dict:
     """Run the workers inside the search's energy window, then log the study's figures on its parent run."""
     from mlflow.tracking import MlflowClient
+
+    from bench import tracking
 
     # finished trials, and running ones (another machine's workers), count; enqueued (WAITING) ones do not
     done = len([t for t in study.get_trials(deepcopy=False) if t.state != optuna.trial.TrialState.WAITING])
@@ -448,6 +489,15 @@ def _search_and_log(cfg: Config, workers: int, url: str, out_root: str | Path, s
     cost = _record_cost(study, search_run, reading, cfg)
     trials = study.get_trials(deepcopy=False)
     client = MlflowClient()
+    if outer_run and outer_run != parent:  # a later `mlflow run` of a continued study: its own cost and params
+        entry = _cost_entry(reading, cfg, intensity_series(cfg.energy))
+        tracking.log_new_params(outer_run, search_params(cfg))
+        client.log_metric(outer_run, "search/energy_j", _nan_if_none(entry["energy_j"]))
+        client.log_metric(outer_run, "search/co2_g", _nan_if_none(entry["co2_g"]))
+        client.log_metric(outer_run, "search/time_s", entry["time_s"])
+        client.log_metric(outer_run, "search/trials", len(trials))
+        for k in reading.tags():
+            client.set_tag(outer_run, k, entry[k])
     client.log_metric(parent, "search/energy_j", cost.energy_j)
     client.log_metric(parent, "search/energy_kwh", cost.energy_j / 3.6e6)
     client.log_metric(parent, "search/co2_g", cost.co2_g)
@@ -531,7 +581,6 @@ def _recover_killed_runs(study: optuna.Study, cfg: Config) -> None:
 
 def _record_cost(study: optuna.Study, search_run: str, reading: EnergyReading, cfg: Config) -> SearchCost:
     from bench import tracking
-    from bench.energy.accounting import intensity_series
 
     runs = [r for r in study.user_attrs.get(ATTR_COST, []) if r.get("search_run") != search_run]
     runs.append({"search_run": search_run, **_cost_entry(reading, cfg, intensity_series(cfg.energy))})

@@ -11,7 +11,6 @@ name + resolved configs) and resumes unfinished ones from their checkpoints.
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -110,10 +109,10 @@ def run_sweep(grid: Grid, out_root: str | Path, progress: bool = True, new: bool
 
     tracking.setup_tracking()
     client = MlflowClient()
-    outer_run = os.environ.pop("MLFLOW_RUN_ID", None)  # launched by `mlflow run`: that run is the parent
+    outer_run = tracking.take_outer_run()  # launched by `mlflow run`: that run is the parent
     first = grid.variants[0].config
     if outer_run:
-        exp_id = client.get_run(outer_run).info.experiment_id
+        exp_id = tracking.experiment_of(outer_run)
     else:
         exp_id = tracking.set_experiment(first.tracking.experiment)
     earlier = client.search_runs([exp_id], filter_string=f"tags.`{tracking.TAG_SWEEP}` = '{grid.key}' and tags.`{tracking.TAG_KIND}` = 'variant'",
@@ -132,9 +131,11 @@ def run_sweep(grid: Grid, out_root: str | Path, progress: bool = True, new: bool
     client.set_tag(parent_id, tracking.TAG_KIND, "sweep")
     client.set_tag(parent_id, tracking.TAG_SWEEP, grid.key)
     client.set_tag(parent_id, "svbench.grid", grid.name)
-    unfinished = {r.data.tags.get(tracking.TAG_VARIANT): r.info.run_id for r in earlier
-                  if r.info.status != "FINISHED" and r.data.tags.get(tracking.TAG_VARIANT) not in finished
-                  and r.data.tags.get(tracking.PARENT) == parent_id}
+    # an unfinished variant resumes in its own run, now under this parent (`mlflow run` makes a new one each time)
+    unfinished = {} if new else {r.data.tags.get(tracking.TAG_VARIANT): r.info.run_id for r in reversed(earlier)
+                                 if r.info.status != "FINISHED" and r.data.tags.get(tracking.TAG_VARIANT) not in finished}
+    for rid in unfinished.values():
+        client.set_tag(rid, tracking.PARENT, parent_id)
     ran, skipped = [], []
     try:
         for v in grid.variants:
@@ -147,7 +148,7 @@ def run_sweep(grid: Grid, out_root: str | Path, progress: bool = True, new: bool
                 v.config, Path(out_root) / v.name, run_id=unfinished.get(v.name), parent_run_id=parent_id,
                 experiment_id=exp_id, run_name=v.name,
                 extra_tags={tracking.TAG_SWEEP: grid.key, tracking.TAG_SERIES: ",".join(v.series), "svbench.grid": grid.name},
-                resume=v.name in unfinished, progress=progress)
+                resume=v.name in unfinished, progress=progress, force=new)
             ran.append(v.name)
             eer = next((val for k, val in metrics.items() if k.startswith("eer_pct/")), float("nan"))
             seeds = f" (mean of {v.config.seeds} seeds)" if v.config.seeds > 1 else ""
@@ -159,6 +160,4 @@ def run_sweep(grid: Grid, out_root: str | Path, progress: bool = True, new: bool
     client.log_metric(parent_id, "sweep/variants", len(grid.variants))
     if not outer_run:
         client.set_terminated(parent_id, "FINISHED")
-    if outer_run:
-        os.environ["MLFLOW_RUN_ID"] = outer_run
     return {"parent_run_id": parent_id, "experiment_id": exp_id, "ran": ran, "skipped": skipped, "key": grid.key}

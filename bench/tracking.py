@@ -20,7 +20,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import torch
-from mlflow.entities import Metric, RunTag
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from bench.config import Config, config_to_yaml, flat_params
@@ -44,6 +44,16 @@ def setup_tracking() -> str:
     return mlflow.get_tracking_uri()
 
 
+def take_outer_run() -> str | None:
+    """The run ``mlflow run`` created for this command (``MLFLOW_RUN_ID``), taken out of the environment so
+    that no nested ``start_run`` and no child process adopts it by accident; None outside ``mlflow run``."""
+    return os.environ.pop("MLFLOW_RUN_ID", None) or None
+
+
+def experiment_of(run_id: str) -> str:
+    return MlflowClient().get_run(run_id).info.experiment_id
+
+
 def set_experiment(name: str) -> str:
     setup_tracking()
     try:
@@ -61,34 +71,75 @@ def variant_params(cfg: Config, spec) -> dict:
     return {k: ("" if v is None else v) for k, v in params.items()}
 
 
+def stat_key(key: str, stat: str) -> str:
+    """The one naming scheme for a statistic of a metric: ``<key>/<stat>`` with stat std, ci_low or ci_high
+    (``eer_pct/vox1-O/ci_low``, ``train/energy_j/std``)."""
+    return f"{key}/{stat}"
+
+
+STATS = ("/std", "/ci_low", "/ci_high")
+
+
 def result_metrics(result) -> dict[str, float]:
     m: dict[str, float] = {}
     for trials, r in result.metrics.items():
         m[f"eer_pct/{trials}"] = r["eer_pct"]
         m[f"min_dcf_p01/{trials}"] = r["min_dcf_p01"]
         m[f"min_dcf_p05/{trials}"] = r["min_dcf_p05"]
-        for key in ("eer_pct_ci_low", "eer_pct_ci_high", "min_dcf_p01_ci_low", "min_dcf_p01_ci_high"):
-            if key in r:
-                m[f"{key}/{trials}"] = r[key]
+        for key, (low, high) in r.get("ci", {}).items():
+            m[stat_key(f"{key}/{trials}", "ci_low")] = low
+            m[stat_key(f"{key}/{trials}", "ci_high")] = high
     m.update({k: v for k, v in result.energy_metrics.items() if v is not None})
-    for precision, row in result.inference.items():
-        prefix = "infer" if precision == "fp32" else f"infer_{precision}"
-        for key in ("energy_j_per_utt", "energy_j_per_1k_trials", "co2_g_per_1k_trials", "utt_per_s", "time_s",
-                    "latency_p50_ms", "latency_p95_ms", "rtf", "throughput_utt_per_s", "best_batch_size"):
-            if row.get(key) is not None:
-                m[f"{prefix}/{key}"] = row[key]
-        for trials, eer in row["eer_pct"].items():
-            if precision != "fp32":
-                m[f"{prefix}/eer_pct/{trials}"] = eer
+    m.update(inference_metrics(result.inference))
     m["model/params_m"] = result.profile["params"] / 1e6
     m["model/params_with_head_m"] = result.profile["params_with_head"] / 1e6
     m["model/gmacs_per_s_audio"] = result.profile["gmacs_per_s_audio"]
     m["train/steps"] = result.train["steps"]
+    for key, value in result.cohort.items():
+        m[f"eval/cohort_{key}"] = value
     if result.forecast:
         for key in ("energy_j", "time_s", "probe_energy_j", "error_pct"):
             if result.forecast.get(key) is not None:
                 m[f"forecast/{key}"] = result.forecast[key]
     return m
+
+
+def inference_metrics(inference: dict[str, dict], fp32_eer: bool = False) -> dict[str, float]:
+    """``infer/<key>`` for fp32 and ``infer_<precision>/<key>`` for the others, from rows whose ``eer_pct`` maps
+    trial list -> EER. The fp32 EER is the run's ``eer_pct/<trials>``; ``fp32_eer`` also logs it as
+    ``infer/eer_pct/<trials>`` (a run of ``svbench infer`` alone)."""
+    m: dict[str, float] = {}
+    for precision, row in inference.items():
+        prefix = "infer" if precision == "fp32" else f"infer_{precision}"
+        for key in ("energy_j_per_utt", "energy_j_per_1k_trials", "co2_g_per_1k_trials", "utt_per_s", "time_s",
+                    "latency_p50_ms", "latency_p95_ms", "rtf", "throughput_utt_per_s", "best_batch_size"):
+            if row.get(key) is not None:
+                m[f"{prefix}/{key}"] = row[key]
+        if precision != "fp32" or fp32_eer:
+            m.update({f"{prefix}/eer_pct/{trials}": eer for trials, eer in row["eer_pct"].items()})
+    return m
+
+
+def log_to_outer_run(run_id: str, params: dict, metrics: dict[str, float], tags: dict | None = None,
+                     artifacts: list[Path] = (), artifact_dir: str | None = None) -> None:
+    """What a command without a run of its own (infer, report, data) logs into the run ``mlflow run`` made."""
+    client = MlflowClient()
+    log_new_params(run_id, params)
+    client.log_batch(run_id, metrics=[Metric(k, float(v), int(time.time() * 1000), 0) for k, v in metrics.items()
+                              if v is not None],
+                     tags=[RunTag(k, str(v)) for k, v in {**environment_tags(), **(tags or {})}.items()])
+    for path in artifacts:
+        client.log_artifact(run_id, str(path), artifact_dir)
+
+
+def log_new_params(run_id: str, params: dict) -> None:
+    """Log the params the run does not hold yet (``mlflow run`` logs its entry point's parameters, such as
+    ``seeds`` or ``out``, itself; a param's value can never change)."""
+    client = MlflowClient()
+    have = client.get_run(run_id).data.params
+    new = [Param(k, str(v)[:6000]) for k, v in params.items() if k not in have]
+    for i in range(0, len(new), 100):
+        client.log_batch(run_id, params=new[i:i + 100])
 
 
 def environment_tags() -> dict[str, str]:
@@ -265,13 +316,22 @@ def log_artifacts(result, cfg: Config, model_path: Path, log_model: bool) -> Non
     summary = f"{model.embedder}\n\nspec: {json.dumps(result.spec, indent=1)}\nprofile: {json.dumps(result.profile, indent=1)}\n"
     mlflow.log_text(summary, "model_summary.txt")
     if log_model:
-        from mlflow.models import infer_signature
+        log_embedder(model.embedder, model.spec.n_mels)
 
-        example = np.zeros((2, 200, model.spec.n_mels), dtype=np.float32)  # batch 2: export keeps batch and time dynamic
-        with torch.no_grad():
-            out = model.embedder(torch.from_numpy(example)).numpy()
-        mlflow.pytorch.log_model(model.embedder, name="model", signature=infer_signature(example, out),
-                                 input_example=example, pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+
+def log_embedder(embedder: torch.nn.Module, n_mels: int) -> None:
+    """The trained embedder as an MLflow PyTorch model whose pyfunc takes log-mel features of any batch size
+    and any number of frames (a whole utterance): (batch, frames, n_mels) float32 -> (batch, embed_dim)."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    example = np.zeros((1, 200, n_mels), dtype=np.float32)
+    with torch.no_grad():
+        dim = embedder(torch.from_numpy(example)).shape[1]
+    signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, -1, n_mels))]),
+                               outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, dim))]))
+    mlflow.pytorch.log_model(embedder, name="model", signature=signature, input_example=example,
+                             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
 
 
 # ---------------------------------------------------------------- one tracked variant
@@ -282,9 +342,10 @@ def find_child_runs(parent_run_id: str, experiment_id: str) -> list:
 
 def run_tracked(cfg: Config, out_dir: str | Path, run_id: str | None = None, parent_run_id: str | None = None,
                 experiment_id: str | None = None, run_name: str | None = None, extra_tags: dict | None = None,
-                resume: bool = False, progress: bool = True, meters=None, callbacks: list | None = None):
+                resume: bool = False, progress: bool = True, meters=None, callbacks: list | None = None,
+                force: bool = False):
     """``run_variant`` inside an MLflow run (a new one, or ``run_id`` continued); returns (run_id, result).
-    ``callbacks`` are trainer callbacks beside the epoch logger."""
+    ``callbacks`` are trainer callbacks beside the epoch logger; ``force`` replaces an earlier run's checkpoints."""
     from bench.models import spec_from_config
     from bench.variant import run_variant
 
@@ -308,7 +369,7 @@ def run_tracked(cfg: Config, out_dir: str | Path, run_id: str | None = None, par
         if not current.inputs.dataset_inputs:  # a resumed run has its datasets already
             log_datasets(cfg)
         result = run_variant(cfg, out_dir, resume=resume, callbacks=[EpochLogger(rid), *(callbacks or [])],
-                             progress=progress, meters=meters)
+                             progress=progress, meters=meters, force=force)
         if result is None:
             return rid, None
         mlflow.log_metrics(result_metrics(result))
@@ -318,7 +379,7 @@ def run_tracked(cfg: Config, out_dir: str | Path, run_id: str | None = None, par
 
 
 # ---------------------------------------------------------------- seed repeats
-SPREAD_KEYS = ("eer_pct/", "min_dcf_p01/", "train/energy_j", "train/co2_g", "train/energy_kwh",
+SPREAD_KEYS = ("eer_pct/", "min_dcf_p01/", "min_dcf_p05/", "train/energy_j", "train/co2_g", "train/energy_kwh",
                "infer/energy_j_per_1k_trials")
 
 
@@ -335,33 +396,64 @@ def combined_energy_tags(per_run: list[dict]) -> dict[str, str]:
 
 
 def seed_summary(per_seed: list[dict[str, float]]) -> dict[str, float]:
-    """Mean of every metric over seeds, plus ``<key>_std`` for EER, minDCF, energy and carbon
-    (``eer_pct_std/<trials>`` for per-trial-list keys)."""
+    """Mean of every metric over seeds, plus ``<key>/std`` for EER, minDCF, energy and carbon. The seeds'
+    own intervals are not averaged (an average of bounds is no interval): see ``seed_mean_intervals``."""
     from bench.statistics import mean_std
 
-    keys = sorted(set().union(*per_seed))
+    keys = sorted(k for k in set().union(*per_seed) if not k.endswith(STATS))
     out: dict[str, float] = {}
     for k in keys:
         mean, std = mean_std([m.get(k) for m in per_seed])
         out[k] = mean
-        if k.startswith(SPREAD_KEYS) and "_ci_" not in k:
-            head, sep, tail = k.partition("/")
-            std_key = f"{head}_std/{tail}" if k.startswith(("eer_pct/", "min_dcf_p01/")) else f"{k}_std"
-            out[std_key] = std
+        if k.startswith(SPREAD_KEYS):
+            out[stat_key(k, "std")] = std
     out["seeds"] = float(len(per_seed))
+    return out
+
+
+def run_scores(run_id: str) -> dict[str, Path]:
+    """The fp32 score files a run logged (``scores/<trials>.txt``), downloaded: trial list -> local path."""
+    client = MlflowClient()
+    names = [a.path for a in client.list_artifacts(run_id, "scores") if a.path.count(".") == 1]
+    if not names:
+        return {}
+    local = Path(tempfile.mkdtemp(prefix="svbench-scores-"))
+    return {Path(n).stem: Path(client.download_artifacts(run_id, n, str(local))) for n in names}
+
+
+def seed_mean_intervals(seed_runs: list[str], level: float, n_resamples: int) -> dict[str, float]:
+    """``<metric>/<trials>/ci_low|ci_high`` of the seed mean: every seed's scores on the same speaker
+    resamples, each resample's metric averaged over seeds, then the percentile interval."""
+    from bench.data.trials import read_scores
+    from bench.statistics import percentile_interval, resampled_metrics, seed_mean, speaker_of, speaker_resamples
+
+    files = [run_scores(r) for r in seed_runs]
+    out: dict[str, float] = {}
+    for trials in sorted(set.intersection(*[set(f) for f in files])) if files else []:
+        per_seed = []
+        res = None
+        for f in files:
+            t, scores = read_scores(f[trials], trials)
+            spk_e, spk_t = [speaker_of(u) for u in t.enroll], [speaker_of(u) for u in t.test]
+            res = res or speaker_resamples(spk_e, spk_t, n_resamples)
+            per_seed.append(resampled_metrics(scores, t.labels, spk_e, spk_t, res))
+        for key, values in seed_mean(per_seed).items():
+            ci = percentile_interval(values, level)
+            out[stat_key(f"{key}/{trials}", "ci_low")] = ci.low
+            out[stat_key(f"{key}/{trials}", "ci_high")] = ci.high
     return out
 
 
 def run_tracked_seeds(cfg: Config, out_dir: str | Path, run_id: str | None = None, parent_run_id: str | None = None,
                       experiment_id: str | None = None, run_name: str | None = None, extra_tags: dict | None = None,
                       resume: bool = False, progress: bool = True, meters=None,
-                      callbacks: list | None = None) -> tuple[str, dict]:
+                      callbacks: list | None = None, force: bool = False) -> tuple[str, dict]:
     """One variant over ``cfg.seeds`` seeds. With one seed this is ``run_tracked``; with several, the
     variant run is the parent of one run per seed and logs the mean and standard deviation.
     Returns (variant run id, metrics) where metrics are the variant's (mean) metrics."""
     if cfg.seeds <= 1:
         rid, res = run_tracked(cfg, out_dir, run_id, parent_run_id, experiment_id, run_name, extra_tags, resume,
-                               progress, meters, callbacks)
+                               progress, meters, callbacks, force)
         return rid, (result_metrics(res) if res is not None else {})
     from bench.config import build_config
     from bench.models import spec_from_config
@@ -388,6 +480,7 @@ def run_tracked_seeds(cfg: Config, out_dir: str | Path, run_id: str | None = Non
             if r.data.tags.get(TAG_KIND) == "seed"}
     per_seed = []
     seed_tags_seen: list[dict] = []
+    seed_runs: list[str] = []
     try:
         for i in range(cfg.seeds):
             seed = cfg.train.seed + i
@@ -395,17 +488,21 @@ def run_tracked_seeds(cfg: Config, out_dir: str | Path, run_id: str | None = Non
             if prev is not None and prev.info.status == "FINISHED":
                 per_seed.append(dict(prev.data.metrics))
                 seed_tags_seen.append(dict(prev.data.tags))
+                seed_runs.append(prev.info.run_id)
                 continue
             scfg = build_config({**cfg.model_dump(mode="json"), "seeds": 1,
                                  "train": {**cfg.train.model_dump(mode="json"), "seed": seed}})
             seed_tags = {**(extra_tags or {}), TAG_KIND: "seed", "svbench.seed": str(seed)}
-            _, res = run_tracked(scfg, Path(out_dir) / f"seed{seed}", run_id=prev.info.run_id if prev else None,
+            srid, res = run_tracked(scfg, Path(out_dir) / f"seed{seed}", run_id=prev.info.run_id if prev else None,
                                  parent_run_id=run_id, experiment_id=exp_id, run_name=f"{name}/seed{seed}",
                                  extra_tags=seed_tags, resume=prev is not None or resume, progress=progress,
-                                 meters=meters, callbacks=callbacks)
+                                 meters=meters, callbacks=callbacks, force=force)
             per_seed.append(result_metrics(res))
             seed_tags_seen.append(res.energy_tags)
+            seed_runs.append(srid)
         summary = seed_summary(per_seed)
+        if cfg.eval.bootstrap_resamples:
+            summary.update(seed_mean_intervals(seed_runs, cfg.eval.ci_level, cfg.eval.bootstrap_resamples))
         for k, v in summary.items():
             if v == v:  # not NaN
                 client.log_metric(run_id, k, v)

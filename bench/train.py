@@ -256,7 +256,8 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, callbacks: lis
     model_path = out_dir / "model.pt"
     if dist_info.is_main:
         k = cfg.train.average_last
-        epoch_files = sorted(ck_dir.glob("epoch_*.pt"))[-k:]
+        # this run's last k epochs only (a file of an earlier run in the same folder is never one of them)
+        epoch_files = [ck_dir / f"epoch_{e:03d}.pt" for e in range(max(1, epoch - k + 1), epoch + 1)]
         state_dict = ckpt.average_state_dicts(epoch_files) if len(epoch_files) > 1 else net.embedder.state_dict()
         ckpt.save({"model": state_dict, "spec": spec.to_dict(), "speakers": list(dataset.speakers),
                    "config_yaml": config_to_yaml(cfg), "averaged_epochs": len(epoch_files) if len(epoch_files) > 1 else 1},
@@ -264,6 +265,24 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, callbacks: lis
     result = TrainResult(out_dir, model_path, step, epoch, time_s, skipped_total, history)
     _call(callbacks, "on_train_end", result)
     return result
+
+
+def check_fresh_out(out_dir: str | Path, force: bool, clear: bool = True) -> None:
+    """A new run (not ``--resume``) in a folder that holds another run's checkpoints: a one-line error, or with
+    ``force`` those checkpoints removed (by the caller that ``clear``s: rank 0 under torchrun)."""
+    import shutil
+
+    ck_dir = Path(out_dir) / "checkpoints"
+    old = sorted(ck_dir.glob("*.pt")) if ck_dir.is_dir() else []
+    if not old:
+        return
+    if not force:
+        raise BenchError(f"{out_dir} holds {len(old)} checkpoint(s) of an earlier run; pass --resume to continue "
+                         "it, --force to replace it, or a new --out")
+    if clear:
+        shutil.rmtree(ck_dir)
+        for name in ("model.pt", "result.json"):
+            (Path(out_dir) / name).unlink(missing_ok=True)
 
 
 def _new_accumulators() -> dict:

@@ -18,16 +18,16 @@ from bench import checkpoint as ckpt
 from bench.atomic import write_text_atomic
 from bench.config import Config, config_to_yaml, flat_params
 from bench.data.manifest import data_root
-from bench.distributed import init_distributed, shutdown
+from bench.distributed import barrier, init_distributed, shutdown
 from bench.energy.accounting import (carbon_tags, intensity_series, summarise, train_reading_from_history,
                                      write_timeline_csv)
 from bench.energy.meters import create_meters
 from bench.energy.plan import measurement_plan
 from bench.evaluate import load_model, make_fbank, training_statistics
-from bench.infer import measure_inference
+from bench.infer import eer_by_list, measure_inference
 from bench.models import spec_from_config
 from bench.models.profile import profile_model
-from bench.train import select_device, steps_per_epoch, train
+from bench.train import check_fresh_out, select_device, steps_per_epoch, train
 
 
 @dataclass
@@ -43,21 +43,26 @@ class VariantResult:
     energy_tags: dict = field(default_factory=dict)
     inference: dict = field(default_factory=dict)
     forecast: dict | None = None
+    cohort: dict = field(default_factory=dict)  # AS-norm cohort size: speakers, utterances
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, default=str)
 
 
 def run_variant(cfg: Config, out_dir: str | Path, resume: bool = False, callbacks: list | None = None,
-                progress: bool = True, meters=None) -> VariantResult | None:
+                progress: bool = True, meters=None, force: bool = False) -> VariantResult | None:
     """Train, evaluate on every configured trial list, measure energy, write ``out_dir/result.json``.
 
-    Under torchrun only rank 0 evaluates and returns a result; other ranks return None.
+    Under torchrun only rank 0 evaluates and returns a result; other ranks return None. A new run (not
+    ``resume``) in a folder with another run's checkpoints is an error, or with ``force`` replaces them.
     """
     out_dir = Path(out_dir)
+    dist_info = init_distributed(select_device(cfg.train.device).type)
+    if not resume:
+        check_fresh_out(out_dir, force, clear=dist_info.is_main)
+    barrier(dist_info)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out_dir / "config.yaml", config_to_yaml(cfg))
-    dist_info = init_distributed(select_device(cfg.train.device).type)
     device = select_device(cfg.train.device, dist_info.local_rank)
     own_meters = meters is None
     if meters is None:
@@ -81,7 +86,9 @@ def run_variant(cfg: Config, out_dir: str | Path, resume: bool = False, callback
         with meters.window("eval/train_statistics"):
             stats = training_statistics(model.list_extractor, make_fbank(cfg, device), data_root(cfg.data.root),
                                         cfg.eval.batch_frames, device, max_utts=cfg.eval.stats_max_utts,
-                                        seed=cfg.train.seed)
+                                        seed=cfg.train.seed, cohort_utts_per_speaker=cfg.eval.cohort_utts_per_speaker,
+                                        cohort_speakers=cfg.eval.cohort_speakers)
+        cohort_utts = stats.pop("cohort_utts")
         model.payload.update(stats)
         ckpt.save(model.payload, tr.model_path)
         precisions = ["fp32"] + [p for p in cfg.eval.infer_precisions if p != "fp32"]
@@ -109,9 +116,9 @@ def run_variant(cfg: Config, out_dir: str | Path, resume: bool = False, callback
                    "skipped_files": tr.skipped_files, "history": [{k: v for k, v in h.items() if k != "energy"} for h in tr.history],
                    "world": dist_info.world, "device": str(device), "torch_threads": torch.get_num_threads()},
             config=flat_params(cfg), energy_metrics=energy_metrics, energy_tags=energy_tags,
-            inference={p: {k: v for k, v in row.items() if k != "metrics"} | {"eer_pct": {n: m["eer_pct"] for n, m in row["metrics"].items()}}
-                       for p, row in inference.items()},
+            inference=eer_by_list(inference),
             forecast=forecast,
+            cohort={"speakers": int(stats["cohort"].shape[0]), "utts": cohort_utts},
         )
         write_text_atomic(out_dir / "result.json", result.to_json())
         return result

@@ -30,11 +30,11 @@ from bench.models.inference import compile_extractor, extraction_model
 
 
 @torch.no_grad()
-def batch_one(model, fbank, paths):
+def batch_one(model, fbank, paths, device: torch.device | None = None):
     out = []
     for p in paths:
-        w = torch.from_numpy(load_audio(p)).unsqueeze(0)
-        out.append(model(fbank(w)).numpy()[0])
+        w = torch.from_numpy(load_audio(p)).unsqueeze(0).to(device or torch.device("cpu"))
+        out.append(model(fbank(w)).float().cpu().numpy()[0])
     return np.stack(out)
 
 

@@ -14,8 +14,10 @@ neighbour's load on a shared machine does not decide the ratio.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
 from pathlib import Path
+from typing import ContextManager
 
 import torch
 import torchaudio.compliance.kaldi as kaldi
@@ -28,6 +30,7 @@ from bench.data.manifest import read_manifest
 from bench.data.synth import generate_corpus
 from bench.models import build_model, get_spec
 from bench.models.heads import MarginHead
+from bench.precision import autocast
 
 
 class PerUtteranceFbank(Dataset):
@@ -45,43 +48,64 @@ class PerUtteranceFbank(Dataset):
         return f - f.mean(dim=0, keepdim=True), label
 
 
-def run(model_name: str, crops: TrainCrops, batch: int, steps: int, mode: str) -> float:
+def run(model_name: str, crops: TrainCrops, batch: int, steps: int, mode: str, device: torch.device | None = None,
+        amp: str = "fp32", channels_last: bool = False, compiled: bool = False, workers: int = 2,
+        measured: ContextManager | None = None) -> float:
     """Samples/s over ``steps`` optimizer steps after 2 warm-up steps. ``mode``: baseline, ours or
-    ceiling."""
+    ceiling. ``measured`` (an energy window) is entered around the timed steps only."""
+    device = device or torch.device("cpu")
     torch.manual_seed(0)
     spec = get_spec(model_name).replace(n_mels=80)
-    model = build_model(spec)
-    head = MarginHead(spec.embed_dim, crops.num_classes)
+    model = build_model(spec).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    head = MarginHead(spec.embed_dim, crops.num_classes).to(device)
     opt = torch.optim.SGD(list(model.parameters()) + list(head.parameters()), lr=0.01, momentum=0.9)
+    step_model = torch.compile(model) if compiled else model
     sampler = EpochBatchSampler(len(crops), batch, seed=0)
-    fbank = Fbank()
+    fbank = Fbank().to(device)
     if mode == "baseline":
-        loader = DataLoader(PerUtteranceFbank(crops), batch_sampler=sampler, num_workers=2)
+        loader = DataLoader(PerUtteranceFbank(crops), batch_sampler=sampler, num_workers=workers,
+                            pin_memory=device.type == "cuda")
     else:
         loader = DataLoader(crops, batch_sampler=sampler, collate_fn=collate_crops, num_workers=0)
     it = iter(loader)
     cached = None
     done, t0 = 0, None
-    for step in range(steps + 2):
-        if step == 2:
-            t0 = time.perf_counter()
-        if mode == "baseline":
-            feats, labels = next(it)
-        elif mode == "ceiling":
-            if cached is None:
+    with contextlib.ExitStack() as stack:
+        for step in range(steps + 2):
+            if step == 2:
+                _sync(device)
+                if measured is not None:
+                    stack.enter_context(measured)
+                t0 = time.perf_counter()
+            if mode == "baseline":
+                feats, labels = next(it)
+                feats = feats.to(device, non_blocking=True)
+            elif mode == "ceiling":
+                if cached is None:
+                    wav, labels, _ = next(it)
+                    cached = fbank(wav.to(device)), labels
+                feats, labels = cached
+            else:
                 wav, labels, _ = next(it)
-                cached = fbank(wav), labels
-            feats, labels = cached
-        else:
-            wav, labels, _ = next(it)
-            feats = fbank(wav)
-        loss = torch.nn.functional.cross_entropy(head(model(feats), labels), labels)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if step >= 2:
-            done += labels.shape[0]
-    return done / (time.perf_counter() - t0)
+                feats = fbank(wav.to(device, non_blocking=True))
+            labels = labels.to(device, non_blocking=True)
+            with autocast(device, amp):
+                loss = torch.nn.functional.cross_entropy(head(step_model(feats), labels).float(), labels)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if step >= 2:
+                done += labels.shape[0]
+        _sync(device)
+        elapsed = time.perf_counter() - t0
+    return done / elapsed
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def main() -> None:

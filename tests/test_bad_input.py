@@ -78,15 +78,49 @@ def test_malformed_trial_line(tiny_corpus, tmp_path):
                           "malformed")
 
 
-def test_missing_ffmpeg_is_clear(tiny_corpus, tmp_path):
+def _encode_m4a(wav: np.ndarray, rate: int, path: Path) -> None:
+    """An AAC-in-MP4 file as VoxCeleb2 ships them, encoded with PyAV."""
+    import av
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w", format="mp4") as out:
+        stream = out.add_stream("aac", rate=rate, layout="mono")
+        frame = av.AudioFrame.from_ndarray((wav * 32767).astype(np.int16)[None], format="s16", layout="mono")
+        frame.sample_rate = rate
+        for packet in stream.encode(frame):
+            out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+
+
+def test_voxceleb2_aac_is_decoded_with_pyav(tiny_corpus, tmp_path):
+    """m4a (AAC, here 44.1 kHz) -> 16 kHz mono PCM16 wav through PyAV, nothing from apt; a corrupt m4a is a
+    one-line error."""
     vox = _fake_vox1(tiny_corpus, tmp_path / "vox1")
-    m4a = tmp_path / "vox2" / "dev" / "aac" / "id00001" / "abc"
-    m4a.mkdir(parents=True)
-    (m4a / "00001.m4a").write_bytes(b"\x00")
-    import os
-    env = {"PATH": os.path.dirname(os.sys.executable)}  # no ffmpeg on this PATH
+    src = sorted((tiny_corpus / "wav").rglob("*.wav"))[:4]
+    aac = tmp_path / "vox2" / "dev" / "aac"
+    lengths = {}
+    for i, f in enumerate(src):
+        wav, rate = sf.read(f, dtype="float32")
+        t = np.arange(int(len(wav) * 44100 / rate)) / 44100
+        up = np.interp(t, np.arange(len(wav)) / rate, wav).astype(np.float32)
+        rel = f"id0000{i % 2}/yt{i}/00001"
+        _encode_m4a(up, 44100, aac / f"{rel}.m4a")
+        lengths[rel] = len(wav)
+    proc = run_cli("data", "prepare", "--voxceleb1", vox, "--voxceleb2", tmp_path / "vox2", "--out", tmp_path / "o")
+    assert proc.returncode == 0, proc.stderr
+    train = read_manifest(tmp_path / "o" / "train.csv")
+    assert len(train) == 4 and train["speaker"].nunique() == 2
+    for rel, n in lengths.items():
+        info = sf.info(tmp_path / "o" / "voxceleb2_wav" / f"{rel}.wav")
+        assert info.samplerate == 16000 and info.channels == 1 and info.subtype == "PCM_16"
+        assert abs(info.frames - n) < 0.1 * 16000  # AAC adds encoder priming and padding, < 0.1 s
+    bad = aac / "id00009" / "x" / "00001.m4a"
+    bad.parent.mkdir(parents=True)
+    bad.write_bytes(b"\x00" * 64)
     assert_one_line_error(run_cli("data", "prepare", "--voxceleb1", vox, "--voxceleb2", tmp_path / "vox2",
-                                  "--out", tmp_path / "o", env=env), "ffmpeg")
+                                  "--out", tmp_path / "o2"), "cannot decode", "00001.m4a")
+    assert not list((tmp_path / "o2").rglob("*.wav.*"))  # nothing half-written
 
 
 def test_synth_size_and_existing_out(tmp_path):

@@ -35,6 +35,18 @@ def test_same_seed_same_result(tiny_corpus, tmp_path):
     res = json.loads((tmp_path / "a" / "result.json").read_text())
     assert res["train"]["steps"] == 18 and len(res["train"]["history"]) == 3
     assert {"loss", "accuracy", "lr", "margin"} <= set(res["train"]["history"][0])
+    # a fresh run in a folder holding another run's checkpoints: one-line error, nothing touched; --force
+    # replaces them, and model averaging takes this run's epochs only
+    stale = tmp_path / "a" / "checkpoints" / "epoch_040.pt"
+    stale.write_bytes(b"an epoch of a longer, earlier run")
+    args = ["train", "--no-track", "--preset", "tiny", "--data.root", tiny_corpus, *COMMON, "--out", tmp_path / "a"]
+    assert_one_line_error(run_cli(*args), "checkpoint(s) of an earlier run", "--force")
+    assert stale.is_file() and (tmp_path / "a" / "model.pt").is_file()
+    proc = run_cli(*args, "--train.epochs", "2", "--train.average_last", "3", "--force")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert not stale.exists() and sorted(p.name for p in (tmp_path / "a" / "checkpoints").glob("epoch_*.pt")) == [
+        "epoch_001.pt", "epoch_002.pt"]
+    assert ckpt.load(tmp_path / "a" / "model.pt")["averaged_epochs"] == 2
 
 
 def test_sigkill_mid_epoch_then_resume_is_exact(tiny_corpus, tmp_path):

@@ -61,6 +61,50 @@ def test_mlflow_run_train_entry(tiny_corpus, tmp_path):
     assert any(a.path.endswith("synth.txt") for a in client.list_artifacts(run.info.run_id, "scores"))
     models = client.search_logged_models([exp.experiment_id])
     assert models and models[0].source_run_id == run.info.run_id
+    _pyfunc_embeds_whole_utterances(models[0].model_uri, tmp_path / "out" / "model.pt", tmp_path, uri)
+    # `-e infer` on that checkpoint logs into the run `mlflow run` creates for it
+    proc = subprocess.run(["mlflow", "run", str(REPO), "--env-manager", "local", "-e", "infer",
+                           "--experiment-name", "ci-infer", "-P", "preset=tiny", "-P", "precision=fp32,bf16",
+                           "-P", f"data_root={tiny_corpus}", "-P", f"checkpoint={tmp_path / 'out' / 'model.pt'}"], capture_output=True, text=True,
+                          env=fresh_env(MLFLOW_TRACKING_URI=uri), cwd=tmp_path,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = client.search_runs([client.get_experiment_by_name("ci-infer").experiment_id])
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    m = runs[0].data.metrics
+    for key in ("infer/eer_pct/synth", "infer_bf16/eer_pct/synth", "infer/energy_j_per_1k_trials",
+                "infer_bf16/energy_j_per_1k_trials", "infer/utt_per_s"):
+        assert key in m, key
+    assert runs[0].data.params["precision"] == "fp32,bf16" and "energy.source" in runs[0].data.tags
+
+
+def _pyfunc_embeds_whole_utterances(model_uri, checkpoint, tmp_path, tracking_uri):
+    """The logged model takes log-mel features of any length: on a 1.3 s and a 12 s utterance its embeddings
+    equal the ones `svbench eval` extracts (BN-folded extraction copy, length buckets) within 1e-4."""
+    import mlflow
+    import soundfile as sf
+    import torch
+
+    from bench.config import load_config
+    from bench.evaluate import extract_embeddings, load_model, make_fbank
+
+    cfg = load_config("tiny")
+    rng = np.random.default_rng(0)
+    model = load_model(checkpoint, torch.device("cpu"))
+    fbank = make_fbank(cfg, torch.device("cpu"))
+    mlflow.set_tracking_uri(tracking_uri)
+    pyfunc = mlflow.pyfunc.load_model(model_uri)
+    for seconds in (1.3, 12.0):
+        n = int(seconds * cfg.features.sample_rate)
+        wav = (0.1 * rng.standard_normal(n) * np.sin(np.linspace(0, 300, n))).astype(np.float32)
+        path = tmp_path / f"utt{seconds}.wav"
+        sf.write(path, wav, cfg.features.sample_rate)
+        ref = extract_embeddings(model.list_extractor, fbank, ["u"], [path], [n], cfg.eval.batch_frames,
+                                 torch.device("cpu"))
+        feats = fbank(torch.from_numpy(wav)[None]).numpy()
+        got = np.asarray(pyfunc.predict(feats))
+        assert got.shape == ref.shape and feats.shape[1] > 100
+        np.testing.assert_allclose(got, ref, atol=1e-4, rtol=0)
 
 
 def test_sweep_against_mlflow_server_over_rest(tiny_corpus, tmp_path):
@@ -81,12 +125,14 @@ def test_sweep_against_mlflow_server_over_rest(tiny_corpus, tmp_path):
         else:
             pytest.fail("mlflow server did not start")
         grid = tmp_path / "grid.yaml"
-        grid.write_text(TINY_GRID)
-        proc = run_cli("sweep", "--grid", grid, "--data-root", tiny_corpus, "--out", tmp_path / "runs",
-                       "--train.epochs", "1", "--tracking.log_model", "false", "--report", "--reports", tmp_path / "rep",
-                       env={"MLFLOW_TRACKING_URI": base}, cwd=tmp_path)
+        grid.write_text(TINY_GRID + "overrides: {train.epochs: 1, tracking.log_model: false}\n")
+        # `mlflow run -e sweep`: the run MLflow creates is the sweep's parent, in the experiment named
+        proc = subprocess.run(["mlflow", "run", str(REPO), "--env-manager", "local", "-e", "sweep",
+                               "--experiment-name", "ci-sweep", "-P", f"grid={grid}", "-P", f"data_root={tiny_corpus}"],
+                              capture_output=True, text=True, env=fresh_env(MLFLOW_TRACKING_URI=base), cwd=tmp_path,
+                              timeout=900)
         assert proc.returncode == 0, proc.stderr[-3000:]
-        req = urllib.request.Request(f"{base}/api/2.0/mlflow/experiments/get-by-name?experiment_name=sv-energy-bench")
+        req = urllib.request.Request(f"{base}/api/2.0/mlflow/experiments/get-by-name?experiment_name=ci-sweep")
         exp_id = json.load(urllib.request.urlopen(req))["experiment"]["experiment_id"]
         body = json.dumps({"experiment_ids": [exp_id], "max_results": 100}).encode()
         req = urllib.request.Request(f"{base}/api/2.0/mlflow/runs/search", data=body,
@@ -97,12 +143,17 @@ def test_sweep_against_mlflow_server_over_rest(tiny_corpus, tmp_path):
         parents = [r for r, t in zip(runs, tags) if t.get("svbench.kind") == "sweep"]
         assert sorted(t["svbench.variant"] for t in children) == ["v18", "vw25"]
         assert len(parents) == 1 and all(t["mlflow.parentRunId"] == parents[0]["info"]["run_id"] for t in children)
+        assert len(runs) == 3 and parents[0]["info"]["status"] == "FINISHED"  # no extra parent beside MLflow's run
         metrics = [{m["key"] for m in r["data"]["metrics"]} for r, t in zip(runs, tags) if t.get("svbench.kind") == "variant"]
-        assert all("eer_pct/synth" in m and "train/energy_j" in m for m in metrics)
-        assert (tmp_path / "rep" / "tinygrid" / "report.md").is_file()
+        assert all("eer_pct/synth" in m and "train/energy_j" in m and "eer_pct/synth/ci_low" in m for m in metrics)
+        report = (tmp_path / "reports" / "tinygrid" / "report.md").read_text()
+        # the paired table: one pair, its EER difference with an interval, and a verdict
+        pairs = [ln for ln in report.splitlines() if ln.startswith("|")
+                 and ("better than" in ln or "not distinguishable at this trial count" in ln)]
+        assert len(pairs) == 1 and pairs[0].count("[") == 2, report
         # re-running the sweep skips both finished variants
         again = run_cli("sweep", "--grid", grid, "--data-root", tiny_corpus, "--out", tmp_path / "runs",
-                        "--train.epochs", "1", "--tracking.log_model", "false", env={"MLFLOW_TRACKING_URI": base}, cwd=tmp_path)
+                        "--experiment", "ci-sweep", env={"MLFLOW_TRACKING_URI": base}, cwd=tmp_path)
         assert again.returncode == 0 and again.stdout.count("already finished, skipped") == 2
     finally:
         server.terminate()
@@ -192,7 +243,35 @@ def test_mlflow_run_search_entry_with_a_budget_and_empty_parameters(tiny_corpus,
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "no feasible trial: all 2 finished trials violate the budget" in proc.stdout
     client = MlflowClient(tracking_uri=uri)
-    runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
-    study = next(r for r in runs if r.data.tags.get("svbench.kind") == "study")
+    exp_id = client.get_experiment_by_name("ci-search").experiment_id
+    runs = client.search_runs([exp_id])
+    roots = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(roots) == 1, "the run `mlflow run` created must hold the study"
+    study = roots[0]
+    assert study.data.tags["svbench.kind"] == "study" and study.data.params["search.energy_budget_j"] == "1e-09"
     assert study.info.status == "FINISHED" and study.data.metrics["search/energy_j"] > 0
     assert study.data.metrics["search/trials_pruned"] == 2
+    trials = [r for r in runs if r.data.tags.get("svbench.kind") == "trial"]
+    assert len(trials) == 2 and all(r.data.tags["mlflow.parentRunId"] == study.info.run_id for r in trials)
+    assert all(r.data.tags["optuna.feasible"] == "false" and r.data.tags["optuna.state"] == "PRUNED" for r in trials)
+    import optuna
+
+    loaded = optuna.load_study(study_name="svbench-search",
+                               storage=optuna.storages.JournalStorage(
+                                   optuna.storages.journal.JournalFileBackend(str(tmp_path / "s.journal"))))
+    assert loaded.metric_names == ["eer_pct/synth", "train/energy_j"]  # the MLflow keys
+    # running it again continues the study; the new MLflow run links to the study's first parent
+    proc = subprocess.run(["mlflow", "run", str(REPO), "--env-manager", "local", "-e", "search",
+                           "--experiment-name", "ci-search", "-P", "preset=tiny", "-P", f"data_root={tiny_corpus}",
+                           "-P", "trials=3", "-P", "energy_budget_j=1e-9", "-P", f"storage={tmp_path / 's.journal'}"],
+                          capture_output=True, text=True, env=fresh_env(MLFLOW_TRACKING_URI=uri), cwd=tmp_path,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = client.search_runs([exp_id])
+    again = [r for r in runs if r.data.tags.get("svbench.kind") == "search"]
+    assert len(again) == 1 and again[0].data.tags["svbench.study_parent"] == study.info.run_id
+    assert again[0].info.status == "FINISHED" and again[0].data.metrics["search/energy_j"] > 0
+    parent = client.get_run(study.info.run_id)
+    assert parent.info.status == "FINISHED" and parent.data.metrics["search/trials"] == 3
+    assert parent.data.metrics["search/energy_j"] > study.data.metrics["search/energy_j"]  # summed over both runs
+    assert len([r for r in runs if r.data.tags.get("mlflow.parentRunId") == study.info.run_id]) == 3

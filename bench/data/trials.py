@@ -49,6 +49,28 @@ def read_trials(path: str | Path, name: str | None = None) -> TrialList:
     return TrialList(name or path.stem, np.asarray(labels, dtype=np.int8), enroll, test)
 
 
+def write_scores(path: str | Path, trials: TrialList, scores: np.ndarray) -> None:
+    """A score file: ``label score enroll test`` per trial, in the trial list's order."""
+    from bench.atomic import atomic_open
+
+    with atomic_open(path, "w", encoding="utf-8") as fh:
+        for lab, s, en, te in zip(trials.labels, scores, trials.enroll, trials.test):
+            fh.write(f"{int(lab)} {s:.6f} {en} {te}\n")
+
+
+def read_scores(path: str | Path, name: str | None = None) -> tuple[TrialList, np.ndarray]:
+    """A score file written by ``write_scores``: its trials and their scores."""
+    import pandas as pd
+
+    try:
+        df = pd.read_csv(path, sep=" ", header=None, names=["label", "score", "enroll", "test"],
+                         dtype={"label": np.int8, "score": np.float64, "enroll": str, "test": str})
+    except (OSError, ValueError) as exc:
+        raise BenchError(f"score file {path} cannot be read ({str(exc).splitlines()[0][:100]})") from None
+    trials = TrialList(name or Path(path).stem, df["label"].to_numpy(), df["enroll"].tolist(), df["test"].tolist())
+    return trials, df["score"].to_numpy()
+
+
 def write_trials(trials: TrialList, path: str | Path) -> None:
     from bench.atomic import atomic_open
 
@@ -63,6 +85,12 @@ def check_against(trials: TrialList, known: set[str], source: str) -> None:
     if missing:
         examples = ", ".join(missing[:3])
         raise BenchError(f"trial list '{trials.name}' names {len(missing)} file(s) missing from {source} (e.g. {examples}); fix the list or the data root")
+
+
+def default_trial_list(root: str | Path, names: list[str] | None = None) -> str:
+    """The trial list a single figure uses when none is named (search objective, seed means, report): the
+    first of ``data.trials``, or with none configured the first list found under ``root/trials``."""
+    return Path(find_trial_lists(root, names[:1] if names else None)[0]).stem
 
 
 def find_trial_lists(root: str | Path, names: list[str] | None = None) -> list[Path]:

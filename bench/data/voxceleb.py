@@ -2,7 +2,7 @@
 
 * VoxCeleb1: ``<root>/wav/idXXXXX/<youtube-id>/00001.wav`` (or the id folders directly under root).
 * VoxCeleb2 dev: ``<root>/dev/aac/idXXXXX/<youtube-id>/00001.m4a`` (or ``aac/`` or id folders under root);
-  each file is converted with ffmpeg to 16 kHz mono PCM16 under ``<out>/voxceleb2_wav`` (parallel,
+  each file is decoded with PyAV (FFmpeg inside its wheels) to 16 kHz mono PCM16 under ``<out>/voxceleb2_wav`` (parallel,
   resumable: existing outputs are skipped; each written to a temp file then renamed).
 * Trial lists (cleaned O/E/H, ``label enroll test``) are copied to ``<out>/trials`` as
   ``vox1-O``, ``vox1-E``, ``vox1-H`` after every file they name was found in the manifest.
@@ -13,8 +13,6 @@ Training set: VoxCeleb2 dev when given, else the VoxCeleb1 speakers that no tria
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -68,29 +66,42 @@ def _scan(base: Path, rels: list[str], workers: int) -> pd.DataFrame:
     return df
 
 
+def decode_to_wav(src: Path, dst: Path, sample_rate: int = 16000) -> None:
+    """Decode one audio file (VoxCeleb2's AAC in m4a) with PyAV, whose wheels carry FFmpeg, and write it as
+    ``sample_rate`` Hz mono PCM16 wav (through a temp file, so an interrupted run leaves no half file)."""
+    import av
+    import numpy as np
+    import soundfile as sf
+
+    resampler = av.AudioResampler(format="s16", layout="mono", rate=sample_rate)
+    chunks = []
+    try:
+        with av.open(str(src)) as container:
+            for frame in container.decode(audio=0):
+                chunks.extend(f.to_ndarray().reshape(-1) for f in resampler.resample(frame))
+            chunks.extend(f.to_ndarray().reshape(-1) for f in resampler.resample(None))  # flush
+    except (av.error.FFmpegError, IndexError, ValueError) as exc:
+        raise BenchError(f"cannot decode {src} ({str(exc).splitlines()[0][:120]}); re-download the file or drop it") from None
+    if not chunks:
+        raise BenchError(f"{src} holds no audio; re-download the file or drop it")
+    with atomic_path(dst, suffix=".wav") as tmp:
+        sf.write(tmp, np.concatenate(chunks), sample_rate, subtype="PCM_16", format="WAV")
+
+
 def convert_m4a(src_base: Path, rels: list[str], dst_base: Path, workers: int) -> list[str]:
     """Convert ``.m4a`` files to 16 kHz mono wav; skip those already converted. Returns wav rels."""
-    ffmpeg = shutil.which("ffmpeg")
-    if ffmpeg is None:
-        raise BenchError("ffmpeg is not installed; install it (apt-get install ffmpeg) to convert VoxCeleb2 m4a files")
     out_rels = [r[: -len(".m4a")] + ".wav" for r in rels]
 
     def one(pair):
         rel, out_rel = pair
         dst = dst_base / out_rel
-        if dst.exists():
-            return None
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(dst, suffix=".wav") as tmp:
-            proc = subprocess.run([ffmpeg, "-nostdin", "-loglevel", "error", "-y", "-i", str(src_base / rel),
-                                   "-ac", "1", "-ar", "16000", "-c:a", "pcm_s16le", "-f", "wav", str(tmp)],
-                                  capture_output=True, text=True)
-            if proc.returncode != 0:
-                raise BenchError(f"ffmpeg failed on {src_base / rel}: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}")
-        return None
+        if not dst.exists():
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            decode_to_wav(src_base / rel, dst)
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        list(tqdm(pool.map(one, zip(rels, out_rels)), total=len(rels), desc="ffmpeg m4a->wav", unit="file", leave=False, disable=None))
+        list(tqdm(pool.map(one, zip(rels, out_rels)), total=len(rels), desc="m4a->wav (PyAV)", unit="file",
+                  leave=False, disable=None))
     return out_rels
 
 
@@ -113,8 +124,6 @@ def prepare_voxceleb(voxceleb1: str | Path, out: str | Path, voxceleb2: str | Pa
     for t in trials:
         check_against(t, known, f"VoxCeleb1 under {v1_base}")
     if voxceleb2 is not None:
-        if shutil.which("ffmpeg") is None:
-            raise BenchError("ffmpeg is not installed; install it (apt-get install ffmpeg) to convert VoxCeleb2 m4a files")
         v2_base, v2_rels = _find_layout(Path(voxceleb2), ["dev/aac", "aac"], ".m4a", "VoxCeleb2")
         dst = out / "voxceleb2_wav"
         wav_rels = convert_m4a(v2_base, v2_rels, dst, workers)
