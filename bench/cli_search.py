@@ -28,7 +28,7 @@ def cmd_search(args, extra) -> int:
     if s.energy_budget_j is None and s.carbon_budget_g is None and s.max_params_m is None:
         print("search: no budget set (search.energy_budget_j / carbon_budget_g / max_params_m): every trial is feasible")
     res = run_search(cfg, workers=1 if args.workers is None else args.workers, out_root=args.out,
-                     outer_run=tracking.take_outer_run())
+                     outer_run=tracking.take_outer_run(), launcher=args.launcher)
     study: optuna.Study = res["study"]
     print(f"study {s.study_name} in {res['storage']}: {len(study.trials)} trials "
           + ", ".join(f"{n.lower()} {c}" for n, c in res["states"].items() if c))
@@ -91,6 +91,8 @@ def register(sub, parser_class, add_config_args) -> None:
                    help="Optuna sampler (search.sampler)")
     s.add_argument("--workers", type=empty_as_none(int), default=1,
                    help="worker processes on this machine; each gets its own GPUs on a GPU node")
+    s.add_argument("--launcher", choices=["local", "slurm"], default="local",
+                   help="slurm: the workers are a Slurm job array (slurm.* settings; needs an RDB --storage)")
     s.add_argument("--storage", type=empty_as_none(str), default=None,
                    help="RDB URL or journal file (default runs/search/<study>.journal)")
     s.add_argument("--study", type=empty_as_none(str), default=None, help="study name (search.study_name)")

@@ -37,12 +37,16 @@ def cmd_sweep(args, extra) -> int:
     root = grid.variants[0].config.data.root
     _ensure_synth(root, args.synth)
     out_root = Path(args.out) / grid.name
-    summary = run_sweep(grid, out_root, new=args.new)
-    print(f"sweep {grid.name}: ran {len(summary['ran'])}, skipped {len(summary['skipped'])} (parent run {summary['parent_run_id']})")
+    summary = run_sweep(grid, out_root, new=args.new, launcher=args.launcher)
+    print(f"sweep {grid.name}: ran {len(summary['ran'])}, skipped {len(summary['skipped'])}, failed "
+          f"{len(summary['failed'])} (parent run {summary['parent_run_id']})")
     if args.report:
         _report(sweep_key=summary["key"], parent=summary["parent_run_id"], out=Path(args.reports) / grid.name,
                 title=f"Sweep {grid.name}")
     print(f"\nOpen the MLflow UI:  mlflow ui --backend-store-uri {tracking.setup_tracking()} --host 127.0.0.1 --port 5000")
+    if summary["failed"]:
+        print(f"sweep {grid.name}: {', '.join(summary['failed'])} failed; re-run the sweep to resume them")
+        return 1
     return 0
 
 
@@ -81,6 +85,50 @@ def cmd_report(args, extra) -> int:
     return 0
 
 
+def cmd_jobs(args, extra) -> int:
+    """The Slurm jobs of a sweep or study: Slurm state and MLflow run; ``--cancel`` the active ones."""
+    import pandas as pd
+    from mlflow.tracking import MlflowClient
+
+    from bench import slurm, tracking
+
+    if extra:
+        raise BenchError(f"unexpected argument(s): {' '.join(extra)}")
+    if not args.experiment and not args.parent_run:
+        raise BenchError("give --experiment NAME or --parent-run RUN_ID")
+    tracking.setup_tracking()
+    client = MlflowClient()
+    if args.parent_run:
+        try:
+            exp_id = tracking.experiment_of(args.parent_run)
+        except Exception:
+            raise BenchError(f"MLflow run {args.parent_run} not found at {tracking.setup_tracking()}") from None
+        runs = [client.get_run(args.parent_run), *tracking.find_child_runs(args.parent_run, exp_id)]
+    else:
+        exp = client.get_experiment_by_name(args.experiment)
+        if exp is None:
+            raise BenchError(f"no MLflow experiment '{args.experiment}' at {tracking.setup_tracking()}")
+        runs = client.search_runs([exp.experiment_id], max_results=5000)
+    queue = slurm.squeue_states()
+    rows = []
+    for r in runs:
+        t = r.data.tags
+        ids = [i for i in t.get(slurm.TAG_JOBS, t.get(slurm.TAG_JOB, "")).split(",") if i]
+        for jid in ids:
+            st = slurm.job_state(slurm.job_of(t.get(slurm.TAG_FOLDER, "."), jid), queue)
+            rows.append({"kind": t.get(tracking.TAG_KIND, ""), "name": r.info.run_name, "job": jid, "slurm": st.state,
+                         "mlflow_run": r.info.run_id, "run_status": r.info.status, "error": st.error or ""})
+    if not rows:
+        print("no Slurm jobs recorded for these runs (were they launched with --launcher slurm?)")
+        return 0
+    print(pd.DataFrame(rows).to_string(index=False))
+    if args.cancel:
+        active = sorted({row["job"] for row in rows if row["slurm"] in slurm.ACTIVE})
+        slurm.cancel(active)
+        print(f"cancelled {len(active)} job(s): {', '.join(active) or '-'}")
+    return 0
+
+
 def register(sub, parser_class, add_config_args) -> None:
     s = sub.add_parser("sweep", help="run a grid of variants as nested MLflow runs (resumable)")
     s.add_argument("--grid", default="demo", help="demo, paper-depth, paper-width, paper-stages, paper-all, wespeaker or a YAML file")
@@ -90,11 +138,18 @@ def register(sub, parser_class, add_config_args) -> None:
     s.add_argument("--report", action="store_true", help="write and print the report at the end")
     s.add_argument("--reports", default="reports")
     s.add_argument("--new", action="store_true", help="start a new parent run instead of continuing the last one")
+    s.add_argument("--launcher", choices=["local", "slurm"], default="local",
+                   help="slurm: each variant a Slurm job through submitit (slurm.* settings); waits for them")
     s.add_argument("--seeds", type=empty_as_none(int), default=None,
                    help="repeat each variant over N seeds (mean and std logged)")
     s.add_argument("--experiment", type=empty_as_none(str), default=None,
                    help="MLflow experiment (tracking.experiment; default: the grid preset's)")
     s.set_defaults(func=cmd_sweep)
+    j = sub.add_parser("jobs", help="Slurm jobs of a sweep or study: state and MLflow run; --cancel them")
+    j.add_argument("--experiment", default=None)
+    j.add_argument("--parent-run", default=None, help="a sweep's or study's parent run")
+    j.add_argument("--cancel", action="store_true", help="scancel the jobs still pending or running")
+    j.set_defaults(func=cmd_jobs)
     r = sub.add_parser("report", help="tables and Pareto plots from MLflow runs")
     r.add_argument("--experiment", default=None)
     r.add_argument("--parent-run", default=None, help="report the children of this run")

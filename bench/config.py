@@ -163,6 +163,23 @@ class SearchConfig(_Section):
     heartbeat_s: int = Field(30, ge=1, description="RDB storages: trial heartbeat interval")
 
 
+class SlurmConfig(_Section):
+    """``--launcher slurm``: each sweep variant a job, each search worker a task of a job array (submitit)."""
+
+    partition: Optional[str] = None
+    account: Optional[str] = None
+    qos: Optional[str] = None
+    nodes: int = Field(1, ge=1)
+    gpus_per_node: int = Field(0, ge=0, description="GPUs per node; a variant runs one DDP task per GPU")
+    cpus_per_task: Optional[int] = Field(None, ge=1)
+    time_min: int = Field(60, ge=1, description="wall-clock limit per job, minutes (requeued and resumed past it)")
+    mem_gb: Optional[float] = Field(None, gt=0)
+    setup: list[str] = Field(default_factory=list, description="shell lines before the job starts (module load ...)")
+    max_parallel: Optional[int] = Field(None, ge=1, description="array throttle: jobs running at once")
+    folder: str = Field("runs/slurm", description="submitit's job folders (scripts, logs, results)")
+    poll_s: float = Field(5.0, gt=0, description="how often the submitting process checks its jobs")
+
+
 class TrackingConfig(_Section):
     experiment: str = "sv-energy-bench"
     log_model: bool = True
@@ -180,6 +197,7 @@ class Config(_Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     energy: EnergyConfig = Field(default_factory=EnergyConfig)
     search: SearchConfig = Field(default_factory=SearchConfig)
+    slurm: SlurmConfig = Field(default_factory=SlurmConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
 

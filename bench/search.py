@@ -42,6 +42,7 @@ from bench.energy.accounting import intensity_series
 from bench.energy.carbon import grams
 from bench.energy.plan import MeasurePlan, measurement_plan, visible_gpu_count, worker_gpu_sets
 from bench.energy.reading import EnergyReading, reading_from_state, sum_windows
+from bench import slurm
 from bench.errors import BenchError
 
 STUDY_VARIANT_LAYOUTS = [(2, 2, 2, 2), (3, 4, 6, 3), (2, 6, 6, 2), (2, 10, 2, 2), (10, 2, 2, 2), (2, 2, 2, 10)]
@@ -231,7 +232,7 @@ def objective(trial: optuna.Trial, ctx: TrialContext) -> tuple[float, float]:
     trial.set_user_attr(ATTR_RUN, ctx.search_run)
     name = f"trial-{trial.number}"
     tags = {tracking.TAG_KIND: "trial", "optuna.study": ctx.cfg.search.study_name, "optuna.trial": str(trial.number),
-            tracking.TAG_VARIANT: name, tracking.PARENT: ctx.parent_run_id}
+            tracking.TAG_VARIANT: name, tracking.PARENT: ctx.parent_run_id, **slurm.job_env_tags()}
     client = MlflowClient()
     rid = client.create_run(ctx.experiment_id, run_name=name, tags=tags).info.run_id
     trial.set_user_attr("mlflow_run_id", rid)
@@ -431,18 +432,21 @@ def _close_runs_of_failed_trials(study: optuna.Study) -> None:
 
 
 def run_search(cfg: Config, workers: int = 1, out_root: str | Path = "runs/search",
-               outer_run: str | None = None) -> dict:
+               outer_run: str | None = None, launcher: str = "local") -> dict:
     """Run (or continue) the study. ``outer_run``: the MLflow run ``mlflow run`` created for this command; it
-    holds a new study, or links to a continued study's parent and gets this run's own cost."""
+    holds a new study, or links to a continued study's parent and gets this run's own cost. ``launcher``
+    slurm: the workers are a Slurm job array (``bench.slurm``)."""
     from mlflow.tracking import MlflowClient
 
     from bench import tracking
 
     if workers < 1:
         raise BenchError("--workers must be at least 1")
-    if workers > 1 and cfg.train.device != "cpu":
-        worker_gpu_sets(workers)  # more workers than GPUs: the one-line error before anything is created
     url = storage_url(cfg, out_root)
+    if launcher == "slurm":
+        slurm.check_launcher(url)  # no sbatch, or a storage the nodes cannot reach: before anything is created
+    elif workers > 1 and cfg.train.device != "cpu":
+        worker_gpu_sets(workers)  # more workers than GPUs: the one-line error before anything is created
     tracking.setup_tracking()
     storage = make_storage(url, cfg.search.heartbeat_s)
     study = create_study(cfg, storage, outer_run)
@@ -456,7 +460,7 @@ def run_search(cfg: Config, workers: int = 1, out_root: str | Path = "runs/searc
     client = MlflowClient()
     client.update_run(parent, status="RUNNING")  # continuing a study reopens its parent run
     try:
-        result = _search_and_log(cfg, workers, url, out_root, study, parent, outer_run)
+        result = _search_and_log(cfg, workers, url, out_root, study, parent, outer_run, launcher)
     except KeyboardInterrupt:
         client.set_terminated(parent, "KILLED")
         raise
@@ -468,7 +472,7 @@ def run_search(cfg: Config, workers: int = 1, out_root: str | Path = "runs/searc
 
 
 def _search_and_log(cfg: Config, workers: int, url: str, out_root: str | Path, study: optuna.Study,
-                    parent: str, outer_run: str | None = None) -> dict:
+                    parent: str, outer_run: str | None = None, launcher: str = "local") -> dict:
     """Run the workers inside the search's energy window, then log the study's figures on its parent run."""
     from mlflow.tracking import MlflowClient
 
@@ -479,25 +483,31 @@ def _search_and_log(cfg: Config, workers: int, url: str, out_root: str | Path, s
     remaining = max(0, cfg.search.n_trials - done)
     shares = [remaining // workers + (1 if i < remaining % workers else 0) for i in range(workers)]
     shares = [s for s in shares if s > 0]
-    gpu_sets = worker_gpu_sets(len(shares)) if len(shares) > 1 and cfg.train.device != "cpu" else None
+    local_gpus = launcher == "local" and len(shares) > 1 and cfg.train.device != "cpu"
+    gpu_sets = worker_gpu_sets(len(shares)) if local_gpus else None  # under Slurm, Slurm gives each job its GPUs
     cfg_dict = cfg.model_dump(mode="json")
     out = str(Path(out_root) / cfg.search.study_name)
     search_run = uuid.uuid4().hex
-    reading = _measured(cfg, _study_plan(cfg, gpu_sets),
-                        lambda: _run_all(cfg_dict, url, shares, out, search_run, gpu_sets))
+    if launcher == "slurm":  # each worker job measures its own node share and stores its entry in the study
+        _run_slurm_workers(cfg, cfg_dict, url, shares, out, search_run, parent)
+        entry = None
+    else:
+        reading = _measured(cfg, _study_plan(cfg, gpu_sets),
+                            lambda: _run_all(cfg_dict, url, shares, out, search_run, gpu_sets))
+        entry = {"search_run": search_run, **_cost_entry(reading, cfg, intensity_series(cfg.energy))}
     study = load_study(cfg, make_storage(url, cfg.search.heartbeat_s))
-    cost = _record_cost(study, search_run, reading, cfg)
+    cost = _record_cost(study, entry)
+    this_run = _sum_entries([e for e in _cost_entries(study) if e.get("search_run") == search_run])
     trials = study.get_trials(deepcopy=False)
     client = MlflowClient()
     if outer_run and outer_run != parent:  # a later `mlflow run` of a continued study: its own cost and params
-        entry = _cost_entry(reading, cfg, intensity_series(cfg.energy))
         tracking.log_new_params(outer_run, search_params(cfg))
-        client.log_metric(outer_run, "search/energy_j", _nan_if_none(entry["energy_j"]))
-        client.log_metric(outer_run, "search/co2_g", _nan_if_none(entry["co2_g"]))
-        client.log_metric(outer_run, "search/time_s", entry["time_s"])
+        client.log_metric(outer_run, "search/energy_j", this_run.energy_j)
+        client.log_metric(outer_run, "search/co2_g", this_run.co2_g)
+        client.log_metric(outer_run, "search/time_s", this_run.time_s)
         client.log_metric(outer_run, "search/trials", len(trials))
-        for k in reading.tags():
-            client.set_tag(outer_run, k, entry[k])
+        for k, v in this_run.tags.items():
+            client.set_tag(outer_run, k, v)
     client.log_metric(parent, "search/energy_j", cost.energy_j)
     client.log_metric(parent, "search/energy_kwh", cost.energy_j / 3.6e6)
     client.log_metric(parent, "search/co2_g", cost.co2_g)
@@ -559,7 +569,7 @@ def _recover_killed_runs(study: optuna.Study, cfg: Config) -> None:
     from bench import tracking
 
     runs = list(study.user_attrs.get(ATTR_COST, []))
-    known = {r.get("search_run") for r in runs}
+    known = {r.get("search_run") for r in _cost_entries(study)}
     trials = study.get_trials(deepcopy=False)
     alive = {t.user_attrs.get(ATTR_RUN) for t in trials if t.state == optuna.trial.TrialState.RUNNING}
     lost: dict[str, list[dict]] = {}
@@ -579,16 +589,80 @@ def _recover_killed_runs(study: optuna.Study, cfg: Config) -> None:
         study.set_user_attr(ATTR_COST, runs)
 
 
-def _record_cost(study: optuna.Study, search_run: str, reading: EnergyReading, cfg: Config) -> SearchCost:
+def _cost_entries(study: optuna.Study) -> list[dict]:
+    """Every cost entry of the study: one per local run of ``svbench search``, one per Slurm worker."""
+    workers = [v for k, v in study.user_attrs.items() if k.startswith(f"{ATTR_COST}/")]
+    return [*study.user_attrs.get(ATTR_COST, []), *workers]
+
+
+def _record_cost(study: optuna.Study, entry: dict | None) -> SearchCost:
+    """Store this run's entry (None when its workers stored their own) and sum the study's entries."""
+    if entry is not None:
+        runs = [r for r in study.user_attrs.get(ATTR_COST, []) if r.get("search_run") != entry["search_run"]]
+        study.set_user_attr(ATTR_COST, [*runs, entry])
+    return _sum_entries(_cost_entries(study))
+
+
+def _sum_entries(entries: list[dict]) -> SearchCost:
+    """Energy and carbon summed; time summed over runs of the study, the longest worker within a run."""
     from bench import tracking
 
-    runs = [r for r in study.user_attrs.get(ATTR_COST, []) if r.get("search_run") != search_run]
-    runs.append({"search_run": search_run, **_cost_entry(reading, cfg, intensity_series(cfg.energy))})
-    study.set_user_attr(ATTR_COST, runs)
-    measured = [r for r in runs if r["energy_j"] is not None]
-    tags = tracking.combined_energy_tags(runs)
-    if len(runs) > len(measured):
+    measured = [r for r in entries if r["energy_j"] is not None]
+    tags = tracking.combined_energy_tags(entries)
+    if len(entries) > len(measured):
         parts = [p for p in tags["energy.incomplete"].split(",") if p != "none"]
         tags["energy.incomplete"] = ",".join([*parts, "unmeasured runs"])
+    by_run: dict[str, float] = {}
+    for r in entries:
+        by_run[r.get("search_run")] = max(by_run.get(r.get("search_run"), 0.0), r["time_s"])
     return SearchCost(float(sum(r["energy_j"] for r in measured)), float(sum(r["co2_g"] or 0.0 for r in measured)),
-                      float(sum(r["time_s"] for r in runs)), tags)
+                      float(sum(by_run.values())), tags)
+
+
+def run_measured_worker(cfg_dict: dict, url: str, n_trials: int, out_root: str, search_run: str, token: str) -> dict:
+    """A worker that measures its own share of its node (a Slurm job): one window over its run on the GPUs
+    it was given and, by CPU-time share, the node-level meters; stored in the study as its cost entry."""
+    cfg = build_config(cfg_dict)
+    reading = _measured(cfg, measurement_plan(cfg.train.device, shared=True),
+                        lambda: run_worker(cfg_dict, url, n_trials, out_root, search_run, shared=True))
+    entry = {"search_run": search_run, "worker": token, **_cost_entry(reading, cfg, intensity_series(cfg.energy))}
+    load_study(cfg, make_storage(url, cfg.search.heartbeat_s)).set_user_attr(f"{ATTR_COST}/{token}", entry)
+    return entry
+
+
+class SearchWorkerJob:
+    """One search worker as a task of a Slurm job array (pickled by submitit): ``run_measured_worker``."""
+
+    def __init__(self, cfg_dict: dict, url: str, n_trials: int, out_root: str, search_run: str, token: str):
+        self.args = (cfg_dict, url, n_trials, out_root, search_run, token)
+
+    def __call__(self) -> dict:
+        return run_measured_worker(*self.args)
+
+
+def _run_slurm_workers(cfg: Config, cfg_dict: dict, url: str, shares: list[int], out: str, search_run: str,
+                       parent: str) -> None:
+    """The workers as one Slurm job array; waits for it. A worker job that fails is reported with its
+    stderr tail; its running trial ends FAIL through the storage's heartbeat, and the others go on."""
+    from mlflow.tracking import MlflowClient
+
+    if not shares:
+        return
+    folder = Path(cfg.slurm.folder) / f"search-{cfg.search.study_name}"
+    ex = slurm.executor(cfg, folder, f"svbench-search-{cfg.search.study_name}")
+    with ex.batch():
+        jobs = [ex.submit(SearchWorkerJob(cfg_dict, url, n, out, search_run, f"{search_run}-{i}"))
+                for i, n in enumerate(shares)]
+    client = MlflowClient()
+    ids = [str(j.job_id) for j in jobs]
+    earlier = client.get_run(parent).data.tags.get(slurm.TAG_JOBS)
+    client.set_tag(parent, slurm.TAG_JOBS, ",".join([*(earlier.split(",") if earlier else []), *ids]))
+    client.set_tag(parent, slurm.TAG_FOLDER, str(folder))
+    print(f"search: {len(jobs)} worker job(s) submitted to Slurm: {', '.join(ids)}")
+
+    def on_end(job, st) -> None:
+        if st.state != "COMPLETED":
+            print(f"search: worker job {job.job_id} {st.state}: {st.error}\n{slurm.stderr_tail(job)[-1500:]}",
+                  file=sys.stderr)
+
+    slurm.wait(jobs, on_end, cfg.slurm.poll_s)

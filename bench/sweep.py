@@ -16,8 +16,10 @@ from pathlib import Path
 
 import yaml
 
-from bench.config import Config, apply_overrides, build_config, config_to_yaml, load_preset_dict, parse_overrides
+from bench import slurm
+from bench.config import Config, apply_overrides, build_config, load_preset_dict, parse_overrides
 from bench.errors import BenchError
+from bench.train import check_fresh_out
 
 GRID_DIR = Path(__file__).parent / "presets" / "grids"
 
@@ -36,10 +38,12 @@ class Grid:
 
     @property
     def key(self) -> str:
+        """Grid name + every variant's resolved config, without where it runs and logs (slurm, tracking)."""
         h = hashlib.sha256()
         for v in self.variants:
             h.update(v.name.encode())
-            h.update(config_to_yaml(v.config).encode())
+            what = v.config.model_dump(mode="json", exclude={"slurm", "tracking"})
+            h.update(yaml.safe_dump(what, sort_keys=True).encode())
         return f"{self.name}:{h.hexdigest()[:12]}"
 
 
@@ -101,12 +105,16 @@ def load_grid(grid: str, cli_overrides: list[str] | dict | None = None) -> Grid:
     return Grid(data.get("name", Path(grid).stem), variants)
 
 
-def run_sweep(grid: Grid, out_root: str | Path, progress: bool = True, new: bool = False) -> dict:
-    """Run (or continue) every variant of ``grid`` as nested MLflow runs; returns a summary."""
+def run_sweep(grid: Grid, out_root: str | Path, progress: bool = True, new: bool = False,
+              launcher: str = "local") -> dict:
+    """Run (or continue) every variant of ``grid`` as nested MLflow runs; returns a summary. ``launcher``
+    slurm: each variant is a Slurm job (``bench.slurm``), and this process waits for them."""
     from mlflow.tracking import MlflowClient
 
     from bench import tracking
 
+    if launcher == "slurm":
+        slurm.check_launcher()  # before any run is created
     tracking.setup_tracking()
     client = MlflowClient()
     outer_run = tracking.take_outer_run()  # launched by `mlflow run`: that run is the parent
@@ -136,28 +144,97 @@ def run_sweep(grid: Grid, out_root: str | Path, progress: bool = True, new: bool
                                  if r.info.status != "FINISHED" and r.data.tags.get(tracking.TAG_VARIANT) not in finished}
     for rid in unfinished.values():
         client.set_tag(rid, tracking.PARENT, parent_id)
-    ran, skipped = [], []
+    skipped = [v.name for v in grid.variants if v.name in finished]
+    for name in skipped:
+        print(f"[sweep {grid.name}] {name}: already finished, skipped")
+    todo = [v for v in grid.variants if v.name not in finished]
+    run = _run_on_slurm if launcher == "slurm" else _run_here
     try:
-        for v in grid.variants:
-            if v.name in finished:
-                skipped.append(v.name)
-                print(f"[sweep {grid.name}] {v.name}: already finished, skipped")
-                continue
-            print(f"[sweep {grid.name}] {v.name}: training {v.config.model.name}")
-            rid, metrics = tracking.run_tracked_seeds(
-                v.config, Path(out_root) / v.name, run_id=unfinished.get(v.name), parent_run_id=parent_id,
-                experiment_id=exp_id, run_name=v.name,
-                extra_tags={tracking.TAG_SWEEP: grid.key, tracking.TAG_SERIES: ",".join(v.series), "svbench.grid": grid.name},
-                resume=v.name in unfinished, progress=progress, force=new)
-            ran.append(v.name)
-            eer = next((val for k, val in metrics.items() if k.startswith("eer_pct/")), float("nan"))
-            seeds = f" (mean of {v.config.seeds} seeds)" if v.config.seeds > 1 else ""
-            print(f"[sweep {grid.name}] {v.name}: EER {eer:.2f}%  train {metrics.get('train/energy_j', float('nan')):.1f} J{seeds}")
+        ran, failed = run(grid, todo, Path(out_root), parent_id, exp_id, unfinished, progress, new)
     except BaseException:
         if not outer_run:
             client.set_terminated(parent_id, "FAILED")
         raise
     client.log_metric(parent_id, "sweep/variants", len(grid.variants))
+    client.log_metric(parent_id, "sweep/failed", len(failed))
     if not outer_run:
-        client.set_terminated(parent_id, "FINISHED")
-    return {"parent_run_id": parent_id, "experiment_id": exp_id, "ran": ran, "skipped": skipped, "key": grid.key}
+        client.set_terminated(parent_id, "FAILED" if failed else "FINISHED")
+    return {"parent_run_id": parent_id, "experiment_id": exp_id, "ran": ran, "skipped": skipped, "key": grid.key,
+            "failed": failed}
+
+
+def _variant_tags(grid: Grid, v: Variant) -> dict:
+    from bench import tracking
+
+    return {tracking.TAG_SWEEP: grid.key, tracking.TAG_SERIES: ",".join(v.series), "svbench.grid": grid.name}
+
+
+def _report_variant(grid: Grid, v: Variant, metrics: dict) -> None:
+    eer = next((val for k, val in metrics.items() if k.startswith("eer_pct/") and k.count("/") == 1), float("nan"))
+    seeds = f" (mean of {v.config.seeds} seeds)" if v.config.seeds > 1 else ""
+    print(f"[sweep {grid.name}] {v.name}: EER {eer:.2f}%  train {metrics.get('train/energy_j', float('nan')):.1f} J{seeds}")
+
+
+def _run_here(grid: Grid, todo: list[Variant], out_root: Path, parent_id: str, exp_id: str, unfinished: dict,
+              progress: bool, new: bool) -> tuple[list[str], list[str]]:
+    """One variant after the other in this process."""
+    from bench import tracking
+
+    ran = []
+    for v in todo:
+        print(f"[sweep {grid.name}] {v.name}: training {v.config.model.name}")
+        _, metrics = tracking.run_tracked_seeds(
+            v.config, out_root / v.name, run_id=unfinished.get(v.name), parent_run_id=parent_id,
+            experiment_id=exp_id, run_name=v.name, extra_tags=_variant_tags(grid, v),
+            resume=v.name in unfinished, progress=progress, force=new)
+        ran.append(v.name)
+        _report_variant(grid, v, metrics)
+    return ran, []
+
+
+def _run_on_slurm(grid: Grid, todo: list[Variant], out_root: Path, parent_id: str, exp_id: str, unfinished: dict,
+                  progress: bool, new: bool) -> tuple[list[str], list[str]]:
+    """Each variant a Slurm job (``bench.slurm.VariantJob``) logging into its run, created here first so a
+    job that dies still has one: it ends FAILED with the job's stderr tail, and the others go on."""
+    from mlflow.tracking import MlflowClient
+
+    from bench import tracking
+
+    for v in todo:
+        if v.config.seeds > 1 and slurm.tasks_per_node(v.config) > 1:
+            raise BenchError(f"variant {v.name}: seeds > 1 with several GPUs per job is not supported under "
+                             "--launcher slurm; use --seeds 1 or slurm.gpus_per_node 1")
+    client = MlflowClient()
+    folder = Path(todo[0].config.slurm.folder).resolve() / f"sweep-{grid.name}" if todo else None
+    jobs: dict[str, tuple[Variant, str, object]] = {}
+    for v in todo:
+        tags = _variant_tags(grid, v)
+        rid = unfinished.get(v.name) or client.create_run(
+            exp_id, run_name=v.name, tags={tracking.TAG_KIND: "variant", tracking.TAG_VARIANT: v.name,
+                                           tracking.PARENT: parent_id, **tags}).info.run_id
+        if new:
+            check_fresh_out(out_root / v.name, force=True)
+        job = slurm.executor(v.config, folder, f"svbench-{v.name}", slurm.tasks_per_node(v.config)).submit(
+            slurm.VariantJob(v.config.model_dump(mode="json"), str((out_root / v.name).resolve()), rid, parent_id,
+                             exp_id, v.name, tags, resume=v.name in unfinished))
+        client.set_tag(rid, slurm.TAG_JOB, str(job.job_id))
+        client.set_tag(rid, slurm.TAG_FOLDER, str(folder))
+        jobs[str(job.job_id)] = (v, rid, job)
+        print(f"[sweep {grid.name}] {v.name}: Slurm job {job.job_id} ({v.config.model.name})")
+    ran, failed = [], []
+
+    def on_end(job, st) -> None:
+        v, rid, _ = jobs[str(job.job_id)]
+        if st.state == "COMPLETED":
+            ran.append(v.name)
+            _report_variant(grid, v, client.get_run(rid).data.metrics)
+            return
+        failed.append(v.name)
+        client.log_text(rid, slurm.stderr_tail(job), "slurm_stderr_tail.txt")
+        client.set_tag(rid, "slurm.state", st.state)
+        client.set_terminated(rid, "FAILED")
+        print(f"[sweep {grid.name}] {v.name}: Slurm job {job.job_id} {st.state} ({st.error}); its run holds "
+              "slurm_stderr_tail.txt")
+
+    slurm.wait([j for _, _, j in jobs.values()], on_end, todo[0].config.slurm.poll_s if todo else 1.0)
+    return ran, failed

@@ -156,7 +156,7 @@ def step_energy_crosscheck(s: Settings, deadline: float) -> dict:
     power = PowerMonitor(gpu_indices=[0], update_period=0.1, power_domains=["device_instant"])
     try:
         idle_s = 2.0 if s.quick else 10.0
-        time.sleep(1.0)  # the power sampler's first samples
+        _wait_for(lambda: power.get_power() is not None, 60.0)  # the sampler process is up (slow under load)
         monitor.begin_window("idle", sync_execution=False)
         time.sleep(idle_s)
         idle = monitor.end_window("idle", sync_execution=False)
@@ -171,27 +171,36 @@ def step_energy_crosscheck(s: Settings, deadline: float) -> dict:
             steps += s.steps
         load = monitor.end_window("load", sync_execution=s.device.type == "cuda")
         t1 = time.time()
-        time.sleep(0.3)  # let the sampler deliver the window's last samples
-        samples = power.get_power_timeline("device_instant", start_time=t0, end_time=t1).get(0, [])
+        time.sleep(0.5)  # the sampler's queue delivers the window's last changes
+        timeline = power.get_power_timeline("device_instant").get(0, [])
     finally:
         power.stop()
-    integral = _integral_j(samples, t0, t1)
+    integral, samples = _integral_j(timeline, t0, t1)
     counter = load.gpu_energy[0]
     diff_pct = 100.0 * abs(integral - counter) / counter if counter else float("nan")
-    return {"counter_j": counter, "power_integral_j": integral, "samples": len(samples),
+    return {"counter_j": counter, "power_integral_j": integral, "samples": samples,
             "difference_pct": diff_pct, "agree_within_5pct": bool(diff_pct <= AGREEMENT_PCT),
             "window_s": load.time, "idle_w": idle_w, "load_w": counter / load.time,
             "dynamic_share_pct": 100.0 * max(0.0, 1 - idle_w * load.time / counter) if counter else float("nan"),
             "gpu_index": 0}
 
 
-def _integral_j(samples: list[tuple[float, float]], start: float, end: float) -> float:
-    """Trapezoid integral of (time, W) samples over [start, end], the edge samples held to the window's edges."""
-    if not samples:
-        return float("nan")
-    t = np.array([start, *[x[0] for x in samples], end])
-    w = np.array([samples[0][1], *[x[1] for x in samples], samples[-1][1]])
-    return float(np.sum((t[1:] - t[:-1]) * (w[1:] + w[:-1]) / 2))
+def _wait_for(ready, timeout_s: float) -> None:
+    deadline = time.time() + timeout_s
+    while not ready() and time.time() < deadline:
+        time.sleep(0.1)
+
+
+def _integral_j(timeline: list[tuple[float, float]], start: float, end: float) -> tuple[float, int]:
+    """The integral of the power samples over [start, end] and how many were used. Zeus's sampler records a
+    reading only when it changes, so each value holds until the next one (zero-order hold): the window
+    starts at the last reading before it."""
+    before = [x for x in timeline if x[0] <= start]
+    inside = [x for x in timeline if start < x[0] < end]
+    if not before and not inside:
+        return float("nan"), 0
+    points = [(start, (before or inside)[-1 if before else 0][1]), *inside, (end, 0.0)]
+    return float(sum((t2 - t1) * w1 for (t1, w1), (t2, _) in zip(points, points[1:]))), len(inside) + bool(before)
 
 
 def step_end_to_end(s: Settings, deadline: float) -> dict:

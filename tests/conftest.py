@@ -1,3 +1,4 @@
+import contextlib
 import os
 import signal
 import subprocess
@@ -85,6 +86,34 @@ def fresh_env(**extra) -> dict:
     env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
     env.update(extra)
     return env
+
+
+@contextlib.contextmanager
+def mlflow_server(tmp_path: Path, dbname: str):
+    """An ``mlflow server`` on 127.0.0.1 with a PostgreSQL backend (sqlite when no PostgreSQL answers);
+    yields its base URL."""
+    import urllib.request
+
+    backend = postgres_url(dbname) or f"sqlite:///{tmp_path}/server.db"
+    port = free_port()
+    server = subprocess.Popen(["mlflow", "server", "--backend-store-uri", backend, "--host", "127.0.0.1",
+                               "--port", str(port), "--artifacts-destination", str(tmp_path / "artifacts"),
+                               "--workers", "1"], env=fresh_env(), cwd=tmp_path, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(f"{base}/health", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            pytest.fail("mlflow server did not start")
+        yield base
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
 
 
 def free_port() -> int:

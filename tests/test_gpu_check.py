@@ -23,7 +23,7 @@ def test_gpu_check_quick_on_cpu_runs_every_step(tiny_corpus, tmp_path, fake_mach
     assert {r["side"] for r in rows} == {"ours", "baseline"} and all(r["samples_per_s"] > 0 for r in rows)
     assert steps["train_throughput"]["result"]["verdicts"]
     x = steps["energy_crosscheck"]["result"]
-    assert x["agree_within_5pct"] and x["samples"] > 10
+    assert x["agree_within_5pct"] and x["samples"] >= 1
     assert abs(x["load_w"] - 250) < 5 and abs(x["idle_w"] - 250) < 5  # the fake board draws 250 W throughout
     e2e = steps["end_to_end"]["result"]
     assert e2e["energy_source"] != "none" and not e2e["expected_gpu_nvml"]  # --device cpu measures no GPU

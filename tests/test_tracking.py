@@ -1,7 +1,6 @@
 import json
 import subprocess
 import sys
-import time
 import tomllib
 import urllib.request
 
@@ -11,7 +10,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from analysis.pareto import knee_index, marginal_gains, pareto_mask
-from conftest import fresh_env, free_port, REPO, assert_one_line_error, postgres_url, run_cli
+from conftest import fresh_env, REPO, assert_one_line_error, mlflow_server, run_cli
 
 TINY_GRID = """name: tinygrid
 preset: tiny
@@ -108,27 +107,13 @@ def _pyfunc_embeds_whole_utterances(model_uri, checkpoint, tmp_path, tracking_ur
 
 
 def test_sweep_against_mlflow_server_over_rest(tiny_corpus, tmp_path):
-    backend = postgres_url("svbench_mlflow_test") or f"sqlite:///{tmp_path}/server.db"
-    port = free_port()
-    server = subprocess.Popen(["mlflow", "server", "--backend-store-uri", backend, "--host", "127.0.0.1",
-                               "--port", str(port), "--artifacts-destination", str(tmp_path / "artifacts"),
-                               "--workers", "1"], env=fresh_env(), cwd=tmp_path, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(120):
-            try:
-                urllib.request.urlopen(f"{base}/health", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.5)
-        else:
-            pytest.fail("mlflow server did not start")
+    with mlflow_server(tmp_path, "svbench_mlflow_test") as base:
         grid = tmp_path / "grid.yaml"
         grid.write_text(TINY_GRID + "overrides: {train.epochs: 1, tracking.log_model: false}\n")
         # `mlflow run -e sweep`: the run MLflow creates is the sweep's parent, in the experiment named
         proc = subprocess.run(["mlflow", "run", str(REPO), "--env-manager", "local", "-e", "sweep",
-                               "--experiment-name", "ci-sweep", "-P", f"grid={grid}", "-P", f"data_root={tiny_corpus}"],
+                               "--experiment-name", "ci-sweep", "-P", f"grid={grid}", "-P", f"data_root={tiny_corpus}",
+                               "-P", f"out={tmp_path / 'runs'}", "-P", f"reports={tmp_path / 'reports'}"],
                               capture_output=True, text=True, env=fresh_env(MLFLOW_TRACKING_URI=base), cwd=tmp_path,
                               timeout=900)
         assert proc.returncode == 0, proc.stderr[-3000:]
@@ -155,9 +140,6 @@ def test_sweep_against_mlflow_server_over_rest(tiny_corpus, tmp_path):
         again = run_cli("sweep", "--grid", grid, "--data-root", tiny_corpus, "--out", tmp_path / "runs",
                         "--experiment", "ci-sweep", env={"MLFLOW_TRACKING_URI": base}, cwd=tmp_path)
         assert again.returncode == 0 and again.stdout.count("already finished, skipped") == 2
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 def test_conda_yaml_pins_equal_pyproject():
@@ -237,7 +219,8 @@ def test_mlflow_run_search_entry_with_a_budget_and_empty_parameters(tiny_corpus,
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     proc = subprocess.run(["mlflow", "run", str(REPO), "--env-manager", "local", "-e", "search",
                            "--experiment-name", "ci-search", "-P", "preset=tiny", "-P", f"data_root={tiny_corpus}",
-                           "-P", "trials=2", "-P", "energy_budget_j=1e-9", "-P", f"storage={tmp_path / 's.journal'}"],
+                           "-P", "trials=2", "-P", "energy_budget_j=1e-9", "-P", f"storage={tmp_path / 's.journal'}",
+                           "-P", f"out={tmp_path / 'search'}"],
                           capture_output=True, text=True, env=fresh_env(MLFLOW_TRACKING_URI=uri), cwd=tmp_path,
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -263,7 +246,8 @@ def test_mlflow_run_search_entry_with_a_budget_and_empty_parameters(tiny_corpus,
     # running it again continues the study; the new MLflow run links to the study's first parent
     proc = subprocess.run(["mlflow", "run", str(REPO), "--env-manager", "local", "-e", "search",
                            "--experiment-name", "ci-search", "-P", "preset=tiny", "-P", f"data_root={tiny_corpus}",
-                           "-P", "trials=3", "-P", "energy_budget_j=1e-9", "-P", f"storage={tmp_path / 's.journal'}"],
+                           "-P", "trials=3", "-P", "energy_budget_j=1e-9", "-P", f"storage={tmp_path / 's.journal'}",
+                           "-P", f"out={tmp_path / 'search'}"],
                           capture_output=True, text=True, env=fresh_env(MLFLOW_TRACKING_URI=uri), cwd=tmp_path,
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -1,0 +1,177 @@
+"""Deployment back ends: the trained embedder exported to ONNX and run by ONNX Runtime, in fp32 or int8.
+
+* ``export_onnx``: the extraction model (batch norm folded) through ``torch.onnx.export`` (the dynamo
+  exporter), dynamic batch and time axes: (batch, frames >= 16, n_mels) log-mel features -> (batch, dim).
+* ``quantize_int8``: ONNX Runtime's static QDQ quantization (int8 weights per channel, uint8 activations)
+  calibrated on a seeded sample of training utterances; dynamic quantization where static fails. Which op
+  types ended up quantized is recorded.
+* ``OnnxEmbedder``: an ONNX Runtime session behind the same call as a torch embedder (features tensor in,
+  embeddings tensor out), so evaluation, latency and energy windows run it unchanged. Its intra-op threads
+  follow ``eval.threads`` (0: all cores), as PyTorch's do.
+
+Back ends are named ``onnx-fp32`` and ``onnx-int8`` wherever precisions are (``svbench infer --precision``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bench.errors import BenchError
+
+ONNX_BACKENDS = ("onnx-fp32", "onnx-int8")
+INT8_OPS = ("Conv", "MatMul", "Gemm")  # the compute: quantizing the cheap element-wise ops only adds Q/DQ pairs
+INPUT = "fbank"
+OUTPUT = "embedding"
+
+
+@dataclass
+class Quantized:
+    path: Path
+    mode: str  # static-qdq | dynamic
+    quantized_ops: dict[str, int]  # op type -> how many nodes run on int8 inputs
+    fallback_reason: str | None = None
+
+
+def export_onnx(extractor: torch.nn.Module, n_mels: int, path: str | Path) -> Path:
+    """Export the extraction model (eval mode, contiguous weights, CPU) with dynamic batch and frames."""
+    import warnings
+
+    from bench.atomic import atomic_path
+
+    path = Path(path)
+    model = extractor.to(memory_format=torch.contiguous_format).cpu().eval()
+    example = torch.randn(2, 300, n_mels)
+    batch, frames = torch.export.Dim("batch", min=1, max=1024), torch.export.Dim("frames", min=16, max=100000)
+    with atomic_path(path, suffix=".onnx") as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's progress notes and deprecations of torch internals
+        torch.onnx.export(model, (example,), str(tmp), dynamo=True, input_names=[INPUT], output_names=[OUTPUT],
+                          dynamic_shapes=({0: batch, 1: frames},), external_data=False, verbose=False,
+                          report=False)
+    return path
+
+
+def load_session(path: str | Path, n_mels: int, threads: int = 0):
+    """An ONNX Runtime CPU session; a file that is not ONNX, or not an embedder of ``n_mels`` log-mel
+    features, is a one-line error."""
+    import onnxruntime as ort
+
+    path = Path(path)
+    if not path.is_file():
+        raise BenchError(f"ONNX model {path} does not exist; export one with `svbench export --checkpoint ...`")
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads or (os.cpu_count() or 1)
+    opts.log_severity_level = 3
+    try:
+        sess = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise BenchError(f"ONNX model {path} cannot be loaded ({first}); re-export it with `svbench export`") from None
+    inputs = sess.get_inputs()
+    shape = inputs[0].shape if len(inputs) == 1 else None
+    if shape is None or len(shape) != 3 or shape[-1] != n_mels:
+        got = ", ".join(f"{i.name}{i.shape}" for i in inputs)
+        raise BenchError(f"ONNX model {path} does not match the checkpoint: it takes {got}, the checkpoint's model "
+                         f"takes (batch, frames, {n_mels}) features; export it from this checkpoint")
+    return sess
+
+
+class OnnxEmbedder:
+    """An ONNX Runtime session called like the torch extraction model: (B, T, F) tensor -> (B, D) tensor."""
+
+    def __init__(self, session):
+        self.session = session
+        self.input = session.get_inputs()[0].name
+
+    def __call__(self, feats: torch.Tensor) -> torch.Tensor:
+        out = self.session.run(None, {self.input: feats.detach().float().cpu().numpy()})[0]
+        return torch.from_numpy(out)
+
+    def eval(self) -> "OnnxEmbedder":
+        return self
+
+
+class _Calibration:
+    """ONNX Runtime's CalibrationDataReader protocol over a list of feature arrays (one utterance each)."""
+
+    def __init__(self, feats: list[np.ndarray]):
+        self.items = iter([{INPUT: f} for f in feats])
+
+    def get_next(self):
+        return next(self.items, None)
+
+    def rewind(self):  # not needed by the MinMax calibrator; part of the protocol
+        pass
+
+
+def calibration_features(train_rows, root: Path, fbank, n_utts: int, seed: int, max_s: float = 6.0) -> list[np.ndarray]:
+    """Log-mel features of a seeded sample of training utterances (each cut to ``max_s``)."""
+    from bench.data.audio import load_audio
+
+    rows = train_rows.sample(n=min(n_utts, len(train_rows)), random_state=seed)
+    out = []
+    for p in rows["path"]:
+        wav = load_audio(root / p)[: int(max_s * fbank.sample_rate)]
+        with torch.no_grad():
+            out.append(fbank(torch.from_numpy(wav)[None]).numpy().astype(np.float32))
+    return out
+
+
+def quantize_int8(fp32_path: str | Path, out_path: str | Path, calibration: list[np.ndarray]) -> Quantized:
+    """Static QDQ int8 (per-channel weights) calibrated on ``calibration``; dynamic int8 where static fails."""
+    import tempfile
+
+    from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType, quantize_dynamic,
+                                          quantize_static)
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from bench.atomic import atomic_path
+
+    out_path = Path(out_path)
+    quiet = logging.getLogger()  # the quantizer reports per-tensor notes on the root logger
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    with tempfile.TemporaryDirectory(prefix="svbench-quant-") as tmp:
+        pre = Path(tmp) / "pre.onnx"
+        quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
+        with atomic_path(out_path, suffix=".onnx") as dst:
+            try:
+                quantize_static(str(pre), str(dst), _Calibration(calibration), quant_format=QuantFormat.QDQ,
+                                per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                                calibrate_method=CalibrationMethod.MinMax, op_types_to_quantize=list(INT8_OPS))
+                mode, reason = "static-qdq", None
+            except Exception as exc:  # an op the static quantizer cannot handle: weights-only int8
+                reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''}"
+                quantize_dynamic(str(pre), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=list(INT8_OPS))
+                mode = "dynamic"
+            finally:
+                quiet.setLevel(level)
+    return Quantized(out_path, mode, quantized_ops(out_path), reason)
+
+
+def quantized_ops(path: str | Path) -> dict[str, int]:
+    """Op types that run on int8, and how many nodes: in QDQ form the nodes whose weight comes through a
+    DequantizeLinear of an int8 initializer; in dynamic form the integer ops (ConvInteger, MatMulInteger)."""
+    import onnx
+
+    graph = onnx.load(str(path)).graph
+    inits = {i.name for i in graph.initializer}
+    int8_weights = {o for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits for o in n.output}
+    count: Counter[str] = Counter()
+    for n in graph.node:
+        if "Integer" in n.op_type or n.op_type.startswith("QLinear") or any(i in int8_weights for i in n.input[1:]):
+            count[n.op_type] += 1
+    return dict(sorted(count.items()))
+
+
+def model_size_mb(path: str | Path) -> float:
+    """On-disk size, external data files included."""
+    path = Path(path)
+    extra = sum(p.stat().st_size for p in path.parent.glob(f"{path.name}.data"))
+    return (path.stat().st_size + extra) / 2**20
