@@ -172,6 +172,48 @@ def _bootstrap_settings(runs: pd.DataFrame) -> tuple[int, float]:
     return int(first("params.eval.bootstrap_resamples", 1000)), first("params.eval.ci_level", 0.95)
 
 
+def deployment_table(runs: pd.DataFrame, trials: str) -> pd.DataFrame:
+    """One row per variant and inference back end (PyTorch precisions, ONNX Runtime fp32/int8): J per 1k trials,
+    EER, its difference to PyTorch fp32, size on disk; ``pareto`` marks the deployment front (J/1k vs EER)."""
+    rows = []
+    for _, r in runs.iterrows():
+        for col in runs.columns:
+            head, _, key = col.removeprefix("metrics.").partition("/")
+            if not col.startswith("metrics.infer") or key != "energy_j_per_1k_trials" or pd.isna(r[col]):
+                continue
+            backend = "fp32" if head == "infer" else head.removeprefix("infer_")
+            eer = r.get(f"metrics.eer_pct/{trials}") if backend == "fp32" else r.get(f"metrics.{head}/eer_pct/{trials}")
+            if eer is None or pd.isna(eer):
+                continue
+            rows.append({"variant": r["tags.svbench.variant"], "back end": backend, "j_per_1k_trials": r[col],
+                         "eer_pct": eer, "eer_diff_pct": r.get(f"metrics.{head}/eer_diff_pct/{trials}"),
+                         "utt_per_s": r.get(f"metrics.{head}/utt_per_s"),
+                         "model_size_mb": r.get(f"metrics.{head}/model_size_mb")})
+    t = pd.DataFrame(rows, columns=["variant", "back end", "j_per_1k_trials", "eer_pct", "eer_diff_pct", "utt_per_s",
+                                    "model_size_mb"])
+    t["pareto"] = pareto_mask(t["j_per_1k_trials"].to_numpy(), t["eer_pct"].to_numpy()) if len(t) else []
+    return t.sort_values("j_per_1k_trials").reset_index(drop=True)
+
+
+def _fig_deployment(d: pd.DataFrame, trials: str, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for backend, g in d.groupby("back end"):
+        ax.scatter(g["j_per_1k_trials"], g["eer_pct"], label=backend, zorder=3)
+    front = d[d["pareto"]].sort_values("j_per_1k_trials")
+    ax.plot(front["j_per_1k_trials"], front["eer_pct"], "--", color="tab:red", label="deployment front")
+    for _, r in d.iterrows():
+        ax.annotate(r["variant"], (r["j_per_1k_trials"], r["eer_pct"]), textcoords="offset points", xytext=(4, 4),
+                    fontsize=7)
+    ax.set_xscale("log")
+    ax.set_xlabel("inference energy (J per 1k trials, log)")
+    ax.set_ylabel(f"EER % ({trials})")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def _md(df: pd.DataFrame) -> str:
     return df.to_markdown(index=False, floatfmt=".4g")
 
@@ -203,6 +245,14 @@ def build_report(runs: pd.DataFrame, out_dir: str | Path, title: str, trials: st
         lines += [_md(gains[["variant", "train_energy_j", "eer_pct", "extra_kwh", "eer_gain_pct_points", "eer_gain_per_kwh"]]), ""]
     lines += [f"Knee of the front: **{knee}**." if knee else "Fewer than 3 points on the front: no knee.", "",
               "![EER vs params](eer_vs_params.png)", "", "## Inference", "", "![inference](inference_energy.png)", ""]
+    deploy = deployment_table(runs, trials)
+    if len(deploy):
+        _fig_deployment(deploy, trials, out / "deployment.png")
+        deploy.to_csv(out / "deployment.csv", index=False)
+        lines += ["### Deployment: inference energy against EER per back end", "",
+                  "`pareto` marks the deployment front (no other variant and back end has both fewer J per 1k "
+                  "trials and a lower EER); `eer_diff_pct` is the back end's EER minus PyTorch fp32's.", "",
+                  _md(deploy), "", "![deployment](deployment.png)", ""]
     for series in ("depth", "width", "stages"):
         sub = t[t["series"].str.split(",").apply(lambda s: series in s)]
         if len(sub):
@@ -260,7 +310,8 @@ def paired_comparisons(t: pd.DataFrame, trials: str, n_resamples: int = 1000, le
         for b in names[i + 1:]:
             d = paired_difference(have[a][0], have[b][0], have[a][1], have[b][1], level)
             e, c = d["eer_pct"], d["min_dcf_p01"]
-            rows.append({"A": a, "B": b, "eer_diff_pct": f"{e.value:+.2f} [{e.interval.low:+.2f}, {e.interval.high:+.2f}]",
+            eer_diff = f"{e.value:+.2f} [{e.interval.low:+.2f}, {e.interval.high:+.2f}]"
+            rows.append({"A": a, "B": b, "eer_diff_pct": eer_diff,
                          "min_dcf_p01_diff": f"{c.value:+.3f} [{c.interval.low:+.3f}, {c.interval.high:+.3f}]",
                          "verdict": e.verdict})
     return pd.DataFrame(rows)

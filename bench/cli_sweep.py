@@ -60,7 +60,8 @@ def _report(sweep_key=None, parent=None, out=None, title="report", experiment=No
     print(f"\n{title}: {len(rep['table'])} variants, trial list {rep['trials']}")
     print(terminal_table(rep))
     print(f"Pareto-optimal: {', '.join(rep['table'][rep['table']['pareto']]['variant'])}; knee: {rep['knee']}")
-    print("eer_ci: bootstrap interval over speakers; report.md judges each pair by a paired bootstrap of the difference.")
+    print("eer_ci: bootstrap interval over speakers; report.md judges each pair by a paired bootstrap of their "
+          "difference.")
     print(f"report: {Path(rep['dir']) / 'report.md'}")
     return rep
 

@@ -25,6 +25,9 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+INFER_BACKENDS = ("fp32", "bf16", "fp16", "onnx-fp32", "onnx-int8")  # PyTorch precisions, then ONNX Runtime
+
+
 class AugmentConfig(_Section):
     musan_dir: Optional[str] = None
     rir_dir: Optional[str] = None
@@ -117,8 +120,11 @@ class EvalConfig(_Section):
     bootstrap_resamples: int = Field(1000, ge=0, description="speaker-bootstrap resamples for EER/minDCF intervals; 0 = off")
     ci_level: float = Field(0.95, gt=0.0, lt=1.0)
     latency: bool = Field(True, description="measure per-utterance latency, throughput and real-time factor")
-    infer_precisions: list[Literal["fp32", "bf16", "fp16"]] = Field(
-        default_factory=lambda: ["fp32"], description="precisions whose inference energy is measured")
+    infer_precisions: list[Literal[INFER_BACKENDS]] = Field(
+        default_factory=lambda: ["fp32"], description="back ends whose inference energy is measured")
+    threads: int = Field(0, ge=0, description="intra-op threads of inference, PyTorch and ONNX Runtime alike; 0 = "
+                                              "torch's default (all cores)")
+    int8_calibration_utts: int = Field(64, ge=1, description="training utterances that calibrate static int8")
 
 
 class EnergyConfig(_Section):

@@ -14,6 +14,7 @@ Back ends are named ``onnx-fp32`` and ``onnx-int8`` wherever precisions are (``s
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 from collections import Counter
@@ -23,9 +24,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench.config import INFER_BACKENDS
 from bench.errors import BenchError
 
-ONNX_BACKENDS = ("onnx-fp32", "onnx-int8")
+ONNX_BACKENDS = tuple(b for b in INFER_BACKENDS if b.startswith("onnx-"))
 INT8_OPS = ("Conv", "MatMul", "Gemm")  # the compute: quantizing the cheap element-wise ops only adds Q/DQ pairs
 INPUT = "fbank"
 OUTPUT = "embedding"
@@ -46,7 +48,7 @@ def export_onnx(extractor: torch.nn.Module, n_mels: int, path: str | Path) -> Pa
     from bench.atomic import atomic_path
 
     path = Path(path)
-    model = extractor.to(memory_format=torch.contiguous_format).cpu().eval()
+    model = copy.deepcopy(extractor).to(memory_format=torch.contiguous_format).cpu().eval()  # caller's stays as is
     example = torch.randn(2, 300, n_mels)
     batch, frames = torch.export.Dim("batch", min=1, max=1024), torch.export.Dim("frames", min=16, max=100000)
     with atomic_path(path, suffix=".onnx") as tmp, warnings.catch_warnings():
@@ -175,3 +177,83 @@ def model_size_mb(path: str | Path) -> float:
     path = Path(path)
     extra = sum(p.stat().st_size for p in path.parent.glob(f"{path.name}.data"))
     return (path.stat().st_size + extra) / 2**20
+
+
+# ------------------------------------------------------------------ back ends for inference
+@dataclass
+class Backend:
+    """What ``measure_inference`` runs for one back end: a LoadedModel whose extractors are the back end's,
+    the autocast precision (fp32 for ONNX Runtime), its size on disk and what it is."""
+    model: object  # bench.evaluate.LoadedModel
+    precision: str
+    size_mb: float
+    details: dict
+
+
+def torch_weights_mb(module: torch.nn.Module) -> float:
+    return sum(t.numel() * t.element_size() for t in module.state_dict().values()) / 2**20
+
+
+def prepare_backends(model, cfg, names: list[str], checkpoint: str | Path | None = None,
+                     onnx_path: str | Path | None = None) -> dict[str, Backend]:
+    """PyTorch precisions as they are; ONNX back ends exported from ``checkpoint`` (cached beside it as
+    ``<stem>.onnx`` and ``<stem>.int8.onnx``, rebuilt when older than it) or, for onnx-fp32, ``onnx_path``."""
+    from dataclasses import replace
+
+    from bench.data.manifest import TRAIN_MANIFEST, data_root, read_manifest
+    from bench.evaluate import make_fbank
+
+    out: dict[str, Backend] = {}
+    size = torch_weights_mb(model.embedder)
+    for name in names:
+        if name not in ONNX_BACKENDS:
+            out[name] = Backend(model, name, size, {"engine": "pytorch"})
+    wanted = [n for n in names if n in ONNX_BACKENDS]
+    if not wanted:
+        return out
+    if onnx_path is None and checkpoint is None:
+        raise BenchError("the ONNX back ends need the checkpoint they are exported from (--checkpoint) or --onnx")
+    fp32 = Path(onnx_path) if onnx_path else Path(checkpoint).with_suffix(".onnx")
+    if onnx_path is None and _stale(fp32, Path(checkpoint)):
+        export_onnx(model.extractor, model.spec.n_mels, fp32)
+    threads = cfg.eval.threads or torch.get_num_threads()
+    paths = {"onnx-fp32": fp32}
+    details = {"onnx-fp32": {"engine": "onnxruntime", "path": str(fp32), "threads": threads}}
+    if "onnx-int8" in wanted:
+        int8 = fp32.with_name(f"{fp32.stem}.int8.onnx")
+        load_session(fp32, model.spec.n_mels, threads)  # a corrupt or mismatched source: its one-line error first
+        if _stale(int8, fp32):
+            root = data_root(cfg.data.root)
+            fbank = make_fbank(cfg, torch.device("cpu"))
+            calib = calibration_features(read_manifest(root / TRAIN_MANIFEST), root, fbank,
+                                         cfg.eval.int8_calibration_utts, cfg.train.seed)
+            q = quantize_int8(fp32, int8, calib)
+            (int8.parent / f"{int8.name}.json").write_text(_quant_json(q, len(calib)))
+        paths["onnx-int8"] = int8
+        details["onnx-int8"] = {"engine": "onnxruntime", "path": str(int8), "threads": threads,
+                                **_read_quant_json(int8)}
+    for name in wanted:
+        emb = OnnxEmbedder(load_session(paths[name], model.spec.n_mels, threads))
+        out[name] = Backend(replace(model, extractor=emb, list_extractor=emb), "fp32", model_size_mb(paths[name]),
+                            details[name])
+    return out
+
+
+def _stale(target: Path, source: Path) -> bool:
+    return not target.is_file() or target.stat().st_mtime < source.stat().st_mtime
+
+
+def _quant_json(q: Quantized, n_calibration: int) -> str:
+    import json
+
+    return json.dumps({"mode": q.mode, "quantized_ops": q.quantized_ops, "fallback_reason": q.fallback_reason,
+                       "calibration_utts": n_calibration})
+
+
+def _read_quant_json(path: Path) -> dict:
+    import json
+
+    side = path.parent / f"{path.name}.json"
+    if side.is_file():
+        return json.loads(side.read_text())
+    return {"mode": "unknown", "quantized_ops": quantized_ops(path)}

@@ -145,11 +145,14 @@ def load_trial_lists(cfg: Config, names: list[str] | None = None) -> tuple[Path,
 
 def evaluate(model: LoadedModel, cfg: Config, device: torch.device, out_dir: Path | None = None,
              trial_names: list[str] | None = None, precision: str = "fp32",
-             measured: ContextManager | None = None) -> dict[str, dict]:
-    """Metrics per trial list (and score files under ``out_dir/scores`` when given).
+             measured: ContextManager | None = None, label: str | None = None,
+             scores_out: dict | None = None) -> dict[str, dict]:
+    """Metrics per trial list (and score files under ``out_dir/scores`` when given, ``<list>.txt`` for fp32 and
+    ``<list>.<label>.txt`` for another back end; ``label`` defaults to the precision).
 
     ``measured`` (an energy window) is entered around the embeddings and the scoring only: loading the
-    trial lists, the bootstrap intervals and writing score files stay outside it."""
+    trial lists, the bootstrap intervals and writing score files stay outside it. ``scores_out`` receives
+    trial list name -> (TrialList, scores)."""
     root, lists, df = load_trial_lists(cfg, trial_names)
     needed = sorted(set().union(*[set(t.utterances) for t in lists]))
     rows = df.set_index("utt_id").loc[needed]
@@ -167,7 +170,10 @@ def evaluate(model: LoadedModel, cfg: Config, device: torch.device, out_dir: Pat
         all_scores = [score_trials(emb, index, t, mean, cohort.numpy() if cohort is not None else None,
                                    cfg.eval.as_norm_top_n) for t in lists]
     results = {}
+    label = label or precision
     for t, scores in zip(lists, all_scores):
+        if scores_out is not None:
+            scores_out[t.name] = (t, scores)
         metrics = verification_metrics(scores, t.labels)
         if cfg.eval.bootstrap_resamples:
             ci = bootstrap_ci(scores, t.labels, [speaker_of(u) for u in t.enroll], [speaker_of(u) for u in t.test],
@@ -175,7 +181,7 @@ def evaluate(model: LoadedModel, cfg: Config, device: torch.device, out_dir: Pat
             metrics["ci"] = {k: [i.low, i.high] for k, i in ci.items()}
             metrics.update(ci_level=cfg.eval.ci_level, ci_resamples=ci["eer_pct"].n_resamples)
         if out_dir is not None:
-            path = Path(out_dir) / "scores" / f"{t.name}{'' if precision == 'fp32' else '.' + precision}.txt"
+            path = Path(out_dir) / "scores" / f"{t.name}{'' if label == 'fp32' else '.' + label}.txt"
             write_scores(path, t, scores)
             metrics["score_file"] = str(path)
         results[t.name] = metrics

@@ -1,48 +1,97 @@
-"""Inference energy: embedding extraction plus scoring, measured per precision.
+"""Inference energy: embedding extraction plus scoring, measured per back end.
 
-Reports J per utterance, J per 1k trials, gCO2e per 1k trials, utterances/s and EER/minDCF for each
-precision (fp32, bf16, fp16 where the device supports it).
+Back ends: the PyTorch precisions (fp32, bf16, fp16 where the device supports it) and ONNX Runtime
+(``onnx-fp32``, ``onnx-int8``: ``bench.deploy``). For each: J per utterance, J per 1k trials, gCO2e per 1k
+trials, utterances/s, EER/minDCF, latency at batch size 1, size on disk, and for every back end but PyTorch
+fp32 the EER difference to it with its paired speaker-bootstrap interval (both on the same resamples).
 """
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import torch
 
 from bench.config import Config
+from bench.deploy import prepare_backends
 from bench.energy.accounting import intensity_series
 from bench.energy.carbon import carbon_of
 from bench.energy.meters import MeterSet
 from bench.evaluate import LoadedModel, evaluate, load_trial_lists, make_fbank
 from bench.latency import measure_latency
+from bench.metrics import verification_metrics
+from bench.statistics import METRICS, paired_difference, resampled_metrics, speaker_of, speaker_resamples
 
 
 def measure_inference(model: LoadedModel, cfg: Config, device: torch.device, meters: MeterSet,
                       precisions: list[str], out_dir: Path | None = None, trial_names: list[str] | None = None,
-                      series=None) -> dict[str, dict]:
+                      series=None, checkpoint: str | Path | None = None,
+                      onnx_path: str | Path | None = None) -> dict[str, dict]:
     _, lists, _ = load_trial_lists(cfg, trial_names)
     n_utts = len(set().union(*[set(t.utterances) for t in lists]))
     n_trials = sum(len(t) for t in lists)
     series = series if series is not None else intensity_series(cfg.energy)
+    backends = prepare_backends(model, cfg, precisions, checkpoint, onnx_path)
     out: dict[str, dict] = {}
-    for precision in precisions:
-        window = meters.window(f"infer/{precision}")  # embeddings and scoring only (see evaluate)
-        metrics = evaluate(model, cfg, device, out_dir, trial_names, precision=precision, measured=window)
-        r = meters.readings[-1]
-        row = {"time_s": r.time_s, "utt_per_s": n_utts / r.time_s if r.time_s > 0 else None, "n_utts": n_utts,
-               "n_trials": n_trials, **r.tags(), "metrics": metrics}
-        if r.total_j is not None:
-            carbon = carbon_of([r], cfg.energy.pue, cfg.energy.region, series)
-            row.update(energy_j=r.total_j, energy_j_per_utt=r.total_j / n_utts,
-                       energy_j_per_1k_trials=r.total_j / n_trials * 1000.0,
-                       co2_g_per_1k_trials=carbon.co2_g / n_trials * 1000.0)
-        if cfg.eval.latency:
-            root, df = load_trial_lists(cfg, trial_names)[0::2]
-            row.update(measure_latency(model.extractor, make_fbank(cfg, device), [root / p for p in df["path"]],
-                                       device, precision, seed=cfg.train.seed))
-        out[precision] = row
+    scores: dict[str, dict] = {}
+    with _threads(cfg.eval.threads):
+        for name in precisions:
+            b = backends[name]
+            window = meters.window(f"infer/{name}")  # embeddings and scoring only (see evaluate)
+            scores[name] = {}
+            metrics = evaluate(b.model, cfg, device, out_dir, trial_names, precision=b.precision, measured=window,
+                               label=name, scores_out=scores[name])
+            r = meters.readings[-1]
+            row = {"time_s": r.time_s, "utt_per_s": n_utts / r.time_s if r.time_s > 0 else None, "n_utts": n_utts,
+                   "n_trials": n_trials, **r.tags(), "metrics": metrics, "model_size_mb": b.size_mb,
+                   "backend": b.details}
+            if r.total_j is not None:
+                carbon = carbon_of([r], cfg.energy.pue, cfg.energy.region, series)
+                row.update(energy_j=r.total_j, energy_j_per_utt=r.total_j / n_utts,
+                           energy_j_per_1k_trials=r.total_j / n_trials * 1000.0,
+                           co2_g_per_1k_trials=carbon.co2_g / n_trials * 1000.0)
+            if cfg.eval.latency:
+                root, df = load_trial_lists(cfg, trial_names)[0::2]
+                row.update(measure_latency(b.model.extractor, make_fbank(cfg, device), [root / p for p in df["path"]],
+                                           device, b.precision, seed=cfg.train.seed))
+            out[name] = row
+    if "fp32" in scores:
+        for name, row in out.items():
+            if name != "fp32":
+                row.update(_difference_to_fp32(scores[name], scores["fp32"], cfg))
     return out
+
+
+def _difference_to_fp32(mine: dict, ref: dict, cfg: Config) -> dict:
+    """EER of this back end minus PyTorch fp32's per trial list, with the paired bootstrap interval."""
+    diff, ci = {}, {}
+    for name, (t, s) in mine.items():
+        spk_e, spk_t = [speaker_of(u) for u in t.enroll], [speaker_of(u) for u in t.test]
+        ref_scores = ref[name][1]
+        obs_a, obs_b = verification_metrics(s, t.labels), verification_metrics(ref_scores, t.labels)
+        if not cfg.eval.bootstrap_resamples:
+            diff[name] = obs_a["eer_pct"] - obs_b["eer_pct"]
+            continue
+        res = speaker_resamples(spk_e, spk_t, cfg.eval.bootstrap_resamples)
+        a = resampled_metrics(s, t.labels, spk_e, spk_t, res)
+        b = resampled_metrics(ref_scores, t.labels, spk_e, spk_t, res)
+        d = paired_difference({k: obs_a[k] for k in METRICS}, {k: obs_b[k] for k in METRICS}, a, b,
+                              cfg.eval.ci_level)["eer_pct"]
+        diff[name], ci[name] = d.value, [d.interval.low, d.interval.high]
+    return {"eer_diff_pct": diff, "eer_diff_ci": ci}
+
+
+@contextlib.contextmanager
+def _threads(n: int):
+    """``eval.threads`` for PyTorch while inference runs (ONNX Runtime sessions get the same number)."""
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def eer_by_list(rows: dict[str, dict]) -> dict[str, dict]:

@@ -35,7 +35,8 @@ def check_launcher(storage_url: str | None = None) -> None:
     """The one-line errors before anything is submitted: no Slurm here, or an Optuna storage that other
     nodes cannot reach (a journal file or sqlite)."""
     if shutil.which("sbatch") is None:
-        raise BenchError("--launcher slurm needs `sbatch` on PATH; run it on a Slurm login node (or use --launcher local)")
+        raise BenchError("--launcher slurm needs `sbatch` on PATH; run it on a Slurm login node "
+                         "(or use --launcher local)")
     if storage_url is not None and not storage_url.startswith(("postgresql", "mysql")):
         raise BenchError(f"--launcher slurm needs an Optuna storage every node can reach (postgresql+psycopg2://... "
                          f"or mysql://...), not {storage_url}; pass --storage")
@@ -111,7 +112,8 @@ class JobState:
 def squeue_states() -> dict[str, str]:
     """Job id (``123`` or ``123_4`` for an array task) -> Slurm state, for every job Slurm holds."""
     try:
-        out = subprocess.run(["squeue", "-h", "-r", "-o", "%i %T"], capture_output=True, text=True, timeout=30, check=True)
+        out = subprocess.run(["squeue", "-h", "-r", "-o", "%i %T"], capture_output=True, text=True, timeout=30,
+                             check=True)
     except (OSError, subprocess.SubprocessError) as exc:
         raise BenchError(f"cannot read the Slurm queue (squeue: {exc}); is the cluster up?") from None
     return dict(line.split(None, 1) for line in out.stdout.splitlines() if " " in line)

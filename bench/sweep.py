@@ -140,8 +140,9 @@ def run_sweep(grid: Grid, out_root: str | Path, progress: bool = True, new: bool
     client.set_tag(parent_id, tracking.TAG_SWEEP, grid.key)
     client.set_tag(parent_id, "svbench.grid", grid.name)
     # an unfinished variant resumes in its own run, now under this parent (`mlflow run` makes a new one each time)
-    unfinished = {} if new else {r.data.tags.get(tracking.TAG_VARIANT): r.info.run_id for r in reversed(earlier)
-                                 if r.info.status != "FINISHED" and r.data.tags.get(tracking.TAG_VARIANT) not in finished}
+    unfinished = {} if new else {
+        r.data.tags.get(tracking.TAG_VARIANT): r.info.run_id for r in reversed(earlier)
+        if r.info.status != "FINISHED" and r.data.tags.get(tracking.TAG_VARIANT) not in finished}
     for rid in unfinished.values():
         client.set_tag(rid, tracking.PARENT, parent_id)
     skipped = [v.name for v in grid.variants if v.name in finished]
@@ -172,7 +173,8 @@ def _variant_tags(grid: Grid, v: Variant) -> dict:
 def _report_variant(grid: Grid, v: Variant, metrics: dict) -> None:
     eer = next((val for k, val in metrics.items() if k.startswith("eer_pct/") and k.count("/") == 1), float("nan"))
     seeds = f" (mean of {v.config.seeds} seeds)" if v.config.seeds > 1 else ""
-    print(f"[sweep {grid.name}] {v.name}: EER {eer:.2f}%  train {metrics.get('train/energy_j', float('nan')):.1f} J{seeds}")
+    energy = metrics.get("train/energy_j", float("nan"))
+    print(f"[sweep {grid.name}] {v.name}: EER {eer:.2f}%  train {energy:.1f} J{seeds}")
 
 
 def _run_here(grid: Grid, todo: list[Variant], out_root: Path, parent_id: str, exp_id: str, unfinished: dict,

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import platform
 import subprocess
 import tempfile
 import time
@@ -26,6 +25,7 @@ from mlflow.tracking import MlflowClient
 from bench.config import Config, config_to_yaml, flat_params
 from bench.energy.reading import reading_from_state
 from bench.errors import BenchError
+from bench.machine import cpu_model
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 TAG_KIND = "svbench.kind"  # sweep | variant | study | trial
@@ -112,11 +112,17 @@ def inference_metrics(inference: dict[str, dict], fp32_eer: bool = False) -> dic
     for precision, row in inference.items():
         prefix = "infer" if precision == "fp32" else f"infer_{precision}"
         for key in ("energy_j_per_utt", "energy_j_per_1k_trials", "co2_g_per_1k_trials", "utt_per_s", "time_s",
-                    "latency_p50_ms", "latency_p95_ms", "rtf", "throughput_utt_per_s", "best_batch_size"):
+                    "latency_p50_ms", "latency_p95_ms", "rtf", "throughput_utt_per_s", "best_batch_size",
+                    "model_size_mb"):
             if row.get(key) is not None:
                 m[f"{prefix}/{key}"] = row[key]
         if precision != "fp32" or fp32_eer:
             m.update({f"{prefix}/eer_pct/{trials}": eer for trials, eer in row["eer_pct"].items()})
+        for trials, diff in row.get("eer_diff_pct", {}).items():  # to PyTorch fp32, paired bootstrap interval
+            key = f"{prefix}/eer_diff_pct/{trials}"
+            m[key] = diff
+            if trials in row.get("eer_diff_ci", {}):
+                m[stat_key(key, "ci_low")], m[stat_key(key, "ci_high")] = row["eer_diff_ci"][trials]
     return m
 
 
@@ -144,21 +150,11 @@ def log_new_params(run_id: str, params: dict) -> None:
 
 def environment_tags() -> dict[str, str]:
     tags = {"torch.version": torch.__version__, "cuda.version": str(torch.version.cuda),
-            "cpu.model": _cpu_model(), "cpu.count": str(os.cpu_count()),
+            "cpu.model": cpu_model(), "cpu.count": str(os.cpu_count()),
             "gpu.count": str(torch.cuda.device_count()), "git.commit": _git_commit()}
     if torch.cuda.is_available():
         tags["gpu.model"] = torch.cuda.get_device_name(0)
     return tags
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _git_commit() -> str:

@@ -92,7 +92,8 @@ def run_variant(cfg: Config, out_dir: str | Path, resume: bool = False, callback
         model.payload.update(stats)
         ckpt.save(model.payload, tr.model_path)
         precisions = ["fp32"] + [p for p in cfg.eval.infer_precisions if p != "fp32"]
-        inference = measure_inference(model, cfg, device, meters, precisions, out_dir, series=series)
+        inference = measure_inference(model, cfg, device, meters, precisions, out_dir, series=series,
+                                      checkpoint=tr.model_path)
         metrics = inference["fp32"]["metrics"]
         spec = spec_from_config(cfg.model, n_mels=cfg.features.n_mels)
         n_classes = len(model.payload["speakers"]) * (3 if cfg.data.augment.speed_perturb else 1)

@@ -49,6 +49,7 @@ from bench.energy.meters import create_meters  # noqa: E402
 from bench.energy.plan import measurement_plan  # noqa: E402
 from bench.evaluate import extract_embeddings, load_model, make_fbank  # noqa: E402
 from bench.infer import measure_inference  # noqa: E402
+from bench.machine import cpu_model  # noqa: E402
 from bench.models import build_model, get_spec  # noqa: E402
 from bench.models.inference import extraction_model  # noqa: E402
 from bench.models.profile import estimate_train_memory_mb, measure_train_memory_mb  # noqa: E402
@@ -275,25 +276,33 @@ def step_peak_memory(s: Settings, deadline: float) -> dict:
 
 
 def _cpu_peak_mb(spec, batch: int) -> float:
-    """Peak RSS growth of one training step, in a fresh process (this one's high-water mark is already set)."""
-    import multiprocessing
+    """Peak RSS growth over one training step (model, head, optimizer state, activations), sampled every
+    millisecond by a thread: the CPU has no allocator statistics like torch.cuda's."""
+    import threading
 
-    with multiprocessing.get_context("spawn").Pool(1) as pool:
-        return pool.apply(_cpu_step_rss_mb, (spec, batch))
-
-
-def _cpu_step_rss_mb(spec, batch: int) -> float:
-    import resource
+    import psutil
 
     from bench.models.heads import MarginHead
 
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    proc = psutil.Process()
+    before = proc.memory_info().rss
+    peak, done = [before], threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], proc.memory_info().rss)
+            time.sleep(0.001)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     model, head = build_model(spec).train(), MarginHead(spec.embed_dim, 5994)
     opt = torch.optim.SGD(list(model.parameters()) + list(head.parameters()), lr=0.01, momentum=0.9)
     y = torch.randint(0, 5994, (batch,))
     torch.nn.functional.cross_entropy(head(model(torch.randn(batch, 200, spec.n_mels)), y), y).backward()
     opt.step()
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - before
+    done.set()
+    sampler.join()
+    return (peak[0] - before) / 2**20
 
 
 def _synced(device: torch.device, fn):
@@ -315,7 +324,7 @@ STEPS = [("train_throughput", step_train_throughput), ("energy_crosscheck", step
 # ---------------------------------------------------------------- report
 def machine_header(device: torch.device) -> dict:
     head = {"torch": torch.__version__, "cuda": str(torch.version.cuda), "python": platform.python_version(),
-            "cpu": _cpu_model(), "device": str(device)}
+            "cpu": cpu_model(), "device": str(device)}
     if device.type == "cuda":
         head["gpu"] = torch.cuda.get_device_name(device)
         try:
@@ -326,14 +335,6 @@ def machine_header(device: torch.device) -> dict:
         except Exception as exc:  # the table says why the driver is missing
             head["driver"] = f"unknown ({type(exc).__name__})"
     return head
-
-
-def _cpu_model() -> str:
-    try:
-        return next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                    if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown"
 
 
 def markdown(result: dict) -> str:
@@ -360,7 +361,8 @@ def _summary(name: str, st: dict) -> str:
         return st.get("error", "").replace("|", "/")[:160]
     r = st["result"]
     if name == "energy_crosscheck":
-        return (f"counter {r['counter_j']:.1f} J vs samples {r['power_integral_j']:.1f} J ({r['difference_pct']:.1f}%); "
+        return (f"counter {r['counter_j']:.1f} J vs samples {r['power_integral_j']:.1f} J "
+                f"({r['difference_pct']:.1f}%); "
                 f"idle {r['idle_w']:.0f} W, load {r['load_w']:.0f} W, dynamic {r['dynamic_share_pct']:.0f}%")
     if name == "end_to_end":
         return f"energy source {r['energy_source']}; EER {r['eer_pct']}"

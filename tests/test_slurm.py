@@ -17,7 +17,7 @@ overrides: {train.epochs: 2, tracking.log_model: false, train.checkpoint_every_s
 variants:
   - {name: v18, series: [depth], model: tiny-ResNet-18-D}
   - {name: vw25, series: [depth, width], model: tiny-ResNet-50-W0.25}
-  - {name: broken, series: [depth], model: tiny-ResNet-18-D, overrides: {data.root: /nonexistent/corpus}}
+  - {name: broken, series: [depth], model: tiny-ResNet-18-D, overrides: {train.device: "cuda"}}
 """
 
 
@@ -94,7 +94,7 @@ def test_sweep_on_slurm_nested_runs_requeue_and_a_failing_job(slurm_cluster, tin
         broken = runs["broken"]
         assert broken.info.status == "FAILED" and broken.data.tags["slurm.state"] == "FAILED"
         tail = client.download_artifacts(broken.info.run_id, "slurm_stderr_tail.txt", str(tmp_path))
-        assert "/nonexistent/corpus" in open(tail).read()
+        assert "no CUDA GPU is visible" in open(tail).read()  # the job's own error, from its stderr
         jobs = run_cli("jobs", "--experiment", "slsweep", env=env, cwd=tmp_path)
         assert jobs.returncode == 0, jobs.stderr
         assert jobs.stdout.count("COMPLETED") == 2 and "FAILED" in jobs.stdout

@@ -63,18 +63,23 @@ def test_mlflow_run_train_entry(tiny_corpus, tmp_path):
     _pyfunc_embeds_whole_utterances(models[0].model_uri, tmp_path / "out" / "model.pt", tmp_path, uri)
     # `-e infer` on that checkpoint logs into the run `mlflow run` creates for it
     proc = subprocess.run(["mlflow", "run", str(REPO), "--env-manager", "local", "-e", "infer",
-                           "--experiment-name", "ci-infer", "-P", "preset=tiny", "-P", "precision=fp32,bf16",
-                           "-P", f"data_root={tiny_corpus}", "-P", f"checkpoint={tmp_path / 'out' / 'model.pt'}"], capture_output=True, text=True,
-                          env=fresh_env(MLFLOW_TRACKING_URI=uri), cwd=tmp_path,
-                          timeout=600)
+                           "--experiment-name", "ci-infer", "-P", "preset=tiny",
+                           "-P", "precision=fp32,bf16,onnx-fp32,onnx-int8", "-P", f"data_root={tiny_corpus}",
+                           "-P", f"checkpoint={tmp_path / 'out' / 'model.pt'}"], capture_output=True, text=True,
+                          env=fresh_env(MLFLOW_TRACKING_URI=uri), cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = client.search_runs([client.get_experiment_by_name("ci-infer").experiment_id])
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     m = runs[0].data.metrics
-    for key in ("infer/eer_pct/synth", "infer_bf16/eer_pct/synth", "infer/energy_j_per_1k_trials",
-                "infer_bf16/energy_j_per_1k_trials", "infer/utt_per_s"):
-        assert key in m, key
-    assert runs[0].data.params["precision"] == "fp32,bf16" and "energy.source" in runs[0].data.tags
+    for prefix in ("infer", "infer_bf16", "infer_onnx-fp32", "infer_onnx-int8"):  # every back end's keys
+        for key in ("eer_pct/synth", "energy_j_per_1k_trials", "energy_j_per_utt", "utt_per_s", "latency_p50_ms",
+                    "latency_p95_ms", "rtf", "model_size_mb"):
+            assert f"{prefix}/{key}" in m, f"{prefix}/{key}"
+    for prefix in ("infer_bf16", "infer_onnx-fp32", "infer_onnx-int8"):  # paired difference to PyTorch fp32
+        assert m[f"{prefix}/eer_diff_pct/synth/ci_low"] <= m[f"{prefix}/eer_diff_pct/synth"]
+    p = runs[0].data.params
+    assert p["precision"] == "fp32,bf16,onnx-fp32,onnx-int8" and p["onnx-int8.mode"] == "static-qdq"
+    assert "energy.source" in runs[0].data.tags
 
 
 def _pyfunc_embeds_whole_utterances(model_uri, checkpoint, tmp_path, tracking_uri):

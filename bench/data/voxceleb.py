@@ -2,7 +2,8 @@
 
 * VoxCeleb1: ``<root>/wav/idXXXXX/<youtube-id>/00001.wav`` (or the id folders directly under root).
 * VoxCeleb2 dev: ``<root>/dev/aac/idXXXXX/<youtube-id>/00001.m4a`` (or ``aac/`` or id folders under root);
-  each file is decoded with PyAV (FFmpeg inside its wheels) to 16 kHz mono PCM16 under ``<out>/voxceleb2_wav`` (parallel,
+  each file is decoded with PyAV (FFmpeg inside its wheels) to 16 kHz mono PCM16 under ``<out>/voxceleb2_wav``
+  (parallel,
   resumable: existing outputs are skipped; each written to a temp file then renamed).
 * Trial lists (cleaned O/E/H, ``label enroll test``) are copied to ``<out>/trials`` as
   ``vox1-O``, ``vox1-E``, ``vox1-H`` after every file they name was found in the manifest.
@@ -81,7 +82,8 @@ def decode_to_wav(src: Path, dst: Path, sample_rate: int = 16000) -> None:
                 chunks.extend(f.to_ndarray().reshape(-1) for f in resampler.resample(frame))
             chunks.extend(f.to_ndarray().reshape(-1) for f in resampler.resample(None))  # flush
     except (av.error.FFmpegError, IndexError, ValueError) as exc:
-        raise BenchError(f"cannot decode {src} ({str(exc).splitlines()[0][:120]}); re-download the file or drop it") from None
+        why = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        raise BenchError(f"cannot decode {src} ({why}); re-download the file or drop it") from None
     if not chunks:
         raise BenchError(f"{src} holds no audio; re-download the file or drop it")
     with atomic_path(dst, suffix=".wav") as tmp:

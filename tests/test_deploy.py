@@ -1,0 +1,93 @@
+"""Deployment back ends: ONNX export equal to PyTorch, ONNX Runtime fp32 and int8 through `svbench infer`,
+clear errors for a corrupt or mismatched ONNX file."""
+
+import json
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from bench.config import load_config
+from bench.variant import run_variant
+from conftest import assert_one_line_error, run_cli
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_corpus, tmp_path_factory):
+    """One trained tiny checkpoint shared by the deployment tests (trained once, untracked)."""
+    out = tmp_path_factory.mktemp("deploy") / "m"
+    cfg = load_config("tiny", {"data.root": str(tiny_corpus), "train.epochs": 1, "eval.latency": False})
+    run_variant(cfg, out, progress=False)
+    return out / "model.pt"
+
+
+def test_export_equals_pytorch_on_short_and_long_utterances_and_logs_the_onnx_flavor(tiny_model, tiny_corpus,
+                                                                                     tmp_path):
+    from bench import tracking
+    from bench.deploy import OnnxEmbedder, load_session
+    from bench.evaluate import load_model
+
+    tracking.setup_tracking()
+    exp = tracking.set_experiment("deploy-test")
+    run = MlflowClient().create_run(exp, tags={tracking.TAG_OUT: str(tiny_model.parent.resolve())})
+    MlflowClient().set_terminated(run.info.run_id, "FINISHED")
+    onnx_file = tmp_path / "m.onnx"
+    proc = run_cli("export", "--preset", "tiny", "--data.root", tiny_corpus, "--checkpoint", tiny_model,
+                   "--format", "onnx", "--out", onnx_file, "--int8", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "max |ONNX - PyTorch|" in proc.stdout and "int8 (static-qdq" in proc.stdout
+    model = load_model(tiny_model, torch.device("cpu"))
+    onnx_model = OnnxEmbedder(load_session(onnx_file, model.spec.n_mels))
+    gen = torch.Generator().manual_seed(1)
+    for seconds in (1.0, 1.3, 7.7, 20.0):  # whole utterances of 1-20 s, batch 1 and 3
+        for batch in (1, 3):
+            feats = torch.randn(batch, int(seconds * 100), model.spec.n_mels, generator=gen)
+            with torch.no_grad():
+                ref = model.extractor(feats)
+            np.testing.assert_allclose(onnx_model(feats).numpy(), ref.numpy(), atol=1e-4, rtol=0)
+    flavors = {m.name for m in MlflowClient().search_logged_models([exp])}
+    assert {"onnx_model", "onnx_model_int8"} <= flavors  # logged beside the variant's PyTorch model
+    logged = next(m for m in MlflowClient().search_logged_models([exp]) if m.name == "onnx_model")
+    assert logged.source_run_id == run.info.run_id
+    sess = mlflow.pyfunc.load_model(logged.model_uri)  # the onnx flavor served by onnxruntime
+    feats = torch.randn(2, 250, model.spec.n_mels, generator=gen)
+    got = sess.predict(feats.numpy())
+    got = np.asarray(got["embedding"] if isinstance(got, dict) else got)
+    with torch.no_grad():
+        np.testing.assert_allclose(got, model.extractor(feats).numpy(), atol=1e-4, rtol=0)
+
+
+def test_infer_runs_every_backend_with_paired_eer_difference(tiny_model, tiny_corpus, tmp_path):
+    proc = run_cli("infer", "--preset", "tiny", "--data.root", tiny_corpus, "--checkpoint", tiny_model,
+                   "--precision", "fp32,onnx-fp32,onnx-int8", "--json", "--eval.latency", "true", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows, _ = json.JSONDecoder().raw_decode(proc.stdout[proc.stdout.index("{"):])
+    assert set(rows) == {"fp32", "onnx-fp32", "onnx-int8"}
+    fp32, onnx32, int8 = rows["fp32"], rows["onnx-fp32"], rows["onnx-int8"]
+    assert abs(onnx32["metrics"]["synth"]["eer_pct"] - fp32["metrics"]["synth"]["eer_pct"]) < 0.5
+    assert np.isfinite(int8["metrics"]["synth"]["eer_pct"]) and 0 <= int8["metrics"]["synth"]["eer_pct"] <= 100
+    lo, hi = int8["eer_diff_ci"]["synth"]
+    assert lo <= int8["eer_diff_pct"]["synth"] <= hi
+    assert int8["backend"]["mode"] == "static-qdq" and int8["backend"]["quantized_ops"].get("Conv", 0) > 0
+    assert int8["model_size_mb"] < onnx32["model_size_mb"]
+    for r in rows.values():
+        assert r["utt_per_s"] > 0 and r["latency_p95_ms"] >= r["latency_p50_ms"] > 0 and r["energy.source"]
+
+
+def test_corrupt_or_mismatched_onnx_is_a_one_line_error(tiny_model, tiny_corpus, tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    bad = tmp_path / "corrupt.onnx"
+    bad.write_bytes(b"this is not an ONNX model")
+    args = ["infer", "--preset", "tiny", "--data.root", tiny_corpus, "--checkpoint", tiny_model,
+            "--precision", "onnx-fp32"]
+    assert_one_line_error(run_cli(*args, "--onnx", bad, cwd=tmp_path), "cannot be loaded", "svbench export")
+    other = tmp_path / "other.onnx"  # a valid ONNX model, but of 40-bin features
+    x = helper.make_tensor_value_info("fbank", TensorProto.FLOAT, ["batch", "frames", 40])
+    y = helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", "frames", 40])
+    onnx.save(helper.make_model(helper.make_graph([helper.make_node("Identity", ["fbank"], ["embedding"])], "g",
+                                                  [x], [y]), opset_imports=[helper.make_opsetid("", 17)]), str(other))
+    assert_one_line_error(run_cli(*args, "--onnx", other, cwd=tmp_path), "does not match the checkpoint")
