@@ -1,4 +1,5 @@
-"""Command line: ``svbench data | config | models | train | eval | infer | sweep | report | search | dashboard``.
+"""Command line: ``svbench data | config | models | train | eval | infer | export | sweep | jobs | report | search |
+dashboard``.
 
 Every user error is one line on stderr and exit code 2 (see ``bench.errors``).
 """

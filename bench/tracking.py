@@ -321,7 +321,7 @@ def log_embedder(embedder: torch.nn.Module, n_mels: int) -> None:
     from mlflow.models import ModelSignature
     from mlflow.types import Schema, TensorSpec
 
-    example = np.zeros((1, 200, n_mels), dtype=np.float32)
+    example = np.zeros((2, 200, n_mels), dtype=np.float32)  # batch 2: MLflow's torch.export keeps batch dynamic
     with torch.no_grad():
         dim = embedder(torch.from_numpy(example)).shape[1]
     signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, -1, n_mels))]),

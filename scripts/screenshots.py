@@ -28,7 +28,6 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 from selenium import webdriver
 from selenium.webdriver.common.by import By
-from selenium.webdriver.common.keys import Keys
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "img"
 
@@ -65,11 +64,23 @@ def pick(driver, label: str, value: str) -> None:
     box = driver.find_element(By.XPATH, f"//*[normalize-space(text())='{label}']/following::*[@role='combobox'][1]")
     driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", box)
     box.click()
+    time.sleep(1.0)
+    option = driver.find_element(By.XPATH, f"//*[@role='option'][normalize-space(.)='{value}']")
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", option)
     time.sleep(0.5)
-    box.send_keys(value)
-    time.sleep(1.0)
-    box.send_keys(Keys.ENTER)
-    time.sleep(1.0)
+    option.click()
+    time.sleep(1.5)
+    if value not in box.text:
+        raise SystemExit(f"could not choose {value} for {label}")
+
+
+def close_assistant(driver) -> None:
+    """MLflow 3's assistant side panel takes a third of the page: close it when it is open."""
+    for button in driver.find_elements(By.XPATH, "//*[contains(text(), 'Assistant')]/following::button"):
+        if (button.get_attribute("aria-label") or "").lower() == "close":
+            button.click()
+            time.sleep(1)
+            return
 
 
 def mlflow_shots(driver, base: str, experiment: str) -> None:
@@ -82,14 +93,22 @@ def mlflow_shots(driver, base: str, experiment: str) -> None:
     ids = urllib.parse.quote(json.dumps([r.info.run_id for r in runs]))
     driver.get(f"{base}/#/compare-runs?runs={ids}&experiments={urllib.parse.quote(json.dumps([exp.experiment_id]))}")
     time.sleep(6)
+    close_assistant(driver)
     driver.find_element(By.XPATH, "//*[normalize-space(text())='Scatter Plot']").click()
     time.sleep(2)
     pick(driver, "X-axis:", "train/energy_j")
     pick(driver, "Y-axis:", "eer_pct/synth")
     time.sleep(2)
     driver.save_screenshot(str(OUT / "mlflow_compare.png"))
-    driver.get(f"{base}/#/experiments/{exp.experiment_id}")
+    driver.get(f"{base}/#/experiments/{exp.experiment_id}/runs")
     time.sleep(6)
+    close_assistant(driver)
+    for button in driver.find_elements(By.XPATH, "//button[normalize-space(.)='Got it']"):  # first-visit tips
+        button.click()
+        time.sleep(1)
+    for expander in driver.find_elements(By.XPATH, "//*[contains(@data-component-id, 'runnamecellrenderer')]"):
+        expander.click()  # the sweep's parent run: show its variants' rows
+        time.sleep(3)
     driver.save_screenshot(str(OUT / "mlflow_datasets.png"))
 
 

@@ -25,10 +25,13 @@ variants:
 def slurm_cluster():
     if os.geteuid() != 0:
         pytest.skip("the test cluster needs root (scripts/slurm_cluster.sh installs and starts slurm-wlm, munge)")
-    proc = subprocess.run([str(REPO / "scripts" / "slurm_cluster.sh"), "start"], capture_output=True, text=True,
-                          timeout=900)
+    script = str(REPO / "scripts" / "slurm_cluster.sh")
+    was_up = subprocess.run([script, "status"], capture_output=True).returncode == 0
+    proc = subprocess.run([script, "start"], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    return True
+    yield True
+    if not was_up:  # leave the machine as it was
+        subprocess.run([script, "stop"], capture_output=True, timeout=60)
 
 
 def _requeue_when_checkpointed(folder, name: str, last, timeout_s: float = 240) -> str:

@@ -96,8 +96,12 @@ def _pyfunc_embeds_whole_utterances(model_uri, checkpoint, tmp_path, tracking_ur
     rng = np.random.default_rng(0)
     model = load_model(checkpoint, torch.device("cpu"))
     fbank = make_fbank(cfg, torch.device("cpu"))
-    mlflow.set_tracking_uri(tracking_uri)
-    pyfunc = mlflow.pyfunc.load_model(model_uri)
+    before = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(tracking_uri)  # this test's store, for the models:/ URI; the session's afterwards
+    try:
+        pyfunc = mlflow.pyfunc.load_model(model_uri)
+    finally:
+        mlflow.set_tracking_uri(before)
     for seconds in (1.3, 12.0):
         n = int(seconds * cfg.features.sample_rate)
         wav = (0.1 * rng.standard_normal(n) * np.sin(np.linspace(0, 300, n))).astype(np.float32)
@@ -109,6 +113,8 @@ def _pyfunc_embeds_whole_utterances(model_uri, checkpoint, tmp_path, tracking_ur
         got = np.asarray(pyfunc.predict(feats))
         assert got.shape == ref.shape and feats.shape[1] > 100
         np.testing.assert_allclose(got, ref, atol=1e-4, rtol=0)
+        pair = np.asarray(pyfunc.predict(np.concatenate([feats, feats[:, ::-1]])))  # any batch size too
+        assert pair.shape[0] == 2 and np.allclose(pair[0], got[0], atol=1e-4)
 
 
 def test_sweep_against_mlflow_server_over_rest(tiny_corpus, tmp_path):
