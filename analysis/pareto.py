@@ -40,3 +40,16 @@ def knee_index(front: pd.DataFrame, energy_col: str, eer_col: str) -> int | None
     x0, y0, x1, y1 = xn[0], yn[0], xn[-1], yn[-1]
     d = np.abs((y1 - y0) * xn - (x1 - x0) * yn + x1 * y0 - y1 * x0) / np.hypot(y1 - y0, x1 - x0)
     return int(np.argmax(d))
+
+
+def hypervolume_2d(points: np.ndarray, ref: np.ndarray) -> float:
+    """Area dominated by ``points`` (both objectives minimised) and bounded by ``ref``: the staircase under
+    the non-dominated points, sorted by the first objective."""
+    pts = np.asarray(points, dtype=float).reshape(-1, 2)
+    pts = pts[(pts < ref).all(axis=1)]
+    if not len(pts):
+        return 0.0
+    front = pts[pareto_mask(pts[:, 0], pts[:, 1])]
+    front = front[np.argsort(front[:, 0])]
+    widths = np.diff(np.append(front[:, 0], ref[0]))
+    return float(np.sum(widths * (ref[1] - np.minimum.accumulate(front[:, 1]))))

@@ -45,10 +45,10 @@ def cmd_search(args, extra) -> int:
             print(f"  trial {t.number}: EER {t.values[0]:.2f}%  {study.metric_names[1] if study.metric_names else 'objective 2'} {t.values[1]:.4g}  "
                   f"stages {'-'.join(str(v) for k, v in sorted(t.params.items()) if k.startswith('blocks_'))} width {t.params.get('width_mult')}")
     if args.report and study.trials:
-        from bench.cli_sweep import _report
+        from bench.cli_sweep import print_report
 
         try:
-            _report(parent=res["parent_run_id"], out=Path(args.reports) / s.study_name, title=f"Search {s.study_name}")
+            print_report(parent=res["parent_run_id"], out=Path(args.reports) / s.study_name, title=f"Search {s.study_name}")
         except BenchError as err:
             print(f"report: {err}")
     print(f"\nOpen optuna-dashboard:  svbench dashboard --storage {res['storage']}")

@@ -41,7 +41,7 @@ def cmd_sweep(args, extra) -> int:
     print(f"sweep {grid.name}: ran {len(summary['ran'])}, skipped {len(summary['skipped'])}, failed "
           f"{len(summary['failed'])} (parent run {summary['parent_run_id']})")
     if args.report:
-        _report(sweep_key=summary["key"], parent=summary["parent_run_id"], out=Path(args.reports) / grid.name,
+        print_report(sweep_key=summary["key"], parent=summary["parent_run_id"], out=Path(args.reports) / grid.name,
                 title=f"Sweep {grid.name}")
     print(f"\nOpen the MLflow UI:  mlflow ui --backend-store-uri {tracking.setup_tracking()} --host 127.0.0.1 --port 5000")
     if summary["failed"]:
@@ -50,7 +50,7 @@ def cmd_sweep(args, extra) -> int:
     return 0
 
 
-def _report(sweep_key=None, parent=None, out=None, title="report", experiment=None, trials=None) -> dict:
+def print_report(sweep_key=None, parent=None, out=None, title="report", experiment=None, trials=None) -> dict:
     from analysis.report import build_report, load_runs, log_report, terminal_table
 
     runs = load_runs(experiment=experiment, sweep_key=sweep_key, parent_run_id=parent)
@@ -74,7 +74,7 @@ def cmd_report(args, extra) -> int:
     if not args.experiment and not args.parent_run:
         raise BenchError("give --experiment NAME or --parent-run RUN_ID")
     out = Path(args.out) if args.out else Path("reports") / (args.experiment or args.parent_run)
-    rep = _report(parent=args.parent_run, out=out, title=f"Report {args.experiment or args.parent_run}",
+    rep = print_report(parent=args.parent_run, out=out, title=f"Report {args.experiment or args.parent_run}",
                   experiment=args.experiment, trials=args.trials)
     outer = tracking.take_outer_run()
     if outer:  # launched by `mlflow run`: the report goes into its run

@@ -407,7 +407,7 @@ def _fail_orphans(study: optuna.Study) -> int:
         who = t.user_attrs.get("worker", "")
         h, _, pid = who.partition(":")
         if h == host and pid.isdigit() and not psutil.pid_exists(int(pid)):
-            study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+            study.tell(t.number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
             n += 1
     return n
 

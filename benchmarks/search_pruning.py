@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 import optuna
-from optuna._hypervolume import compute_hypervolume  # Optuna's own WFG implementation
 
+from analysis.pareto import hypervolume_2d
 from bench import tracking
 from bench.config import load_config
 from bench.data.synth import generate_corpus
@@ -66,7 +66,7 @@ def main() -> None:
     print(f"budget {args.budget_j} J, {args.trials} trials, reference point (EER %, J) = ({ref[0]:.3g}, {ref[1]:.3g})")
     for label, res in (("baseline", base), ("ours", ours)):
         pts = fronts[label]
-        hv = compute_hypervolume(pts, ref) if len(pts) else 0.0
+        hv = hypervolume_2d(pts, ref)
         states = ", ".join(f"{k.lower()} {v}" for k, v in res["states"].items() if v)
         print(f"{label:9s} spent {res['spent_energy_j']:8.1f} J  wall {res['wall_s']:6.1f} s  front {len(pts)}  hypervolume {hv:.4g}  ({states})")
     print(f"ratio     energy spent ours/baseline = {ours['spent_energy_j'] / base['spent_energy_j']:.3f}")

@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 import time
@@ -109,3 +110,21 @@ def test_rdb_storage_on_postgresql_shared_by_workers(tiny_corpus, tmp_path):
     assert len(res["study"].trials) == 4
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in res["study"].trials)
     assert len(_children(cfg, res["parent_run_id"])) == 4
+
+
+def test_journal_trial_of_a_dead_worker_is_failed_before_the_study_continues(tmp_path):
+    """Journal storages have no heartbeat: a RUNNING trial whose worker process on this host is gone ends FAIL
+    (through Optuna's public `Study.tell`)."""
+    import socket
+
+    from bench.search import _fail_orphans
+
+    storage = make_storage(str(tmp_path / "o.journal"))
+    study = optuna.create_study(study_name="o", storage=storage, directions=["minimize", "minimize"])
+    dead = study.ask()
+    dead.set_user_attr("worker", f"{socket.gethostname()}:{2**22 + 12345}")  # no such pid
+    alive = study.ask()
+    alive.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+    again = optuna.load_study(study_name="o", storage=make_storage(str(tmp_path / "o.journal")))
+    assert _fail_orphans(again) == 1
+    assert [t.state for t in again.get_trials()] == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.RUNNING]

@@ -9,7 +9,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from analysis.pareto import knee_index, marginal_gains, pareto_mask
+from analysis.pareto import hypervolume_2d, knee_index, marginal_gains, pareto_mask
 from conftest import fresh_env, REPO, assert_one_line_error, mlflow_server, run_cli
 
 TINY_GRID = """name: tinygrid
@@ -174,6 +174,12 @@ def test_bad_grid_and_report_errors(tmp_path):
     bad.write_text("name: g\npreset: tiny\nvariants:\n  - {name: x, model: ResNet-9000}\n")
     assert_one_line_error(run_cli("sweep", "--grid", bad), "unknown model")
     assert_one_line_error(run_cli("report", "--experiment", "never-made"), "no MLflow experiment")
+
+
+def test_hypervolume_2d():
+    pts = np.array([[1.0, 3.0], [2.0, 2.0], [3.0, 1.0], [3.5, 3.5]])  # the last one is dominated
+    assert hypervolume_2d(pts, np.array([4.0, 4.0])) == pytest.approx(6.0)
+    assert hypervolume_2d(np.zeros((0, 2)), np.array([1.0, 1.0])) == 0.0
 
 
 def test_pareto_and_knee():
