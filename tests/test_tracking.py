@@ -234,13 +234,18 @@ def test_wheel_carries_presets_grids_and_carbon_table(tmp_path):
 def test_mlflow_run_search_entry_with_a_budget_and_empty_parameters(tiny_corpus, tmp_path):
     """The budget reaches the search through `mlflow run -P`; parameters left empty are unset."""
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    proc = subprocess.run(["mlflow", "run", str(REPO), "--env-manager", "local", "-e", "search",
-                           "--experiment-name", "ci-search", "-P", "preset=tiny", "-P", f"data_root={tiny_corpus}",
-                           "-P", "trials=2", "-P", "energy_budget_j=1e-9", "-P", f"storage={tmp_path / 's.journal'}",
-                           "-P", f"out={tmp_path / 'search'}"],
-                          capture_output=True, text=True, env=fresh_env(MLFLOW_TRACKING_URI=uri), cwd=tmp_path,
-                          timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    def search(trials: int) -> subprocess.CompletedProcess:
+        proc = subprocess.run(["mlflow", "run", str(REPO), "--env-manager", "local", "-e", "search",
+                               "--experiment-name", "ci-search", "-P", "preset=tiny", "-P", f"data_root={tiny_corpus}",
+                               "-P", f"trials={trials}", "-P", "energy_budget_j=1e-9",
+                               "-P", f"storage={tmp_path / 's.journal'}", "-P", f"out={tmp_path / 'search'}"],
+                              capture_output=True, text=True, env=fresh_env(MLFLOW_TRACKING_URI=uri), cwd=tmp_path,
+                              timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return proc
+
+    proc = search(2)
     assert "no feasible trial: all 2 finished trials violate the budget" in proc.stdout
     client = MlflowClient(tracking_uri=uri)
     exp_id = client.get_experiment_by_name("ci-search").experiment_id
@@ -256,18 +261,12 @@ def test_mlflow_run_search_entry_with_a_budget_and_empty_parameters(tiny_corpus,
     assert all(r.data.tags["optuna.feasible"] == "false" and r.data.tags["optuna.state"] == "PRUNED" for r in trials)
     import optuna
 
-    loaded = optuna.load_study(study_name="svbench-search",
-                               storage=optuna.storages.JournalStorage(
-                                   optuna.storages.journal.JournalFileBackend(str(tmp_path / "s.journal"))))
+    from bench.search import make_storage
+
+    loaded = optuna.load_study(study_name="svbench-search", storage=make_storage(str(tmp_path / "s.journal")))
     assert loaded.metric_names == ["eer_pct/synth", "train/energy_j"]  # the MLflow keys
     # running it again continues the study; the new MLflow run links to the study's first parent
-    proc = subprocess.run(["mlflow", "run", str(REPO), "--env-manager", "local", "-e", "search",
-                           "--experiment-name", "ci-search", "-P", "preset=tiny", "-P", f"data_root={tiny_corpus}",
-                           "-P", "trials=3", "-P", "energy_budget_j=1e-9", "-P", f"storage={tmp_path / 's.journal'}",
-                           "-P", f"out={tmp_path / 'search'}"],
-                          capture_output=True, text=True, env=fresh_env(MLFLOW_TRACKING_URI=uri), cwd=tmp_path,
-                          timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    search(3)
     runs = client.search_runs([exp_id])
     again = [r for r in runs if r.data.tags.get("svbench.kind") == "search"]
     assert len(again) == 1 and again[0].data.tags["svbench.study_parent"] == study.info.run_id
