@@ -116,7 +116,8 @@ def cmd_jobs(args, extra) -> int:
         t = r.data.tags
         ids = [i for i in t.get(slurm.TAG_JOBS, t.get(slurm.TAG_JOB, "")).split(",") if i]
         for jid in ids:
-            st = slurm.job_state(slurm.job_of(t.get(slurm.TAG_FOLDER, "."), jid), queue)
+            job = slurm.job_of(t.get(slurm.TAG_FOLDER, "."), jid, int(t.get(slurm.TAG_TASKS, 1)))
+            st = slurm.job_state(job, queue)
             rows.append({"kind": t.get(tracking.TAG_KIND, ""), "name": r.info.run_name, "job": jid, "slurm": st.state,
                          "mlflow_run": r.info.run_id, "run_status": r.info.status, "error": st.error or ""})
     if not rows:
@@ -124,7 +125,7 @@ def cmd_jobs(args, extra) -> int:
         return 0
     print(pd.DataFrame(rows).to_string(index=False))
     if args.cancel:
-        active = sorted({row["job"] for row in rows if row["slurm"] in slurm.ACTIVE})
+        active = sorted({row["job"] for row in rows if not slurm.ended(row["slurm"])})
         slurm.cancel(active)
         print(f"cancelled {len(active)} job(s): {', '.join(active) or '-'}")
     return 0

@@ -135,6 +135,7 @@ class EnergyConfig(_Section):
     cpu_w_per_core: float = Field(10.0, gt=0)
     dram_w_per_gb: float = Field(0.375, ge=0)
     idle_baseline_s: float = Field(0.0, ge=0)
+    share_period_s: float = Field(1.0, gt=0, description="sampling interval of a shared machine's CPU-time share, s")
     pue: float = Field(1.0, ge=1.0)
     region: str = "FRA"
     intensity_csv: Optional[str] = None
@@ -177,6 +178,10 @@ class SlurmConfig(_Section):
     qos: Optional[str] = None
     nodes: int = Field(1, ge=1)
     gpus_per_node: int = Field(0, ge=0, description="GPUs per node; a variant runs one DDP task per GPU")
+    tasks_per_node: Optional[int] = Field(None, ge=1, description="DDP tasks (ranks) per node; default one per "
+                                          "GPU, or 1 (set it for CPU ranks with gloo)")
+    exclusive: bool = Field(False, description="submit with --exclusive: the job holds whole nodes and is given "
+                            "all of their energy; otherwise it shares them and is given its CPU-time share")
     cpus_per_task: Optional[int] = Field(None, ge=1)
     time_min: int = Field(60, ge=1, description="wall-clock limit per job, minutes (requeued and resumed past it)")
     mem_gb: Optional[float] = Field(None, gt=0)

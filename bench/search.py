@@ -51,6 +51,7 @@ ATTR_EXPERIMENT = "mlflow_experiment_id"
 ATTR_COST = "search_cost_runs"  # one entry per run of the study: what the machine drew during it
 ATTR_RUN = "search_run"  # on a trial: the run of ``svbench search`` that ran it
 ATTR_SPENT_SO_FAR = "spent_so_far"  # on a trial: its cost entry up to its last finished epoch
+ATTR_WORKER = "worker_entry"  # on a trial run by a Slurm worker: the token of that worker attempt's cost entry
 TAG_STUDY_PARENT = "svbench.study_parent"  # on the run of a continued study's later `mlflow run`
 
 
@@ -87,9 +88,10 @@ def make_sampler(name: str, seed: int):
         return optuna.samplers.GPSampler(seed=seed, constraints_func=_constraints)
 
 
-def load_study(cfg: Config, storage) -> optuna.Study:
+def load_study(cfg: Config, storage, worker_index: int = 0) -> optuna.Study:
+    """The study, with the sampler of worker ``worker_index`` (seed ``search.seed`` + index: reproducible)."""
     return optuna.load_study(study_name=cfg.search.study_name, storage=storage,
-                             sampler=make_sampler(cfg.search.sampler, cfg.search.seed + os.getpid() % 1000))
+                             sampler=make_sampler(cfg.search.sampler, cfg.search.seed + worker_index))
 
 
 def create_study(cfg: Config, storage, outer_run: str | None = None) -> optuna.Study:
@@ -109,6 +111,7 @@ def create_study(cfg: Config, storage, outer_run: str | None = None) -> optuna.S
     client = MlflowClient()
     tags = {tracking.TAG_KIND: "study", "optuna.study": cfg.search.study_name}
     if ATTR_PARENT in study.user_attrs:
+        _check_same_search(cfg, study)
         if outer_run:
             client.set_tag(outer_run, tracking.TAG_KIND, "search")
             client.set_tag(outer_run, "optuna.study", cfg.search.study_name)
@@ -124,14 +127,30 @@ def create_study(cfg: Config, storage, outer_run: str | None = None) -> optuna.S
     tracking.log_new_params(parent, search_params(cfg))
     study.set_user_attr(ATTR_PARENT, parent)
     study.set_user_attr(ATTR_EXPERIMENT, exp_id)
-    study.set_user_attr("budgets", {"energy_j": cfg.search.energy_budget_j, "carbon_g": cfg.search.carbon_budget_g,
-                                    "max_params_m": cfg.search.max_params_m})
+    study.set_user_attr("budgets", _budgets(cfg))
+    study.set_user_attr("objective", cfg.search.objective)
     if cfg.search.enqueue_study_variants:
         for layout in STUDY_VARIANT_LAYOUTS:
             params = _layout_params(cfg, layout)
             if params is not None:
                 study.enqueue_trial(params, skip_if_exists=True)
     return study
+
+
+def _budgets(cfg: Config) -> dict:
+    return {"energy_j": cfg.search.energy_budget_j, "carbon_g": cfg.search.carbon_budget_g,
+            "max_params_m": cfg.search.max_params_m}
+
+
+def _check_same_search(cfg: Config, study: optuna.Study) -> None:
+    """A continued study keeps its objective and budgets: mixing joules and grams in one front, or trials
+    judged against other budgets, is an error before anything runs."""
+    before = {"objective": study.user_attrs.get("objective", cfg.search.objective),
+              "budgets": study.user_attrs.get("budgets", _budgets(cfg))}
+    now = {"objective": cfg.search.objective, "budgets": _budgets(cfg)}
+    if before != now:
+        raise BenchError(f"study '{cfg.search.study_name}' was run with {before}, not {now}; continue it with the "
+                         "same --objective and budgets, or start another study with --study-name")
 
 
 def objective_keys(cfg: Config) -> tuple[str, str]:
@@ -191,6 +210,7 @@ class TrialContext:
     meters: object
     series: object
     search_run: str  # the run of ``svbench search`` this worker belongs to
+    worker: str = ""  # a Slurm worker's cost-entry token (one per attempt); empty for local workers
 
 
 class SpentSoFar:
@@ -230,6 +250,8 @@ def objective(trial: optuna.Trial, ctx: TrialContext) -> tuple[float, float]:
 
     trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
     trial.set_user_attr(ATTR_RUN, ctx.search_run)
+    if ctx.worker:
+        trial.set_user_attr(ATTR_WORKER, ctx.worker)
     name = f"trial-{trial.number}"
     tags = {tracking.TAG_KIND: "trial", "optuna.study": ctx.cfg.search.study_name, "optuna.trial": str(trial.number),
             tracking.TAG_VARIANT: name, tracking.PARENT: ctx.parent_run_id, **slurm.job_env_tags()}
@@ -244,7 +266,7 @@ def objective(trial: optuna.Trial, ctx: TrialContext) -> tuple[float, float]:
         _record_spent(trial, ctx, rid, handle.reading, log=False)  # the variant run logged its own figures
         return values
     except optuna.TrialPruned:
-        _record_spent(trial, ctx, rid, handle.reading, estimated=True)  # its forecast/* are extrapolations
+        _record_spent(trial, ctx, rid, handle.reading)  # measured; only its forecast/* are extrapolations
         client.set_tag(rid, "optuna.state", "PRUNED")
         client.set_terminated(rid, "FINISHED")
         raise
@@ -254,11 +276,17 @@ def objective(trial: optuna.Trial, ctx: TrialContext) -> tuple[float, float]:
         client.set_tag(rid, "optuna.state", "FAIL")
         client.set_tag(rid, "optuna.error", f"{type(exc).__name__}: {exc}"[:500])
         client.set_terminated(rid, "FAILED")
+        job_over = isinstance(exc, slurm.job_stop_errors())
+        if job_over or not isinstance(exc, (Exception, KeyboardInterrupt)):
+            # the process ends (a Slurm requeue exits, a time-out stops the worker): Optuna does not tell the
+            # trial's end on these, so it is told here rather than left RUNNING until its heartbeat goes stale
+            trial.study.tell(trial, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
+        if job_over:  # end the worker, not just this trial
+            raise slurm.JobStopped(str(exc)) from exc
         raise
 
 
-def _record_spent(trial: optuna.Trial, ctx: TrialContext, rid: str, r: EnergyReading, log: bool = True,
-                  estimated: bool = False) -> None:
+def _record_spent(trial: optuna.Trial, ctx: TrialContext, rid: str, r: EnergyReading, log: bool = True) -> None:
     """What the trial spent (probe, training, evaluation): trial attrs, and on a pruned or failed trial's
     run ``trial/spent_energy_j`` with its labels."""
     from mlflow.tracking import MlflowClient
@@ -272,7 +300,7 @@ def _record_spent(trial: optuna.Trial, ctx: TrialContext, rid: str, r: EnergyRea
     client = MlflowClient()
     client.log_metric(rid, "trial/spent_energy_j", _nan_if_none(r.total_j))
     for k, v in r.tags().items():
-        client.set_tag(rid, k, "true" if estimated and k == "energy.estimated" else v)
+        client.set_tag(rid, k, v)
 
 
 def _trial_body(trial: optuna.Trial, ctx: TrialContext, rid: str, tags: dict) -> tuple[float, float]:
@@ -343,9 +371,11 @@ def _co2(cfg: Config, energy_j: float | None, ctx: TrialContext) -> float | None
 
 # ------------------------------------------------------------------ workers
 def run_worker(cfg_dict: dict, storage_url_: str, n_trials: int, out_root: str, search_run: str,
-               shared: bool = False) -> None:
-    """One worker: run ``n_trials`` trials of the shared study. ``shared``: other workers of the study
-    run on this machine at the same time (machine-level meters are then attributed by CPU-time share)."""
+               shared: bool = False, index: int = 0, worker: str = "") -> None:
+    """One worker: run up to ``n_trials`` trials of the shared study, and none once the study holds
+    ``search.n_trials`` (a requeued worker never overshoots). ``shared``: other workers of the study run on this
+    machine at the same time (machine-level meters are then attributed by CPU-time share). ``index``: the
+    worker's number (its sampler seed); ``worker``: a Slurm worker's cost-entry token."""
     from bench import tracking
     from bench.energy.meters import create_meters
 
@@ -353,14 +383,29 @@ def run_worker(cfg_dict: dict, storage_url_: str, n_trials: int, out_root: str, 
     cfg = build_config(cfg_dict)
     tracking.setup_tracking()
     storage = make_storage(storage_url_, cfg.search.heartbeat_s)
-    study = load_study(cfg, storage)
-    meters = create_meters(cfg.energy, measurement_plan(cfg.train.device, shared=shared))
+    study = load_study(cfg, storage, index)
+    n_trials = min(n_trials, cfg.search.n_trials - _started_trials(study))
+    if n_trials <= 0:
+        return
+    meters = create_meters(cfg.energy, measurement_plan(cfg.train.device, shared=True if shared else None))
     ctx = TrialContext(cfg, Path(out_root), study.user_attrs[ATTR_PARENT], study.user_attrs[ATTR_EXPERIMENT], meters,
-                       intensity_series(cfg.energy), search_run)
+                       intensity_series(cfg.energy), search_run, worker)
+    stop_at_total = optuna.study.MaxTrialsCallback(cfg.search.n_trials, states=STARTED)
     try:
-        study.optimize(lambda t: objective(t, ctx), n_trials=n_trials, catch=(Exception,), gc_after_trial=True)
+        study.optimize(lambda t: objective(t, ctx), n_trials=n_trials, catch=(Exception,), gc_after_trial=True,
+                       callbacks=[stop_at_total])
+    except slurm.JobStopped as exc:  # out of time and not requeued: this worker ends, its cost entry is kept
+        print(f"search worker: the job is over ({exc}); its running trial ended FAIL", file=sys.stderr)
     finally:
         meters.close()
+
+
+STARTED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL,
+           optuna.trial.TrialState.RUNNING)  # trials that count toward search.n_trials (not enqueued ones)
+
+
+def _started_trials(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=STARTED))
 
 
 def _run_worker_processes(cfg_dict: dict, url: str, shares: list[int], out: str, search_run: str, gpu_sets) -> None:
@@ -376,7 +421,7 @@ def _run_worker_processes(cfg_dict: dict, url: str, shares: list[int], out: str,
                 env = dict(os.environ)
                 if gpu_sets is not None:
                     env["CUDA_VISIBLE_DEVICES"] = ",".join(gpu_sets[i])
-                argv = [sys.executable, "-m", "bench.search_worker", str(spec), str(n)]
+                argv = [sys.executable, "-m", "bench.search_worker", str(spec), str(n), str(i)]
                 procs.append(subprocess.Popen(argv, env=env))
             codes = [p.wait() for p in procs]
         except BaseException:
@@ -445,6 +490,9 @@ def run_search(cfg: Config, workers: int = 1, out_root: str | Path = "runs/searc
     url = storage_url(cfg, out_root)
     if launcher == "slurm":
         slurm.check_launcher(url)  # no sbatch, or a storage the nodes cannot reach: before anything is created
+        if cfg.train.device.startswith("cuda") and cfg.slurm.gpus_per_node == 0:
+            raise BenchError(f"train.device {cfg.train.device} with --launcher slurm needs a GPU bound to each worker "
+                             "task: set slurm.gpus_per_node 1 (or train.device cpu)")
     elif workers > 1 and cfg.train.device != "cpu":
         worker_gpu_sets(workers)  # more workers than GPUs: the one-line error before anything is created
     tracking.setup_tracking()
@@ -479,7 +527,7 @@ def _search_and_log(cfg: Config, workers: int, url: str, out_root: str | Path, s
     from bench import tracking
 
     # finished trials, and running ones (another machine's workers), count; enqueued (WAITING) ones do not
-    done = len([t for t in study.get_trials(deepcopy=False) if t.state != optuna.trial.TrialState.WAITING])
+    done = _started_trials(study)
     remaining = max(0, cfg.search.n_trials - done)
     shares = [remaining // workers + (1 if i < remaining % workers else 0) for i in range(workers)]
     shares = [s for s in shares if s > 0]
@@ -490,6 +538,7 @@ def _search_and_log(cfg: Config, workers: int, url: str, out_root: str | Path, s
     search_run = uuid.uuid4().hex
     if launcher == "slurm":  # each worker job measures its own node share and stores its entry in the study
         _run_slurm_workers(cfg, cfg_dict, url, shares, out, search_run, parent)
+        _recover_lost_workers(load_study(cfg, make_storage(url, cfg.search.heartbeat_s)), search_run)
         entry = None
     else:
         reading = _measured(cfg, _study_plan(cfg, gpu_sets),
@@ -619,25 +668,63 @@ def _sum_entries(entries: list[dict]) -> SearchCost:
                       float(sum(by_run.values())), tags)
 
 
-def run_measured_worker(cfg_dict: dict, url: str, n_trials: int, out_root: str, search_run: str, token: str) -> dict:
+def run_measured_worker(cfg_dict: dict, url: str, n_trials: int, out_root: str, search_run: str, token: str,
+                        index: int = 0) -> dict:
     """A worker that measures its own share of its node (a Slurm job): one window over its run on the GPUs
-    it was given and, by CPU-time share, the node-level meters; stored in the study as its cost entry."""
+    it was given and, by CPU-time share, the node-level meters; stored in the study as its cost entry. Each
+    attempt of a requeued job has its own entry (``token`` + the restart count)."""
     cfg = build_config(cfg_dict)
+    attempt = f"{token}.{os.environ.get('SLURM_RESTART_COUNT', '0')}"
     reading = _measured(cfg, measurement_plan(cfg.train.device, shared=True),
-                        lambda: run_worker(cfg_dict, url, n_trials, out_root, search_run, shared=True))
-    entry = {"search_run": search_run, "worker": token, **_cost_entry(reading, cfg, intensity_series(cfg.energy))}
-    load_study(cfg, make_storage(url, cfg.search.heartbeat_s)).set_user_attr(f"{ATTR_COST}/{token}", entry)
+                        lambda: run_worker(cfg_dict, url, n_trials, out_root, search_run, shared=True, index=index,
+                                           worker=attempt))
+    entry = {"search_run": search_run, "worker": attempt, **_cost_entry(reading, cfg, intensity_series(cfg.energy))}
+    load_study(cfg, make_storage(url, cfg.search.heartbeat_s)).set_user_attr(f"{ATTR_COST}/{attempt}", entry)
     return entry
 
 
-class SearchWorkerJob:
-    """One search worker as a task of a Slurm job array (pickled by submitit): ``run_measured_worker``."""
+def _recover_lost_workers(study: optuna.Study, search_run: str) -> int:
+    """Slurm worker attempts that ended without their cost entry (cancelled, killed, out of memory, timed out
+    or preempted): what their trials recorded (a trial's total, or what it spent up to its last finished epoch)
+    becomes the attempt's entry, marked incomplete (the tail after the last record was not measured)."""
+    from bench import tracking
 
-    def __init__(self, cfg_dict: dict, url: str, n_trials: int, out_root: str, search_run: str, token: str):
-        self.args = (cfg_dict, url, n_trials, out_root, search_run, token)
+    have = {k.split("/", 1)[1] for k in study.user_attrs if k.startswith(f"{ATTR_COST}/")}
+    lost: dict[str, list[dict]] = {}
+    for t in study.get_trials(deepcopy=False):
+        token = t.user_attrs.get(ATTR_WORKER)
+        if token and token not in have and t.user_attrs.get(ATTR_RUN) == search_run:
+            entry = t.user_attrs.get("spent_entry") or t.user_attrs.get(ATTR_SPENT_SO_FAR)
+            lost.setdefault(token, []).extend([entry] if entry else [])
+    for token, entries in lost.items():
+        measured = [e for e in entries if e["energy_j"] is not None]
+        study.set_user_attr(f"{ATTR_COST}/{token}", {
+            "search_run": search_run, "worker": token, "energy_j": float(sum(e["energy_j"] for e in measured)),
+            "co2_g": float(sum(e["co2_g"] or 0.0 for e in measured)),
+            "time_s": float(sum(e["time_s"] for e in measured)),
+            **(tracking.combined_energy_tags(entries) if entries else {}),
+            "energy.incomplete": "worker job ended early: only what its trials recorded"})
+    return len(lost)
+
+
+class SearchWorkerJob:
+    """One search worker as a task of a Slurm job array (pickled by submitit): ``run_measured_worker``.
+    Checkpointable: a preempted or timed-out worker is requeued and continues the study (never past
+    ``search.n_trials``)."""
+
+    def __init__(self, cfg_dict: dict, url: str, n_trials: int, out_root: str, search_run: str, token: str,
+                 index: int = 0):
+        self.args = (cfg_dict, url, n_trials, out_root, search_run, token, index)
 
     def __call__(self) -> dict:
+        slurm.confine_gpus()
         return run_measured_worker(*self.args)
+
+    def checkpoint(self, *args, **kwargs):
+        """Called by submitit before a requeue: the same worker again; its running trial ends FAIL (heartbeat)."""
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
 
 
 def _run_slurm_workers(cfg: Config, cfg_dict: dict, url: str, shares: list[int], out: str, search_run: str,
@@ -651,7 +738,7 @@ def _run_slurm_workers(cfg: Config, cfg_dict: dict, url: str, shares: list[int],
     folder = Path(cfg.slurm.folder) / f"search-{cfg.search.study_name}"
     ex = slurm.executor(cfg, folder, f"svbench-search-{cfg.search.study_name}")
     with ex.batch():
-        jobs = [ex.submit(SearchWorkerJob(cfg_dict, url, n, out, search_run, f"{search_run}-{i}"))
+        jobs = [ex.submit(SearchWorkerJob(cfg_dict, url, n, out, search_run, f"{search_run}-{i}", i))
                 for i, n in enumerate(shares)]
     client = MlflowClient()
     ids = [str(j.job_id) for j in jobs]

@@ -1,4 +1,4 @@
-"""One search worker process: ``python -m bench.search_worker SPEC.json N_TRIALS``.
+"""One search worker process: ``python -m bench.search_worker SPEC.json N_TRIALS INDEX``.
 
 Started by ``bench.search`` with ``subprocess`` (not ``multiprocessing``), so that it is an ordinary
 Python process whose exit handlers run: Zeus stops its RAPL wraparound tracker only in one."""
@@ -14,7 +14,7 @@ from bench.search import run_worker
 def main(argv: list[str]) -> int:
     spec = json.loads(open(argv[0], encoding="utf-8").read())
     run_worker(spec["config"], spec["storage"], int(argv[1]), spec["out_root"], spec["search_run"],
-               shared=spec["shared"])
+               shared=spec["shared"], index=int(argv[2]))
     return 0
 
 

@@ -2,7 +2,9 @@
 
 A job runs this checkout's Python (``sys.executable``) with the submitting shell's environment (sbatch
 exports it), so ``MLFLOW_TRACKING_URI`` and the data paths reach the nodes: use a tracking server and an
-RDB storage that every node can reach. A multi-GPU variant runs one task per GPU (``srun``); ranks find
+RDB storage that every node can reach. A job that shares its node with other jobs is given its CPU-time share
+of the node-level meters (``bench.energy.share``); ``slurm.exclusive`` submits with ``--exclusive`` and the job
+is given all of them. A job measures only the GPUs Slurm bound to it, and sees none when it was given none. A multi-GPU variant runs one task per GPU (``srun``); ranks find
 each other through the Slurm environment (``submitit.helpers.TorchDistributedEnvironment``) and train with
 DDP exactly as under torchrun. A preempted or timed-out job is requeued by submitit's checkpointing hook
 and resumes from the variant's last checkpoint.
@@ -27,7 +29,12 @@ from bench.errors import BenchError
 TAG_JOB = "slurm.job_id"
 TAG_FOLDER = "slurm.folder"
 TAG_JOBS = "slurm.job_ids"  # on a study's parent: its worker array
-ACTIVE = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "RESIZING", "SUSPENDED", "STAGE_OUT"}
+TAG_TASKS = "slurm.tasks"  # tasks of a variant's job (DDP ranks)
+# Slurm's final job states; every other state squeue lists (PENDING, RUNNING, REQUEUED, REQUEUE_HOLD, PREEMPTED,
+# SUSPENDED, STOPPED, SIGNALING, SPECIAL_EXIT, ...) means the job may still run
+FINAL = {"BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED", "NODE_FAIL", "OUT_OF_MEMORY", "TIMEOUT",
+         "REVOKED"}
+SQUEUE_GIVE_UP_S = 300.0
 STDERR_TAIL_CHARS = 4000
 
 
@@ -52,14 +59,22 @@ def executor(cfg: Config, folder: Path, name: str, tasks: int = 1):
               "setup": list(s.setup), "signal_delay_s": 60}
     optional = {"partition": s.partition, "account": s.account, "qos": s.qos, "cpus_per_task": s.cpus_per_task,
                 "gpus_per_node": s.gpus_per_node or None, "mem": f"{s.mem_gb}GB" if s.mem_gb else None,
-                "array_parallelism": s.max_parallel}
+                "array_parallelism": s.max_parallel, "exclusive": True if s.exclusive else None}
     params.update({k: v for k, v in optional.items() if v is not None})
     ex.update_parameters(**params)
     return ex
 
 
 def tasks_per_node(cfg: Config) -> int:
-    return max(1, cfg.slurm.gpus_per_node)
+    """DDP ranks per node: ``slurm.tasks_per_node``, else one per GPU, else 1."""
+    return cfg.slurm.tasks_per_node or max(1, cfg.slurm.gpus_per_node)
+
+
+def confine_gpus() -> None:
+    """Inside a job: a job that was given no GPU sees none. On a node where Slurm does not confine devices,
+    it would otherwise train on, and measure, GPUs that other jobs hold."""
+    if not any(os.environ.get(v) for v in ("SLURM_JOB_GPUS", "SLURM_STEP_GPUS", "CUDA_VISIBLE_DEVICES")):
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
 
 # ------------------------------------------------------------------ what a job runs
@@ -78,6 +93,7 @@ class VariantJob:
         from bench import tracking
         from bench.variant import run_variant
 
+        confine_gpus()
         env = submitit.JobEnvironment()
         if env.num_tasks > 1:  # one task per GPU: the torchrun variables from the Slurm environment
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
@@ -101,6 +117,18 @@ class VariantJob:
         return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
 
 
+class JobStopped(BaseException):
+    """The job was told to stop (time-out or preemption without requeue): ends a search worker's trial loop
+    (a BaseException, so that Optuna's ``catch`` does not turn it into one FAILED trial after another)."""
+
+
+def job_stop_errors() -> tuple[type[BaseException], ...]:
+    """What submitit raises inside a job whose time is up and that is not requeued."""
+    from submitit.core.utils import UncompletedJobError
+
+    return (UncompletedJobError,)
+
+
 # ------------------------------------------------------------------ states
 @dataclass
 class JobState:
@@ -109,25 +137,38 @@ class JobState:
     error: str | None = None
 
 
-def squeue_states() -> dict[str, str]:
-    """Job id (``123`` or ``123_4`` for an array task) -> Slurm state, for every job Slurm holds."""
-    try:
-        out = subprocess.run(["squeue", "-h", "-r", "-o", "%i %T"], capture_output=True, text=True, timeout=30,
-                             check=True)
-    except (OSError, subprocess.SubprocessError) as exc:
-        raise BenchError(f"cannot read the Slurm queue (squeue: {exc}); is the cluster up?") from None
-    return dict(line.split(None, 1) for line in out.stdout.splitlines() if " " in line)
+def squeue_states(give_up_s: float = SQUEUE_GIVE_UP_S) -> dict[str, str]:
+    """Job id (``123`` or ``123_4`` for an array task) -> Slurm state, for every job Slurm holds. A failing
+    ``squeue`` (a busy controller) is retried with backoff for ``give_up_s`` before it is an error."""
+    deadline, delay = time.time() + give_up_s, 1.0
+    while True:
+        try:
+            out = subprocess.run(["squeue", "-h", "-r", "-o", "%i %T"], capture_output=True, text=True, timeout=30,
+                                 check=True)
+            return dict(line.split(None, 1) for line in out.stdout.splitlines() if " " in line)
+        except (OSError, subprocess.SubprocessError) as exc:
+            if time.time() + delay > deadline:
+                raise BenchError(f"cannot read the Slurm queue for {give_up_s:.0f} s (squeue: {exc}); "
+                                 "is the cluster up?") from None
+            time.sleep(delay)
+            delay = min(delay * 2, 30.0)
 
 
 def job_state(job, queue: dict[str, str]) -> JobState:
-    """State of a submitit job: Slurm's while queued or running, then from its result file."""
+    """State of a submitit job: Slurm's while it holds the job in any state but a final one (pending, requeued,
+    held, preempted, suspended, signalled ...), then from the result files of every task."""
     jid = str(job.job_id)
-    if jid in queue:
-        return JobState(jid, queue[jid])
-    if not job.paths.result_pickle.exists():
-        return JobState(jid, "ENDED", "no result: cancelled, killed or out of memory")
+    slurm_state = queue.get(jid)
+    if slurm_state is not None and slurm_state not in FINAL:
+        return JobState(jid, slurm_state)
+    tasks = [job.task(k) for k in range(job.num_tasks)]
+    missing = [k for k, t in enumerate(tasks) if not t.paths.result_pickle.exists()]
+    if missing:
+        why = "no result: cancelled, killed or out of memory" if len(tasks) == 1 else \
+            f"no result from task(s) {missing} of {len(tasks)}: cancelled, killed or out of memory"
+        return JobState(jid, "ENDED", why + (f" (Slurm: {slurm_state})" if slurm_state else ""))
     try:
-        job.result()
+        job.results()  # every task's, as a multi-task (DDP) job has one result per task
     except Exception as exc:
         return JobState(jid, "FAILED", str(exc).strip().splitlines()[-1][:300] if str(exc).strip() else repr(exc))
     return JobState(jid, "COMPLETED")
@@ -141,33 +182,37 @@ def stderr_tail(job) -> str:
     return text[-STDERR_TAIL_CHARS:] or "(no stderr)"
 
 
-def wait(jobs: list, on_end, poll_s: float = 2.0) -> None:
-    """Wait for every job; ``on_end(job, JobState)`` as each one ends (the others go on)."""
+def wait(jobs: list, on_end, poll_s: float = 2.0, grace_s: float = 10.0) -> None:
+    """Wait for every job; ``on_end(job, JobState)`` as each one ends (the others go on). A job that Slurm no
+    longer lists but whose result files are not all there yet is given ``grace_s`` for the file system."""
     pending = list(jobs)
+    gone_at: dict[str, float] = {}
     while pending:
-        queue = squeue_states()
+        try:
+            queue = squeue_states()
+        except BenchError as exc:
+            ids = ", ".join(str(j.job_id) for j in pending)
+            raise BenchError(f"{exc}; jobs {ids} go on under Slurm: follow them with `svbench jobs`") from None
         for job in list(pending):
             st = job_state(job, queue)
-            if st.state not in ACTIVE and (st.state != "ENDED" or _settled(job)):
+            if st.state == "ENDED" and time.time() - gone_at.setdefault(str(job.job_id), time.time()) < grace_s:
+                continue
+            if ended(st.state):
                 pending.remove(job)
                 on_end(job, st)
         if pending:
             time.sleep(poll_s)
 
 
-def _settled(job, grace_s: float = 10.0) -> bool:
-    """A job Slurm no longer lists but whose result file is not there yet: give the file system a moment."""
-    first = getattr(job, "_svbench_gone_at", None)
-    if first is None:
-        job._svbench_gone_at = time.time()
-        return False
-    return time.time() - first > grace_s
+def ended(state: str) -> bool:
+    """Whether a state of ``job_state`` is final (the job will not run again)."""
+    return state in FINAL or state == "ENDED"
 
 
-def job_of(folder: str, job_id: str):
+def job_of(folder: str, job_id: str, tasks: int = 1):
     import submitit
 
-    return submitit.SlurmJob(folder=str(Path(folder) / "%j"), job_id=job_id)
+    return submitit.SlurmJob(folder=str(Path(folder) / "%j"), job_id=job_id, tasks=tuple(range(tasks)))
 
 
 def cancel(job_ids: list[str]) -> None:

@@ -221,6 +221,7 @@ def _run_on_slurm(grid: Grid, todo: list[Variant], out_root: Path, parent_id: st
                              exp_id, v.name, tags, resume=v.name in unfinished))
         client.set_tag(rid, slurm.TAG_JOB, str(job.job_id))
         client.set_tag(rid, slurm.TAG_FOLDER, str(folder))
+        client.set_tag(rid, slurm.TAG_TASKS, str(slurm.tasks_per_node(v.config) * v.config.slurm.nodes))
         jobs[str(job.job_id)] = (v, rid, job)
         print(f"[sweep {grid.name}] {v.name}: Slurm job {job.job_id} ({v.config.model.name})")
     ran, failed = [], []

@@ -22,7 +22,7 @@ from bench.distributed import barrier, init_distributed, shutdown
 from bench.energy.accounting import (carbon_tags, intensity_series, summarise, train_reading_from_history,
                                      write_timeline_csv)
 from bench.energy.meters import create_meters
-from bench.energy.plan import measurement_plan
+from bench.energy.plan import CPU_TIME_SHARE, measurement_plan
 from bench.evaluate import load_model, make_fbank, training_statistics
 from bench.infer import eer_by_list, measure_inference
 from bench.models import spec_from_config
@@ -67,7 +67,9 @@ def run_variant(cfg: Config, out_dir: str | Path, resume: bool = False, callback
     own_meters = meters is None
     if meters is None:
         plan = measurement_plan(cfg.train.device, dist_info.local_rank)
-        meters = create_meters(cfg.energy, plan, machine_meters=dist_info.local_rank == 0)
+        # one node meter per host, unless each rank is given its own CPU-time share of the node
+        own_node_meter = dist_info.local_rank == 0 or plan.attribution == CPU_TIME_SHARE
+        meters = create_meters(cfg.energy, plan, machine_meters=own_node_meter)
     series = intensity_series(cfg.energy)
     try:
         forecast = None

@@ -142,3 +142,155 @@ def test_slurm_bad_input_fails_before_anything_is_submitted(tiny_corpus, tmp_pat
                        "--storage", journal, cwd=tmp_path)
         assert_one_line_error(proc, "Optuna storage every node can reach", "--storage")
         assert not journal.exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def _job_span(out_dir) -> tuple[float, float]:
+    """When a variant's job ran: its config.yaml is written as it starts, result.json as it ends."""
+    return (out_dir / "config.yaml").stat().st_mtime, (out_dir / "result.json").stat().st_mtime
+
+
+def _union_s(spans) -> float:
+    total, end = 0.0, float("-inf")
+    for a, b in sorted(spans):
+        total += max(0.0, b - max(a, end))
+        end = max(end, b)
+    return total
+
+
+PACKED_GRID = """name: packed
+preset: tiny
+overrides: {train.epochs: 1, tracking.log_model: false, eval.infer_precisions: [fp32]}
+variants:
+  - {name: a, series: [depth], model: tiny-ResNet-18-D}
+  - {name: b, series: [depth], model: tiny-ResNet-18-D, overrides: {train.seed: 7}}
+  - {name: xa, series: [excl], model: tiny-ResNet-18-D, overrides: {slurm.exclusive: true}}
+  - {name: xb, series: [excl], model: tiny-ResNet-18-D, overrides: {slurm.exclusive: true, train.seed: 7}}
+  - {name: ddp, series: [ddp], model: tiny-ResNet-18-D,
+     overrides: {train.device: cpu, slurm.tasks_per_node: 2, train.epochs: 2}}
+"""
+RAPL_W = 55.0  # the fake tree's package (50 W) + dram (5 W)
+
+
+def test_packed_jobs_share_the_node_exclusive_jobs_own_it_and_a_two_task_job_finishes(
+        slurm_cluster, tiny_corpus, tmp_path, fake_machine):
+    """On a 50 W RAPL tree (Zeus's container path, reaching the jobs through their environment): two variants
+    packed on the node are given at most what it drew over their union, labelled cpu-time-share; two
+    `slurm.exclusive` variants run one after another, each given all of it; a 2-task CPU DDP job (gloo)
+    ends COMPLETED with its epochs summing to its total."""
+    env = fake_machine(rapl_w=50)
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(PACKED_GRID)
+    with mlflow_server(tmp_path, "svbench_slurm_packed") as base:
+        env["MLFLOW_TRACKING_URI"] = base
+        proc = run_cli("sweep", "--grid", grid, "--data-root", tiny_corpus, "--out", tmp_path / "runs", "--launcher",
+                       "slurm", "--slurm.poll_s", "1", "--slurm.folder", tmp_path / "slurm", "--experiment", "packed",
+                       env=env, cwd=tmp_path, timeout=900)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+        client = MlflowClient(tracking_uri=base)
+        exp = client.get_experiment_by_name("packed")
+        runs = {r.info.run_name: r for r in client.search_runs([exp.experiment_id])}
+        epoch_energy = client.get_metric_history(runs["ddp"].info.run_id, "train/epoch_energy_j")
+    for name in ("a", "b", "xa", "xb", "ddp"):
+        assert runs[name].info.status == "FINISHED", name
+    spans = {name: _job_span(tmp_path / "runs" / "packed" / name) for name in ("a", "b", "xa", "xb")}
+    packed = [runs["a"], runs["b"]]
+    (a0, a1), (b0, b1) = spans["a"], spans["b"]
+    assert min(a1, b1) > max(a0, b0), "the two shared jobs did not run side by side"
+    claimed = sum(r.data.metrics["train/energy_j"] for r in packed)
+    drawn = RAPL_W * _union_s([spans["a"], spans["b"]])
+    assert 0 < claimed <= drawn * 1.03, (claimed, drawn)
+    assert all(r.data.tags["energy.attribution"] == "cpu-time-share" for r in packed)
+    excl = [runs["xa"], runs["xb"]]
+    (x0, x1), (y0, y1) = spans["xa"], spans["xb"]
+    assert x1 <= y0 or y1 <= x0, "exclusive jobs overlapped"
+    for r in excl:
+        m = r.data.metrics
+        assert r.data.tags["energy.attribution"] == "exclusive"
+        assert m["train/energy_j"] == pytest.approx(RAPL_W * m["train/time_s"], rel=0.03)
+    ddp = runs["ddp"]
+    assert ddp.data.tags["slurm.tasks"] == "2" and ddp.data.params.get("train.device") == "cpu"
+    assert sum(h.value for h in epoch_energy) == pytest.approx(ddp.data.metrics["train/energy_j"], rel=1e-6)
+    assert len(epoch_energy) == 2  # two epochs, each logged once by rank 0
+
+
+def _search_args(tiny_corpus, tmp_path, storage, experiment, n_trials, epochs):
+    return ["search", "--preset", "tiny", "--data.root", tiny_corpus, "--n-trials", str(n_trials), "--workers", "1",
+            "--launcher", "slurm", "--storage", storage, "--slurm.poll_s", "1", "--slurm.folder", tmp_path / "slurm",
+            "--experiment", experiment, "--train.epochs", str(epochs), "--tracking.log_model", "false",
+            "--eval.infer_precisions", "fp32", "--out", tmp_path / "search", "--search.study_name", experiment]
+
+
+def _worker_job_id(study_name: str) -> str | None:
+    out = subprocess.run(["squeue", "-h", "-r", "-o", "%i %j"], capture_output=True, text=True).stdout
+    return next((ln.split()[0] for ln in out.splitlines() if ln.endswith(f"svbench-search-{study_name}")), None)
+
+
+def _when_trial(storage: str, study_name: str, ready, timeout_s: float = 400) -> None:
+    import optuna
+
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        try:
+            trials = optuna.load_study(study_name=study_name, storage=storage).get_trials(deepcopy=False)
+        except Exception:  # the study is not created yet
+            trials = []
+        if ready(trials):
+            return
+        time.sleep(0.5)
+    pytest.fail("the search never reached the awaited trial state")
+
+
+def test_search_worker_cancelled_mid_trial_keeps_its_energy_and_a_requeued_one_never_overshoots(
+        slurm_cluster, tiny_corpus, tmp_path, fake_machine):
+    """A worker job cancelled (scancel) after its trial finished an epoch: that trial's spent energy is in
+    search/energy_j and the study lists the loss as incomplete. A worker requeued mid-study (submitit's
+    pre-timeout signal) continues the study, which ends with exactly n_trials trials."""
+    import threading
+
+    import optuna
+
+    env = fake_machine(rapl_w=50)
+    storage = postgres_url("svbench_slurm_cancel")
+    if storage is None:
+        pytest.skip("no PostgreSQL on 127.0.0.1:5432")
+    with mlflow_server(tmp_path, "svbench_slurm_cancel_mlflow") as base:
+        env["MLFLOW_TRACKING_URI"] = base
+
+        def cancel_after_first_epoch() -> None:
+            _when_trial(storage, "cancelled", lambda ts: any("spent_so_far" in t.user_attrs for t in ts))
+            subprocess.run(["scancel", _worker_job_id("cancelled")], check=True)
+
+        killer = threading.Thread(target=cancel_after_first_epoch)
+        killer.start()
+        proc = run_cli(*_search_args(tiny_corpus, tmp_path, storage, "cancelled", 2, 3), env=env, cwd=tmp_path,
+                       timeout=900)
+        killer.join(timeout=30)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        client = MlflowClient(tracking_uri=base)
+        runs = client.search_runs([client.get_experiment_by_name("cancelled").experiment_id])
+        study_run = next(r for r in runs if r.data.tags.get("svbench.kind") == "study")
+    trial = optuna.load_study(study_name="cancelled", storage=storage).get_trials()[0]
+    spent = (trial.user_attrs.get("spent_entry") or trial.user_attrs["spent_so_far"])["energy_j"]
+    assert trial.state == optuna.trial.TrialState.FAIL and spent > 0
+    assert study_run.data.metrics["search/energy_j"] == pytest.approx(spent, rel=1e-9)
+    assert "worker job ended early" in study_run.data.tags["energy.incomplete"]
+
+    storage = postgres_url("svbench_slurm_requeue")
+    with mlflow_server(tmp_path, "svbench_slurm_requeue_mlflow") as base:
+        env["MLFLOW_TRACKING_URI"] = base
+
+        def requeue_mid_study() -> None:
+            _when_trial(storage, "requeued", lambda ts: len(ts) >= 2 and ts[0].state.is_finished())
+            jid = _worker_job_id("requeued")
+            subprocess.run(["scancel", "--signal=USR2", jid], check=True)
+            _start_now_when_requeued(jid, time.time() + 240)
+
+        signaller = threading.Thread(target=requeue_mid_study)
+        signaller.start()
+        proc = run_cli(*_search_args(tiny_corpus, tmp_path, storage, "requeued", 3, 1), env=env, cwd=tmp_path,
+                       timeout=900)
+        signaller.join(timeout=30)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    trials = optuna.load_study(study_name="requeued", storage=storage).get_trials()
+    assert len(trials) == 3, [t.state for t in trials]
+    assert [t.state.name for t in trials].count("FAIL") == 1  # the trial the requeue interrupted

@@ -11,10 +11,9 @@ meter when a command is configured, and the labelled estimate only when nothing 
 for the CPU and DRAM when only GPUs can be measured (no RAPL, or RAPL unreadable without root).
 
 Attribution (``bench.energy.plan``): under ``cpu-time-share`` a window's machine-level components
-(RAPL packages and DRAM, the node command) are multiplied by the process tree's share of the
-machine's busy CPU time in that window: ``share = (process CPU s) / (machine busy CPU s)``, at most 1.
-The shares of processes that run side by side add up to at most 1, so their sum never exceeds what
-the machine drew. GPUs and estimates are per-process already and are never scaled.
+(RAPL packages and DRAM, the node command) are multiplied by the process tree's share of the machine,
+taken per sampling interval (``bench.energy.share``), so processes whose windows are out of step are
+never given more than the machine drew. GPUs and estimates are per-process already and are never scaled.
 """
 
 from __future__ import annotations
@@ -24,11 +23,10 @@ import time
 import warnings
 from dataclasses import dataclass
 
-import psutil
-
-from bench.energy.estimate_meter import EstimateMeter, process_cpu_seconds
+from bench.energy.estimate_meter import EstimateMeter
 from bench.energy.plan import CPU_TIME_SHARE, EXCLUSIVE, MeasurePlan
 from bench.energy.reading import MACHINE_SOURCES, EnergyReading
+from bench.energy.share import UsageSample, UsageSampler, attributed_fraction
 from bench.errors import BenchError
 
 
@@ -38,19 +36,19 @@ class WindowHandle:
     reading: EnergyReading | None = None
 
 
-def machine_busy_cpu_seconds() -> float:
-    """CPU seconds all cores of this machine spent on anything but idling since boot."""
-    t = psutil.cpu_times()
-    return sum(t) - t.idle - getattr(t, "iowait", 0.0)
-
-
 class MeterSet:
-    def __init__(self, meters: list, idle_power_w: dict[str, float] | None = None, attribution: str = EXCLUSIVE):
+    def __init__(self, meters: list, idle_power_w: dict[str, float] | None = None, attribution: str = EXCLUSIVE,
+                 share_period_s: float = 1.0, unreadable_gpus: tuple[int, ...] = ()):
         self.meters = meters
+        self.unreadable_gpus = unreadable_gpus
         self.readings: list[EnergyReading] = []
-        self.idle_power_w = dict(idle_power_w or {})
+        self.idle_power_w = dict(idle_power_w or {})  # the whole machine's, for machine-level components
         self.attribution = attribution
-        self._cpu_at_begin: dict[str, tuple[float, float]] = {}
+        self.sampler: UsageSampler | None = None
+        counters = {m.kind: m.machine_energy_j for m in meters if getattr(m, "machine_level", False)}
+        if attribution == CPU_TIME_SHARE and counters:  # the node meter, which holds everything, weighs first
+            self.sampler = UsageSampler(share_period_s, counters.get("node") or counters.get("zeus"))
+        self._open: dict[str, UsageSample] = {}
 
     def describe(self) -> str:
         return ", ".join(m.describe() for m in self.meters)
@@ -60,37 +58,33 @@ class MeterSet:
         self.readings = []
 
     def begin(self, name: str) -> float:
-        if self.attribution == CPU_TIME_SHARE:
-            self._cpu_at_begin[name] = (process_cpu_seconds(), machine_busy_cpu_seconds())
+        if self.sampler is not None:
+            self._open[name] = self.sampler.sample()
         for m in self.meters:
             m.begin(name)
         return time.time()
 
-    def end(self, name: str, start: float) -> EnergyReading:
+    def end(self, name: str, start: float, shared: bool = True) -> EnergyReading:
         end = time.time()
-        r = EnergyReading(name, start, end - start, idle_power_w=dict(self.idle_power_w), attribution=self.attribution)
+        r = EnergyReading(name, start, end - start, attribution=self.attribution)
         for m in reversed(self.meters):
             part = m.end(name)
             r.joules.update(part["joules"])
             r.sources.update(part["sources"])
             r.incomplete.update(part["incomplete"])
             r.timeline.update(part["timeline"])
-        if self.attribution == CPU_TIME_SHARE:
-            self._apply_share(r, *self._cpu_at_begin.pop(name))
+        for i in self.unreadable_gpus:  # never a silent no-GPU total
+            r.joules[f"gpu:{i}"], r.sources[f"gpu:{i}"] = float("nan"), "nvml"
+            r.incomplete[f"gpu:{i}"] = "torch computes on this GPU but Zeus cannot read it (NVML missing or failing)"
+        r.idle_power_w = {c: w for c, w in self.idle_power_w.items() if c in r.joules}
+        first = self._open.pop(name, None)
+        if first is not None:
+            fraction = attributed_fraction(self.sampler.samples_between(first, self.sampler.sample())) if shared \
+                else 1.0
+            _scale_machine_components(r, fraction)
+            self.sampler.forget_before(min([s.time_s for s in self._open.values()], default=end))
         self.readings.append(r)
         return r
-
-    @staticmethod
-    def _apply_share(r: EnergyReading, proc0: float, machine0: float) -> None:
-        busy = machine_busy_cpu_seconds() - machine0
-        share = min(1.0, max(0.0, (process_cpu_seconds() - proc0) / busy)) if busy > 0 else 1.0
-        for comp, src in r.sources.items():
-            if src in MACHINE_SOURCES and comp in r.joules:
-                r.joules[comp] *= share
-                if comp in r.idle_power_w:
-                    r.idle_power_w[comp] *= share
-                if comp in r.timeline:
-                    r.timeline[comp] = [(t, w * share) for t, w in r.timeline[comp]]
 
     @contextlib.contextmanager
     def window(self, name: str):
@@ -105,15 +99,28 @@ class MeterSet:
         """Idle power per component over ``seconds`` of sleep; later readings get dynamic energy."""
         if seconds <= 0:
             return {}
-        with self.window("idle") as w:
-            time.sleep(seconds)
-        r = w.reading
+        start = self.begin("idle")
+        time.sleep(seconds)
+        r = self.end("idle", start, shared=False)  # the whole machine's idle power; each window scales it once
         self.idle_power_w = {c: j / r.time_s for c, j in r.joules.items() if c not in r.incomplete}
         return self.idle_power_w
 
     def close(self) -> None:
+        if self.sampler is not None:
+            self.sampler.close()
         for m in self.meters:
             m.close()
+
+
+def _scale_machine_components(r: EnergyReading, fraction: float) -> None:
+    """The process's part of the machine-level components (and of their idle power) in one window."""
+    for comp, src in r.sources.items():
+        if src in MACHINE_SOURCES and comp in r.joules:
+            r.joules[comp] *= fraction
+            if comp in r.idle_power_w:
+                r.idle_power_w[comp] *= fraction
+            if comp in r.timeline:
+                r.timeline[comp] = [(t, w * fraction) for t, w in r.timeline[comp]]
 
 
 def create_meters(energy_cfg, plan: MeasurePlan, machine_meters: bool = True) -> MeterSet:
@@ -148,7 +155,9 @@ def create_meters(energy_cfg, plan: MeasurePlan, machine_meters: bool = True) ->
     # counters read last at a window's start and first at its end, right beside its timestamps; the slower
     # meters (process-tree scans, polling threads) around them
     meters.sort(key=lambda m: m.kind == "zeus")
-    ms = MeterSet(meters, attribution=plan.attribution)
+    ms = MeterSet(
+        meters, attribution=plan.attribution, share_period_s=energy_cfg.share_period_s,
+        unreadable_gpus=plan.unreadable_gpus)
     if energy_cfg.idle_baseline_s > 0:
         ms.measure_idle(energy_cfg.idle_baseline_s)
     return ms

@@ -81,6 +81,14 @@ class NodeMeter:
             next_t += self.period_s
             self._stop.wait(max(0.0, next_t - time.monotonic()))
 
+    machine_level = True  # the whole node, shared by its processes and jobs
+
+    def machine_energy_j(self) -> float | None:
+        """Joules the node drew from its first sample until now (for per-interval shares)."""
+        with self._lock:
+            samples = list(self.samples)
+        return self.integrate(samples, samples[0][0], time.time()) if samples else None
+
     def begin(self, window: str) -> None:
         self._start[window] = time.time()
 

@@ -7,13 +7,14 @@ forecast probe) takes through ``measurement_plan``.
 - Machine-level meters (RAPL packages, the node command) measure the whole machine. A process that
   owns the machine (``shared=False``: one training, one DDP rank group, the search parent) reports
   all of it (attribution ``exclusive``). A process that shares the machine with other workers of the
-  same study (``shared=True``) reports the share of it given by its CPU time (attribution
-  ``cpu-time-share``, see ``bench.energy.meters``).
+  same study (``shared=True``), or a Slurm job packed on a node with other jobs, reports the share of it
+  given by its CPU time per sampling interval (attribution ``cpu-time-share``, see ``bench.energy.share``).
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
 from dataclasses import dataclass
 
 from bench.errors import BenchError
@@ -27,6 +28,7 @@ class MeasurePlan:
     gpu_indices: tuple[int, ...]  # Zeus indices, i.e. after CUDA_VISIBLE_DEVICES
     attribution: str = EXCLUSIVE  # how machine-level meters are attributed to this process
     sync_cuda: bool = False  # synchronise torch's CUDA stream at window edges (only when computing there)
+    unreadable_gpus: tuple[int, ...] = ()  # GPUs torch computes on that Zeus cannot read: listed as incomplete
 
 
 def visible_gpu_count() -> int:
@@ -39,11 +41,29 @@ def visible_gpu_count() -> int:
         return 0
 
 
-def measurement_plan(train_device: str, local_rank: int = 0, shared: bool = False) -> MeasurePlan:
+def node_shared_with_other_jobs() -> bool:
+    """Inside a Slurm job that does not hold its node exclusively (``scontrol show job`` says
+    ``OverSubscribe=NO`` for ``--exclusive``): other jobs may run beside it. When Slurm cannot be asked,
+    the job is taken as shared, the side on which no job is ever given more than its node drew."""
+    job = os.environ.get("SLURM_JOB_ID")
+    if not job:
+        return False
+    try:
+        out = subprocess.run(["scontrol", "show", "job", "-o", job], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return True
+    return "OverSubscribe=NO" not in out
+
+
+def measurement_plan(train_device: str, local_rank: int = 0, shared: bool | None = None) -> MeasurePlan:
+    """``shared``: other processes or jobs use this machine at the same time; None: shared when this is a
+    Slurm job without the node to itself (``node_shared_with_other_jobs``)."""
     # torch is imported here, not at module level: the search worker's module is re-imported by every helper
     # process Zeus spawns (power monitor, RAPL tracker), which must start within Zeus's 10 s limit
     import torch
 
+    if shared is None:
+        shared = node_shared_with_other_jobs()
     attribution = CPU_TIME_SHARE if shared else EXCLUSIVE
     if train_device == "cpu":
         return MeasurePlan((), attribution)
@@ -53,7 +73,9 @@ def measurement_plan(train_device: str, local_rank: int = 0, shared: bool = Fals
         index = local_rank
     n = visible_gpu_count()
     gpus = (index,) if index < n else ()
-    return MeasurePlan(gpus, attribution, sync_cuda=bool(gpus) and torch.cuda.is_available())
+    computes_there = torch.cuda.is_available() and index < torch.cuda.device_count()
+    unreadable = (index,) if computes_there and not gpus else ()  # NVML failing, or seeing fewer GPUs than torch
+    return MeasurePlan(gpus, attribution, sync_cuda=bool(gpus) and computes_there, unreadable_gpus=unreadable)
 
 
 def worker_gpu_sets(workers: int) -> list[list[str]] | None:

@@ -132,12 +132,15 @@ def sum_windows(readings: list[EnergyReading], name: str) -> EnergyReading:
     if not readings:
         raise ValueError("nothing to sum")
     out = EnergyReading(name, readings[0].start_time, sum(r.time_s for r in readings))
+    idle_j: dict[str, float] = {}
     for r in readings:
         for comp in r.joules:
             _add(out, r, comp, comp)
         out.incomplete.update(_notes(r))
-    for comp, watts in readings[0].idle_power_w.items():
-        out.idle_power_w[comp] = watts  # a power, not summed over windows
+        for comp, watts in r.idle_power_w.items():
+            idle_j[comp] = idle_j.get(comp, 0.0) + watts * r.time_s
+    # a power: the time-weighted mean (a shared process's idle part differs from window to window)
+    out.idle_power_w = {c: j / out.time_s for c, j in idle_j.items()} if out.time_s > 0 else {}
     out.attribution = readings[0].attribution
     return out
 
@@ -146,7 +149,9 @@ def sum_ranks(readings: list[EnergyReading], hosts: list[str]) -> EnergyReading:
     """Readings of the same window on several DDP ranks.
 
     Per-process components (GPUs, estimates) are summed; what a whole machine shares (the node meter,
-    RAPL packages) is counted once per host. With several hosts, components are suffixed ``@host``.
+    RAPL packages) is counted once per host, unless each rank holds only its CPU-time share of it (attribution
+    ``cpu-time-share``: the shares of disjoint processes add up). With several hosts, components are suffixed
+    ``@host``.
     """
     if len(readings) != len(hosts) or not readings:
         raise ValueError("one host name per reading is needed")
@@ -157,7 +162,7 @@ def sum_ranks(readings: list[EnergyReading], hosts: list[str]) -> EnergyReading:
     seen: set[tuple[str, str]] = set()
     for r, host in zip(readings, hosts):
         for comp in r.joules:
-            if comp == "node" or r.sources.get(comp) == "rapl":
+            if r.attribution != "cpu-time-share" and r.sources.get(comp) in MACHINE_SOURCES:
                 if (host, comp) in seen:
                     continue
                 seen.add((host, comp))

@@ -33,6 +33,19 @@ class ZeusMeter:
         self._start: dict[str, float] = {}
 
     @property
+    def machine_level(self) -> bool:
+        """RAPL packages measure the whole machine (shared by its processes)."""
+        return bool(self.cpu_indices)
+
+    def machine_energy_j(self) -> float:
+        """The RAPL packages' and DRAM counters now, summed, in joules (for per-interval shares)."""
+        total_mj = 0.0
+        for i in self.cpu_indices:
+            m = self.monitor.cpus.get_total_energy_consumption(i)
+            total_mj += m.cpu_mj + (m.dram_mj or 0.0)
+        return total_mj / 1000.0
+
+    @property
     def measures_anything(self) -> bool:
         return bool(self.gpu_indices or self.cpu_indices)
 
