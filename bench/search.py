@@ -63,8 +63,10 @@ def storage_url(cfg: Config, out_root: str | Path = "runs/search") -> str:
 def make_storage(url: str, heartbeat_s: int = 30):
     if "://" in url:
         try:
-            return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat_s, grace_period=2 * heartbeat_s,
-                                              failed_trial_callback=None)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat_s, grace_period=2 * heartbeat_s,
+                                                  failed_trial_callback=None)
         except Exception as exc:
             raise BenchError(f"cannot open Optuna storage {url} ({str(exc).splitlines()[0][:120]})") from None
     path = Path(url)
@@ -79,12 +81,14 @@ def _constraints(trial: optuna.trial.FrozenTrial) -> list[float]:
 
 
 def make_sampler(name: str, seed: int):
-    if name == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed, constraints_func=_constraints)
-    if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, constraints_func=_constraints)
+    # constraints_func is what optuna-dashboard 0.21 and study.best_trials read (deprecated in Optuna 5, kept)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        warnings.filterwarnings("ignore", message=".*constraints_func", category=FutureWarning)
+        if name == "nsga2":
+            return optuna.samplers.NSGAIISampler(seed=seed, constraints_func=_constraints)
+        if name == "tpe":
+            return optuna.samplers.TPESampler(seed=seed, constraints_func=_constraints)
         return optuna.samplers.GPSampler(seed=seed, constraints_func=_constraints)
 
 
@@ -104,14 +108,18 @@ def create_study(cfg: Config, storage, outer_run: str | None = None) -> optuna.S
 
     from bench import tracking
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "Using an existing study" line
     study = optuna.create_study(study_name=cfg.search.study_name, storage=storage, load_if_exists=True,
                                 directions=["minimize", "minimize"],
                                 sampler=make_sampler(cfg.search.sampler, cfg.search.seed))
-    study.set_metric_names(list(objective_keys(cfg)))
+    if ATTR_PARENT in study.user_attrs:
+        _check_same_search(cfg, study)  # before anything of the study is changed
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(list(objective_keys(cfg)))
     client = MlflowClient()
     tags = {tracking.TAG_KIND: "study", "optuna.study": cfg.search.study_name}
     if ATTR_PARENT in study.user_attrs:
-        _check_same_search(cfg, study)
         if outer_run:
             client.set_tag(outer_run, tracking.TAG_KIND, "search")
             client.set_tag(outer_run, "optuna.study", cfg.search.study_name)
@@ -150,7 +158,7 @@ def _check_same_search(cfg: Config, study: optuna.Study) -> None:
     now = {"objective": cfg.search.objective, "budgets": _budgets(cfg)}
     if before != now:
         raise BenchError(f"study '{cfg.search.study_name}' was run with {before}, not {now}; continue it with the "
-                         "same --objective and budgets, or start another study with --study-name")
+                         "same --objective and budgets, or start another study with --study NAME")
 
 
 def objective_keys(cfg: Config) -> tuple[str, str]:
@@ -499,7 +507,9 @@ def run_search(cfg: Config, workers: int = 1, out_root: str | Path = "runs/searc
     storage = make_storage(url, cfg.search.heartbeat_s)
     study = create_study(cfg, storage, outer_run)
     if isinstance(storage, optuna.storages.RDBStorage):
-        optuna.storages.fail_stale_trials(study)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
     else:
         _fail_orphans(study)
     _close_runs_of_failed_trials(study)
@@ -538,7 +548,9 @@ def _search_and_log(cfg: Config, workers: int, url: str, out_root: str | Path, s
     search_run = uuid.uuid4().hex
     if launcher == "slurm":  # each worker job measures its own node share and stores its entry in the study
         _run_slurm_workers(cfg, cfg_dict, url, shares, out, search_run, parent)
-        _recover_lost_workers(load_study(cfg, make_storage(url, cfg.search.heartbeat_s)), search_run)
+        after = load_study(cfg, make_storage(url, cfg.search.heartbeat_s))
+        if _recover_lost_workers(after, search_run):
+            _close_runs_of_failed_trials(after)
         entry = None
     else:
         reading = _measured(cfg, _study_plan(cfg, gpu_sets),
@@ -696,6 +708,8 @@ def _recover_lost_workers(study: optuna.Study, search_run: str) -> int:
         if token and token not in have and t.user_attrs.get(ATTR_RUN) == search_run:
             entry = t.user_attrs.get("spent_entry") or t.user_attrs.get(ATTR_SPENT_SO_FAR)
             lost.setdefault(token, []).extend([entry] if entry else [])
+            if t.state == optuna.trial.TrialState.RUNNING:  # its job is gone: no heartbeat will come back
+                study.tell(t.number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
     for token, entries in lost.items():
         measured = [e for e in entries if e["energy_j"] is not None]
         study.set_user_attr(f"{ATTR_COST}/{token}", {

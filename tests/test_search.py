@@ -128,3 +128,17 @@ def test_journal_trial_of_a_dead_worker_is_failed_before_the_study_continues(tmp
     again = optuna.load_study(study_name="o", storage=make_storage(str(tmp_path / "o.journal")))
     assert _fail_orphans(again) == 1
     assert [t.state for t in again.get_trials()] == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.RUNNING]
+
+
+def test_a_continued_study_with_another_objective_or_budget_is_a_one_line_error(tiny_corpus, tmp_path):
+    from conftest import assert_one_line_error
+
+    cfg = _cfg(tiny_corpus, tmp_path, "same-search", "--search.energy_budget_j", "500")
+    create_study(cfg, make_storage(cfg.search.storage))
+    base = ["search", "--preset", "tiny", "--data.root", tiny_corpus, "--storage", cfg.search.storage,
+            "--search.study_name", "same-search", "--experiment", cfg.tracking.experiment, "--out", tmp_path / "runs"]
+    proc = run_cli(*base, "--objective", "carbon", "--search.energy_budget_j", "500", cwd=tmp_path)
+    assert_one_line_error(proc, "same-search", "'objective': 'energy'", "'objective': 'carbon'")
+    proc = run_cli(*base, "--search.energy_budget_j", "900", cwd=tmp_path)
+    assert_one_line_error(proc, "500", "900", "--study NAME")
+    assert not (tmp_path / "runs" / "same-search").exists()

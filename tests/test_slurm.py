@@ -217,7 +217,7 @@ def _search_args(tiny_corpus, tmp_path, storage, experiment, n_trials, epochs):
     return ["search", "--preset", "tiny", "--data.root", tiny_corpus, "--n-trials", str(n_trials), "--workers", "1",
             "--launcher", "slurm", "--storage", storage, "--slurm.poll_s", "1", "--slurm.folder", tmp_path / "slurm",
             "--experiment", experiment, "--train.epochs", str(epochs), "--tracking.log_model", "false",
-            "--eval.infer_precisions", "fp32", "--out", tmp_path / "search", "--search.study_name", experiment]
+            "--eval.infer_precisions", "[fp32]", "--out", tmp_path / "search", "--search.study_name", experiment]
 
 
 def _worker_job_id(study_name: str) -> str | None:
@@ -262,7 +262,8 @@ def test_search_worker_cancelled_mid_trial_keeps_its_energy_and_a_requeued_one_n
 
         killer = threading.Thread(target=cancel_after_first_epoch)
         killer.start()
-        proc = run_cli(*_search_args(tiny_corpus, tmp_path, storage, "cancelled", 2, 3), env=env, cwd=tmp_path,
+        # Slurm sends SIGTERM, which submitit ignores, then SIGKILL after KillWait (10 s): epochs enough to outlast it
+        proc = run_cli(*_search_args(tiny_corpus, tmp_path, storage, "cancelled", 1, 20), env=env, cwd=tmp_path,
                        timeout=900)
         killer.join(timeout=30)
         assert proc.returncode == 0, proc.stderr[-3000:]
@@ -294,3 +295,29 @@ def test_search_worker_cancelled_mid_trial_keeps_its_energy_and_a_requeued_one_n
     trials = optuna.load_study(study_name="requeued", storage=storage).get_trials()
     assert len(trials) == 3, [t.state for t in trials]
     assert [t.state.name for t in trials].count("FAIL") == 1  # the trial the requeue interrupted
+
+
+def test_queue_states_that_are_not_final_keep_a_job_waited_for_and_squeue_is_retried(tmp_path, monkeypatch):
+    """Every state squeue lists but Slurm's final ones means the job may still run; a failing squeue (here a
+    stand-in on PATH that fails twice, then answers) is retried with backoff, and gives up with a clear error."""
+    from bench import slurm
+    from bench.errors import BenchError
+
+    for state in ("PENDING", "REQUEUE_HOLD", "PREEMPTED", "STOPPED", "SIGNALING", "SPECIAL_EXIT", "SUSPENDED"):
+        st = slurm.job_state(slurm.job_of(str(tmp_path), "41"), {"41": state})
+        assert st.state == state and not slurm.ended(st.state)
+    gone = slurm.job_state(slurm.job_of(str(tmp_path), "42", tasks=2), {})
+    assert gone.state == "ENDED" and "task(s) [0, 1] of 2" in gone.error
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    calls = tmp_path / "calls"
+    (fake / "squeue").write_text(f"#!/bin/sh\necho x >> {calls}\n"
+                                 f"[ $(wc -l < {calls}) -gt 2 ] && echo '7 RUNNING' && exit 0\nexit 1\n")
+    (fake / "squeue").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
+    assert slurm.squeue_states(give_up_s=30) == {"7": "RUNNING"}
+    assert len(calls.read_text().splitlines()) == 3
+    calls.write_text("")
+    (fake / "squeue").write_text("#!/bin/sh\nexit 1\n")
+    with pytest.raises(BenchError, match="cannot read the Slurm queue"):
+        slurm.squeue_states(give_up_s=2)
