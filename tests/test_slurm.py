@@ -124,7 +124,8 @@ def test_search_array_on_slurm_with_postgres_storage(slurm_cluster, tiny_corpus,
         trials = [r for r in runs if r.data.tags.get("svbench.kind") == "trial"]
         assert study.info.status == "FINISHED" and len(study.data.tags["slurm.job_ids"].split(",")) == 2
         assert len(trials) == 3 and all(r.data.tags["mlflow.parentRunId"] == study.info.run_id for r in trials)
-        assert all(r.info.status == "FINISHED" and r.data.tags["slurm.job_id"] for r in trials)
+        assert all(r.info.status == "FINISHED" and r.data.tags["slurm.job_id"] for r in trials), \
+            [(r.info.run_name, r.info.status, r.data.tags.get("optuna.error")) for r in trials]
         m = study.data.metrics
         assert m["search/trials_complete"] == 3 and m["search/energy_j"] >= m["search/trials_energy_j"] > 0
         assert study.data.tags["energy.attribution"] == "cpu-time-share"  # each job its share of the node
