@@ -186,8 +186,23 @@ def log_datasets(cfg: Config) -> None:
         warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")
         warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways")
         for df, path, label, context in tables:
-            mlflow.log_input(mlflow.data.from_pandas(df, source=str(path.resolve()), name=f"{name}/{label}"),
-                             context=context)
+            _log_input(mlflow.data.from_pandas(df, source=str(path.resolve()), name=f"{name}/{label}"), context)
+
+
+def _log_input(dataset, context: str, tries: int = 3) -> None:
+    """``mlflow.log_input``, again when another process inserted the same dataset at the same moment: the
+    store checks for the dataset, then inserts it, so two search workers logging one training manifest race
+    on its key (experiment, name, digest) and the loser gets a unique-key error (400, which the client does
+    not retry). A second call finds the dataset and only links it to the run."""
+    for attempt in range(tries):
+        try:
+            mlflow.log_input(dataset, context=context)
+            return
+        except mlflow.exceptions.MlflowException as exc:
+            text = str(exc).lower()
+            if attempt == tries - 1 or not ("unique" in text or "duplicate" in text or "integrity" in text):
+                raise
+            time.sleep(0.2 * (attempt + 1))
 
 
 # ---------------------------------------------------------------- callbacks
