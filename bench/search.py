@@ -627,8 +627,6 @@ def _recover_killed_runs(study: optuna.Study, cfg: Config) -> None:
     a trial killed with it what it spent up to its last finished epoch) becomes that run's cost entry,
     marked incomplete. If that process was in fact alive (on another machine), its own entry replaces this
     one when it ends."""
-    from bench import tracking
-
     runs = list(study.user_attrs.get(ATTR_COST, []))
     known = {r.get("search_run") for r in _cost_entries(study)}
     trials = study.get_trials(deepcopy=False)
@@ -637,17 +635,30 @@ def _recover_killed_runs(study: optuna.Study, cfg: Config) -> None:
     for t in trials:
         token = t.user_attrs.get(ATTR_RUN)
         if token and token not in known and token not in alive:
-            entry = t.user_attrs.get("spent_entry") or t.user_attrs.get(ATTR_SPENT_SO_FAR)
-            lost.setdefault(token, []).extend([entry] if entry else [])
+            lost.setdefault(token, []).extend(_trial_record(t))
     for token, entries in lost.items():
-        tags = tracking.combined_energy_tags(entries) if entries else {}
-        measured = [e for e in entries if e["energy_j"] is not None]
-        runs.append({"search_run": token, "energy_j": float(sum(e["energy_j"] for e in measured)),
-                     "co2_g": float(sum(e["co2_g"] or 0.0 for e in measured)),
-                     "time_s": float(sum(e["time_s"] for e in measured)), **tags,
-                     "energy.incomplete": "search process killed: only what its trials recorded"})
+        runs.append({"search_run": token,
+                     **_entry_from_records(entries, "search process killed: only what its trials recorded")})
     if lost:
         study.set_user_attr(ATTR_COST, runs)
+
+
+def _trial_record(t: optuna.trial.FrozenTrial) -> list[dict]:
+    """What a trial recorded of its cost: its total, or what it spent up to its last finished epoch (or none)."""
+    entry = t.user_attrs.get("spent_entry") or t.user_attrs.get(ATTR_SPENT_SO_FAR)
+    return [entry] if entry else []
+
+
+def _entry_from_records(entries: list[dict], incomplete: str) -> dict:
+    """A cost entry rebuilt from trials' records, for a process that ended without writing its own: their
+    measured energy, carbon and time summed, their labels combined, and ``incomplete`` saying why."""
+    from bench import tracking
+
+    measured = [e for e in entries if e["energy_j"] is not None]
+    return {"energy_j": float(sum(e["energy_j"] for e in measured)),
+            "co2_g": float(sum(e["co2_g"] or 0.0 for e in measured)),
+            "time_s": float(sum(e["time_s"] for e in measured)),
+            **(tracking.combined_energy_tags(entries) if entries else {}), "energy.incomplete": incomplete}
 
 
 def _cost_entries(study: optuna.Study) -> list[dict]:
@@ -699,25 +710,18 @@ def _recover_lost_workers(study: optuna.Study, search_run: str) -> int:
     """Slurm worker attempts that ended without their cost entry (cancelled, killed, out of memory, timed out
     or preempted): what their trials recorded (a trial's total, or what it spent up to its last finished epoch)
     becomes the attempt's entry, marked incomplete (the tail after the last record was not measured)."""
-    from bench import tracking
-
     have = {k.split("/", 1)[1] for k in study.user_attrs if k.startswith(f"{ATTR_COST}/")}
     lost: dict[str, list[dict]] = {}
     for t in study.get_trials(deepcopy=False):
         token = t.user_attrs.get(ATTR_WORKER)
         if token and token not in have and t.user_attrs.get(ATTR_RUN) == search_run:
-            entry = t.user_attrs.get("spent_entry") or t.user_attrs.get(ATTR_SPENT_SO_FAR)
-            lost.setdefault(token, []).extend([entry] if entry else [])
+            lost.setdefault(token, []).extend(_trial_record(t))
             if t.state == optuna.trial.TrialState.RUNNING:  # its job is gone: no heartbeat will come back
                 study.tell(t.number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
     for token, entries in lost.items():
-        measured = [e for e in entries if e["energy_j"] is not None]
         study.set_user_attr(f"{ATTR_COST}/{token}", {
-            "search_run": search_run, "worker": token, "energy_j": float(sum(e["energy_j"] for e in measured)),
-            "co2_g": float(sum(e["co2_g"] or 0.0 for e in measured)),
-            "time_s": float(sum(e["time_s"] for e in measured)),
-            **(tracking.combined_energy_tags(entries) if entries else {}),
-            "energy.incomplete": "worker job ended early: only what its trials recorded"})
+            "search_run": search_run, "worker": token,
+            **_entry_from_records(entries, "worker job ended early: only what its trials recorded")})
     return len(lost)
 
 

@@ -2,15 +2,16 @@
 
 A job runs this checkout's Python (``sys.executable``) with the submitting shell's environment (sbatch
 exports it), so ``MLFLOW_TRACKING_URI`` and the data paths reach the nodes: use a tracking server and an
-RDB storage that every node can reach. A job that shares its node with other jobs is given its CPU-time share
-of the node-level meters (``bench.energy.share``); ``slurm.exclusive`` submits with ``--exclusive`` and the job
-is given all of them. A job measures only the GPUs Slurm bound to it, and sees none when it was given none. A multi-GPU variant runs one task per GPU (``srun``); ranks find
-each other through the Slurm environment (``submitit.helpers.TorchDistributedEnvironment``) and train with
-DDP exactly as under torchrun. A preempted or timed-out job is requeued by submitit's checkpointing hook
-and resumes from the variant's last checkpoint.
+RDB storage that every node can reach. A job that shares its node with other jobs is given its CPU-time
+share of the node-level meters (``bench.energy.share``); ``slurm.exclusive`` submits with ``--exclusive``
+and the job is given all of them. A job measures only the GPUs Slurm bound to it, and sees none when it
+was given none. A multi-GPU variant runs one task per GPU (``srun``), or ``slurm.tasks_per_node`` tasks;
+ranks find each other through the Slurm environment (``submitit.helpers.TorchDistributedEnvironment``)
+and train with DDP exactly as under torchrun. A preempted or timed-out job is requeued by submitit's
+checkpointing hook and resumes from the variant's last checkpoint.
 
 There is no accounting daemon on many small clusters (and none on the test cluster): a job's state comes
-from ``squeue`` while Slurm holds it, then from submitit's result file.
+from ``squeue`` while Slurm holds it, then from submitit's result files (one per task).
 """
 
 from __future__ import annotations

@@ -226,6 +226,18 @@ def _worker_job_id(study_name: str) -> str | None:
     return next((ln.split()[0] for ln in out.splitlines() if ln.endswith(f"svbench-search-{study_name}")), None)
 
 
+def _search_while(action, tiny_corpus, tmp_path, storage, env, study, n_trials, epochs):
+    """Run a 1-worker Slurm search while ``action()`` acts on its worker job from another thread."""
+    import threading
+
+    actor = threading.Thread(target=action)
+    actor.start()
+    proc = run_cli(*_search_args(tiny_corpus, tmp_path, storage, study, n_trials, epochs), env=env, cwd=tmp_path,
+                   timeout=900)
+    actor.join(timeout=30)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
 def _when_trial(storage: str, study_name: str, ready, timeout_s: float = 400) -> None:
     import optuna
 
@@ -246,8 +258,6 @@ def test_search_worker_cancelled_mid_trial_keeps_its_energy_and_a_requeued_one_n
     """A worker job cancelled (scancel) after its trial finished an epoch: that trial's spent energy is in
     search/energy_j and the study lists the loss as incomplete. A worker requeued mid-study (submitit's
     pre-timeout signal) continues the study, which ends with exactly n_trials trials."""
-    import threading
-
     import optuna
 
     env = fake_machine(rapl_w=50)
@@ -261,13 +271,8 @@ def test_search_worker_cancelled_mid_trial_keeps_its_energy_and_a_requeued_one_n
             _when_trial(storage, "cancelled", lambda ts: any("spent_so_far" in t.user_attrs for t in ts))
             subprocess.run(["scancel", _worker_job_id("cancelled")], check=True)
 
-        killer = threading.Thread(target=cancel_after_first_epoch)
-        killer.start()
         # Slurm sends SIGTERM, which submitit ignores, then SIGKILL after KillWait (10 s): epochs enough to outlast it
-        proc = run_cli(*_search_args(tiny_corpus, tmp_path, storage, "cancelled", 1, 20), env=env, cwd=tmp_path,
-                       timeout=900)
-        killer.join(timeout=30)
-        assert proc.returncode == 0, proc.stderr[-3000:]
+        _search_while(cancel_after_first_epoch, tiny_corpus, tmp_path, storage, env, "cancelled", 1, 20)
         client = MlflowClient(tracking_uri=base)
         runs = client.search_runs([client.get_experiment_by_name("cancelled").experiment_id])
         study_run = next(r for r in runs if r.data.tags.get("svbench.kind") == "study")
@@ -287,12 +292,7 @@ def test_search_worker_cancelled_mid_trial_keeps_its_energy_and_a_requeued_one_n
             subprocess.run(["scancel", "--signal=USR2", jid], check=True)
             _start_now_when_requeued(jid, time.time() + 240)
 
-        signaller = threading.Thread(target=requeue_mid_study)
-        signaller.start()
-        proc = run_cli(*_search_args(tiny_corpus, tmp_path, storage, "requeued", 3, 1), env=env, cwd=tmp_path,
-                       timeout=900)
-        signaller.join(timeout=30)
-        assert proc.returncode == 0, proc.stderr[-3000:]
+        _search_while(requeue_mid_study, tiny_corpus, tmp_path, storage, env, "requeued", 3, 1)
     trials = optuna.load_study(study_name="requeued", storage=storage).get_trials()
     assert len(trials) == 3, [t.state for t in trials]
     assert [t.state.name for t in trials].count("FAIL") == 1  # the trial the requeue interrupted
