@@ -271,8 +271,10 @@ def test_search_worker_cancelled_mid_trial_keeps_its_energy_and_a_requeued_one_n
             _when_trial(storage, "cancelled", lambda ts: any("spent_so_far" in t.user_attrs for t in ts))
             subprocess.run(["scancel", _worker_job_id("cancelled")], check=True)
 
-        # Slurm sends SIGTERM, which submitit ignores, then SIGKILL after KillWait (10 s): epochs enough to outlast it
-        _search_while(cancel_after_first_epoch, tiny_corpus, tmp_path, storage, env, "cancelled", 1, 20)
+        # Slurm sends SIGTERM, which submitit ignores, then SIGKILL after KillWait (10 s): the trial must outlast
+        # that by far whatever the load (20 epochs of a small sampled model took under 10 s and finished first);
+        # the job is killed 10 s after the cancel, so the epochs it never reaches cost no test time
+        _search_while(cancel_after_first_epoch, tiny_corpus, tmp_path, storage, env, "cancelled", 1, 300)
         client = MlflowClient(tracking_uri=base)
         runs = client.search_runs([client.get_experiment_by_name("cancelled").experiment_id])
         study_run = next(r for r in runs if r.data.tags.get("svbench.kind") == "study")
