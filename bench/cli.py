@@ -108,9 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _register_more(sub) -> None:
     """Commands defined in their own modules, each with ``register(sub, parser_class, add_config_args)``."""
-    from bench import cli_models, cli_search, cli_sweep, cli_train
+    from bench import cli_models, cli_search, cli_sweep, cli_sync, cli_train
 
-    for module in (cli_models, cli_train, cli_sweep, cli_search):
+    for module in (cli_models, cli_train, cli_sweep, cli_search, cli_sync):
         module.register(sub, _Parser, _add_config_args)
 
 

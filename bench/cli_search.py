@@ -13,7 +13,7 @@ def cmd_search(args, extra) -> int:
 
     from bench import tracking
     from bench.config import load_config, parse_overrides
-    from bench.search import run_search
+    from bench.search import run_search, study_folder
 
     overrides = parse_overrides(extra)
     named = {"search.n_trials": args.n_trials, "search.storage": args.storage, "search.study_name": args.study,
@@ -29,6 +29,7 @@ def cmd_search(args, extra) -> int:
         print("search: no budget set (search.energy_budget_j / carbon_budget_g / max_params_m): every trial is feasible")
     res = run_search(cfg, workers=1 if args.workers is None else args.workers, out_root=args.out,
                      outer_run=tracking.take_outer_run(), launcher=args.launcher)
+    sent = tracking.finish(study_folder(cfg, args.out), cfg.tracking.outage_wait_s)
     study: optuna.Study = res["study"]
     print(f"study {s.study_name} in {res['storage']}: {len(study.trials)} trials "
           + ", ".join(f"{n.lower()} {c}" for n, c in res["states"].items() if c))
@@ -44,7 +45,9 @@ def cmd_search(args, extra) -> int:
         for t in sorted(best, key=lambda t: t.values[1]):
             print(f"  trial {t.number}: EER {t.values[0]:.2f}%  {study.metric_names[1] if study.metric_names else 'objective 2'} {t.values[1]:.4g}  "
                   f"stages {'-'.join(str(v) for k, v in sorted(t.params.items()) if k.startswith('blocks_'))} width {t.params.get('width_mult')}")
-    if args.report and study.trials:
+    if args.report and study.trials and not sent:
+        print("report: skipped, the tracking server has not got every trial yet (`svbench report` later)")
+    elif args.report and study.trials:
         from bench.cli_sweep import print_report
 
         try:

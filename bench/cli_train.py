@@ -35,11 +35,13 @@ def cmd_train(args, extra) -> int:
 
         run_id = tracking.take_outer_run()  # launched by `mlflow run`: log into that run
         exp_id = None if run_id else tracking.set_experiment(cfg.tracking.experiment)
+        tracking.send_leftovers(args.out)  # what an earlier outage left in this folder goes first
         if run_id is None and args.resume:
             run_id = _previous_run(exp_id, args.out)
         tracking.setup_tracking()
         rid, result = tracking.run_tracked(cfg, args.out, run_id=run_id, experiment_id=exp_id, resume=args.resume,
                                            force=args.force)
+        tracking.finish(args.out, cfg.tracking.outage_wait_s)
         print(f"MLflow run {rid} at {tracking.setup_tracking()}")
     if result is not None:
         for name, m in result.metrics.items():

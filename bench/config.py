@@ -195,6 +195,8 @@ class TrackingConfig(_Section):
     experiment: str = "sv-energy-bench"
     log_model: bool = True
     system_metrics: bool = True
+    # at a command's end, how long to wait for a tracking server that is down before leaving the rest spooled
+    outage_wait_s: float = Field(180.0, ge=0)
 
 
 class Config(_Section):

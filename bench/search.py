@@ -44,6 +44,7 @@ from bench.energy.plan import MeasurePlan, measurement_plan, visible_gpu_count, 
 from bench.energy.reading import EnergyReading, reading_from_state, sum_windows
 from bench import slurm
 from bench.errors import BenchError
+from bench.tracking.spool import RunLog, created_run, enqueue_unsent
 
 STUDY_VARIANT_LAYOUTS = [(2, 2, 2, 2), (3, 4, 6, 3), (2, 6, 6, 2), (2, 10, 2, 2), (10, 2, 2, 2), (2, 2, 2, 10)]
 ATTR_PARENT = "mlflow_parent_run_id"
@@ -252,8 +253,6 @@ def _constraint_values(cfg: Config, energy_j: float | None, co2_g: float | None,
 
 def objective(trial: optuna.Trial, ctx: TrialContext) -> tuple[float, float]:
     """One trial: its own nested MLflow run (created first, so failed and pruned trials have one too)."""
-    from mlflow.tracking import MlflowClient
-
     from bench import tracking
 
     trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
@@ -263,8 +262,8 @@ def objective(trial: optuna.Trial, ctx: TrialContext) -> tuple[float, float]:
     name = f"trial-{trial.number}"
     tags = {tracking.TAG_KIND: "trial", "optuna.study": ctx.cfg.search.study_name, "optuna.trial": str(trial.number),
             tracking.TAG_VARIANT: name, tracking.PARENT: ctx.parent_run_id, **slurm.job_env_tags()}
-    client = MlflowClient()
-    rid = client.create_run(ctx.experiment_id, run_name=name, tags=tags).info.run_id
+    log = RunLog(ctx.out_root / name)  # the MLflow side of a trial never fails it: an outage is spooled
+    rid = log.create_run(ctx.experiment_id, name, tags)
     trial.set_user_attr("mlflow_run_id", rid)
     ctx.meters.reset()  # this trial's timeline and readings only
     window = ctx.meters.window(f"trial/{trial.number}")
@@ -275,15 +274,14 @@ def objective(trial: optuna.Trial, ctx: TrialContext) -> tuple[float, float]:
         return values
     except optuna.TrialPruned:
         _record_spent(trial, ctx, rid, handle.reading)  # measured; only its forecast/* are extrapolations
-        client.set_tag(rid, "optuna.state", "PRUNED")
-        client.set_terminated(rid, "FINISHED")
+        log.set_tag(rid, "optuna.state", "PRUNED")
+        log.set_terminated(rid, "FINISHED")
         raise
     except BaseException as exc:
         if handle.reading is not None:
             _record_spent(trial, ctx, rid, handle.reading)
-        client.set_tag(rid, "optuna.state", "FAIL")
-        client.set_tag(rid, "optuna.error", f"{type(exc).__name__}: {exc}"[:500])
-        client.set_terminated(rid, "FAILED")
+        log.log_batch(rid, tags={"optuna.state": "FAIL", "optuna.error": f"{type(exc).__name__}: {exc}"[:500]})
+        log.set_terminated(rid, "FAILED")
         job_over = isinstance(exc, slurm.job_stop_errors())
         if job_over or not isinstance(exc, (Exception, KeyboardInterrupt)):
             # the process ends (a Slurm requeue exits, a time-out stops the worker): Optuna does not tell the
@@ -297,23 +295,17 @@ def objective(trial: optuna.Trial, ctx: TrialContext) -> tuple[float, float]:
 def _record_spent(trial: optuna.Trial, ctx: TrialContext, rid: str, r: EnergyReading, log: bool = True) -> None:
     """What the trial spent (probe, training, evaluation): trial attrs, and on a pruned or failed trial's
     run ``trial/spent_energy_j`` with its labels."""
-    from mlflow.tracking import MlflowClient
-
     entry = _cost_entry(r, ctx.cfg, ctx.series)
     trial.set_user_attr("spent_energy_j", entry["energy_j"])
     trial.set_user_attr("spent_co2_g", entry["co2_g"])
     trial.set_user_attr("spent_entry", entry)
     if not log:
         return
-    client = MlflowClient()
-    client.log_metric(rid, "trial/spent_energy_j", _nan_if_none(r.total_j))
-    for k, v in r.tags().items():
-        client.set_tag(rid, k, v)
+    RunLog(ctx.out_root / f"trial-{trial.number}").log_batch(
+        rid, metrics={"trial/spent_energy_j": _nan_if_none(r.total_j)}, tags=r.tags())
 
 
 def _trial_body(trial: optuna.Trial, ctx: TrialContext, rid: str, tags: dict) -> tuple[float, float]:
-    from mlflow.tracking import MlflowClient
-
     from bench import tracking
     from bench.config import apply_overrides
     from bench.energy.forecast import probe
@@ -321,11 +313,10 @@ def _trial_body(trial: optuna.Trial, ctx: TrialContext, rid: str, tags: dict) ->
     from bench.models.profile import profile_model
     from bench.train import steps_per_epoch
 
-    client = MlflowClient()
+    log = RunLog(ctx.out_root / f"trial-{trial.number}")
     over = suggest_overrides(trial, ctx.cfg)
     cfg = build_config(apply_overrides(ctx.cfg.model_dump(mode="json"), {**over, "name": f"trial-{trial.number}"}))
-    for key, value in over.items():
-        client.log_param(rid, key, value)
+    log.log_batch(rid, params=over)
     spec = spec_from_config(cfg.model, n_mels=cfg.features.n_mels)
     params_m = profile_model(spec).params / 1e6
     trial.set_user_attr("params_m", params_m)
@@ -336,16 +327,15 @@ def _trial_body(trial: optuna.Trial, ctx: TrialContext, rid: str, tags: dict) ->
         fc_co2 = _co2(cfg, fc.energy_j, ctx)
         trial.set_user_attr("forecast_energy_j", fc.energy_j)
         trial.set_user_attr("probe_energy_j", fc.probe_energy_j)
-        client.log_metric(rid, "forecast/energy_j", _nan_if_none(fc.energy_j))
-        client.log_metric(rid, "forecast/probe_energy_j", _nan_if_none(fc.probe_energy_j))
+        log.log_batch(rid, metrics={"forecast/energy_j": _nan_if_none(fc.energy_j),
+                                    "forecast/probe_energy_j": _nan_if_none(fc.probe_energy_j)})
         over_energy = bool(s.energy_budget_j) and fc.energy_j is not None and fc.energy_j > s.energy_budget_j * (1 + s.prune_margin)
         over_carbon = bool(s.carbon_budget_g) and fc_co2 is not None and fc_co2 > s.carbon_budget_g * (1 + s.prune_margin)
         if over_energy or over_carbon:
             cons = _constraint_values(cfg, fc.energy_j, fc_co2, params_m)
             trial.set_user_attr("constraints", cons)
-            for i, c in enumerate(cons):
-                client.log_metric(rid, f"constraint/{i}", c)
-            client.set_tag(rid, "optuna.feasible", "false")
+            log.log_batch(rid, metrics={f"constraint/{i}": c for i, c in enumerate(cons)},
+                          tags={"optuna.feasible": "false"})
             raise optuna.TrialPruned(f"forecast {fc.energy_j:.4g} J exceeds the budget")
     _, metrics = tracking.run_tracked_seeds(cfg, ctx.out_root / f"trial-{trial.number}", run_id=rid,
                                             run_name=f"trial-{trial.number}", extra_tags=tags, progress=False,
@@ -361,10 +351,8 @@ def _trial_body(trial: optuna.Trial, ctx: TrialContext, rid: str, tags: dict) ->
         raise BenchError("no training energy was measured for this trial; check energy.meters")
     cons = _constraint_values(cfg, energy_j, co2_g, params_m)
     trial.set_user_attr("constraints", cons)
-    for i, c in enumerate(cons):
-        client.log_metric(rid, f"constraint/{i}", c)
-    client.set_tag(rid, "optuna.feasible", str(all(c <= 0 for c in cons)).lower())
-    client.set_tag(rid, "optuna.state", "COMPLETE")
+    log.log_batch(rid, metrics={f"constraint/{i}": c for i, c in enumerate(cons)},
+                  tags={"optuna.feasible": str(all(c <= 0 for c in cons)).lower(), "optuna.state": "COMPLETE"})
     return eer, (energy_j if cfg.search.objective == "energy" else co2_g)
 
 
@@ -465,23 +453,30 @@ def _fail_orphans(study: optuna.Study) -> int:
     return n
 
 
-def _close_runs_of_failed_trials(study: optuna.Study) -> None:
-    """A worker killed mid-trial leaves its MLflow run RUNNING: end it FAILED like its trial."""
+def study_folder(cfg: Config, out_root: str | Path) -> Path:
+    """Where a study's trials write (``trial-<n>``), and the spool of its parent run."""
+    return Path(out_root) / cfg.search.study_name
+
+
+def _close_runs_of_failed_trials(study: optuna.Study, folder: Path) -> None:
+    """A worker killed mid-trial leaves its MLflow run RUNNING: end it FAILED like its trial (into the trial
+    folder's spool, after what the worker left unsent there)."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient()
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,)):
-        rid = t.user_attrs.get("mlflow_run_id")
+        rid = created_run(t.user_attrs.get("mlflow_run_id") or "", folder)
         if not rid:
             continue
         try:
             run = client.get_run(rid)
-        except Exception:
+        except Exception:  # noqa: BLE001 - a server that does not answer now: left for the next search
             continue
         if run.info.status == "RUNNING":
-            client.set_tag(rid, "optuna.state", "FAIL")
-            client.set_tag(rid, "optuna.error", "worker died during the trial (no heartbeat)")
-            client.set_terminated(rid, "FAILED")
+            log = RunLog(folder / f"trial-{t.number}")
+            log.log_batch(rid, tags={"optuna.state": "FAIL",
+                                     "optuna.error": "worker died during the trial (no heartbeat)"})
+            log.set_terminated(rid, "FAILED")
 
 
 def run_search(cfg: Config, workers: int = 1, out_root: str | Path = "runs/search",
@@ -489,8 +484,6 @@ def run_search(cfg: Config, workers: int = 1, out_root: str | Path = "runs/searc
     """Run (or continue) the study. ``outer_run``: the MLflow run ``mlflow run`` created for this command; it
     holds a new study, or links to a continued study's parent and gets this run's own cost. ``launcher``
     slurm: the workers are a Slurm job array (``bench.slurm``)."""
-    from mlflow.tracking import MlflowClient
-
     from bench import tracking
 
     if workers < 1:
@@ -504,37 +497,40 @@ def run_search(cfg: Config, workers: int = 1, out_root: str | Path = "runs/searc
     elif workers > 1 and cfg.train.device != "cpu":
         worker_gpu_sets(workers)  # more workers than GPUs: the one-line error before anything is created
     tracking.setup_tracking()
+    folder = study_folder(cfg, out_root)
     storage = make_storage(url, cfg.search.heartbeat_s)
     study = create_study(cfg, storage, outer_run)
+    if enqueue_unsent(folder):  # what an earlier outage left: sent first, so its trials' runs exist
+        RunLog(folder).settle()
     if isinstance(storage, optuna.storages.RDBStorage):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             optuna.storages.fail_stale_trials(study)
     else:
         _fail_orphans(study)
-    _close_runs_of_failed_trials(study)
+    _close_runs_of_failed_trials(study, folder)
     _recover_killed_runs(study, cfg)
     parent = study.user_attrs[ATTR_PARENT]
-    client = MlflowClient()
-    client.update_run(parent, status="RUNNING")  # continuing a study reopens its parent run
+    if outer_run and outer_run != parent:  # a later `mlflow run` of a continued study: its params
+        tracking.log_new_params(outer_run, search_params(cfg))
+    log = RunLog(folder)
+    log.reopen(parent)  # continuing a study reopens its parent run
     try:
         result = _search_and_log(cfg, workers, url, out_root, study, parent, outer_run, launcher)
     except KeyboardInterrupt:
-        client.set_terminated(parent, "KILLED")
+        log.set_terminated(parent, "KILLED")
         raise
     except BaseException:
-        client.set_terminated(parent, "FAILED")
+        log.set_terminated(parent, "FAILED")
         raise
-    client.set_terminated(parent, "FINISHED")
+    log.set_terminated(parent, "FINISHED")
+    log.settle()
     return result
 
 
 def _search_and_log(cfg: Config, workers: int, url: str, out_root: str | Path, study: optuna.Study,
                     parent: str, outer_run: str | None = None, launcher: str = "local") -> dict:
     """Run the workers inside the search's energy window, then log the study's figures on its parent run."""
-    from mlflow.tracking import MlflowClient
-
-    from bench import tracking
 
     # finished trials, and running ones (another machine's workers), count; enqueued (WAITING) ones do not
     done = _started_trials(study)
@@ -544,13 +540,13 @@ def _search_and_log(cfg: Config, workers: int, url: str, out_root: str | Path, s
     local_gpus = launcher == "local" and len(shares) > 1 and cfg.train.device != "cpu"
     gpu_sets = worker_gpu_sets(len(shares)) if local_gpus else None  # under Slurm, Slurm gives each job its GPUs
     cfg_dict = cfg.model_dump(mode="json")
-    out = str(Path(out_root) / cfg.search.study_name)
+    out = str(study_folder(cfg, out_root))
     search_run = uuid.uuid4().hex
     if launcher == "slurm":  # each worker job measures its own node share and stores its entry in the study
         _run_slurm_workers(cfg, cfg_dict, url, shares, out, search_run, parent)
         after = load_study(cfg, make_storage(url, cfg.search.heartbeat_s))
         if _recover_lost_workers(after, search_run):
-            _close_runs_of_failed_trials(after)
+            _close_runs_of_failed_trials(after, Path(out))
         entry = None
     else:
         reading = _measured(cfg, _study_plan(cfg, gpu_sets),
@@ -560,28 +556,18 @@ def _search_and_log(cfg: Config, workers: int, url: str, out_root: str | Path, s
     cost = _record_cost(study, entry)
     this_run = _sum_entries([e for e in _cost_entries(study) if e.get("search_run") == search_run])
     trials = study.get_trials(deepcopy=False)
-    client = MlflowClient()
-    if outer_run and outer_run != parent:  # a later `mlflow run` of a continued study: its own cost and params
-        tracking.log_new_params(outer_run, search_params(cfg))
-        client.log_metric(outer_run, "search/energy_j", this_run.energy_j)
-        client.log_metric(outer_run, "search/co2_g", this_run.co2_g)
-        client.log_metric(outer_run, "search/time_s", this_run.time_s)
-        client.log_metric(outer_run, "search/trials", len(trials))
-        for k, v in this_run.tags.items():
-            client.set_tag(outer_run, k, v)
-    client.log_metric(parent, "search/energy_j", cost.energy_j)
-    client.log_metric(parent, "search/energy_kwh", cost.energy_j / 3.6e6)
-    client.log_metric(parent, "search/co2_g", cost.co2_g)
-    client.log_metric(parent, "search/time_s", cost.time_s)
+    log = RunLog(out)
+    if outer_run and outer_run != parent:  # a later `mlflow run` of a continued study: its own cost
+        log.log_batch(outer_run, metrics={"search/energy_j": this_run.energy_j, "search/co2_g": this_run.co2_g,
+                                          "search/time_s": this_run.time_s, "search/trials": len(trials)},
+                      tags=this_run.tags)
     measured = [t.user_attrs["spent_energy_j"] for t in trials if t.user_attrs.get("spent_energy_j") is not None]
-    client.log_metric(parent, "search/trials_energy_j", float(sum(measured)))
-    client.log_metric(parent, "search/trials_unmeasured", len(trials) - len(measured))
-    for k, v in cost.tags.items():
-        client.set_tag(parent, k, v)
-    client.log_metric(parent, "search/trials", len(trials))
     states = {s.name: sum(1 for t in trials if t.state == s) for s in optuna.trial.TrialState}
-    for name, n in states.items():
-        client.log_metric(parent, f"search/trials_{name.lower()}", n)
+    log.log_batch(parent, metrics={
+        "search/energy_j": cost.energy_j, "search/energy_kwh": cost.energy_j / 3.6e6, "search/co2_g": cost.co2_g,
+        "search/time_s": cost.time_s, "search/trials_energy_j": float(sum(measured)),
+        "search/trials_unmeasured": len(trials) - len(measured), "search/trials": len(trials),
+        **{f"search/trials_{name.lower()}": n for name, n in states.items()}}, tags=cost.tags)
     best = study.best_trials
     return {"study": study, "storage": url, "parent_run_id": parent, "spent_energy_j": cost.energy_j,
             "spent_co2_g": cost.co2_g, "states": states, "best": best}

@@ -20,6 +20,7 @@ from bench import slurm
 from bench.config import Config, apply_overrides, build_config, load_preset_dict, parse_overrides
 from bench.errors import BenchError
 from bench.train import check_fresh_out
+from bench.tracking.spool import RunLog, enqueue_unsent
 
 GRID_DIR = Path(__file__).parent / "presets" / "grids"
 
@@ -123,6 +124,9 @@ def run_sweep(grid: Grid, out_root: str | Path, progress: bool = True, new: bool
         exp_id = tracking.experiment_of(outer_run)
     else:
         exp_id = tracking.set_experiment(first.tracking.experiment)
+    log = RunLog(out_root)
+    if enqueue_unsent(out_root):  # what an earlier outage left: sent first, so the runs below are complete
+        log.settle()
     earlier = client.search_runs([exp_id], filter_string=f"tags.`{tracking.TAG_SWEEP}` = '{grid.key}' and tags.`{tracking.TAG_KIND}` = 'variant'",
                                  max_results=5000)
     finished = {r.data.tags.get(tracking.TAG_VARIANT) for r in earlier if r.info.status == "FINISHED"}
@@ -133,18 +137,16 @@ def run_sweep(grid: Grid, out_root: str | Path, progress: bool = True, new: bool
                                      order_by=["attributes.start_time DESC"], max_results=1)
         if parents and not new:
             parent_id = parents[0].info.run_id
-            client.update_run(parent_id, status="RUNNING")
+            log.reopen(parent_id)
         else:
             parent_id = client.create_run(exp_id, run_name=f"sweep-{grid.name}").info.run_id
-    client.set_tag(parent_id, tracking.TAG_KIND, "sweep")
-    client.set_tag(parent_id, tracking.TAG_SWEEP, grid.key)
-    client.set_tag(parent_id, "svbench.grid", grid.name)
+    log.log_batch(parent_id, tags={tracking.TAG_KIND: "sweep", tracking.TAG_SWEEP: grid.key, "svbench.grid": grid.name})
     # an unfinished variant resumes in its own run, now under this parent (`mlflow run` makes a new one each time)
     unfinished = {} if new else {
         r.data.tags.get(tracking.TAG_VARIANT): r.info.run_id for r in reversed(earlier)
         if r.info.status != "FINISHED" and r.data.tags.get(tracking.TAG_VARIANT) not in finished}
-    for rid in unfinished.values():
-        client.set_tag(rid, tracking.PARENT, parent_id)
+    for name, rid in unfinished.items():
+        RunLog(Path(out_root) / name).set_tag(rid, tracking.PARENT, parent_id)
     skipped = [v.name for v in grid.variants if v.name in finished]
     for name in skipped:
         print(f"[sweep {grid.name}] {name}: already finished, skipped")
@@ -154,12 +156,12 @@ def run_sweep(grid: Grid, out_root: str | Path, progress: bool = True, new: bool
         ran, failed = run(grid, todo, Path(out_root), parent_id, exp_id, unfinished, progress, new)
     except BaseException:
         if not outer_run:
-            client.set_terminated(parent_id, "FAILED")
+            log.set_terminated(parent_id, "FAILED")
         raise
-    client.log_metric(parent_id, "sweep/variants", len(grid.variants))
-    client.log_metric(parent_id, "sweep/failed", len(failed))
+    log.log_batch(parent_id, metrics={"sweep/variants": len(grid.variants), "sweep/failed": len(failed)})
     if not outer_run:
-        client.set_terminated(parent_id, "FAILED" if failed else "FINISHED")
+        log.set_terminated(parent_id, "FAILED" if failed else "FINISHED")
+    log.settle()
     return {"parent_run_id": parent_id, "experiment_id": exp_id, "ran": ran, "skipped": skipped, "key": grid.key,
             "failed": failed}
 
@@ -198,30 +200,27 @@ def _run_on_slurm(grid: Grid, todo: list[Variant], out_root: Path, parent_id: st
                   progress: bool, new: bool) -> tuple[list[str], list[str]]:
     """Each variant a Slurm job (``bench.slurm.VariantJob``) logging into its run, created here first so a
     job that dies still has one: it ends FAILED with the job's stderr tail, and the others go on."""
-    from mlflow.tracking import MlflowClient
-
     from bench import tracking
 
     for v in todo:
         if v.config.seeds > 1 and slurm.tasks_per_node(v.config) > 1:
             raise BenchError(f"variant {v.name}: seeds > 1 with several GPUs per job is not supported under "
                              "--launcher slurm; use --seeds 1 or slurm.gpus_per_node 1")
-    client = MlflowClient()
     folder = Path(todo[0].config.slurm.folder).resolve() / f"sweep-{grid.name}" if todo else None
     jobs: dict[str, tuple[Variant, str, object]] = {}
     for v in todo:
         tags = _variant_tags(grid, v)
-        rid = unfinished.get(v.name) or client.create_run(
-            exp_id, run_name=v.name, tags={tracking.TAG_KIND: "variant", tracking.TAG_VARIANT: v.name,
-                                           tracking.PARENT: parent_id, **tags}).info.run_id
+        log = RunLog(out_root / v.name)
+        rid = unfinished.get(v.name) or log.create_run(
+            exp_id, v.name, {tracking.TAG_KIND: "variant", tracking.TAG_VARIANT: v.name, tracking.PARENT: parent_id,
+                             **tags})
         if new:
             check_fresh_out(out_root / v.name, force=True)
         job = slurm.executor(v.config, folder, f"svbench-{v.name}", slurm.tasks_per_node(v.config)).submit(
             slurm.VariantJob(v.config.model_dump(mode="json"), str((out_root / v.name).resolve()), rid, parent_id,
                              exp_id, v.name, tags, resume=v.name in unfinished))
-        client.set_tag(rid, slurm.TAG_JOB, str(job.job_id))
-        client.set_tag(rid, slurm.TAG_FOLDER, str(folder))
-        client.set_tag(rid, slurm.TAG_TASKS, str(slurm.tasks_per_node(v.config) * v.config.slurm.nodes))
+        log.log_batch(rid, tags={slurm.TAG_JOB: job.job_id, slurm.TAG_FOLDER: folder,
+                                 slurm.TAG_TASKS: slurm.tasks_per_node(v.config) * v.config.slurm.nodes})
         jobs[str(job.job_id)] = (v, rid, job)
         print(f"[sweep {grid.name}] {v.name}: Slurm job {job.job_id} ({v.config.model.name})")
     ran, failed = [], []
@@ -230,12 +229,13 @@ def _run_on_slurm(grid: Grid, todo: list[Variant], out_root: Path, parent_id: st
         v, rid, _ = jobs[str(job.job_id)]
         if st.state == "COMPLETED":
             ran.append(v.name)
-            _report_variant(grid, v, client.get_run(rid).data.metrics)
+            _report_variant(grid, v, job.result() or {})
             return
         failed.append(v.name)
-        client.log_text(rid, slurm.stderr_tail(job), "slurm_stderr_tail.txt")
-        client.set_tag(rid, "slurm.state", st.state)
-        client.set_terminated(rid, "FAILED")
+        log = RunLog(out_root / v.name)
+        log.log_text(rid, slurm.stderr_tail(job), "slurm_stderr_tail.txt")
+        log.set_tag(rid, "slurm.state", st.state)
+        log.set_terminated(rid, "FAILED")
         print(f"[sweep {grid.name}] {v.name}: Slurm job {job.job_id} {st.state} ({st.error}); its run holds "
               "slurm_stderr_tail.txt")
 

@@ -17,7 +17,9 @@ import warnings
 from pathlib import Path
 
 import mlflow
+import mlflow.data
 import numpy as np
+import pandas as pd
 import torch
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
@@ -25,7 +27,10 @@ from mlflow.tracking import MlflowClient
 from bench.config import Config, config_to_yaml, flat_params
 from bench.energy.reading import reading_from_state
 from bench.errors import BenchError
+from bench.evaluate import load_model
 from bench.machine import cpu_model
+from bench.tracking.spool import PENDING, RunLog, enqueue_unsent, shorten_http_retries
+from bench.tracking.spool import finish as finish_spools
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 TAG_KIND = "svbench.kind"  # sweep | variant | study | trial
@@ -39,9 +44,24 @@ PARENT = "mlflow.parentRunId"
 def setup_tracking() -> str:
     for name in ("mlflow", "alembic"):  # keep the CLI's stderr for our messages and real warnings
         logging.getLogger(name).setLevel(logging.WARNING)
+    # MLflow's system-metrics sampler stops at a tracking outage (it is not spooled): no warnings for that
+    logging.getLogger("mlflow.system_metrics").setLevel(logging.ERROR)
+    shorten_http_retries()
     if not os.environ.get("MLFLOW_TRACKING_URI"):
         mlflow.set_tracking_uri(DEFAULT_URI)
     return mlflow.get_tracking_uri()
+
+
+def send_leftovers(out: str | Path) -> None:
+    """At the start of a command (the server answers): send what an earlier outage left under ``out`` first."""
+    if enqueue_unsent(out):
+        RunLog(out).settle()
+
+
+def finish(out: str | Path, wait_s: float) -> bool:
+    """At the end of a command: send what is left under ``out``, waiting at most ``wait_s`` for a server that
+    is down; True when the server has everything."""
+    return finish_spools(out, wait_s) == 0
 
 
 def take_outer_run() -> str | None:
@@ -59,7 +79,20 @@ def set_experiment(name: str) -> str:
     try:
         return mlflow.set_experiment(name).experiment_id
     except Exception as exc:  # server down, bad URI
-        raise BenchError(f"cannot reach MLflow tracking at {mlflow.get_tracking_uri()} ({str(exc).splitlines()[0][:120]}); start the server or unset MLFLOW_TRACKING_URI") from None
+        raise _unreachable(exc) from None
+
+
+def check_reachable() -> None:
+    setup_tracking()
+    try:
+        MlflowClient().search_experiments(max_results=1)
+    except Exception as exc:  # server down, bad URI
+        raise _unreachable(exc) from None
+
+
+def _unreachable(exc: Exception) -> BenchError:
+    return BenchError(f"cannot reach MLflow tracking at {mlflow.get_tracking_uri()} "
+                      f"({str(exc).splitlines()[0][:120]}); start the server or unset MLFLOW_TRACKING_URI")
 
 
 # ---------------------------------------------------------------- names
@@ -166,12 +199,9 @@ def _git_commit() -> str:
         return "unknown"
 
 
-def log_datasets(cfg: Config) -> None:
-    """The training manifest and each trial list as MLflow datasets of the active run (name, digest, source):
-    the runs table's Datasets column shows what each run used."""
-    import mlflow.data
-    import pandas as pd
-
+def log_datasets(log: RunLog, run: str, cfg: Config) -> None:
+    """The training manifest and each trial list as MLflow datasets of ``run`` (name, digest, source): the
+    runs table's Datasets column shows what each run used."""
     from bench.data.manifest import TRAIN_MANIFEST, data_root, read_manifest
     from bench.data.trials import find_trial_lists, read_trials
 
@@ -185,45 +215,30 @@ def log_datasets(cfg: Config) -> None:
     with warnings.catch_warnings():  # MLflow's hints (integer schema, local source kinds) are not for datasets
         warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")
         warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways")
-        for df, path, label, context in tables:
-            _log_input(mlflow.data.from_pandas(df, source=str(path.resolve()), name=f"{name}/{label}"), context)
-
-
-def _log_input(dataset, context: str, tries: int = 3) -> None:
-    """``mlflow.log_input``, again when another process inserted the same dataset at the same moment: the
-    store checks for the dataset, then inserts it, so two search workers logging one training manifest race
-    on its key (experiment, name, digest) and the loser gets a unique-key error (400, which the client does
-    not retry). A second call finds the dataset and only links it to the run."""
-    for attempt in range(tries):
-        try:
-            mlflow.log_input(dataset, context=context)
-            return
-        except mlflow.exceptions.MlflowException as exc:
-            text = str(exc).lower()
-            if attempt == tries - 1 or not ("unique" in text or "duplicate" in text or "integrity" in text):
-                raise
-            time.sleep(0.2 * (attempt + 1))
+        log.log_inputs(run, [(mlflow.data.from_pandas(df, source=str(path.resolve()), name=f"{name}/{label}"), context)
+                             for df, path, label, context in tables])
 
 
 # ---------------------------------------------------------------- callbacks
 class EpochLogger:
-    """Trainer callback: per-epoch loss, accuracy, lr, margin, energy and time with step = epoch."""
+    """Trainer callback: per-epoch loss, accuracy, lr, margin, energy and time with step = epoch, into the
+    run's spool (the sender sends them; an outage never stops the epoch loop)."""
 
     KEYS = {"loss": "train/epoch_loss", "accuracy": "train/epoch_accuracy", "lr": "train/epoch_lr",
             "margin": "train/epoch_margin", "energy_j": "train/epoch_energy_j", "time_s": "train/epoch_time_s",
             "skipped_files": "train/epoch_skipped_files"}
 
-    def __init__(self, run_id: str):
+    def __init__(self, log: RunLog, run_id: str):
+        self.log = log
         self.run_id = run_id
-        self.client = MlflowClient()
 
     def on_train_begin(self, info: dict) -> None:
-        """After a resume: log each restored epoch's metrics that never reached MLflow (killed between
-        the checkpoint and the metric), never twice; checked per metric, not per epoch."""
+        """After a resume: record each restored epoch's metrics that never reached the spool (killed between
+        the checkpoint and the record), never twice; checked per metric, not per epoch."""
         history = info.get("history", [])
         if not history:
             return
-        logged = {name: {m.step for m in self.client.get_metric_history(self.run_id, name)} for name in self.KEYS.values()}
+        logged = {name: self.log.spool.logged_steps(self.run_id, name) for name in self.KEYS.values()}
         for h in history:
             self._log(h["epoch"], h, skip=lambda name, epoch: epoch in logged[name])
 
@@ -231,15 +246,13 @@ class EpochLogger:
         self._log(epoch, metrics)
 
     def _log(self, epoch: int, metrics: dict, skip=lambda name, epoch: False) -> None:
-        """One ``log_batch``: one transaction in the tracking store, so a kill leaves all or none."""
-        now = int(time.time() * 1000)
-        batch = [Metric(name, float(metrics[k]), now, epoch) for k, name in self.KEYS.items()
-                 if metrics.get(k) is not None and not skip(name, epoch)]
+        """One record, one ``log_batch``: one transaction in the tracking store, so a kill leaves all or none."""
+        batch = {name: metrics[k] for k, name in self.KEYS.items()
+                 if metrics.get(k) is not None and not skip(name, epoch)}
         # the epoch's labels come with its energy, so a run killed before its end is labelled too
-        tags = [RunTag(k, v) for k, v in reading_from_state(metrics["energy"]).tags().items()] \
-            if batch and metrics.get("energy") else []
+        tags = reading_from_state(metrics["energy"]).tags() if batch and metrics.get("energy") else {}
         if batch:
-            self.client.log_batch(self.run_id, metrics=batch, tags=tags, synchronous=True)
+            self.log.log_batch(self.run_id, metrics=batch, tags=tags, step=epoch)
 
 
 # ---------------------------------------------------------------- artifacts
@@ -278,7 +291,6 @@ def _energy_plot(result, out_dir: Path, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import pandas as pd
 
     fig, ax = plt.subplots(figsize=(7, 3.5))
     tl = out_dir / "energy_timeline.csv"
@@ -301,48 +313,30 @@ def _energy_plot(result, out_dir: Path, path: Path) -> None:
     plt.close(fig)
 
 
-def log_artifacts(result, cfg: Config, model_path: Path, log_model: bool) -> None:
+def log_artifacts(log: RunLog, run: str, result, cfg: Config, model_path: Path, log_model: bool) -> None:
     out_dir = Path(result.out_dir)
-    mlflow.log_text(config_to_yaml(cfg), "config.yaml")
-    mlflow.log_dict(json.loads(result.to_json()), "result.json")
+    log.log_text(run, config_to_yaml(cfg), "config.yaml")
+    log.log_dict(run, json.loads(result.to_json()), "result.json")
     for r in result.metrics.values():
         if r.get("score_file") and Path(r["score_file"]).is_file():
-            mlflow.log_artifact(r["score_file"], "scores")
+            log.log_file(run, r["score_file"], "scores")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         _det_plot(result, tmp / "det.png")
         _energy_plot(result, out_dir, tmp / "energy.png")
-        mlflow.log_artifact(str(tmp / "det.png"))
-        mlflow.log_artifact(str(tmp / "energy.png"))
+        log.log_file(run, tmp / "det.png")
+        log.log_file(run, tmp / "energy.png")
     if (out_dir / "energy_timeline.csv").is_file():
-        mlflow.log_artifact(str(out_dir / "energy_timeline.csv"))
-    import pandas as pd
-
+        log.log_file(run, out_dir / "energy_timeline.csv")
     windows = pd.DataFrame([{"epoch": h["epoch"], "time_s": h["time_s"], "energy_j": h.get("energy_j")}
                             for h in result.train["history"]])
-    mlflow.log_text(windows.to_csv(index=False), "energy_per_epoch.csv")
-    from bench.evaluate import load_model
-
+    log.log_text(run, windows.to_csv(index=False), "energy_per_epoch.csv")
     model = load_model(model_path, torch.device("cpu"))
-    summary = f"{model.embedder}\n\nspec: {json.dumps(result.spec, indent=1)}\nprofile: {json.dumps(result.profile, indent=1)}\n"
-    mlflow.log_text(summary, "model_summary.txt")
+    summary = (f"{model.embedder}\n\nspec: {json.dumps(result.spec, indent=1)}\n"
+               f"profile: {json.dumps(result.profile, indent=1)}\n")
+    log.log_text(run, summary, "model_summary.txt")
     if log_model:
-        log_embedder(model.embedder, model.spec.n_mels)
-
-
-def log_embedder(embedder: torch.nn.Module, n_mels: int) -> None:
-    """The trained embedder as an MLflow PyTorch model whose pyfunc takes log-mel features of any batch size
-    and any number of frames (a whole utterance): (batch, frames, n_mels) float32 -> (batch, embed_dim)."""
-    from mlflow.models import ModelSignature
-    from mlflow.types import Schema, TensorSpec
-
-    example = np.zeros((2, 200, n_mels), dtype=np.float32)  # batch 2: MLflow's torch.export keeps batch dynamic
-    with torch.no_grad():
-        dim = embedder(torch.from_numpy(example)).shape[1]
-    signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, -1, n_mels))]),
-                               outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, dim))]))
-    mlflow.pytorch.log_model(embedder, name="model", signature=signature, input_example=example,
-                             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+        log.log_model(run, model_path)
 
 
 # ---------------------------------------------------------------- one tracked variant
@@ -356,37 +350,71 @@ def run_tracked(cfg: Config, out_dir: str | Path, run_id: str | None = None, par
                 resume: bool = False, progress: bool = True, meters=None, callbacks: list | None = None,
                 force: bool = False):
     """``run_variant`` inside an MLflow run (a new one, or ``run_id`` continued); returns (run_id, result).
-    ``callbacks`` are trainer callbacks beside the epoch logger; ``force`` replaces an earlier run's checkpoints."""
+    ``callbacks`` are trainer callbacks beside the epoch logger; ``force`` replaces an earlier run's checkpoints.
+    Every write goes through the spool of ``out_dir`` (``bench.tracking.spool``)."""
     from bench.models import spec_from_config
     from bench.variant import run_variant
 
     spec = spec_from_config(cfg.model, n_mels=cfg.features.n_mels)
+    log = RunLog(out_dir)
     tags = {TAG_KIND: "variant", TAG_VARIANT: run_name or cfg.name, TAG_OUT: str(Path(out_dir).resolve()),
             **environment_tags(), **(extra_tags or {})}
-    kwargs = {"log_system_metrics": cfg.tracking.system_metrics}
     if run_id is None:
-        kwargs.update(run_name=run_name or cfg.name, experiment_id=experiment_id, tags=tags)
-        if parent_run_id:
-            kwargs["parent_run_id"] = parent_run_id
-    with mlflow.start_run(run_id=run_id, **kwargs) as run:
-        if run_id is not None:
-            mlflow.set_tags(tags)
-        rid = run.info.run_id
-        current = MlflowClient().get_run(rid)
-        existing = current.data.params
-        params = {k: v for k, v in variant_params(cfg, spec).items() if k not in existing}
-        for i in range(0, len(params), 90):
-            mlflow.log_params(dict(list(params.items())[i:i + 90]))
-        if not current.inputs.dataset_inputs:  # a resumed run has its datasets already
-            log_datasets(cfg)
-        result = run_variant(cfg, out_dir, resume=resume, callbacks=[EpochLogger(rid), *(callbacks or [])],
+        rid = log.create_run(experiment_id, run_name or cfg.name,
+                             {**tags, **({PARENT: parent_run_id} if parent_run_id else {})})
+        existing, has_inputs = {}, False
+    else:
+        rid = run_id
+        log.reopen(rid)
+        log.log_batch(rid, tags=tags)
+        existing, has_inputs = _logged_so_far(log, rid)
+    params = {k: v for k, v in variant_params(cfg, spec).items() if k not in existing}
+    log.log_batch(rid, params=params)
+    if not has_inputs:  # a resumed run has its datasets already
+        log_datasets(log, rid, cfg)
+    monitor = _system_metrics(rid) if cfg.tracking.system_metrics else None
+    try:
+        result = run_variant(cfg, out_dir, resume=resume, callbacks=[EpochLogger(log, rid), *(callbacks or [])],
                              progress=progress, meters=meters, force=force)
-        if result is None:
-            return rid, None
-        mlflow.log_metrics(result_metrics(result))
-        mlflow.set_tags(result.energy_tags)
-        log_artifacts(result, cfg, Path(out_dir) / "model.pt", cfg.tracking.log_model)
+        if result is not None:
+            log.log_batch(rid, metrics=result_metrics(result), tags=result.energy_tags)
+            log_artifacts(log, rid, result, cfg, Path(out_dir) / "model.pt", cfg.tracking.log_model)
+    except BaseException:
+        log.set_terminated(rid, "FAILED")
+        raise
+    finally:
+        if monitor is not None:
+            monitor.finish()
+    log.set_terminated(rid, "FINISHED")
+    log.settle()
     return rid, result
+
+
+def _logged_so_far(log: RunLog, run_id: str) -> tuple[dict, bool]:
+    """(params, has dataset inputs) of a run being continued: the server's, when it answers, and what the
+    spool of its folder holds."""
+    params = log.spool.logged_params(run_id)
+    has_inputs = any(r.op == "log_inputs" and r.run == run_id for r in log.spool.records())
+    if not run_id.startswith(PENDING):
+        try:
+            run = MlflowClient().get_run(run_id)
+            params.update(run.data.params)
+            has_inputs = has_inputs or bool(run.inputs.dataset_inputs)
+        except Exception:  # noqa: BLE001 - unreachable: the params are logged again, with the same values
+            pass
+    return params, has_inputs
+
+
+def _system_metrics(run_id: str):
+    """MLflow's own system-metrics sampler for a run the server holds (it is not spooled: it stops at an
+    outage and loses those samples)."""
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    if run_id.startswith(PENDING):
+        return None
+    monitor = SystemMetricsMonitor(run_id, resume_logging=True)
+    monitor.start()
+    return monitor
 
 
 # ---------------------------------------------------------------- seed repeats
@@ -432,13 +460,12 @@ def run_scores(run_id: str) -> dict[str, Path]:
     return {Path(n).stem: Path(client.download_artifacts(run_id, n, str(local))) for n in names}
 
 
-def seed_mean_intervals(seed_runs: list[str], level: float, n_resamples: int) -> dict[str, float]:
+def seed_mean_intervals(files: list[dict[str, Path]], level: float, n_resamples: int) -> dict[str, float]:
     """``<metric>/<trials>/ci_low|ci_high`` of the seed mean: every seed's scores on the same speaker
     resamples, each resample's metric averaged over seeds, then the percentile interval."""
     from bench.data.trials import read_scores
     from bench.statistics import percentile_interval, resampled_metrics, seed_mean, speaker_of, speaker_resamples
 
-    files = [run_scores(r) for r in seed_runs]
     out: dict[str, float] = {}
     for trials in sorted(set.intersection(*[set(f) for f in files])) if files else []:
         per_seed = []
@@ -469,29 +496,30 @@ def run_tracked_seeds(cfg: Config, out_dir: str | Path, run_id: str | None = Non
     from bench.config import build_config
     from bench.models import spec_from_config
 
-    client = MlflowClient()
+    log = RunLog(out_dir)
     name = run_name or cfg.name
     tags = {TAG_KIND: "variant", TAG_VARIANT: name, TAG_OUT: str(Path(out_dir).resolve()), **environment_tags(),
             **(extra_tags or {})}
+    exp_id = experiment_id or mlflow.get_experiment_by_name(cfg.tracking.experiment).experiment_id
+    done = {}
     if run_id is None:
-        if parent_run_id:
-            tags[PARENT] = parent_run_id
-        run_id = client.create_run(experiment_id or mlflow.get_experiment_by_name(cfg.tracking.experiment).experiment_id,
-                                   run_name=name, tags=tags).info.run_id
+        run_id = log.create_run(exp_id, name, {**tags, **({PARENT: parent_run_id} if parent_run_id else {})})
+        existing = {}
     else:
-        for k, v in tags.items():
-            client.set_tag(run_id, k, v)
-    exp_id = client.get_run(run_id).info.experiment_id
+        log.reopen(run_id)
+        log.log_batch(run_id, tags=tags)
+        existing, _ = _logged_so_far(log, run_id)
+        if not run_id.startswith(PENDING):  # at the start of a continued variant: the server answers
+            exp_id = MlflowClient().get_run(run_id).info.experiment_id
+            done = {r.data.tags.get("svbench.seed"): r for r in find_child_runs(run_id, exp_id)
+                    if r.data.tags.get(TAG_KIND) == "seed"}
     spec = spec_from_config(cfg.model, n_mels=cfg.features.n_mels)
-    existing = client.get_run(run_id).data.params
-    for k, v in variant_params(cfg, spec).items():
-        if k not in existing and k != "train.seed":
-            client.log_param(run_id, k, v)
-    done = {r.data.tags.get("svbench.seed"): r for r in find_child_runs(run_id, exp_id)
-            if r.data.tags.get(TAG_KIND) == "seed"}
+    log.log_batch(run_id, params={k: v for k, v in variant_params(cfg, spec).items()
+                                  if k not in existing and k != "train.seed"})
     per_seed = []
     seed_tags_seen: list[dict] = []
     seed_runs: list[str] = []
+    seed_scores: list[dict[str, Path]] = []
     try:
         for i in range(cfg.seeds):
             seed = cfg.train.seed + i
@@ -499,7 +527,7 @@ def run_tracked_seeds(cfg: Config, out_dir: str | Path, run_id: str | None = Non
             if prev is not None and prev.info.status == "FINISHED":
                 per_seed.append(dict(prev.data.metrics))
                 seed_tags_seen.append(dict(prev.data.tags))
-                seed_runs.append(prev.info.run_id)
+                seed_scores.append(run_scores(prev.info.run_id))
                 continue
             scfg = build_config({**cfg.model_dump(mode="json"), "seeds": 1,
                                  "train": {**cfg.train.model_dump(mode="json"), "seed": seed}})
@@ -510,17 +538,15 @@ def run_tracked_seeds(cfg: Config, out_dir: str | Path, run_id: str | None = Non
                                  meters=meters, callbacks=callbacks, force=force)
             per_seed.append(result_metrics(res))
             seed_tags_seen.append(res.energy_tags)
-            seed_runs.append(srid)
+            seed_scores.append({t: Path(r["score_file"]) for t, r in res.metrics.items() if r.get("score_file")})
         summary = seed_summary(per_seed)
         if cfg.eval.bootstrap_resamples:
-            summary.update(seed_mean_intervals(seed_runs, cfg.eval.ci_level, cfg.eval.bootstrap_resamples))
-        for k, v in summary.items():
-            if v == v:  # not NaN
-                client.log_metric(run_id, k, v)
-        for k, v in combined_energy_tags(seed_tags_seen).items():
-            client.set_tag(run_id, k, v)
+            summary.update(seed_mean_intervals(seed_scores, cfg.eval.ci_level, cfg.eval.bootstrap_resamples))
+        log.log_batch(run_id, metrics={k: v for k, v in summary.items() if v == v},  # not NaN
+                      tags=combined_energy_tags(seed_tags_seen))
     except BaseException:
-        client.set_terminated(run_id, "FAILED")
+        log.set_terminated(run_id, "FAILED")
         raise
-    client.set_terminated(run_id, "FINISHED")
+    log.set_terminated(run_id, "FINISHED")
+    log.settle()
     return run_id, summary

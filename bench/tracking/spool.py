@@ -1,0 +1,522 @@
+"""A run folder's MLflow writes, kept on disk first and sent in order by a background sender.
+
+Every write of a tracked run (metric batches with their energy tags, params, tags, datasets, artifacts, the
+logged model, the run's creation and its end status) is first a record in ``<out>/mlflow_spool/records.jsonl``:
+one JSON line per write, appended with one ``write`` and fsynced, each with an id. A sender thread pushes
+the records to the tracking server in the order they were written, and appends each sent id to
+``sent.jsonl``. A tracking outage therefore never blocks or kills the work: the sender waits (one line says
+so) and goes on when the server is back (one line says that too). What is still unsent when a command ends
+is sent by ``svbench sync OUT`` or by the next svbench command on that folder.
+
+Replaying a record twice changes nothing on the server (a kill can come between the send and the mark):
+metrics carry their own timestamp and step, and the store ignores an identical (key, value, timestamp, step);
+params and tags are set to the same value; an artifact is written to the same path; a dataset input is linked
+once; a run created by the spool is found again by its tag ``svbench.spool_run``; the model is logged into the
+logged model the run already has. A run created while the server is unreachable has the id
+``pending:<uuid>`` until the sender creates it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import threading
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import mlflow
+import requests
+import torch
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+from bench.evaluate import load_model
+from bench.tracking.model import log_embedder
+
+SPOOL_DIR = "mlflow_spool"
+PENDING = "pending:"
+TAG_SPOOL_RUN = "svbench.spool_run"
+DEFAULT_WAIT_S = 180.0
+BACKOFF_S = (1, 2, 4, 8, 15, 30)
+# MLflow's own HTTP retries, shortened (a user's setting wins): a write waits in the spool, not in the client
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+
+
+def shorten_http_retries() -> None:
+    for key, value in HTTP_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+
+
+@dataclass
+class Record:
+    id: str
+    t_ns: int
+    op: str
+    run: str
+    args: dict
+    spool: Spool | None = field(default=None, repr=False, compare=False)
+
+    def line(self) -> bytes:
+        return (json.dumps({"id": self.id, "t_ns": self.t_ns, "op": self.op, "run": self.run, "args": self.args})
+                + "\n").encode()
+
+
+def _append_line(path: Path, data: bytes) -> None:
+    """One ``write`` in append mode, then fsync: a kill leaves the line whole or torn at the end, never
+    interleaved; a torn last line is closed with a newline before the next one (and skipped when read)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        size = os.fstat(fd).st_size
+        if size:
+            with open(path, "rb") as f:
+                f.seek(size - 1)
+                if f.read(1) != b"\n":
+                    data = b"\n" + data
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _read_lines(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_bytes().splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:  # a line torn by a kill during its write
+            continue
+    return out
+
+
+class Spool:
+    """The records of one run folder (``<folder>/mlflow_spool``)."""
+
+    def __init__(self, folder: str | Path):
+        self.dir = Path(folder).resolve() / SPOOL_DIR
+        self.records_path = self.dir / "records.jsonl"
+        self.sent_path = self.dir / "sent.jsonl"
+        self.runs_path = self.dir / "runs.jsonl"
+
+    def append(self, op: str, run: str, args: dict, files: dict[str, Path | bytes] | None = None) -> Record:
+        """A new record; ``files`` (name -> path or content) are copied into the spool first, so the record
+        never names a file that is not there."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        rec = Record(uuid.uuid4().hex, time.time_ns(), op, run, dict(args), self)
+        if files:
+            folder = self.dir / "files" / rec.id
+            folder.mkdir(parents=True, exist_ok=True)
+            for name, src in files.items():
+                tmp = folder / f".{name}.tmp"
+                if isinstance(src, bytes):
+                    tmp.write_bytes(src)
+                else:
+                    shutil.copyfile(src, tmp)
+                tmp.rename(folder / name)
+            rec.args["files"] = sorted(files)
+        _append_line(self.records_path, rec.line())
+        return rec
+
+    def records(self) -> list[Record]:
+        return [Record(d["id"], d["t_ns"], d["op"], d["run"], d["args"], self) for d in _read_lines(self.records_path)]
+
+    def unsent(self) -> list[Record]:
+        sent = {d["id"] for d in _read_lines(self.sent_path)}
+        return [r for r in self.records() if r.id not in sent]
+
+    def mark_sent(self, rec: Record, error: str | None = None) -> None:
+        _append_line(self.sent_path, (json.dumps({"id": rec.id, **({"error": error} if error else {})}) + "\n").encode())
+        shutil.rmtree(self.dir / "files" / rec.id, ignore_errors=True)
+
+    def file(self, rec: Record, name: str) -> Path:
+        return self.dir / "files" / rec.id / name
+
+    def created_runs(self) -> dict[str, str]:
+        return {d["ref"]: d["run_id"] for d in _read_lines(self.runs_path)}
+
+    def note_created(self, ref: str, run_id: str) -> None:
+        _append_line(self.runs_path, (json.dumps({"ref": ref, "run_id": run_id}) + "\n").encode())
+
+    def logged_steps(self, run: str, key: str) -> set[int]:
+        """The steps of metric ``key`` this folder has recorded for ``run`` (sent or not)."""
+        return {m[3] for r in self.records() if r.op == "log_batch" and r.run == run
+                for m in r.args.get("metrics", []) if m[0] == key}
+
+    def logged_params(self, run: str) -> dict[str, str]:
+        return {k: v for r in self.records() if r.op == "log_batch" and r.run == run
+                for k, v in r.args.get("params", {}).items()}
+
+
+def spools_under(root: str | Path) -> list[Spool]:
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    return [Spool(p.parent.parent) for p in sorted(root.rglob(f"{SPOOL_DIR}/records.jsonl"))]
+
+
+def unsent_under(root: str | Path) -> list[Record]:
+    """Every unsent record of a folder tree, in the order written."""
+    return sorted((r for s in spools_under(root) for r in s.unsent()), key=lambda r: r.t_ns)
+
+
+# ---------------------------------------------------------------- sending one record
+class RunNotFound(Exception):
+    """The tracking server does not know the run: another server, or the run was deleted."""
+
+
+def transient(exc: BaseException) -> bool:
+    """An error that a later try can cure: no answer, a 5xx or 429, or a lost race on a unique key."""
+    if isinstance(exc, MlflowException):
+        text = str(exc).lower()
+        return (exc.get_http_status_code() >= 500 or exc.get_http_status_code() == 429
+                or any(w in text for w in ("unique", "duplicate", "integrity", "database is locked")))
+    return isinstance(exc, (OSError, requests.exceptions.RequestException))
+
+
+class Replayer:
+    """Sends records with MLflow's public client API; knows the ids of the runs the spool created."""
+
+    def __init__(self):
+        self.client = MlflowClient()
+        self.runs: dict[str, str] = {}
+
+    def resolve(self, ref: str) -> str | None:
+        if not ref.startswith(PENDING):
+            return ref
+        return self.runs.get(ref)
+
+    def learn(self, spool: Spool) -> None:
+        self.runs.update(spool.created_runs())
+
+    def send(self, rec: Record) -> None:
+        getattr(self, f"_{rec.op}")(rec)
+
+    def _run(self, rec: Record) -> str:
+        run = self.resolve(rec.run)
+        if run is None:
+            raise RunNotFound(f"run {rec.run} was never created")
+        return run
+
+    def _tags(self, tags: dict) -> list[RunTag]:
+        return [RunTag(k, self.resolve(v) or v if isinstance(v, str) else str(v)) for k, v in tags.items()]
+
+    def _create_run(self, rec: Record) -> None:
+        a = rec.args
+        found = self.client.search_runs([a["experiment_id"]], filter_string=f"tags.`{TAG_SPOOL_RUN}` = '{rec.run}'",
+                                        max_results=1)
+        if found:
+            run_id = found[0].info.run_id
+        else:
+            tags = {t.key: t.value for t in self._tags(a["tags"])}
+            run_id = self.client.create_run(a["experiment_id"], start_time=a["start_ms"], tags=tags,
+                                            run_name=a["run_name"]).info.run_id
+        self.runs[rec.run] = run_id
+        rec.spool.note_created(rec.run, run_id)
+
+    def _log_batch(self, rec: Record) -> None:
+        a = rec.args
+        metrics = [Metric(k, float(v), int(ts), int(step)) for k, v, ts, step in a.get("metrics", [])]
+        params = [Param(k, v) for k, v in a.get("params", {}).items()]
+        run = self._run(rec)
+        for i in range(0, max(len(params), 1), 100):  # the store takes at most 100 params per batch
+            self.client.log_batch(run, metrics=metrics if i == 0 else [], params=params[i:i + 100],
+                                  tags=self._tags(a.get("tags", {})) if i == 0 else [], synchronous=True)
+
+    def _set_status(self, rec: Record) -> None:
+        a = rec.args
+        if a["status"] == "RUNNING":
+            self.client.update_run(self._run(rec), status="RUNNING")
+        else:
+            self.client.set_terminated(self._run(rec), a["status"], end_time=a["end_ms"])
+
+    def _log_artifact(self, rec: Record) -> None:
+        self.client.log_artifact(self._run(rec), str(rec.spool.file(rec, rec.args["files"][0])),
+                                 rec.args.get("artifact_path"))
+
+    def _log_inputs(self, rec: Record) -> None:
+        inputs = [DatasetInput(Dataset(d["name"], d["digest"], d["source_type"], d["source"], d.get("schema"),
+                                       d.get("profile")), tags=[InputTag(MLFLOW_DATASET_CONTEXT, d["context"])])
+                  for d in rec.args["datasets"]]
+        self.client.log_inputs(self._run(rec), datasets=inputs)
+
+    def _log_model(self, rec: Record) -> None:
+        """Into the logged model named ``model`` of the run (made here once, found again after a kill)."""
+        run = self._run(rec)
+        experiment = self.client.get_run(run).info.experiment_id
+        earlier = self.client.search_logged_models(
+            [experiment], filter_string=f"source_run_id = '{run}' AND name = 'model'", max_results=1)
+        model_id = earlier[0].model_id if earlier else mlflow.initialize_logged_model(
+            name="model", source_run_id=run, experiment_id=experiment).model_id
+        model = load_model(rec.spool.file(rec, "model.pt"), torch.device("cpu"))
+        log_embedder(model.embedder, model.spec.n_mels, run, model_id)
+
+
+# ---------------------------------------------------------------- the sender
+class Sender:
+    """One thread per process that sends every spool's records in the order they were written."""
+
+    def __init__(self, uri: str):
+        self.uri = uri
+        self.queue: deque[Record] = deque()
+        self.cond = threading.Condition()
+        self.replayer = Replayer()
+        self.outage = False
+        self.busy = False
+        self.held: set[Path] = set()  # spools whose run the server does not know: kept on disk, not sent
+        self.queued: set[str] = set()
+        self.thread = threading.Thread(target=self._loop, name="svbench-mlflow-sender", daemon=True)
+        self.thread.start()
+
+    def submit(self, rec: Record) -> None:
+        with self.cond:
+            if rec.id in self.queued:
+                return
+            self.queued.add(rec.id)
+            self.queue.append(rec)
+            self.cond.notify_all()
+
+    def _loop(self) -> None:
+        tries = 0
+        while True:
+            with self.cond:
+                while not self.queue:
+                    self.busy = False
+                    self.cond.notify_all()
+                    self.cond.wait()
+                rec = self.queue[0]
+                self.busy = True
+            if rec.spool.dir in self.held:
+                self._pop(rec)
+                continue
+            try:
+                self.replayer.send(rec)
+            except RunNotFound as exc:
+                self._hold(rec, str(exc))
+                continue
+            except Exception as exc:  # noqa: BLE001 - what is not transient is told and skipped, never raised
+                if transient(exc):
+                    self._down(rec, exc)
+                    time.sleep(BACKOFF_S[min(tries, len(BACKOFF_S) - 1)])
+                    tries += 1
+                    continue
+                if isinstance(exc, MlflowException) and exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+                    self._hold(rec, str(exc).splitlines()[0][:200])
+                    continue
+                message = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+                print(f"svbench: MLflow rejected {rec.op} of run {rec.run} ({message}); skipped, noted in "
+                      f"{rec.spool.sent_path}", file=sys.stderr, flush=True)
+                rec.spool.mark_sent(rec, error=message)
+                self._pop(rec)
+                continue
+            tries = 0
+            rec.spool.mark_sent(rec)
+            self._pop(rec)
+            if self.outage:
+                with self.cond:
+                    self.outage = False
+                    left = len(self.queue)
+                print(f"svbench: MLflow tracking at {self.uri} is back; sending {left} kept records",
+                      file=sys.stderr, flush=True)
+
+    def _pop(self, rec: Record) -> None:
+        with self.cond:
+            self.queue.popleft()
+            self.queued.discard(rec.id)
+            self.cond.notify_all()
+
+    def _down(self, rec: Record, exc: BaseException) -> None:
+        if self.outage:
+            return
+        with self.cond:
+            self.outage = True
+            self.cond.notify_all()
+        reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+        print(f"svbench: MLflow tracking at {self.uri} is unreachable ({reason}); the work goes on, its tracking "
+              f"is kept in {rec.spool.dir} and sent when the server is back", file=sys.stderr, flush=True)
+
+    def _hold(self, rec: Record, why: str) -> None:
+        self.held.add(rec.spool.dir)
+        print(f"svbench: {why} at {self.uri}; the records of {rec.spool.dir} stay there unsent (is "
+              "MLFLOW_TRACKING_URI the server the run was made on?)", file=sys.stderr, flush=True)
+        self._pop(rec)
+
+    def pending(self) -> int:
+        with self.cond:
+            return len(self.queue)
+
+    def settle(self, timeout_s: float) -> bool:
+        """Wait until every queued record is sent, or the server is found unreachable, or ``timeout_s``;
+        True when nothing is left to send."""
+        deadline = time.monotonic() + timeout_s
+        with self.cond:
+            while (self.queue or self.busy) and not self.outage:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self.cond.wait(min(left, 1.0))
+            return not self.queue
+
+    def drain(self, timeout_s: float) -> bool:
+        """Wait until every queued record is sent, outage or not, for at most ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        with self.cond:
+            while self.queue or self.busy:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self.cond.wait(min(left, 1.0))
+            return not self.queue
+
+
+_sender: Sender | None = None
+_lock = threading.Lock()
+
+
+def sender() -> Sender:
+    global _sender
+    with _lock:
+        uri = mlflow.get_tracking_uri()
+        if _sender is None or _sender.uri != uri:
+            _sender = Sender(uri)
+        return _sender
+
+
+def _forget_sender() -> None:  # a forked child has no sender thread: it starts its own
+    global _sender
+    _sender = None
+
+
+os.register_at_fork(after_in_child=_forget_sender)
+
+
+def enqueue_unsent(root: str | Path) -> int:
+    """Queue every unsent record under ``root`` (a command's output folder) before its new ones."""
+    s = sender()
+    records = []
+    for sp in spools_under(root):
+        s.replayer.learn(sp)
+        records.extend(sp.unsent())
+    for rec in sorted(records, key=lambda r: r.t_ns):
+        s.submit(rec)
+    return len(records)
+
+
+def finish(root: str | Path, wait_s: float = DEFAULT_WAIT_S, command: str = "svbench sync") -> int:
+    """The end of a command: send what is left under ``root`` (its workers' records too), waiting at most
+    ``wait_s`` for a server that is down; then one line naming the spool and how to send it later.
+    Returns the number of records left unsent."""
+    if _sender is None and not spools_under(root):
+        return 0
+    enqueue_unsent(root)
+    s = sender()
+    if not s.settle(wait_s):
+        if s.outage:
+            print(f"svbench: MLflow tracking at {s.uri} is unreachable; waiting up to {wait_s:.0f} s to send "
+                  f"{s.pending()} kept records", file=sys.stderr, flush=True)
+        s.drain(wait_s)
+    left = len(unsent_under(root))
+    if left:
+        folders = sorted({str(sp.dir) for sp in spools_under(root) if sp.unsent()})
+        where = folders[0] if len(folders) == 1 else f"{len(folders)} spools under {Path(root).resolve()}"
+        print(f"svbench: MLflow tracking at {s.uri} is still unreachable: {left} records kept in {where}; "
+              f"send them with `{command} {root}` (or the next svbench command on that folder)",
+              file=sys.stderr, flush=True)
+    return left
+
+
+# ---------------------------------------------------------------- writing
+def _ms() -> int:
+    return int(time.time() * 1000)
+
+
+class RunLog:
+    """MLflow writes into the spool of one run folder, each queued for the sender at once."""
+
+    def __init__(self, folder: str | Path):
+        self.spool = Spool(folder)
+        self.sender = sender()
+
+    def _put(self, op: str, run: str, args: dict, files: dict | None = None) -> None:
+        self.sender.submit(self.spool.append(op, run, args, files))
+
+    def create_run(self, experiment_id: str, run_name: str, tags: dict) -> str:
+        """A new run: created on the server now when it answers, else ``pending:<uuid>`` created by the
+        sender later. Either way it carries ``svbench.spool_run``, so a replay never makes it twice."""
+        ref = PENDING + uuid.uuid4().hex
+        args = {"experiment_id": experiment_id, "run_name": run_name, "start_ms": _ms(),
+                "tags": {**{k: str(v) for k, v in tags.items()}, TAG_SPOOL_RUN: ref}}
+        rec = self.spool.append("create_run", ref, args)
+        if not self.sender.outage and not any(v.startswith(PENDING) for v in args["tags"].values() if v != ref):
+            try:
+                self.sender.replayer.send(rec)
+                self.spool.mark_sent(rec)
+                return self.sender.replayer.runs[ref]
+            except Exception as exc:  # noqa: BLE001 - a server that does not answer: the sender creates it
+                if not transient(exc):
+                    raise
+        self.sender.submit(rec)
+        return ref
+
+    def reopen(self, run: str) -> None:
+        self._put("set_status", run, {"status": "RUNNING"})
+
+    def set_terminated(self, run: str, status: str) -> None:
+        self._put("set_status", run, {"status": status, "end_ms": _ms()})
+
+    def log_batch(self, run: str, metrics: dict[str, float] | None = None, params: dict | None = None,
+                  tags: dict | None = None, step: int = 0) -> None:
+        now = _ms()
+        args = {"metrics": [[k, float(v), now, int(step)] for k, v in (metrics or {}).items() if v is not None],
+                "params": {k: str(v)[:6000] for k, v in (params or {}).items()},
+                "tags": {k: str(v) for k, v in (tags or {}).items()}}
+        if any(args.values()):
+            self._put("log_batch", run, args)
+
+    def log_metric(self, run: str, key: str, value: float, step: int = 0) -> None:
+        self.log_batch(run, metrics={key: value}, step=step)
+
+    def set_tag(self, run: str, key: str, value) -> None:
+        self.log_batch(run, tags={key: value})
+
+    def log_file(self, run: str, path: str | Path, artifact_path: str | None = None) -> None:
+        self._put("log_artifact", run, {"artifact_path": artifact_path}, {Path(path).name: Path(path)})
+
+    def log_text(self, run: str, text: str, artifact_file: str) -> None:
+        folder, _, name = artifact_file.rpartition("/")
+        self._put("log_artifact", run, {"artifact_path": folder or None}, {name: text.encode()})
+
+    def log_dict(self, run: str, data: dict, artifact_file: str) -> None:
+        self.log_text(run, json.dumps(data, indent=2), artifact_file)
+
+    def log_inputs(self, run: str, datasets: list[tuple[object, str]]) -> None:
+        """``(mlflow.data dataset, context)`` pairs, kept as their public ``to_dict``."""
+        self._put("log_inputs", run, {"datasets": [{**d.to_dict(), "context": c} for d, c in datasets]})
+
+    def log_model(self, run: str, checkpoint: str | Path) -> None:
+        """The embedder of ``checkpoint`` (copied into the spool) as the run's MLflow model."""
+        self._put("log_model", run, {}, {"model.pt": Path(checkpoint)})
+
+    def settle(self, timeout_s: float = 600.0) -> None:
+        """Wait while the server answers and records are queued (readers of the run in this process then
+        see them); returns at once when the server is unreachable."""
+        self.sender.settle(timeout_s)
+
+
+def created_run(ref: str, root: str | Path) -> str | None:
+    """The MLflow id of a run: ``ref`` itself, or for ``pending:<uuid>`` the id the spool under ``root`` got
+    when it created the run (None while it has not)."""
+    if not ref.startswith(PENDING):
+        return ref or None
+    for sp in spools_under(root):
+        if ref in (runs := sp.created_runs()):
+            return runs[ref]
+    return None
