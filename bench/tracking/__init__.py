@@ -29,7 +29,7 @@ from bench.energy.reading import reading_from_state
 from bench.errors import BenchError
 from bench.evaluate import load_model
 from bench.machine import cpu_model
-from bench.tracking.spool import PENDING, RunLog, enqueue_unsent, shorten_http_retries
+from bench.tracking.spool import PENDING, RunLog, enqueue_unsent, shorten_http_retries, transient
 from bench.tracking.spool import finish as finish_spools
 
 DEFAULT_URI = "sqlite:///mlflow.db"
@@ -405,6 +405,20 @@ def _logged_so_far(log: RunLog, run_id: str) -> tuple[dict, bool]:
     return params, has_inputs
 
 
+def _finished_seeds(run_id: str, exp_id: str) -> dict:
+    """seed -> the seed runs a continued variant run has on the server ({} when it does not answer: a search
+    trial's run is continued while the server may be down, and its seeds are then all run)."""
+    if run_id.startswith(PENDING):
+        return {}
+    try:
+        return {r.data.tags.get("svbench.seed"): r for r in find_child_runs(run_id, exp_id)
+                if r.data.tags.get(TAG_KIND) == "seed"}
+    except Exception as exc:  # noqa: BLE001
+        if transient(exc):
+            return {}
+        raise
+
+
 def _system_metrics(run_id: str):
     """MLflow's own system-metrics sampler for a run the server holds (it is not spooled: it stops at an
     outage and loses those samples)."""
@@ -509,10 +523,7 @@ def run_tracked_seeds(cfg: Config, out_dir: str | Path, run_id: str | None = Non
         log.reopen(run_id)
         log.log_batch(run_id, tags=tags)
         existing, _ = _logged_so_far(log, run_id)
-        if not run_id.startswith(PENDING):  # at the start of a continued variant: the server answers
-            exp_id = MlflowClient().get_run(run_id).info.experiment_id
-            done = {r.data.tags.get("svbench.seed"): r for r in find_child_runs(run_id, exp_id)
-                    if r.data.tags.get(TAG_KIND) == "seed"}
+        done = _finished_seeds(run_id, exp_id)
     spec = spec_from_config(cfg.model, n_mels=cfg.features.n_mels)
     log.log_batch(run_id, params={k: v for k, v in variant_params(cfg, spec).items()
                                   if k not in existing and k != "train.seed"})

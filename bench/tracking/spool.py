@@ -44,7 +44,7 @@ SPOOL_DIR = "mlflow_spool"
 PENDING = "pending:"
 TAG_SPOOL_RUN = "svbench.spool_run"
 DEFAULT_WAIT_S = 180.0
-BACKOFF_S = (1, 2, 4, 8, 15, 30)
+BACKOFF_S = (1, 2, 4, 8, 10)  # between tries at a server that does not answer
 # MLflow's own HTTP retries, shortened (a user's setting wins): a write waits in the spool, not in the client
 HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
                  "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
@@ -427,7 +427,8 @@ def finish(root: str | Path, wait_s: float = DEFAULT_WAIT_S, command: str = "svb
     if left:
         folders = sorted({str(sp.dir) for sp in spools_under(root) if sp.unsent()})
         where = folders[0] if len(folders) == 1 else f"{len(folders)} spools under {Path(root).resolve()}"
-        print(f"svbench: MLflow tracking at {s.uri} is still unreachable: {left} records kept in {where}; "
+        why = "is still unreachable" if s.outage else "did not take every record"
+        print(f"svbench: MLflow tracking at {s.uri} {why}: {left} records kept in {where}; "
               f"send them with `{command} {root}` (or the next svbench command on that folder)",
               file=sys.stderr, flush=True)
     return left
