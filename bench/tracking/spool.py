@@ -179,7 +179,7 @@ def transient(exc: BaseException) -> bool:
         text = str(exc).lower()
         return (exc.get_http_status_code() >= 500 or exc.get_http_status_code() == 429
                 or any(w in text for w in ("unique", "duplicate", "integrity", "database is locked")))
-    return isinstance(exc, (OSError, requests.exceptions.RequestException))
+    return isinstance(exc, (ConnectionError, TimeoutError, requests.exceptions.RequestException))
 
 
 class Replayer:
