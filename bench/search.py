@@ -338,7 +338,8 @@ def _trial_body(trial: optuna.Trial, ctx: TrialContext, rid: str, tags: dict) ->
                           tags={"optuna.feasible": "false"})
             raise optuna.TrialPruned(f"forecast {fc.energy_j:.4g} J exceeds the budget")
     _, metrics = tracking.run_tracked_seeds(cfg, ctx.out_root / f"trial-{trial.number}", run_id=rid,
-                                            experiment_id=ctx.experiment_id, run_name=f"trial-{trial.number}", extra_tags=tags, progress=False,
+                                            experiment_id=ctx.experiment_id, run_name=f"trial-{trial.number}",
+                                            extra_tags=tags, progress=False,
                                             meters=ctx.meters, callbacks=[SpentSoFar(trial, ctx)])
     eer_key, _ = objective_keys(cfg)
     if eer_key not in metrics:

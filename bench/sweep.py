@@ -229,7 +229,7 @@ def _run_on_slurm(grid: Grid, todo: list[Variant], out_root: Path, parent_id: st
         v, rid, _ = jobs[str(job.job_id)]
         if st.state == "COMPLETED":
             ran.append(v.name)
-            _report_variant(grid, v, job.result() or {})
+            _report_variant(grid, v, job.results()[0] or {})
             return
         failed.append(v.name)
         log = RunLog(out_root / v.name)

@@ -529,7 +529,6 @@ def run_tracked_seeds(cfg: Config, out_dir: str | Path, run_id: str | None = Non
                                   if k not in existing and k != "train.seed"})
     per_seed = []
     seed_tags_seen: list[dict] = []
-    seed_runs: list[str] = []
     seed_scores: list[dict[str, Path]] = []
     try:
         for i in range(cfg.seeds):

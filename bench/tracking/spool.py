@@ -134,7 +134,8 @@ class Spool:
         return [r for r in self.records() if r.id not in sent]
 
     def mark_sent(self, rec: Record, error: str | None = None) -> None:
-        _append_line(self.sent_path, (json.dumps({"id": rec.id, **({"error": error} if error else {})}) + "\n").encode())
+        mark = {"id": rec.id, **({"error": error} if error else {})}
+        _append_line(self.sent_path, (json.dumps(mark) + "\n").encode())
         shutil.rmtree(self.dir / "files" / rec.id, ignore_errors=True)
 
     def file(self, rec: Record, name: str) -> Path:
@@ -273,6 +274,7 @@ class Sender:
         self.busy = False
         self.held: set[Path] = set()  # spools whose run the server does not know: kept on disk, not sent
         self.queued: set[str] = set()
+        self.adopted: set[Path] = set()
         self.thread = threading.Thread(target=self._loop, name="svbench-mlflow-sender", daemon=True)
         self.thread.start()
 
@@ -283,6 +285,18 @@ class Sender:
             self.queued.add(rec.id)
             self.queue.append(rec)
             self.cond.notify_all()
+
+    def adopt(self, spool: Spool) -> int:
+        """Queue what an earlier process left unsent in ``spool`` (a requeued Slurm job, a killed training),
+        before anything this process writes there: records reach the server in the order written."""
+        if spool.dir in self.adopted:
+            return 0
+        self.adopted.add(spool.dir)
+        self.replayer.learn(spool)
+        records = spool.unsent()
+        for rec in records:
+            self.submit(rec)
+        return len(records)
 
     def _loop(self) -> None:
         tries = 0
@@ -401,11 +415,12 @@ os.register_at_fork(after_in_child=_forget_sender)
 def enqueue_unsent(root: str | Path) -> int:
     """Queue every unsent record under ``root`` (a command's output folder) before its new ones."""
     s = sender()
-    records = []
-    for sp in spools_under(root):
+    spools = spools_under(root)
+    for sp in spools:
+        s.adopted.add(sp.dir)
         s.replayer.learn(sp)
-        records.extend(sp.unsent())
-    for rec in sorted(records, key=lambda r: r.t_ns):
+    records = sorted((r for sp in spools for r in sp.unsent()), key=lambda r: r.t_ns)  # parents' runs first
+    for rec in records:
         s.submit(rec)
     return len(records)
 
@@ -445,6 +460,7 @@ class RunLog:
     def __init__(self, folder: str | Path):
         self.spool = Spool(folder)
         self.sender = sender()
+        self.sender.adopt(self.spool)
 
     def _put(self, op: str, run: str, args: dict, files: dict | None = None) -> None:
         self.sender.submit(self.spool.append(op, run, args, files))
