@@ -44,7 +44,7 @@ from bench.energy.plan import MeasurePlan, measurement_plan, visible_gpu_count, 
 from bench.energy.reading import EnergyReading, reading_from_state, sum_windows
 from bench import slurm
 from bench.errors import BenchError
-from bench.tracking.spool import RunLog, created_run, enqueue_unsent
+from bench.tracking.spool import RunLog, created_run
 
 STUDY_VARIANT_LAYOUTS = [(2, 2, 2, 2), (3, 4, 6, 3), (2, 6, 6, 2), (2, 10, 2, 2), (10, 2, 2, 2), (2, 2, 2, 10)]
 ATTR_PARENT = "mlflow_parent_run_id"
@@ -501,8 +501,7 @@ def run_search(cfg: Config, workers: int = 1, out_root: str | Path = "runs/searc
     folder = study_folder(cfg, out_root)
     storage = make_storage(url, cfg.search.heartbeat_s)
     study = create_study(cfg, storage, outer_run)
-    if enqueue_unsent(folder):  # what an earlier outage left: sent first, so its trials' runs exist
-        RunLog(folder).settle()
+    tracking.send_leftovers(folder)  # what an earlier outage left: sent first, so its trials' runs exist
     if isinstance(storage, optuna.storages.RDBStorage):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)

@@ -20,7 +20,7 @@ from bench import slurm
 from bench.config import Config, apply_overrides, build_config, load_preset_dict, parse_overrides
 from bench.errors import BenchError
 from bench.train import check_fresh_out
-from bench.tracking.spool import RunLog, enqueue_unsent
+from bench.tracking.spool import RunLog
 
 GRID_DIR = Path(__file__).parent / "presets" / "grids"
 
@@ -124,9 +124,8 @@ def run_sweep(grid: Grid, out_root: str | Path, progress: bool = True, new: bool
         exp_id = tracking.experiment_of(outer_run)
     else:
         exp_id = tracking.set_experiment(first.tracking.experiment)
+    tracking.send_leftovers(out_root)  # what an earlier outage left: sent first, so the runs below are complete
     log = RunLog(out_root)
-    if enqueue_unsent(out_root):  # what an earlier outage left: sent first, so the runs below are complete
-        log.settle()
     earlier = client.search_runs([exp_id], filter_string=f"tags.`{tracking.TAG_SWEEP}` = '{grid.key}' and tags.`{tracking.TAG_KIND}` = 'variant'",
                                  max_results=5000)
     finished = {r.data.tags.get(tracking.TAG_VARIANT) for r in earlier if r.info.status == "FINISHED"}

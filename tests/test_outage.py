@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from bench.tracking.spool import Record, Spool
 from tests.conftest import REPO, fresh_env, free_port
 
 SHORT_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "3",
@@ -75,28 +76,23 @@ def _svbench(args: list, uri: str, **extra_env) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def _records(folder: Path, name: str = "records.jsonl") -> list[dict]:
-    path = folder / "mlflow_spool" / name
-    if not path.is_file():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            pass
-    return out
+def _records(folder: Path) -> list[Record]:
+    return Spool(folder).records()
+
+
+def _sent(folder: Path) -> list[dict]:
+    return Spool(folder).sent_marks()
 
 
 def _epochs_recorded(folder: Path) -> list[int]:
-    return sorted({m[3] for r in _records(folder) if r["op"] == "log_batch" for m in r["args"]["metrics"]
+    return sorted({m[3] for r in _records(folder) if r.op == "log_batch" for m in r.args["metrics"]
                    if m[0] == "train/epoch_loss"})
 
 
 def _epochs_sent(folder: Path) -> int:
-    sent = {r["id"] for r in _records(folder, "sent.jsonl")}
-    return sum(1 for r in _records(folder) if r["id"] in sent and r["op"] == "log_batch"
-               and any(m[0] == "train/epoch_loss" for m in r["args"]["metrics"]))
+    sent = {m["id"] for m in _sent(folder)}
+    return sum(1 for r in _records(folder) if r.id in sent and r.op == "log_batch"
+               and any(m[0] == "train/epoch_loss" for m in r.args["metrics"]))
 
 
 def _wait_for(cond, proc: subprocess.Popen, timeout_s: float = 300.0, what: str = "") -> None:
@@ -154,8 +150,8 @@ def test_outage_longer_than_the_client_retries_costs_nothing(tiny_corpus, tmp_pa
     assert "kept in" in err and str(out / "mlflow_spool") in err
     # the epoch loop did not wait for the server: the epochs that ended while it was down took as long as the
     # others (after the restart, the server's start-up shares the 2 cores with the training: not compared)
-    during = {m[3] for r in _records(out) if r["op"] == "log_batch" and down < r["t_ns"] / 1e9 < up
-              for m in r["args"]["metrics"] if m[0] == "train/epoch_loss"}
+    during = {m[3] for r in _records(out) if r.op == "log_batch" and down < r.t_ns / 1e9 < up
+              for m in r.args["metrics"] if m[0] == "train/epoch_loss"}
     assert len(during) >= 3
     history = json.loads((out / "result.json").read_text())["train"]["history"]
     before = sorted(h["time_s"] for h in history if 1 < h["epoch"] < min(during))
@@ -173,17 +169,17 @@ def test_server_never_back_then_sync_killed_mid_replay_then_sync(tiny_corpus, tm
     _, err = _finish(proc)
     notice = [ln for ln in err.splitlines() if "svbench sync" in ln]
     assert len(notice) == 1 and str(out) in notice[0], err
-    left = [r for r in _records(out) if r["id"] not in {s["id"] for s in _records(out, "sent.jsonl")}]
-    assert left and left[-1]["op"] == "set_status" and left[-1]["args"]["status"] == "FINISHED"
+    left = Spool(out).unsent()
+    assert left and left[-1].op == "set_status" and left[-1].args["status"] == "FINISHED"
 
     # a new server on the same store, another port; a sync killed once it has sent some of the records
     server.start(port=free_port())
-    sent_before = len(_records(out, "sent.jsonl"))
+    sent_before = len(_sent(out))
     sync = _svbench(["sync", out], server.url)
-    _wait_for(lambda: len(_records(out, "sent.jsonl")) > sent_before, sync, what="the sync's first record")
+    _wait_for(lambda: len(_sent(out)) > sent_before, sync, what="the sync's first record")
     sync.send_signal(signal.SIGKILL)
     sync.wait(timeout=30)
-    unsent = len(_records(out)) - len(_records(out, "sent.jsonl"))
+    unsent = len(_records(out)) - len(_sent(out))
     assert unsent > 0, "the sync was killed after its last record: not mid-replay"
     _finish(_svbench(["sync", out], server.url))
     client = server.client()
@@ -193,9 +189,9 @@ def test_server_never_back_then_sync_killed_mid_replay_then_sync(tiny_corpus, tm
 
     # a kill between a send and its mark: every record sent again changes nothing on the server (those with
     # files stay marked: a record's files are removed only after its mark is written)
-    with_files = {r["id"] for r in _records(out) if r["args"].get("files")}
+    with_files = {r.id for r in _records(out) if r.args.get("files")}
     (out / "mlflow_spool" / "sent.jsonl").write_text(
-        "".join(json.dumps(s) + "\n" for s in _records(out, "sent.jsonl") if s["id"] in with_files))
+        "".join(json.dumps(m) + "\n" for m in _sent(out) if m["id"] in with_files))
     proc = _svbench(["sync", out], server.url)
     _finish(proc)
     _check_complete_run(client, runs[0].info.run_id, epochs)
@@ -215,7 +211,7 @@ def test_sweep_across_an_outage_completes_both_variants_under_one_parent(tiny_co
     server.kill()
     # variant b starts while the server is down: its run is created by the spool once the server is back
     _wait_for(lambda: bool(_epochs_recorded(b)), proc, what="variant b training during the outage")
-    assert _records(b)[0]["op"] == "create_run" and _records(b)[0]["run"].startswith("pending:")
+    assert _records(b)[0].op == "create_run" and _records(b)[0].run.startswith("pending:")
     server.start()
     _finish(proc)
     client = server.client()

@@ -238,9 +238,9 @@ class EpochLogger:
         history = info.get("history", [])
         if not history:
             return
-        logged = {name: self.log.spool.logged_steps(self.run_id, name) for name in self.KEYS.values()}
+        logged = self.log.spool.logged_steps(self.run_id)
         for h in history:
-            self._log(h["epoch"], h, skip=lambda name, epoch: epoch in logged[name])
+            self._log(h["epoch"], h, skip=lambda name, epoch: epoch in logged.get(name, ()))
 
     def on_epoch_end(self, epoch: int, metrics: dict) -> None:
         self._log(epoch, metrics)

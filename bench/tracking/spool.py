@@ -129,8 +129,12 @@ class Spool:
     def records(self) -> list[Record]:
         return [Record(d["id"], d["t_ns"], d["op"], d["run"], d["args"], self) for d in _read_lines(self.records_path)]
 
+    def sent_marks(self) -> list[dict]:
+        """``{"id": ...}`` per sent record (with ``"error"`` where the server rejected it)."""
+        return _read_lines(self.sent_path)
+
     def unsent(self) -> list[Record]:
-        sent = {d["id"] for d in _read_lines(self.sent_path)}
+        sent = {d["id"] for d in self.sent_marks()}
         return [r for r in self.records() if r.id not in sent]
 
     def mark_sent(self, rec: Record, error: str | None = None) -> None:
@@ -147,10 +151,14 @@ class Spool:
     def note_created(self, ref: str, run_id: str) -> None:
         _append_line(self.runs_path, (json.dumps({"ref": ref, "run_id": run_id}) + "\n").encode())
 
-    def logged_steps(self, run: str, key: str) -> set[int]:
-        """The steps of metric ``key`` this folder has recorded for ``run`` (sent or not)."""
-        return {m[3] for r in self.records() if r.op == "log_batch" and r.run == run
-                for m in r.args.get("metrics", []) if m[0] == key}
+    def logged_steps(self, run: str) -> dict[str, set[int]]:
+        """metric key -> the steps this folder has recorded for ``run`` (sent or not)."""
+        steps: dict[str, set[int]] = {}
+        for r in self.records():
+            if r.op == "log_batch" and r.run == run:
+                for key, _, _, step in r.args.get("metrics", []):
+                    steps.setdefault(key, set()).add(step)
+        return steps
 
     def logged_params(self, run: str) -> dict[str, str]:
         return {k: v for r in self.records() if r.op == "log_batch" and r.run == run
@@ -208,7 +216,7 @@ class Replayer:
         return run
 
     def _tags(self, tags: dict) -> list[RunTag]:
-        return [RunTag(k, self.resolve(v) or v if isinstance(v, str) else str(v)) for k, v in tags.items()]
+        return [RunTag(k, self.resolve(v) or v) for k, v in tags.items()]  # a pending run's id in a value too
 
     def _create_run(self, rec: Record) -> None:
         a = rec.args
@@ -367,23 +375,11 @@ class Sender:
         with self.cond:
             return len(self.queue)
 
-    def settle(self, timeout_s: float) -> bool:
-        """Wait until every queued record is sent, or the server is found unreachable, or ``timeout_s``;
-        True when nothing is left to send."""
-        deadline = time.monotonic() + timeout_s
+    def wait(self, deadline: float, through_outage: bool) -> bool:
+        """Wait until every queued record is sent or ``deadline`` (``time.monotonic``) passes, and, unless
+        ``through_outage``, until the server is found unreachable; True when nothing is left to send."""
         with self.cond:
-            while (self.queue or self.busy) and not self.outage:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                self.cond.wait(min(left, 1.0))
-            return not self.queue
-
-    def drain(self, timeout_s: float) -> bool:
-        """Wait until every queued record is sent, outage or not, for at most ``timeout_s``."""
-        deadline = time.monotonic() + timeout_s
-        with self.cond:
-            while self.queue or self.busy:
+            while (self.queue or self.busy) and (through_outage or not self.outage):
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
@@ -433,14 +429,16 @@ def finish(root: str | Path, wait_s: float = DEFAULT_WAIT_S, command: str = "svb
         return 0
     enqueue_unsent(root)
     s = sender()
-    if not s.settle(wait_s):
+    deadline = time.monotonic() + wait_s
+    if not s.wait(deadline, through_outage=False):
         if s.outage:
             print(f"svbench: MLflow tracking at {s.uri} is unreachable; waiting up to {wait_s:.0f} s to send "
                   f"{s.pending()} kept records", file=sys.stderr, flush=True)
-        s.drain(wait_s)
-    left = len(unsent_under(root))
+        s.wait(deadline, through_outage=True)
+    unsent = {str(sp.dir): len(sp.unsent()) for sp in spools_under(root)}
+    left = sum(unsent.values())
     if left:
-        folders = sorted({str(sp.dir) for sp in spools_under(root) if sp.unsent()})
+        folders = [d for d, n in unsent.items() if n]
         where = folders[0] if len(folders) == 1 else f"{len(folders)} spools under {Path(root).resolve()}"
         why = "is still unreachable" if s.outage else "did not take every record"
         print(f"svbench: MLflow tracking at {s.uri} {why}: {left} records kept in {where}; "
@@ -525,7 +523,7 @@ class RunLog:
     def settle(self, timeout_s: float = 600.0) -> None:
         """Wait while the server answers and records are queued (readers of the run in this process then
         see them); returns at once when the server is unreachable."""
-        self.sender.settle(timeout_s)
+        self.sender.wait(time.monotonic() + timeout_s, through_outage=False)
 
 
 def created_run(ref: str, root: str | Path) -> str | None:
