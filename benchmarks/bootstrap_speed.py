@@ -10,8 +10,8 @@ import time
 
 import numpy as np
 
-from bench.metrics import verification_metrics
-from bench.statistics import bootstrap_ci
+from bench.eval.metrics import verification_metrics
+from bench.eval.statistics import bootstrap_ci
 
 
 def usual(scores, labels, e, t, n_resamples=1000, seed=0):

@@ -19,7 +19,7 @@ from bench.config import load_config
 from bench.data.synth import generate_corpus
 from bench.energy.meters import create_meters
 from bench.energy.plan import measurement_plan
-from bench.train import train
+from bench.training.trainer import train
 
 
 def epoch_times(cfg, meters, repeats: int) -> list[float]:

@@ -24,7 +24,7 @@ from bench.data.audio import load_audio
 from bench.data.features import Fbank
 from bench.data.manifest import read_manifest
 from bench.data.synth import generate_corpus
-from bench.evaluate import extract_embeddings
+from bench.eval.scoring import extract_embeddings
 from bench.models import build_model, get_spec
 from bench.models.inference import compile_extractor, extraction_model
 

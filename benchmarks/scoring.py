@@ -14,7 +14,7 @@ import time
 import numpy as np
 from sklearn.metrics import roc_curve
 
-from bench.metrics import eer, min_dcf, verification_metrics
+from bench.eval.metrics import eer, min_dcf, verification_metrics
 
 
 def sklearn_metrics(scores: np.ndarray, labels: np.ndarray) -> dict:

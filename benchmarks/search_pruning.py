@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 import optuna
 
-from analysis.pareto import hypervolume_2d
-from bench import tracking
+from bench.report.pareto import hypervolume_2d
+from bench.tracking import store
 from bench.config import load_config
 from bench.data.synth import generate_corpus
-from bench.search import run_search
+from bench.orchestration.search.run import run_search
 
 
 def side(root: Path, tmp: Path, name: str, pruning: bool, trials: int, budget: float) -> dict:
@@ -53,7 +53,7 @@ def main() -> None:
         import os
 
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/mlflow.db"
-        tracking.setup_tracking()
+        store.setup_tracking()
         tmp = Path(tmp)
         base = side(root, tmp, "no-pruning", False, args.trials, args.budget_j)
         ours = side(root, tmp, "forecast-pruning", True, args.trials, args.budget_j)

@@ -30,7 +30,7 @@ from bench.data.manifest import read_manifest
 from bench.data.synth import generate_corpus
 from bench.models import build_model, get_spec
 from bench.models.heads import MarginHead
-from bench.precision import autocast
+from bench.training.precision import autocast
 
 
 class PerUtteranceFbank(Dataset):

@@ -10,7 +10,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from bench.config import load_config
-from bench.variant import run_variant
+from bench.orchestration.variant import run_variant
 from conftest import assert_one_line_error, run_cli
 
 
@@ -25,13 +25,13 @@ def tiny_model(tiny_corpus, tmp_path_factory):
 
 def test_export_equals_pytorch_on_short_and_long_utterances_and_logs_the_onnx_flavor(tiny_model, tiny_corpus,
                                                                                      tmp_path):
-    from bench import tracking
-    from bench.deploy import OnnxEmbedder, load_session
-    from bench.evaluate import load_model
+    from bench.tracking import naming, store
+    from bench.eval.deploy import OnnxEmbedder, load_session
+    from bench.eval.scoring import load_model
 
-    tracking.setup_tracking()
-    exp = tracking.set_experiment("deploy-test")
-    run = MlflowClient().create_run(exp, tags={tracking.TAG_OUT: str(tiny_model.parent.resolve())})
+    store.setup_tracking()
+    exp = store.set_experiment("deploy-test")
+    run = MlflowClient().create_run(exp, tags={naming.TAG_OUT: str(tiny_model.parent.resolve())})
     MlflowClient().set_terminated(run.info.run_id, "FINISHED")
     onnx_file = tmp_path / "m.onnx"
     proc = run_cli("export", "--preset", "tiny", "--data.root", tiny_corpus, "--checkpoint", tiny_model,

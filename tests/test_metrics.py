@@ -5,7 +5,7 @@ import pytest
 from sklearn.metrics import roc_curve
 
 from bench.errors import BenchError
-from bench.metrics import det_points, error_rates, verification_metrics
+from bench.eval.metrics import det_points, error_rates, verification_metrics
 
 
 def sklearn_eer(scores, labels):

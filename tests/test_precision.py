@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from bench.errors import BenchError
-from bench.precision import _warn_emulated_bf16, autocast, cpu_has_native_bf16
+from bench.training.precision import warn_emulated_bf16, autocast, cpu_has_native_bf16
 
 CPUINFO = "processor\t: 0\nvendor_id\t: {vendor}\nflags\t\t: fpu sse2 avx2 fma {extra}\n\nprocessor\t: 1\n"
 
@@ -23,7 +23,7 @@ def test_unreadable_cpu_flags_say_unknown(tmp_path):
 
 
 def test_bf16_on_this_cpu_warns_exactly_when_emulated():
-    _warn_emulated_bf16.cache_clear()
+    warn_emulated_bf16.cache_clear()
     cpu = torch.device("cpu")
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")

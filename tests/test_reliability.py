@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from mlflow.tracking import MlflowClient
 
-from bench import checkpoint as ckpt
+from bench.training import checkpoint as ckpt
 from bench.config import Config, load_config
 from bench.data.features import Fbank
 from bench.data.loader import TrainCrops, collate_crops, crop_samples
@@ -125,7 +125,7 @@ def test_cli_never_tracebacks(argv):
     import contextlib
     import io
 
-    from bench.cli import main
+    from bench.cli.main import main
 
     buf_out, buf_err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(buf_out), contextlib.redirect_stderr(buf_err):
@@ -186,7 +186,7 @@ def test_short_silent_and_clipped_audio_train_fine(tiny_corpus, tmp_path):
 
 
 def test_evaluation_rejects_too_short_utterance(tiny_corpus, tmp_path):
-    from bench.evaluate import extract_embeddings
+    from bench.eval.scoring import extract_embeddings
     from bench.models import build_model, get_spec
 
     root = tmp_path / "c"
@@ -225,7 +225,7 @@ def test_no_shell_true_in_the_code():
 
 
 def test_servers_bind_loopback_by_default():
-    from bench.cli import build_parser
+    from bench.cli.main import build_parser
 
     args = build_parser().parse_args(["dashboard", "--storage", "x"])
     assert args.host == "127.0.0.1"

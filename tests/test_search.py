@@ -10,7 +10,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from bench.config import load_config
-from bench.search import create_study, make_storage, run_search
+from bench.orchestration.search.study import create_study, make_storage
+from bench.orchestration.search.run import run_search
 from conftest import free_port, REPO, postgres_url, run_cli
 
 
@@ -117,7 +118,7 @@ def test_journal_trial_of_a_dead_worker_is_failed_before_the_study_continues(tmp
     (through Optuna's public `Study.tell`)."""
     import socket
 
-    from bench.search import _fail_orphans
+    from bench.orchestration.search.recovery import fail_orphans
 
     storage = make_storage(str(tmp_path / "o.journal"))
     study = optuna.create_study(study_name="o", storage=storage, directions=["minimize", "minimize"])
@@ -126,7 +127,7 @@ def test_journal_trial_of_a_dead_worker_is_failed_before_the_study_continues(tmp
     alive = study.ask()
     alive.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
     again = optuna.load_study(study_name="o", storage=make_storage(str(tmp_path / "o.journal")))
-    assert _fail_orphans(again) == 1
+    assert fail_orphans(again) == 1
     assert [t.state for t in again.get_trials()] == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.RUNNING]
 
 

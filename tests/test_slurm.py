@@ -303,7 +303,7 @@ def test_search_worker_cancelled_mid_trial_keeps_its_energy_and_a_requeued_one_n
 def test_queue_states_that_are_not_final_keep_a_job_waited_for_and_squeue_is_retried(tmp_path, monkeypatch):
     """Every state squeue lists but Slurm's final ones means the job may still run; a failing squeue (here a
     stand-in on PATH that fails twice, then answers) is retried with backoff, and gives up with a clear error."""
-    from bench import slurm
+    from bench.orchestration import slurm
     from bench.errors import BenchError
 
     for state in ("PENDING", "REQUEUE_HOLD", "PREEMPTED", "STOPPED", "SIGNALING", "SPECIAL_EXIT", "SUSPENDED"):

@@ -3,11 +3,10 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from analysis.report import default_trials
-from bench.metrics import verification_metrics
-from bench.statistics import (bootstrap_ci, paired_difference, percentile_interval, resampled_metrics, seed_mean,
-                              speaker_resamples)
-from bench.tracking import seed_summary
+from bench.report.build import default_trials
+from bench.eval.metrics import verification_metrics
+from bench.eval.statistics import bootstrap_ci, paired_difference, percentile_interval, resampled_metrics, seed_mean, speaker_resamples
+from bench.orchestration.seeds import seed_summary
 from conftest import run_cli
 
 
@@ -62,7 +61,7 @@ def test_seed_mean_interval_is_an_interval_of_the_mean():
 
 
 def test_interval_contains_point_estimate_and_narrows_with_level():
-    from bench.metrics import verification_metrics
+    from bench.eval.metrics import verification_metrics
 
     s, lab, e, t = _trials(1.5, 3)
     eer = verification_metrics(s, lab)["eer_pct"]
@@ -93,7 +92,7 @@ def test_one_default_trial_list(tmp_path):
     """The first of data.trials everywhere (search objective, report); sorted order only when none is set."""
     from bench.config import load_config
     from bench.data.trials import default_trial_list
-    from bench.search import objective_keys
+    from bench.orchestration.search.study import objective_keys
 
     root = tmp_path / "d"
     (root / "trials").mkdir(parents=True)

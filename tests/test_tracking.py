@@ -9,7 +9,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from analysis.pareto import hypervolume_2d, knee_index, marginal_gains, pareto_mask
+from bench.report.pareto import hypervolume_2d, knee_index, marginal_gains, pareto_mask
 from conftest import fresh_env, REPO, assert_one_line_error, mlflow_server, run_cli
 
 TINY_GRID = """name: tinygrid
@@ -90,7 +90,7 @@ def _pyfunc_embeds_whole_utterances(model_uri, checkpoint, tmp_path, tracking_ur
     import torch
 
     from bench.config import load_config
-    from bench.evaluate import extract_embeddings, load_model, make_fbank
+    from bench.eval.scoring import extract_embeddings, load_model, make_fbank
 
     cfg = load_config("tiny")
     rng = np.random.default_rng(0)
@@ -197,7 +197,7 @@ def test_pareto_and_knee():
 def test_report_front_ignores_infeasible_trials():
     import pandas as pd
 
-    from analysis.report import variant_table
+    from bench.report.build import variant_table
 
     runs = pd.DataFrame({
         "tags.svbench.variant": ["cheap-bad", "over-budget", "ok"],
@@ -261,7 +261,7 @@ def test_mlflow_run_search_entry_with_a_budget_and_empty_parameters(tiny_corpus,
     assert all(r.data.tags["optuna.feasible"] == "false" and r.data.tags["optuna.state"] == "PRUNED" for r in trials)
     import optuna
 
-    from bench.search import make_storage
+    from bench.orchestration.search.study import make_storage
 
     loaded = optuna.load_study(study_name="svbench-search", storage=make_storage(str(tmp_path / "s.journal")))
     assert loaded.metric_names == ["eer_pct/synth", "train/energy_j"]  # the MLflow keys

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.errors import BenchError
+from bench.atomic import atomic_open
 
 
 @dataclass
@@ -51,8 +52,6 @@ def read_trials(path: str | Path, name: str | None = None) -> TrialList:
 
 def write_scores(path: str | Path, trials: TrialList, scores: np.ndarray) -> None:
     """A score file: ``label score enroll test`` per trial, in the trial list's order."""
-    from bench.atomic import atomic_open
-
     with atomic_open(path, "w", encoding="utf-8") as fh:
         for lab, s, en, te in zip(trials.labels, scores, trials.enroll, trials.test):
             fh.write(f"{int(lab)} {s:.6f} {en} {te}\n")
@@ -72,8 +71,6 @@ def read_scores(path: str | Path, name: str | None = None) -> tuple[TrialList, n
 
 
 def write_trials(trials: TrialList, path: str | Path) -> None:
-    from bench.atomic import atomic_open
-
     with atomic_open(path, "w", encoding="utf-8") as fh:
         for lab, e, t in zip(trials.labels, trials.enroll, trials.test):
             fh.write(f"{int(lab)} {e} {t}\n")

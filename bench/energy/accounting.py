@@ -9,6 +9,7 @@ from pathlib import Path
 from bench.atomic import atomic_open
 from bench.energy.carbon import HourlySeries, carbon_of, electricitymaps_series
 from bench.energy.reading import EnergyReading, reading_from_state, reading_to_state, sum_ranks, sum_windows
+from bench.energy.carbon import lookup
 
 
 def intensity_series(energy_cfg) -> HourlySeries | None:
@@ -58,8 +59,6 @@ def summarise(prefix: str, reading: EnergyReading | None, energy_cfg, series: Ho
 
 
 def carbon_tags(energy_cfg, series: HourlySeries | None) -> dict:
-    from bench.energy.carbon import lookup
-
     if series is not None:
         return {"carbon.region": "series", "carbon.intensity_source": series.source, "pue": str(energy_cfg.pue)}
     inten = lookup(energy_cfg.region)
@@ -77,3 +76,15 @@ def write_timeline_csv(readings: list[EnergyReading], path: str | Path) -> bool:
         wr.writerow(["window", "component", "time_unix_s", "power_w"])
         wr.writerows(rows)
     return True
+
+
+def combined_energy_tags(per_run: list[dict]) -> dict[str, str]:
+    """The labels of a figure made from several runs' figures (a seed mean): every source, estimated when
+    any part is, every incomplete component."""
+    def values(key: str) -> set[str]:
+        return {t[key] for t in per_run if t.get(key)}
+
+    return {"energy.source": ",".join(sorted(values("energy.source") - {"none"})) or "none",
+            "energy.estimated": str("true" in values("energy.estimated")).lower(),
+            "energy.incomplete": ",".join(sorted(values("energy.incomplete") - {"none"})) or "none",
+            "energy.attribution": ",".join(sorted(values("energy.attribution"))) or "exclusive"}

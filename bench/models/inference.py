@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import copy
 import itertools
+import os
+import shutil
 
 import torch
 from torch import nn
@@ -21,23 +23,20 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     comes after an activation or at a block input (pre-activation) cannot be folded and stays."""
     folded = copy.deepcopy(model).eval()
     for parent in folded.modules():
-        for conv_name, bn_name in itertools.pairwise(list(parent._modules)):
-            conv, bn = parent._modules[conv_name], parent._modules[bn_name]
+        for (conv_name, conv), (bn_name, bn) in itertools.pairwise(list(parent.named_children())):
             if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and bn.track_running_stats:
-                parent._modules[conv_name] = fuse_conv_bn_eval(conv, bn)
-                parent._modules[bn_name] = nn.Identity()
+                parent.register_module(conv_name, fuse_conv_bn_eval(conv, bn))
+                parent.register_module(bn_name, nn.Identity())
     return folded
 
 
 def _need_cpp_compiler() -> None:
-    """On the CPU, inductor builds C++ kernels: say so up front instead of failing mid-extraction."""
-    from torch._inductor.cpp_builder import get_cpp_compiler
-
-    try:
-        get_cpp_compiler()
-    except Exception:  # torch raises its own error types here, which differ between releases
+    """On the CPU, inductor builds C++ kernels with ``$CXX`` or the first of g++, clang++, c++ on PATH (as
+    inductor looks for them): say so up front instead of failing mid-extraction."""
+    cxx = os.environ.get("CXX", "").split()
+    if not (shutil.which(cxx[0]) if cxx else any(shutil.which(c) for c in ("g++", "clang++", "c++"))):
         raise BenchError("eval.compile on the CPU needs a C++ compiler (g++ or clang++, or $CXX); "
-                         "install one or run with --eval.compile false") from None
+                         "install one or run with --eval.compile false")
 
 
 def extraction_model(embedder: nn.Module, channels_last: bool = True) -> nn.Module:

@@ -17,6 +17,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from bench.models.registry import build_model
 from bench.models.resnet import count_params
 from bench.models.spec import ResNetSpec
+from bench.models.heads import MarginHead
 
 FRAMES_PER_S = 100
 VOXCELEB2_SPEAKERS = 5994
@@ -66,8 +67,6 @@ def estimate_train_memory_mb(spec: ResNetSpec, batch_size: int, frames: int, num
 
 
 def measure_train_memory_mb(spec: ResNetSpec, batch_size: int, frames: int, num_classes: int) -> float:
-    from bench.models.heads import MarginHead
-
     dev = torch.device("cuda")
     torch.cuda.reset_peak_memory_stats(dev)
     model = build_model(spec).to(dev).train()

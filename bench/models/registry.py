@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from bench.errors import BenchError
 from bench.models.spec import ResNetSpec
+from bench.models.resnet import ResNetEmbedding
 
 STUDY_CHANNELS = (128, 128, 256, 256)
 WESPEAKER_CHANNELS = (32, 64, 128, 256)
@@ -110,6 +111,4 @@ def spec_from_config(model_cfg, n_mels: int | None = None) -> ResNetSpec:
 
 
 def build_model(spec: ResNetSpec):
-    from bench.models.resnet import ResNetEmbedding
-
     return ResNetEmbedding(spec)

@@ -14,19 +14,19 @@ import numpy as np
 import pandas as pd
 import torch
 
-from bench import checkpoint as ckpt
+from bench.training import checkpoint as ckpt
 from bench.config import Config
 from bench.data.features import Fbank
 from bench.data.loader import LENGTH_TOLERANCE, eval_batches
 from bench.data.manifest import EVAL_MANIFEST, TRAIN_MANIFEST, data_root, read_manifest
 from bench.data.trials import TrialList, check_against, find_trial_lists, read_trials, write_scores
 from bench.errors import BenchError
-from bench.metrics import verification_metrics
-from bench.statistics import BOOTSTRAP_SEED, bootstrap_ci, speaker_of
+from bench.eval.metrics import verification_metrics
+from bench.eval.statistics import BOOTSTRAP_SEED, bootstrap_ci, speaker_of
 from bench.models import ResNetSpec, build_model
 from bench.models.inference import compile_extractor, extraction_model
 from bench.models.resnet import min_samples
-from bench.precision import autocast
+from bench.training.precision import autocast
 
 
 @dataclass

@@ -11,9 +11,10 @@ from bench.errors import BenchError
 def cmd_search(args, extra) -> int:
     import optuna
 
-    from bench import tracking
+    from bench.tracking import store
     from bench.config import load_config, parse_overrides
-    from bench.search import run_search, study_folder
+    from bench.orchestration.search.run import run_search
+    from bench.orchestration.search.study import study_folder
 
     overrides = parse_overrides(extra)
     named = {"search.n_trials": args.n_trials, "search.storage": args.storage, "search.study_name": args.study,
@@ -28,8 +29,8 @@ def cmd_search(args, extra) -> int:
     if s.energy_budget_j is None and s.carbon_budget_g is None and s.max_params_m is None:
         print("search: no budget set (search.energy_budget_j / carbon_budget_g / max_params_m): every trial is feasible")
     res = run_search(cfg, workers=1 if args.workers is None else args.workers, out_root=args.out,
-                     outer_run=tracking.take_outer_run(), launcher=args.launcher)
-    sent = tracking.finish(study_folder(cfg, args.out), cfg.tracking.outage_wait_s)
+                     outer_run=store.take_outer_run(), launcher=args.launcher)
+    sent = store.finish(study_folder(cfg, args.out), cfg.tracking.outage_wait_s)
     study: optuna.Study = res["study"]
     print(f"study {s.study_name} in {res['storage']}: {len(study.trials)} trials "
           + ", ".join(f"{n.lower()} {c}" for n, c in res["states"].items() if c))
@@ -48,21 +49,21 @@ def cmd_search(args, extra) -> int:
     if args.report and study.trials and not sent:
         print("report: skipped, the tracking server has not got every trial yet (`svbench report` later)")
     elif args.report and study.trials:
-        from bench.cli_sweep import print_report
+        from bench.cli.report import print_report
 
         try:
             print_report(parent=res["parent_run_id"], out=Path(args.reports) / s.study_name, title=f"Search {s.study_name}")
         except BenchError as err:
             print(f"report: {err}")
     print(f"\nOpen optuna-dashboard:  svbench dashboard --storage {res['storage']}")
-    print(f"Open the MLflow UI:     mlflow ui --backend-store-uri {tracking.setup_tracking()} --host 127.0.0.1")
+    print(f"Open the MLflow UI:     mlflow ui --backend-store-uri {store.setup_tracking()} --host 127.0.0.1")
     return 0
 
 
 def cmd_dashboard(args, extra) -> int:
     from optuna_dashboard import run_server
 
-    from bench.search import make_storage
+    from bench.orchestration.search.study import make_storage
 
     if extra:
         raise BenchError(f"unexpected argument(s): {' '.join(extra)}")

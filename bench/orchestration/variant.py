@@ -14,20 +14,21 @@ from pathlib import Path
 
 import torch
 
-from bench import checkpoint as ckpt
+from bench.training import checkpoint as ckpt
 from bench.atomic import write_text_atomic
 from bench.config import Config, config_to_yaml, flat_params
 from bench.data.manifest import data_root
-from bench.distributed import barrier, init_distributed, shutdown
+from bench.training.distributed import barrier, init_distributed, shutdown
 from bench.energy.accounting import (carbon_tags, intensity_series, summarise, train_reading_from_history,
                                      write_timeline_csv)
 from bench.energy.meters import create_meters
 from bench.energy.plan import CPU_TIME_SHARE, measurement_plan
-from bench.evaluate import load_model, make_fbank, training_statistics
-from bench.infer import eer_by_list, measure_inference
+from bench.eval.scoring import load_model, make_fbank, training_statistics
+from bench.eval.inference import eer_by_list, measure_inference
 from bench.models import spec_from_config
 from bench.models.profile import profile_model
-from bench.train import check_fresh_out, select_device, steps_per_epoch, train
+from bench.training.trainer import check_fresh_out, select_device, steps_per_epoch, train
+from bench.orchestration.forecast import probe
 
 
 @dataclass
@@ -76,8 +77,6 @@ def run_variant(cfg: Config, out_dir: str | Path, resume: bool = False, callback
         if cfg.energy.forecast and dist_info.enabled and dist_info.is_main:
             print("energy.forecast is skipped under torchrun (the probe is a single-process run)")
         if cfg.energy.forecast and not dist_info.enabled and not resume:
-            from bench.energy.forecast import probe
-
             total = steps_per_epoch(cfg) * cfg.train.epochs
             forecast = probe(cfg, meters, min(total, cfg.train.max_steps or total)).to_dict()
         tr = train(cfg, out_dir, resume=resume, callbacks=callbacks, epoch_window=meters.window, progress=progress)

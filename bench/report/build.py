@@ -14,9 +14,15 @@ import mlflow  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from analysis.pareto import knee_index, marginal_gains, pareto_mask  # noqa: E402
+from bench.report.pareto import knee_index, marginal_gains, pareto_mask  # noqa: E402
 from bench.atomic import write_text_atomic  # noqa: E402
 from bench.errors import BenchError  # noqa: E402
+from bench.tracking import naming, store
+from bench.tracking import artifacts, naming, store
+from bench.data.trials import read_scores
+from bench.eval.metrics import verification_metrics
+from bench.eval.statistics import METRICS, resampled_metrics, seed_mean, speaker_of, speaker_resamples
+from bench.eval.statistics import paired_difference
 
 NOISE_NOTE = ("EER intervals are bootstrap intervals over speakers (of the seed mean when a variant has several "
               "seeds). Whether two variants differ is decided by a paired bootstrap of their difference (see the "
@@ -26,9 +32,7 @@ NOISE_NOTE = ("EER intervals are bootstrap intervals over speakers (of the seed 
 
 def load_runs(experiment: str | None = None, sweep_key: str | None = None, parent_run_id: str | None = None,
               extra_filter: str | None = None) -> pd.DataFrame:
-    from bench import tracking
-
-    tracking.setup_tracking()
+    store.setup_tracking()
     if experiment is None and parent_run_id is None:
         raise BenchError("give --experiment NAME or --parent-run ID for the report")
     if parent_run_id:
@@ -43,20 +47,20 @@ def load_runs(experiment: str | None = None, sweep_key: str | None = None, paren
         exp_ids = [exp.experiment_id]
     filters = ["attributes.status = 'FINISHED'"]
     if sweep_key:
-        filters.append(f"tags.`{tracking.TAG_SWEEP}` = '{sweep_key}'")
+        filters.append(f"tags.`{naming.TAG_SWEEP}` = '{sweep_key}'")
     elif parent_run_id:  # a sweep's runs may hang under several parents (re-runs); otherwise the parent's children
-        filters.append(f"tags.`{tracking.PARENT}` = '{parent_run_id}'")
+        filters.append(f"tags.`{naming.PARENT}` = '{parent_run_id}'")
     if extra_filter:
         filters.append(extra_filter)
     df = mlflow.search_runs(exp_ids, filter_string=" and ".join(filters), max_results=10000,
                             order_by=["attributes.start_time DESC"])
-    kind_col = f"tags.{tracking.TAG_KIND}"
+    kind_col = f"tags.{naming.TAG_KIND}"
     if df.empty or kind_col not in df.columns:
         return df.iloc[0:0]
     df = df[df[kind_col].isin(["variant", "trial"])]
     if "tags.optuna.state" in df.columns:  # pruned and failed trials have no EER to report
         df = df[~df["tags.optuna.state"].isin(["PRUNED", "FAIL"])]
-    df = df.drop_duplicates(subset=[f"tags.{tracking.TAG_VARIANT}"], keep="first")  # latest run per variant
+    df = df.drop_duplicates(subset=[f"tags.{naming.TAG_VARIANT}"], keep="first")  # latest run per variant
     return df.reset_index(drop=True)
 
 
@@ -269,18 +273,13 @@ def build_report(runs: pd.DataFrame, out_dir: str | Path, title: str, trials: st
 def variant_resamples(run_id: str, seeds: float, trials: str, n_resamples: int) -> tuple[dict, dict] | None:
     """A variant's observed metrics and its metrics on every speaker resample of ``trials`` (the seed mean
     over its seed runs when it has several); None when it logged no score file for that list."""
-    from bench import tracking
-    from bench.data.trials import read_scores
-    from bench.metrics import verification_metrics
-    from bench.statistics import METRICS, resampled_metrics, seed_mean, speaker_of, speaker_resamples
-
     runs = [run_id]
     if seeds == seeds and seeds > 1:
-        runs = [r.info.run_id for r in tracking.find_child_runs(run_id, tracking.experiment_of(run_id))
-                if r.data.tags.get(tracking.TAG_KIND) == "seed"]
+        runs = [r.info.run_id for r in store.find_child_runs(run_id, store.experiment_of(run_id))
+                if r.data.tags.get(naming.TAG_KIND) == "seed"]
     observed, resampled = [], []
     for rid in runs:
-        path = tracking.run_scores(rid).get(trials)
+        path = artifacts.run_scores(rid).get(trials)
         if path is None:
             return None
         t, scores = read_scores(path, trials)
@@ -297,8 +296,6 @@ def variant_resamples(run_id: str, seeds: float, trials: str, n_resamples: int) 
 def paired_comparisons(t: pd.DataFrame, trials: str, n_resamples: int = 1000, level: float = 0.95) -> pd.DataFrame:
     """Every pair of variants (A the lower EER): A - B of EER and minDCF(0.01) with the interval of a paired
     speaker bootstrap (both on the same resamples), and the verdict the EER interval supports."""
-    from bench.statistics import paired_difference
-
     have = {}
     for _, r in t.sort_values("eer_pct").iterrows():
         got = variant_resamples(r["run_id"], r["seeds"], trials, n_resamples)

@@ -16,11 +16,15 @@ from pathlib import Path
 
 import yaml
 
-from bench import slurm
+from bench.orchestration import slurm
 from bench.config import Config, apply_overrides, build_config, load_preset_dict, parse_overrides
 from bench.errors import BenchError
-from bench.train import check_fresh_out
-from bench.tracking.spool import RunLog
+from bench.training.trainer import check_fresh_out
+from bench.tracking.runlog import RunLog
+from bench.models import spec_from_config
+from bench.tracking import naming, store
+from bench.tracking import naming
+from bench.orchestration import seeds
 
 GRID_DIR = Path(__file__).parent / "presets" / "grids"
 
@@ -95,7 +99,6 @@ def load_grid(grid: str, cli_overrides: list[str] | dict | None = None) -> Grid:
             cfg = build_config(apply_overrides(base, over))
         except BenchError as err:
             raise BenchError(f"grid variant '{v['name']}': {err}") from None
-        from bench.models import spec_from_config
 
         spec_from_config(cfg.model, n_mels=cfg.features.n_mels)
         series = v.get("series") or []
@@ -109,43 +112,42 @@ def load_grid(grid: str, cli_overrides: list[str] | dict | None = None) -> Grid:
 def run_sweep(grid: Grid, out_root: str | Path, progress: bool = True, new: bool = False,
               launcher: str = "local") -> dict:
     """Run (or continue) every variant of ``grid`` as nested MLflow runs; returns a summary. ``launcher``
-    slurm: each variant is a Slurm job (``bench.slurm``), and this process waits for them."""
+    slurm: each variant is a Slurm job (``bench.orchestration.slurm``), and this process waits for them."""
     from mlflow.tracking import MlflowClient
 
-    from bench import tracking
 
     if launcher == "slurm":
         slurm.check_launcher()  # before any run is created
-    tracking.setup_tracking()
+    store.setup_tracking()
     client = MlflowClient()
-    outer_run = tracking.take_outer_run()  # launched by `mlflow run`: that run is the parent
+    outer_run = store.take_outer_run()  # launched by `mlflow run`: that run is the parent
     first = grid.variants[0].config
     if outer_run:
-        exp_id = tracking.experiment_of(outer_run)
+        exp_id = store.experiment_of(outer_run)
     else:
-        exp_id = tracking.set_experiment(first.tracking.experiment)
-    tracking.send_leftovers(out_root)  # what an earlier outage left: sent first, so the runs below are complete
+        exp_id = store.set_experiment(first.tracking.experiment)
+    store.send_leftovers(out_root)  # what an earlier outage left: sent first, so the runs below are complete
     log = RunLog(out_root)
-    earlier = client.search_runs([exp_id], filter_string=f"tags.`{tracking.TAG_SWEEP}` = '{grid.key}' and tags.`{tracking.TAG_KIND}` = 'variant'",
+    earlier = client.search_runs([exp_id], filter_string=f"tags.`{naming.TAG_SWEEP}` = '{grid.key}' and tags.`{naming.TAG_KIND}` = 'variant'",
                                  max_results=5000)
-    finished = {r.data.tags.get(tracking.TAG_VARIANT) for r in earlier if r.info.status == "FINISHED"}
+    finished = {r.data.tags.get(naming.TAG_VARIANT) for r in earlier if r.info.status == "FINISHED"}
     if outer_run:
         parent_id = outer_run
     else:
-        parents = client.search_runs([exp_id], filter_string=f"tags.`{tracking.TAG_SWEEP}` = '{grid.key}' and tags.`{tracking.TAG_KIND}` = 'sweep'",
+        parents = client.search_runs([exp_id], filter_string=f"tags.`{naming.TAG_SWEEP}` = '{grid.key}' and tags.`{naming.TAG_KIND}` = 'sweep'",
                                      order_by=["attributes.start_time DESC"], max_results=1)
         if parents and not new:
             parent_id = parents[0].info.run_id
             log.reopen(parent_id)
         else:
             parent_id = client.create_run(exp_id, run_name=f"sweep-{grid.name}").info.run_id
-    log.log_batch(parent_id, tags={tracking.TAG_KIND: "sweep", tracking.TAG_SWEEP: grid.key, "svbench.grid": grid.name})
+    log.log_batch(parent_id, tags={naming.TAG_KIND: "sweep", naming.TAG_SWEEP: grid.key, "svbench.grid": grid.name})
     # an unfinished variant resumes in its own run, now under this parent (`mlflow run` makes a new one each time)
     unfinished = {} if new else {
-        r.data.tags.get(tracking.TAG_VARIANT): r.info.run_id for r in reversed(earlier)
-        if r.info.status != "FINISHED" and r.data.tags.get(tracking.TAG_VARIANT) not in finished}
+        r.data.tags.get(naming.TAG_VARIANT): r.info.run_id for r in reversed(earlier)
+        if r.info.status != "FINISHED" and r.data.tags.get(naming.TAG_VARIANT) not in finished}
     for name, rid in unfinished.items():
-        RunLog(Path(out_root) / name).set_tag(rid, tracking.PARENT, parent_id)
+        RunLog(Path(out_root) / name).set_tag(rid, naming.PARENT, parent_id)
     skipped = [v.name for v in grid.variants if v.name in finished]
     for name in skipped:
         print(f"[sweep {grid.name}] {name}: already finished, skipped")
@@ -166,9 +168,7 @@ def run_sweep(grid: Grid, out_root: str | Path, progress: bool = True, new: bool
 
 
 def _variant_tags(grid: Grid, v: Variant) -> dict:
-    from bench import tracking
-
-    return {tracking.TAG_SWEEP: grid.key, tracking.TAG_SERIES: ",".join(v.series), "svbench.grid": grid.name}
+    return {naming.TAG_SWEEP: grid.key, naming.TAG_SERIES: ",".join(v.series), "svbench.grid": grid.name}
 
 
 def _report_variant(grid: Grid, v: Variant, metrics: dict) -> None:
@@ -181,12 +181,10 @@ def _report_variant(grid: Grid, v: Variant, metrics: dict) -> None:
 def _run_here(grid: Grid, todo: list[Variant], out_root: Path, parent_id: str, exp_id: str, unfinished: dict,
               progress: bool, new: bool) -> tuple[list[str], list[str]]:
     """One variant after the other in this process."""
-    from bench import tracking
-
     ran = []
     for v in todo:
         print(f"[sweep {grid.name}] {v.name}: training {v.config.model.name}")
-        _, metrics = tracking.run_tracked_seeds(
+        _, metrics = seeds.run_tracked_seeds(
             v.config, out_root / v.name, run_id=unfinished.get(v.name), parent_run_id=parent_id,
             experiment_id=exp_id, run_name=v.name, extra_tags=_variant_tags(grid, v),
             resume=v.name in unfinished, progress=progress, force=new)
@@ -197,10 +195,8 @@ def _run_here(grid: Grid, todo: list[Variant], out_root: Path, parent_id: str, e
 
 def _run_on_slurm(grid: Grid, todo: list[Variant], out_root: Path, parent_id: str, exp_id: str, unfinished: dict,
                   progress: bool, new: bool) -> tuple[list[str], list[str]]:
-    """Each variant a Slurm job (``bench.slurm.VariantJob``) logging into its run, created here first so a
+    """Each variant a Slurm job (``bench.orchestration.slurm.VariantJob``) logging into its run, created here first so a
     job that dies still has one: it ends FAILED with the job's stderr tail, and the others go on."""
-    from bench import tracking
-
     for v in todo:
         if v.config.seeds > 1 and slurm.tasks_per_node(v.config) > 1:
             raise BenchError(f"variant {v.name}: seeds > 1 with several GPUs per job is not supported under "
@@ -211,7 +207,7 @@ def _run_on_slurm(grid: Grid, todo: list[Variant], out_root: Path, parent_id: st
         tags = _variant_tags(grid, v)
         log = RunLog(out_root / v.name)
         rid = unfinished.get(v.name) or log.create_run(
-            exp_id, v.name, {tracking.TAG_KIND: "variant", tracking.TAG_VARIANT: v.name, tracking.PARENT: parent_id,
+            exp_id, v.name, {naming.TAG_KIND: "variant", naming.TAG_VARIANT: v.name, naming.PARENT: parent_id,
                              **tags})
         if new:
             check_fresh_out(out_root / v.name, force=True)

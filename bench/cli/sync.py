@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from bench.errors import BenchError
-from bench.tracking.spool import DEFAULT_WAIT_S, unsent_under
+from bench.tracking.sender import DEFAULT_WAIT_S
+from bench.tracking.spool import unsent_under
 
 
 def cmd_sync(args, extra) -> int:
-    from bench import tracking
+    from bench.tracking import store
 
     root = Path(args.out)
     if not root.is_dir():
@@ -18,10 +19,10 @@ def cmd_sync(args, extra) -> int:
     if not todo:
         print(f"sync: nothing to send under {root}")
         return 0
-    tracking.check_reachable()
+    store.check_reachable()
     runs = {r.run for r in todo}
-    print(f"sync: sending {len(todo)} records of {len(runs)} runs under {root} to {tracking.setup_tracking()}")
-    if not tracking.finish(root, args.wait_s):
+    print(f"sync: sending {len(todo)} records of {len(runs)} runs under {root} to {store.setup_tracking()}")
+    if not store.finish(root, args.wait_s):
         return 1
     print(f"sync: sent; {root} has nothing left to send")
     return 0

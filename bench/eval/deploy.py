@@ -26,6 +26,10 @@ import torch
 
 from bench.config import INFER_BACKENDS
 from bench.errors import BenchError
+from bench.atomic import atomic_path
+from bench.data.audio import load_audio
+from bench.data.manifest import TRAIN_MANIFEST, data_root, read_manifest
+from bench.eval.scoring import make_fbank
 
 ONNX_BACKENDS = tuple(b for b in INFER_BACKENDS if b.startswith("onnx-"))
 INT8_OPS = ("Conv", "MatMul", "Gemm")  # the compute: quantizing the cheap element-wise ops only adds Q/DQ pairs
@@ -45,7 +49,6 @@ def export_onnx(extractor: torch.nn.Module, n_mels: int, path: str | Path) -> Pa
     """Export the extraction model (eval mode, contiguous weights, CPU) with dynamic batch and frames."""
     import warnings
 
-    from bench.atomic import atomic_path
 
     path = Path(path)
     model = copy.deepcopy(extractor).to(memory_format=torch.contiguous_format).cpu().eval()  # caller's stays as is
@@ -86,7 +89,6 @@ def load_session(path: str | Path, n_mels: int, threads: int = 0):
 
 class OnnxEmbedder:
     """An ONNX Runtime session called like the torch extraction model: (B, T, F) tensor -> (B, D) tensor."""
-
     def __init__(self, session):
         self.session = session
         self.input = session.get_inputs()[0].name
@@ -101,7 +103,6 @@ class OnnxEmbedder:
 
 class _Calibration:
     """ONNX Runtime's CalibrationDataReader protocol over a list of feature arrays (one utterance each)."""
-
     def __init__(self, feats: list[np.ndarray]):
         self.items = iter([{INPUT: f} for f in feats])
 
@@ -114,8 +115,6 @@ class _Calibration:
 
 def calibration_features(train_rows, root: Path, fbank, n_utts: int, seed: int, max_s: float = 6.0) -> list[np.ndarray]:
     """Log-mel features of a seeded sample of training utterances (each cut to ``max_s``)."""
-    from bench.data.audio import load_audio
-
     rows = train_rows.sample(n=min(n_utts, len(train_rows)), random_state=seed)
     out = []
     for p in rows["path"]:
@@ -133,7 +132,6 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, calibration: list
                                           quantize_static)
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from bench.atomic import atomic_path
 
     out_path = Path(out_path)
     quiet = logging.getLogger()  # the quantizer reports per-tensor notes on the root logger
@@ -184,7 +182,7 @@ def model_size_mb(path: str | Path) -> float:
 class Backend:
     """What ``measure_inference`` runs for one back end: a LoadedModel whose extractors are the back end's,
     the autocast precision (fp32 for ONNX Runtime), its size on disk and what it is."""
-    model: object  # bench.evaluate.LoadedModel
+    model: object  # bench.eval.scoring.LoadedModel
     precision: str
     size_mb: float
     details: dict
@@ -200,8 +198,6 @@ def prepare_backends(model, cfg, names: list[str], checkpoint: str | Path | None
     ``<stem>.onnx`` and ``<stem>.int8.onnx``, rebuilt when older than it) or, for onnx-fp32, ``onnx_path``."""
     from dataclasses import replace
 
-    from bench.data.manifest import TRAIN_MANIFEST, data_root, read_manifest
-    from bench.evaluate import make_fbank
 
     out: dict[str, Backend] = {}
     size = torch_weights_mb(model.embedder)

@@ -15,7 +15,7 @@ import torch
 
 from bench.data.audio import load_audio
 from bench.data.features import Fbank
-from bench.precision import autocast
+from bench.training.precision import autocast
 
 BATCH_SIZES = (1, 8, 32, 64)
 

@@ -26,6 +26,9 @@ from pathlib import Path
 
 from bench.config import Config, build_config
 from bench.errors import BenchError
+from bench.orchestration import seeds
+from bench.tracking import store
+from bench.orchestration.variant import run_variant
 
 TAG_JOB = "slurm.job_id"
 TAG_FOLDER = "slurm.folder"
@@ -82,7 +85,6 @@ def confine_gpus() -> None:
 class VariantJob:
     """One sweep variant as a Slurm job: trains (DDP over the job's tasks) and logs into its MLflow run.
     Checkpointable: on preemption or time-out, submitit requeues it and it resumes from last.pt."""
-
     def __init__(self, cfg_dict: dict, out_dir: str, run_id: str, parent_id: str, experiment_id: str, name: str,
                  tags: dict, resume: bool):
         self.cfg_dict, self.out_dir, self.run_id, self.parent_id = cfg_dict, out_dir, run_id, parent_id
@@ -91,8 +93,6 @@ class VariantJob:
     def __call__(self) -> dict:
         import submitit
 
-        from bench import tracking
-        from bench.variant import run_variant
 
         confine_gpus()
         env = submitit.JobEnvironment()
@@ -103,9 +103,9 @@ class VariantJob:
         if env.global_rank != 0:
             run_variant(cfg, self.out_dir, resume=resume, progress=False)
             return {}
-        tracking.setup_tracking()
+        store.setup_tracking()
         tags = {**self.tags, **job_env_tags(), **({"slurm.resumed": "true"} if resume else {})}
-        _, metrics = tracking.run_tracked_seeds(cfg, self.out_dir, run_id=self.run_id, parent_run_id=self.parent_id,
+        _, metrics = seeds.run_tracked_seeds(cfg, self.out_dir, run_id=self.run_id, parent_run_id=self.parent_id,
                                                 experiment_id=self.experiment_id, run_name=self.name,
                                                 extra_tags=tags, resume=resume, progress=False)
         return metrics

@@ -1,85 +1,12 @@
-"""train / eval / infer sub-commands."""
-
+"""``svbench infer | export``: inference energy per back end, and ONNX export."""
 from __future__ import annotations
 
+from __future__ import annotations
 import json
 from pathlib import Path
-
-from bench.config import INFER_BACKENDS, empty_as_none
+from bench.config import INFER_BACKENDS
 from bench.errors import BenchError
-
-
-def _config(args, extra):
-    from bench.config import load_config, parse_overrides
-
-    overrides = parse_overrides(extra)
-    if getattr(args, "experiment", None):
-        overrides["tracking.experiment"] = args.experiment
-    if getattr(args, "model", None):
-        overrides["model.name"] = args.model
-    return load_config(args.preset, overrides)
-
-
-def cmd_train(args, extra) -> int:
-    import os
-
-    from bench.models import spec_from_config
-    from bench.variant import run_variant
-
-    cfg = _config(args, extra)
-    spec_from_config(cfg.model, n_mels=cfg.features.n_mels)  # fail fast on a bad model
-    if args.no_track or int(os.environ.get("RANK", "0")) != 0 and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        result = run_variant(cfg, args.out, resume=args.resume, force=args.force)
-    else:
-        from bench import tracking
-
-        run_id = tracking.take_outer_run()  # launched by `mlflow run`: log into that run
-        exp_id = None if run_id else tracking.set_experiment(cfg.tracking.experiment)
-        tracking.send_leftovers(args.out)  # what an earlier outage left in this folder goes first
-        if run_id is None and args.resume:
-            run_id = _previous_run(exp_id, args.out)
-        tracking.setup_tracking()
-        rid, result = tracking.run_tracked(cfg, args.out, run_id=run_id, experiment_id=exp_id, resume=args.resume,
-                                           force=args.force)
-        tracking.finish(args.out, cfg.tracking.outage_wait_s)
-        print(f"MLflow run {rid} at {tracking.setup_tracking()}")
-    if result is not None:
-        for name, m in result.metrics.items():
-            print(f"{name}: EER {m['eer_pct']:.2f}%  minDCF(0.01) {m['min_dcf_p01']:.3f}  minDCF(0.05) {m['min_dcf_p05']:.3f}  ({m['n_trials']} trials)")
-        print(f"train: {result.train['steps']} steps in {result.train['time_s']:.1f} s; result: {Path(args.out) / 'result.json'}")
-    return 0
-
-
-def _previous_run(exp_id, out) -> str | None:
-    from mlflow.tracking import MlflowClient
-
-    from bench import tracking
-
-    out = str(Path(out).resolve())
-    runs = MlflowClient().search_runs([exp_id], filter_string=f"tags.`{tracking.TAG_OUT}` = '{out}'",
-                                      order_by=["attributes.start_time DESC"], max_results=1)
-    return runs[0].info.run_id if runs and runs[0].info.status != "FINISHED" else None
-
-
-def cmd_eval(args, extra) -> int:
-
-    from bench.evaluate import evaluate, load_model
-    from bench.train import select_device
-
-    cfg = _config(args, extra)
-    device = select_device(cfg.train.device)
-    model = load_model(args.checkpoint, device, cfg.eval.channels_last, cfg.eval.compile)
-    trial_names = args.trials or None
-    for t in trial_names or []:
-        if not Path(t).is_file() and "/" in t:
-            raise BenchError(f"trial list {t} does not exist")
-    out = Path(args.out) if args.out else Path(args.checkpoint).parent
-    results = evaluate(model, cfg, device, out, trial_names, precision=args.precision)
-    for name, m in results.items():
-        print(f"{name}: EER {m['eer_pct']:.2f}%  minDCF(0.01) {m['min_dcf_p01']:.3f}  minDCF(0.05) {m['min_dcf_p05']:.3f}  ({m['n_trials']} trials)")
-    if args.json:
-        print(json.dumps(results, indent=2))
-    return 0
+from bench.cli.common import config_from_args
 
 
 def cmd_infer(args, extra) -> int:
@@ -87,11 +14,11 @@ def cmd_infer(args, extra) -> int:
 
     from bench.energy.meters import create_meters
     from bench.energy.plan import measurement_plan
-    from bench.evaluate import load_model
-    from bench.infer import eer_by_list, measure_inference
-    from bench.train import select_device
+    from bench.eval.scoring import load_model
+    from bench.eval.inference import eer_by_list, measure_inference
+    from bench.training.trainer import select_device
 
-    cfg = _config(args, extra)
+    cfg = config_from_args(args, extra)
     precisions = [p.strip() for p in args.precision.split(",") if p.strip()]
     bad = [p for p in precisions if p not in INFER_BACKENDS]
     if bad or not precisions:
@@ -118,21 +45,22 @@ def cmd_infer(args, extra) -> int:
     print(table.to_string(index=False))
     if args.json:
         print(json.dumps(rows, indent=2, default=str))
-    from bench import tracking
+    from bench.energy import accounting
+    from bench.tracking import naming, store
 
     for p, r in rows.items():
         if r["backend"].get("quantized_ops"):
             print(f"{p}: {r['backend']['mode']} quantization, int8 ops {r['backend']['quantized_ops']}")
-    outer = tracking.take_outer_run()
+    outer = store.take_outer_run()
     if outer:  # launched by `mlflow run`: the figures go into its run
         by_list = eer_by_list(rows)
         backend_params = {f"{p}.{k}": v for p, r in rows.items() for k, v in r["backend"].items()
                           if k in ("engine", "mode", "threads", "calibration_utts")}
-        tracking.log_to_outer_run(outer, {"checkpoint": Path(args.checkpoint).resolve(), "precision": args.precision,
+        store.log_to_outer_run(outer, {"checkpoint": Path(args.checkpoint).resolve(), "precision": args.precision,
                                           "data.root": cfg.data.root, "eval.batch_frames": cfg.eval.batch_frames,
                                           **backend_params},
-                                  tracking.inference_metrics(by_list, fp32_eer=True),
-                                  tracking.combined_energy_tags(list(rows.values())))
+                                  naming.inference_metrics(by_list, fp32_eer=True),
+                                  accounting.combined_energy_tags(list(rows.values())))
     return 0
 
 
@@ -141,11 +69,10 @@ def cmd_export(args, extra) -> int:
     20 s of features, optionally int8; logged to the variant's MLflow run with the mlflow.onnx flavor."""
     import torch
 
-    from bench.deploy import (OnnxEmbedder, calibration_features, export_onnx, load_session, model_size_mb,
-                              quantize_int8)
-    from bench.evaluate import load_model, make_fbank
+    from bench.eval.deploy import OnnxEmbedder, calibration_features, export_onnx, load_session, model_size_mb, quantize_int8
+    from bench.eval.scoring import load_model, make_fbank
 
-    cfg = _config(args, extra)
+    cfg = config_from_args(args, extra)
     model = load_model(args.checkpoint, torch.device("cpu"))
     out = Path(args.out) if args.out else Path(args.checkpoint).with_suffix(".onnx")
     export_onnx(model.extractor, model.spec.n_mels, out)
@@ -178,20 +105,17 @@ def cmd_export(args, extra) -> int:
     return 0
 
 
-EXPORT_TOLERANCE = 1e-4
-
-
 def _run_of_checkpoint(checkpoint) -> str | None:
     """The variant run that trained ``checkpoint`` (its svbench.out_dir is the checkpoint's folder), if any."""
     from mlflow.tracking import MlflowClient
 
-    from bench import tracking
+    from bench.tracking import naming, store
 
-    tracking.setup_tracking()
+    store.setup_tracking()
     out = str(Path(checkpoint).resolve().parent)
     client = MlflowClient()
     exps = [e.experiment_id for e in client.search_experiments()]
-    runs = client.search_runs(exps, filter_string=f"tags.`{tracking.TAG_OUT}` = '{out}'",
+    runs = client.search_runs(exps, filter_string=f"tags.`{naming.TAG_OUT}` = '{out}'",
                               order_by=["attributes.start_time DESC"], max_results=1) if exps else []
     return runs[0].info.run_id if runs else None
 
@@ -200,9 +124,9 @@ def _log_onnx(run_id: str, files: list[Path]) -> None:
     import mlflow
     import onnx
 
-    from bench import tracking
+    from bench.tracking import store
 
-    tracking.setup_tracking()
+    store.setup_tracking()
     with mlflow.start_run(run_id=run_id):
         for path in files:
             name = "onnx_model_int8" if path.name.endswith(".int8.onnx") else "onnx_model"
@@ -229,21 +153,6 @@ def register(sub, parser_class, add_config_args) -> None:
     x.add_argument("--int8", action="store_true", help="also static int8 (calibrated on data.root's training set)")
     x.add_argument("--run-id", default=None, help="MLflow run to log to (default: the run that trained it)")
     x.set_defaults(func=cmd_export)
-    t = sub.add_parser("train", help="train and evaluate one variant; writes OUT/result.json")
-    add_config_args(t)
-    t.add_argument("--model", default=None, help="model preset name (same as --model.name)")
-    t.add_argument("--out", required=True, help="output folder (checkpoints, scores, result.json)")
-    t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt (and its MLflow run)")
-    t.add_argument("--force", action="store_true", help="replace the checkpoints an earlier run left in OUT")
-    t.add_argument("--no-track", action="store_true", help="do not log to MLflow")
-    t.add_argument("--experiment", type=empty_as_none(str), default=None,
-                   help="MLflow experiment (tracking.experiment); under `mlflow run`, its run's")
-    t.set_defaults(func=cmd_train)
-    e = sub.add_parser("eval", help="evaluate a trained model.pt on trial lists")
-    add_config_args(e)
-    e.add_argument("--checkpoint", required=True)
-    e.add_argument("--trials", nargs="*", default=None, help="trial list names under data root/trials, or files")
-    e.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
-    e.add_argument("--out", default=None, help="folder for score files (default: beside the checkpoint)")
-    e.add_argument("--json", action="store_true")
-    e.set_defaults(func=cmd_eval)
+
+
+EXPORT_TOLERANCE = 1e-4

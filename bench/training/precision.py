@@ -30,7 +30,7 @@ def cpu_has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool | None:
 
 
 @functools.cache
-def _warn_emulated_bf16() -> None:
+def warn_emulated_bf16() -> None:
     if cpu_has_native_bf16() is False:
         warnings.warn("bf16 on this CPU: no avx512_bf16/amx_bf16 instructions, so bf16 is emulated and slower "
                       "than fp32 (6x per training step on an AVX2-only CPU); use fp32 here", stacklevel=3)
@@ -49,5 +49,5 @@ def autocast(device: torch.device, precision: str, inference: bool = False):
         if dtype == torch.float16 and inference:
             raise BenchError("fp16 inference needs a CUDA GPU; use bf16 on the CPU")
         if dtype == torch.bfloat16:
-            _warn_emulated_bf16()
+            warn_emulated_bf16()
     return torch.autocast(device_type=device.type, dtype=dtype)

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 from bench.config import Config
 from bench.energy.meters import MeterSet
 from bench.errors import BenchError
+from bench.training.trainer import steps_per_epoch, train
 
 
 @dataclass
@@ -51,7 +52,6 @@ def probe(cfg: Config, meters: MeterSet, total_steps: int) -> Forecast:
     pcfg = cfg.model_copy(deep=True)
     pcfg.train.max_steps = warm + n
     pcfg.train.checkpoint_every_steps = 0
-    from bench.train import steps_per_epoch, train
 
     pcfg.train.epochs = max(pcfg.train.epochs, -(-(warm + n) // steps_per_epoch(cfg)))
 

@@ -16,7 +16,7 @@ from bench.data.audio import load_audio
 from bench.data.features import Fbank
 from bench.data.manifest import EVAL_MANIFEST, read_manifest
 from bench.data.trials import TrialList, check_against
-from bench.metrics import verification_metrics
+from bench.eval.metrics import verification_metrics
 
 
 def mean_logmel_baseline(root: str | Path, trials: TrialList, n_mels: int = 80) -> dict[str, float]:

@@ -1,6 +1,6 @@
-"""One search worker process: ``python -m bench.search_worker SPEC.json N_TRIALS INDEX``.
+"""One search worker process: ``python -m bench.orchestration.search.worker_main SPEC.json N_TRIALS INDEX``.
 
-Started by ``bench.search`` with ``subprocess`` (not ``multiprocessing``), so that it is an ordinary
+Started by ``bench.orchestration.search.workers`` with ``subprocess`` (not ``multiprocessing``), so that it is an ordinary
 Python process whose exit handlers run: Zeus stops its RAPL wraparound tracker only in one."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import sys
 
-from bench.search import run_worker
+from bench.orchestration.search.trial import run_worker
 
 
 def main(argv: list[str]) -> int:

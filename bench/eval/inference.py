@@ -1,7 +1,7 @@
 """Inference energy: embedding extraction plus scoring, measured per back end.
 
 Back ends: the PyTorch precisions (fp32, bf16, fp16 where the device supports it) and ONNX Runtime
-(``onnx-fp32``, ``onnx-int8``: ``bench.deploy``). For each: J per utterance, J per 1k trials, gCO2e per 1k
+(``onnx-fp32``, ``onnx-int8``: ``bench.eval.deploy``). For each: J per utterance, J per 1k trials, gCO2e per 1k
 trials, utterances/s, EER/minDCF, latency at batch size 1, size on disk, and for every back end but PyTorch
 fp32 the EER difference to it with its paired speaker-bootstrap interval (both on the same resamples).
 """
@@ -14,14 +14,14 @@ from pathlib import Path
 import torch
 
 from bench.config import Config
-from bench.deploy import prepare_backends
+from bench.eval.deploy import prepare_backends
 from bench.energy.accounting import intensity_series
 from bench.energy.carbon import carbon_of
 from bench.energy.meters import MeterSet
-from bench.evaluate import LoadedModel, evaluate, load_trial_lists, make_fbank
-from bench.latency import measure_latency
-from bench.metrics import verification_metrics
-from bench.statistics import METRICS, paired_difference, resampled_metrics, speaker_of, speaker_resamples
+from bench.eval.scoring import LoadedModel, evaluate, load_trial_lists, make_fbank
+from bench.eval.latency import measure_latency
+from bench.eval.metrics import verification_metrics
+from bench.eval.statistics import METRICS, paired_difference, resampled_metrics, speaker_of, speaker_resamples
 
 
 def measure_inference(model: LoadedModel, cfg: Config, device: torch.device, meters: MeterSet,

@@ -1,1 +1,0 @@
-"""Analysis: MLflow runs -> pandas -> tables, Pareto and knee plots, report.md."""

@@ -1,0 +1,33 @@
+"""What every command module shares: the parser class whose errors are one line, the preset option, the config."""
+
+from __future__ import annotations
+
+import argparse
+
+from bench.errors import BenchError
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse's own errors: one line, exit 2
+        raise BenchError(f"{self.prog}: {message} (see --help)")
+
+
+def add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default="demo", help="preset name or YAML file (default: demo)")
+
+
+def no_extra(extra: list[str]) -> None:
+    if extra:
+        raise BenchError(f"unexpected argument(s): {' '.join(extra)} (see --help)")
+
+
+def config_from_args(args, extra):
+    """The preset with ``--section.key value`` overrides, ``--experiment`` and ``--model`` applied."""
+    from bench.config import load_config, parse_overrides
+
+    overrides = parse_overrides(extra)
+    if getattr(args, "experiment", None):
+        overrides["tracking.experiment"] = args.experiment
+    if getattr(args, "model", None):
+        overrides["model.name"] = args.model
+    return load_config(args.preset, overrides)

@@ -1,0 +1,208 @@
+"""Energy-constrained multi-objective search with Optuna: depth, width and stage layout to the front.
+
+Objectives: minimise EER (%) on one trial list and minimise training energy (J), or carbon (g) with
+``search.objective carbon``. Constraints (feasible when <= 0): energy budget, carbon budget, maximum
+parameters. They are stored by the sampler's ``constraints_func`` in the trial system attribute
+``constraints`` (a list), which is what ``study.best_trials`` and optuna-dashboard 0.21 read.
+
+Before a trial trains, the energy probe forecasts its training energy; a trial forecast to exceed the
+budget by ``search.prune_margin`` ends PRUNED with its forecast as the constraint value.
+
+What the search costs is measured once, by the process that starts the workers: one energy window over
+the whole run, on every GPU the workers use and on the machine-level meters (RAPL, node command). That
+is ``search/energy_j`` (summed over the runs of a continued study): probes, pruned, failed and killed
+trials included, never N times the machine. Each trial also records what it spent (``spent_energy_j``),
+measured by its worker: its own GPUs, and under ``--workers N`` its CPU-time share of the machine-level
+meters (``bench.energy.plan``), so the trials' sum never exceeds the search's cost.
+
+Storage: an Optuna journal file by default (several processes on one machine), any RDB URL for
+several machines (with heartbeats, so a killed worker's trial ends FAIL). ``--workers N`` runs N
+worker processes (``bench.orchestration.search.worker_main``), each with its own GPUs when the machine has them; the
+study and its parent MLflow run are created once before they start.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import optuna
+
+from bench.config import Config
+from bench.errors import BenchError
+from bench.tracking import naming, store
+from bench.data.trials import default_trial_list
+from bench.data.manifest import data_root
+from bench.config import flat_params
+
+STUDY_VARIANT_LAYOUTS = [(2, 2, 2, 2), (3, 4, 6, 3), (2, 6, 6, 2), (2, 10, 2, 2), (10, 2, 2, 2), (2, 2, 2, 10)]
+ATTR_PARENT = "mlflow_parent_run_id"
+ATTR_EXPERIMENT = "mlflow_experiment_id"
+ATTR_COST = "search_cost_runs"  # one entry per run of the study: what the machine drew during it
+ATTR_RUN = "search_run"  # on a trial: the run of ``svbench search`` that ran it
+ATTR_SPENT_SO_FAR = "spent_so_far"  # on a trial: its cost entry up to its last finished epoch
+ATTR_WORKER = "worker_entry"  # on a trial run by a Slurm worker: the token of that worker attempt's cost entry
+TAG_STUDY_PARENT = "svbench.study_parent"  # on the run of a continued study's later `mlflow run`
+
+
+# ------------------------------------------------------------------ storage and study
+def storage_url(cfg: Config, out_root: str | Path = "runs/search") -> str:
+    return cfg.search.storage or str(Path(out_root) / f"{cfg.search.study_name}.journal")
+
+
+def make_storage(url: str, heartbeat_s: int = 30):
+    if "://" in url:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat_s, grace_period=2 * heartbeat_s,
+                                                  failed_trial_callback=None)
+        except Exception as exc:
+            raise BenchError(f"cannot open Optuna storage {url} ({str(exc).splitlines()[0][:120]})") from None
+    path = Path(url)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    from optuna.storages.journal import JournalFileBackend
+
+    return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+
+
+def _constraints(trial: optuna.trial.FrozenTrial) -> list[float]:
+    return list(trial.user_attrs.get("constraints", [0.0]))
+
+
+def make_sampler(name: str, seed: int):
+    # constraints_func is what optuna-dashboard 0.21 and study.best_trials read (deprecated in Optuna 5, kept)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        warnings.filterwarnings("ignore", message=".*constraints_func", category=FutureWarning)
+        if name == "nsga2":
+            return optuna.samplers.NSGAIISampler(seed=seed, constraints_func=_constraints)
+        if name == "tpe":
+            return optuna.samplers.TPESampler(seed=seed, constraints_func=_constraints)
+        return optuna.samplers.GPSampler(seed=seed, constraints_func=_constraints)
+
+
+def load_study(cfg: Config, storage, worker_index: int = 0) -> optuna.Study:
+    """The study, with the sampler of worker ``worker_index`` (seed ``search.seed`` + index: reproducible)."""
+    return optuna.load_study(study_name=cfg.search.study_name, storage=storage,
+                             sampler=make_sampler(cfg.search.sampler, cfg.search.seed + worker_index))
+
+
+def create_study(cfg: Config, storage, outer_run: str | None = None) -> optuna.Study:
+    """Create (or continue) the study and its MLflow parent run; returns the study.
+
+    The parent is ``outer_run`` (the run ``mlflow run`` created) when the study is new, else a run created in
+    ``tracking.experiment``. A continued study keeps its first parent; an ``outer_run`` then links to it by the
+    tag ``svbench.study_parent``."""
+    from mlflow.tracking import MlflowClient
+
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "Using an existing study" line
+    study = optuna.create_study(study_name=cfg.search.study_name, storage=storage, load_if_exists=True,
+                                directions=["minimize", "minimize"],
+                                sampler=make_sampler(cfg.search.sampler, cfg.search.seed))
+    if ATTR_PARENT in study.user_attrs:
+        _check_same_search(cfg, study)  # before anything of the study is changed
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(list(objective_keys(cfg)))
+    client = MlflowClient()
+    tags = {naming.TAG_KIND: "study", "optuna.study": cfg.search.study_name}
+    if ATTR_PARENT in study.user_attrs:
+        if outer_run:
+            client.set_tag(outer_run, naming.TAG_KIND, "search")
+            client.set_tag(outer_run, "optuna.study", cfg.search.study_name)
+            client.set_tag(outer_run, TAG_STUDY_PARENT, study.user_attrs[ATTR_PARENT])
+        return study
+    if outer_run:
+        exp_id, parent = store.experiment_of(outer_run), outer_run
+        for k, v in tags.items():
+            client.set_tag(parent, k, v)
+    else:
+        exp_id = store.set_experiment(cfg.tracking.experiment)
+        parent = client.create_run(exp_id, run_name=f"study-{cfg.search.study_name}", tags=tags).info.run_id
+    store.log_new_params(parent, search_params(cfg))
+    study.set_user_attr(ATTR_PARENT, parent)
+    study.set_user_attr(ATTR_EXPERIMENT, exp_id)
+    study.set_user_attr("budgets", _budgets(cfg))
+    study.set_user_attr("objective", cfg.search.objective)
+    if cfg.search.enqueue_study_variants:
+        for layout in STUDY_VARIANT_LAYOUTS:
+            params = _layout_params(cfg, layout)
+            if params is not None:
+                study.enqueue_trial(params, skip_if_exists=True)
+    return study
+
+
+def _budgets(cfg: Config) -> dict:
+    return {"energy_j": cfg.search.energy_budget_j, "carbon_g": cfg.search.carbon_budget_g,
+            "max_params_m": cfg.search.max_params_m}
+
+
+def _check_same_search(cfg: Config, study: optuna.Study) -> None:
+    """A continued study keeps its objective and budgets: mixing joules and grams in one front, or trials
+    judged against other budgets, is an error before anything runs."""
+    before = {"objective": study.user_attrs.get("objective", cfg.search.objective),
+              "budgets": study.user_attrs.get("budgets", _budgets(cfg))}
+    now = {"objective": cfg.search.objective, "budgets": _budgets(cfg)}
+    if before != now:
+        raise BenchError(f"study '{cfg.search.study_name}' was run with {before}, not {now}; continue it with the "
+                         "same --objective and budgets, or start another study with --study NAME")
+
+
+def objective_keys(cfg: Config) -> tuple[str, str]:
+    """The two objectives under their MLflow metric keys (also the study's Optuna metric names)."""
+    second = "train/energy_j" if cfg.search.objective == "energy" else "train/co2_g"
+
+    name = cfg.search.trial_list or default_trial_list(data_root(cfg.data.root), cfg.data.trials)
+    return f"eer_pct/{name}", second
+
+
+def search_params(cfg: Config) -> dict:
+    """What defines the search, as MLflow params of the run that holds the study."""
+    return {k: ("" if v is None else v) for k, v in flat_params(cfg).items()
+            if k.startswith(("search.", "data.", "train.epochs", "seeds", "model.name"))}
+
+
+def _layout_params(cfg: Config, layout) -> dict | None:
+    s = cfg.search
+    if any(b < lo or b > hi for b, lo, hi in zip(layout, s.stage_blocks_min, s.stage_blocks_max)):
+        return None
+    params = {f"blocks_stage{i + 1}": b for i, b in enumerate(layout)}
+    params["width_mult"] = 1.0 if 1.0 in s.width_mults else s.width_mults[-1]
+    if len(s.blocks) > 1:
+        params["block"] = s.blocks[-1]
+    return params
+
+
+# ------------------------------------------------------------------ one trial
+def suggest_overrides(trial: optuna.Trial, cfg: Config) -> dict:
+    s = cfg.search
+    if len(s.stage_blocks_min) != len(s.stage_blocks_max):
+        raise BenchError("search.stage_blocks_min and stage_blocks_max need one bound per stage")
+    stages = [trial.suggest_int(f"blocks_stage{i + 1}", lo, hi)
+              for i, (lo, hi) in enumerate(zip(s.stage_blocks_min, s.stage_blocks_max))]
+    over = {"model.stages": "-".join(map(str, stages)),
+            "model.width_mult": trial.suggest_categorical("width_mult", s.width_mults)}
+    if len(s.blocks) > 1:
+        over["model.block"] = trial.suggest_categorical("block", s.blocks)
+    elif s.blocks:
+        over["model.block"] = s.blocks[0]
+    if s.embed_dims:
+        over["model.embed_dim"] = trial.suggest_categorical("embed_dim", s.embed_dims)
+    return over
+
+
+STARTED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL,
+           optuna.trial.TrialState.RUNNING)  # trials that count toward search.n_trials (not enqueued ones)
+
+
+def started_trials(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=STARTED))
+
+
+def study_folder(cfg: Config, out_root: str | Path) -> Path:
+    """Where a study's trials write (``trial-<n>``), and the spool of its parent run."""
+    return Path(out_root) / cfg.search.study_name
+
+

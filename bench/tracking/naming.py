@@ -1,0 +1,87 @@
+"""The one place that names what a variant run logs: tags, params and metric keys."""
+from __future__ import annotations
+
+from __future__ import annotations
+from bench.config import Config, flat_params
+
+
+TAG_KIND = "svbench.kind"  # sweep | variant | study | trial
+
+
+TAG_VARIANT = "svbench.variant"
+
+
+TAG_SWEEP = "svbench.sweep"
+
+
+TAG_SERIES = "svbench.series"
+
+
+TAG_OUT = "svbench.out_dir"
+
+
+PARENT = "mlflow.parentRunId"
+
+
+# ---------------------------------------------------------------- names
+def variant_params(cfg: Config, spec) -> dict:
+    params = flat_params(cfg)
+    params.update({"model.depth": spec.depth, "model.stages": spec.stages_str, "model.width_mult": spec.width_mult,
+                   "model.block": spec.block, "model.channels": "-".join(map(str, spec.channels)),
+                   "model.family": spec.family, "model.embed_dim": spec.embed_dim, "model.pooling": spec.pooling})
+    return {k: ("" if v is None else v) for k, v in params.items()}
+
+
+def stat_key(key: str, stat: str) -> str:
+    """The one naming scheme for a statistic of a metric: ``<key>/<stat>`` with stat std, ci_low or ci_high
+    (``eer_pct/vox1-O/ci_low``, ``train/energy_j/std``)."""
+    return f"{key}/{stat}"
+
+
+STATS = ("/std", "/ci_low", "/ci_high")
+
+
+def result_metrics(result) -> dict[str, float]:
+    m: dict[str, float] = {}
+    for trials, r in result.metrics.items():
+        m[f"eer_pct/{trials}"] = r["eer_pct"]
+        m[f"min_dcf_p01/{trials}"] = r["min_dcf_p01"]
+        m[f"min_dcf_p05/{trials}"] = r["min_dcf_p05"]
+        for key, (low, high) in r.get("ci", {}).items():
+            m[stat_key(f"{key}/{trials}", "ci_low")] = low
+            m[stat_key(f"{key}/{trials}", "ci_high")] = high
+    m.update({k: v for k, v in result.energy_metrics.items() if v is not None})
+    m.update(inference_metrics(result.inference))
+    m["model/params_m"] = result.profile["params"] / 1e6
+    m["model/params_with_head_m"] = result.profile["params_with_head"] / 1e6
+    m["model/gmacs_per_s_audio"] = result.profile["gmacs_per_s_audio"]
+    m["train/steps"] = result.train["steps"]
+    for key, value in result.cohort.items():
+        m[f"eval/cohort_{key}"] = value
+    if result.forecast:
+        for key in ("energy_j", "time_s", "probe_energy_j", "error_pct"):
+            if result.forecast.get(key) is not None:
+                m[f"forecast/{key}"] = result.forecast[key]
+    return m
+
+
+def inference_metrics(inference: dict[str, dict], fp32_eer: bool = False) -> dict[str, float]:
+    """``infer/<key>`` for fp32 and ``infer_<precision>/<key>`` for the others, from rows whose ``eer_pct`` maps
+    trial list -> EER. The fp32 EER is the run's ``eer_pct/<trials>``; ``fp32_eer`` also logs it as
+    ``infer/eer_pct/<trials>`` (a run of ``svbench infer`` alone)."""
+    m: dict[str, float] = {}
+    for precision, row in inference.items():
+        prefix = "infer" if precision == "fp32" else f"infer_{precision}"
+        for key in ("energy_j_per_utt", "energy_j_per_1k_trials", "co2_g_per_1k_trials", "utt_per_s", "time_s",
+                    "latency_p50_ms", "latency_p95_ms", "rtf", "throughput_utt_per_s", "best_batch_size",
+                    "model_size_mb"):
+            if row.get(key) is not None:
+                m[f"{prefix}/{key}"] = row[key]
+        if precision != "fp32" or fp32_eer:
+            m.update({f"{prefix}/eer_pct/{trials}": eer for trials, eer in row["eer_pct"].items()})
+        for trials, diff in row.get("eer_diff_pct", {}).items():  # to PyTorch fp32, paired bootstrap interval
+            key = f"{prefix}/eer_diff_pct/{trials}"
+            m[key] = diff
+            if trials in row.get("eer_diff_ci", {}):
+                m[stat_key(key, "ci_low")], m[stat_key(key, "ci_high")] = row["eer_diff_ci"][trials]
+    return m

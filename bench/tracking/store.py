@@ -1,0 +1,103 @@
+"""The tracking server: URI, experiments, reachability, the run ``mlflow run`` made, and the end of a command (what the spools still hold)."""
+from __future__ import annotations
+
+from __future__ import annotations
+import logging
+import os
+import time
+from pathlib import Path
+import mlflow
+import mlflow.data
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+from bench.errors import BenchError
+from bench.tracking.runlog import RunLog
+from bench.tracking.sender import enqueue_unsent, shorten_http_retries
+from bench.tracking.sender import finish as finish_spools
+from bench.tracking.artifacts import environment_tags
+from bench.tracking.naming import PARENT
+
+
+DEFAULT_URI = "sqlite:///mlflow.db"
+
+
+def setup_tracking() -> str:
+    for name in ("mlflow", "alembic"):  # keep the CLI's stderr for our messages and real warnings
+        logging.getLogger(name).setLevel(logging.WARNING)
+    # MLflow's system-metrics sampler stops at a tracking outage (it is not spooled): no warnings for that
+    logging.getLogger("mlflow.system_metrics").setLevel(logging.ERROR)
+    shorten_http_retries()
+    if not os.environ.get("MLFLOW_TRACKING_URI"):
+        mlflow.set_tracking_uri(DEFAULT_URI)
+    return mlflow.get_tracking_uri()
+
+
+def send_leftovers(out: str | Path) -> None:
+    """At the start of a command (the server answers): send what an earlier outage left under ``out`` first."""
+    if enqueue_unsent(out):
+        RunLog(out).settle()
+
+
+def finish(out: str | Path, wait_s: float) -> bool:
+    """At the end of a command: send what is left under ``out``, waiting at most ``wait_s`` for a server that
+    is down; True when the server has everything."""
+    return finish_spools(out, wait_s) == 0
+
+
+def take_outer_run() -> str | None:
+    """The run ``mlflow run`` created for this command (``MLFLOW_RUN_ID``), taken out of the environment so
+    that no nested ``start_run`` and no child process adopts it by accident; None outside ``mlflow run``."""
+    return os.environ.pop("MLFLOW_RUN_ID", None) or None
+
+
+def experiment_of(run_id: str) -> str:
+    return MlflowClient().get_run(run_id).info.experiment_id
+
+
+def set_experiment(name: str) -> str:
+    setup_tracking()
+    try:
+        return mlflow.set_experiment(name).experiment_id
+    except Exception as exc:  # server down, bad URI
+        raise _unreachable(exc) from None
+
+
+def check_reachable() -> None:
+    setup_tracking()
+    try:
+        MlflowClient().search_experiments(max_results=1)
+    except Exception as exc:  # server down, bad URI
+        raise _unreachable(exc) from None
+
+
+def _unreachable(exc: Exception) -> BenchError:
+    return BenchError(f"cannot reach MLflow tracking at {mlflow.get_tracking_uri()} "
+                      f"({str(exc).splitlines()[0][:120]}); start the server or unset MLFLOW_TRACKING_URI")
+
+
+def log_to_outer_run(run_id: str, params: dict, metrics: dict[str, float], tags: dict | None = None,
+                     artifacts: list[Path] = (), artifact_dir: str | None = None) -> None:
+    """What a command without a run of its own (infer, report, data) logs into the run ``mlflow run`` made."""
+    client = MlflowClient()
+    log_new_params(run_id, params)
+    client.log_batch(run_id, metrics=[Metric(k, float(v), int(time.time() * 1000), 0) for k, v in metrics.items()
+                              if v is not None],
+                     tags=[RunTag(k, str(v)) for k, v in {**environment_tags(), **(tags or {})}.items()])
+    for path in artifacts:
+        client.log_artifact(run_id, str(path), artifact_dir)
+
+
+def log_new_params(run_id: str, params: dict) -> None:
+    """Log the params the run does not hold yet (``mlflow run`` logs its entry point's parameters, such as
+    ``seeds`` or ``out``, itself; a param's value can never change)."""
+    client = MlflowClient()
+    have = client.get_run(run_id).data.params
+    new = [Param(k, str(v)[:6000]) for k, v in params.items() if k not in have]
+    for i in range(0, len(new), 100):
+        client.log_batch(run_id, params=new[i:i + 100])
+
+
+# ---------------------------------------------------------------- one tracked variant
+def find_child_runs(parent_run_id: str, experiment_id: str) -> list:
+    return MlflowClient().search_runs([experiment_id], filter_string=f"tags.`{PARENT}` = '{parent_run_id}'",
+                                      max_results=5000)
