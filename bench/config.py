@@ -114,10 +114,15 @@ class EvalConfig(_Section):
     cohort_speakers: int = Field(6000, ge=1, description="AS-norm cohort: most training speakers (seeded choice)")
     as_norm: bool = False
     as_norm_top_n: int = Field(100, ge=1)
-    length_tolerance: float = Field(0.02, ge=0.0, le=0.5, description="a length bucket's longest utterance may exceed its shortest by this fraction (the batch is cut to the shortest)")
-    channels_last: bool = Field(True, description="channels-last model for embedding extraction (see README Performance)")
-    compile: bool = Field(False, description="torch.compile the extraction model (dynamic shapes): a one-off compile of tens of seconds per shape range, worth it for long trial lists")
-    bootstrap_resamples: int = Field(1000, ge=0, description="speaker-bootstrap resamples for EER/minDCF intervals; 0 = off")
+    length_tolerance: float = Field(0.02, ge=0.0, le=0.5, description="a length bucket's longest utterance may exceed "
+                                                                      "its shortest by this fraction (the batch is "
+                                                                      "cut to the shortest)")
+    channels_last: bool = Field(True, description="channels-last model for embedding extraction (see README "
+                                                  "Performance)")
+    compile: bool = Field(False, description="torch.compile the extraction model (dynamic shapes): a one-off compile "
+                                             "of tens of seconds per shape range, worth it for long trial lists")
+    bootstrap_resamples: int = Field(1000, ge=0, description="speaker-bootstrap resamples for EER/minDCF intervals; 0 "
+                                                             "= off")
     ci_level: float = Field(0.95, gt=0.0, lt=1.0)
     latency: bool = Field(True, description="measure per-utterance latency, throughput and real-time factor")
     infer_precisions: list[Literal[INFER_BACKENDS]] = Field(
@@ -150,7 +155,8 @@ class SearchConfig(_Section):
     """Optuna search over the ResNet family (bounds per family live in the preset)."""
 
     study_name: str = "svbench-search"
-    storage: Optional[str] = Field(None, description="RDB URL (postgresql+psycopg2://..., sqlite:///...) or journal file; default runs/search/<study>.journal")
+    storage: Optional[str] = Field(None, description="RDB URL (postgresql+psycopg2://..., sqlite:///...) or journal "
+                                                     "file; default runs/search/<study>.journal")
     n_trials: int = Field(8, ge=1)
     objective: Literal["energy", "carbon"] = "energy"
     trial_list: Optional[str] = Field(None, description="trial list whose EER is minimised; default: the first")
@@ -237,7 +243,8 @@ def load_preset_dict(preset: str) -> dict:
     path = Path(preset)
     if preset.endswith((".yaml", ".yml")) or path.is_file():
         if not path.is_file():
-            raise BenchError(f"config file {preset} does not exist; give a preset name ({', '.join(list_presets())}) or a YAML path")
+            raise BenchError(f"config file {preset} does not exist; give a preset name "
+                             f"({', '.join(list_presets())}) or a YAML path")
         return _read_yaml(path)
     candidate = PRESET_DIR / f"{preset}.yaml"
     if not candidate.is_file():

@@ -105,16 +105,20 @@ def main() -> None:
                 cos = cosine(emb, base)
     best = {k: min(v) for k, v in times.items() if v}
     hours = df["duration_s"].sum() / 3600
-    print(f"{len(paths)} utterances ({hours * 60:.1f} min of audio), model {args.model}, {torch.get_num_threads()} threads, "
+    print(f"{len(paths)} utterances ({hours * 60:.1f} min of audio), model {args.model}, {torch.get_num_threads()} "
+          "threads, "
           f"best of {args.repeats} alternating runs")
-    print(f"ours      {best['ours']:.2f} s  ({len(paths) / best['ours']:.1f} utt/s, length-bucketed, batch_frames {args.batch_frames}, "
+    print(f"ours      {best['ours']:.2f} s  ({len(paths) / best['ours']:.1f} utt/s, length-bucketed, batch_frames "
+          f"{args.batch_frames}, "
           f"batch norm folded, channels-last)")
-    print(f"baseline  {best['baseline']:.2f} s  ({len(paths) / best['baseline']:.1f} utt/s, batch size 1, model as trained)")
+    print(f"baseline  {best['baseline']:.2f} s  ({len(paths) / best['baseline']:.1f} utt/s, batch size 1, model as "
+          "trained)")
     print(f"ratio     {best['baseline'] / best['ours']:.2f}x   embeddings cosine vs batch-1: min {cos.min():.4f} "
           f"(buckets cut <= {args.tolerance:.0%} of frames)")
     if "compiled" in best:
         print(f"compiled  {best['compiled']:.2f} s  after a first pass of {first_compiled:.1f} s (compiling); "
-              f"ratio {best['baseline'] / best['compiled']:.2f}x, {best['baseline'] / first_compiled:.2f}x counting the compile")
+              f"ratio {best['baseline'] / best['compiled']:.2f}x, {best['baseline'] / first_compiled:.2f}x counting "
+              "the compile")
 
 
 if __name__ == "__main__":

@@ -47,8 +47,8 @@ from bench.data.manifest import read_manifest  # noqa: E402
 from bench.data.synth import generate_corpus  # noqa: E402
 from bench.energy.meters import create_meters  # noqa: E402
 from bench.energy.plan import measurement_plan  # noqa: E402
-from bench.eval.scoring import extract_embeddings, load_model, make_fbank  # noqa: E402
 from bench.eval.inference import measure_inference  # noqa: E402
+from bench.eval.scoring import extract_embeddings, load_model, make_fbank  # noqa: E402
 from bench.machine import cpu_model  # noqa: E402
 from bench.models import build_model, get_spec  # noqa: E402
 from bench.models.inference import extraction_model  # noqa: E402

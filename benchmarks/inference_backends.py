@@ -26,8 +26,8 @@ from bench.config import load_config
 from bench.data.synth import generate_corpus
 from bench.energy.meters import create_meters
 from bench.energy.plan import measurement_plan
-from bench.eval.scoring import load_model
 from bench.eval.inference import measure_inference
+from bench.eval.scoring import load_model
 from bench.machine import cpu_model
 from bench.orchestration.variant import run_variant
 

@@ -50,7 +50,8 @@ def main() -> None:
     t_base, base = best_of(lambda: sklearn_metrics(scores, labels), args.repeats)
     print(f"{args.trials:,} trials (float32 scores), best of {args.repeats}")
     print(f"ours      {t_ours:.3f} s  EER {ours['eer_pct']:.6f}%  minDCF0.01 {ours['min_dcf_p01']:.6f}")
-    print(f"baseline  {t_base:.3f} s  EER {base['eer_pct']:.6f}%  minDCF0.01 {base['min_dcf_p01']:.6f}  (sklearn roc_curve)")
+    print(f"baseline  {t_base:.3f} s  EER {base['eer_pct']:.6f}%  minDCF0.01 {base['min_dcf_p01']:.6f}  (sklearn "
+          "roc_curve)")
     print(f"ratio     {t_base / t_ours:.2f}x   |EER difference| {abs(ours['eer_pct'] - base['eer_pct']) / 100:.2e}")
 
 

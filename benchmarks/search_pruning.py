@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 import optuna
 
-from bench.report.pareto import hypervolume_2d
-from bench.tracking import store
 from bench.config import load_config
 from bench.data.synth import generate_corpus
 from bench.orchestration.search.run import run_search
+from bench.report.pareto import hypervolume_2d
+from bench.tracking import store
 
 
 def side(root: Path, tmp: Path, name: str, pruning: bool, trials: int, budget: float) -> dict:
@@ -68,7 +68,8 @@ def main() -> None:
         pts = fronts[label]
         hv = hypervolume_2d(pts, ref)
         states = ", ".join(f"{k.lower()} {v}" for k, v in res["states"].items() if v)
-        print(f"{label:9s} spent {res['spent_energy_j']:8.1f} J  wall {res['wall_s']:6.1f} s  front {len(pts)}  hypervolume {hv:.4g}  ({states})")
+        print(f"{label:9s} spent {res['spent_energy_j']:8.1f} J  wall {res['wall_s']:6.1f} s  front {len(pts)}  "
+              f"hypervolume {hv:.4g}  ({states})")
     print(f"ratio     energy spent ours/baseline = {ours['spent_energy_j'] / base['spent_energy_j']:.3f}")
 
 

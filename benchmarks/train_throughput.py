@@ -122,7 +122,8 @@ def main() -> None:
         generate_corpus(root, seed=0, size="demo", progress=False)
     cfg = load_config("demo", ["--data.root", str(root), "--data.crop_frames", str(args.crop_frames)])
     crops = TrainCrops(read_manifest(root / "train.csv"), root, cfg.data, seed=0)
-    print(f"batch {args.batch} x {args.crop_frames} frames, {args.steps} timed steps, {torch.get_num_threads()} threads, "
+    print(f"batch {args.batch} x {args.crop_frames} frames, {args.steps} timed steps, {torch.get_num_threads()} "
+          "threads, "
           f"best of {args.repeats} alternating runs")
     modes = ("baseline", "ours", "ceiling")
     for name in args.models.split(","):
@@ -134,7 +135,8 @@ def main() -> None:
         print(f"  ours      {best['ours']:7.1f} samples/s  (wave crops, batched fbank, no workers)")
         print(f"  baseline  {best['baseline']:7.1f} samples/s  (per-sample fbank in 2 DataLoader workers)")
         print(f"  ratio     {best['ours'] / best['baseline']:.2f}x")
-        print(f"  ceiling   {best['ceiling']:7.1f} samples/s  (features in memory: at most {best['ceiling'] / best['baseline']:.2f}x "
+        print(f"  ceiling   {best['ceiling']:7.1f} samples/s  (features in memory: at most "
+              f"{best['ceiling'] / best['baseline']:.2f}x "
               f"over the baseline for any input pipeline)")
 
 

@@ -37,7 +37,8 @@ def main(path: str, version: str = "3.3.2") -> None:
     years = [r["year"] for r in rows]
     rows.append({"iso3": "WLD", "country": "World", "intensity_g_per_kwh": round(world, 3),
                  "year": max(set(years), key=years.count),
-                 "source": f"generation-weighted mean of the {len(weighted)} countries above ({SOURCE.format(version=version)})"})
+                 "source": f"generation-weighted mean of the {len(weighted)} countries above "
+                           f"({SOURCE.format(version=version)})"})
     OUT.parent.mkdir(parents=True, exist_ok=True)
     with open(OUT, "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))

@@ -8,6 +8,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from energy_helpers import FakeRapl  # noqa: E402
 
+
 def main() -> None:
     root, package_w, dram_w, start_uj, seconds = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5])
     import zeus.device.cpu.rapl as rapl

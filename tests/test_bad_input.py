@@ -3,11 +3,11 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+from conftest import assert_one_line_error, run_cli
 
 from bench.config import load_config
 from bench.data.loader import TrainCrops, collate_crops
 from bench.data.manifest import read_manifest
-from conftest import assert_one_line_error, run_cli
 
 
 def _fake_vox1(tiny_corpus: Path, dst: Path) -> Path:

@@ -1,8 +1,8 @@
 import pytest
+from conftest import assert_one_line_error, run_cli
 
 from bench.config import flat_params, load_config, parse_overrides
 from bench.errors import BenchError
-from conftest import assert_one_line_error, run_cli
 
 
 @pytest.mark.parametrize("preset", ["demo", "tiny", "voxceleb"])

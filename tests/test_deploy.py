@@ -7,11 +7,11 @@ import mlflow
 import numpy as np
 import pytest
 import torch
+from conftest import assert_one_line_error, run_cli
 from mlflow.tracking import MlflowClient
 
 from bench.config import load_config
 from bench.orchestration.variant import run_variant
-from conftest import assert_one_line_error, run_cli
 
 
 @pytest.fixture(scope="session")
@@ -25,9 +25,9 @@ def tiny_model(tiny_corpus, tmp_path_factory):
 
 def test_export_equals_pytorch_on_short_and_long_utterances_and_logs_the_onnx_flavor(tiny_model, tiny_corpus,
                                                                                      tmp_path):
-    from bench.tracking import naming, store
     from bench.eval.deploy import OnnxEmbedder, load_session
     from bench.eval.scoring import load_model
+    from bench.tracking import naming, store
 
     store.setup_tracking()
     exp = store.set_experiment("deploy-test")

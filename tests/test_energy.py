@@ -6,6 +6,7 @@ import warnings
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 
 from bench.config import EnergyConfig
 from bench.energy.carbon import HourlySeries, carbon_of, lookup
@@ -14,7 +15,6 @@ from bench.energy.node_meter import NodeMeter
 from bench.energy.plan import measurement_plan
 from bench.energy.reading import EnergyReading, sum_ranks, sum_windows
 from bench.errors import BenchError
-from conftest import REPO
 
 HERE = Path(__file__).parent
 

@@ -8,9 +8,8 @@ import sys
 import time
 
 import pytest
-from mlflow.tracking import MlflowClient
-
 from conftest import REPO, assert_one_line_error, processes_with_marker, run_cli, sigkill_at_checkpoint
+from mlflow.tracking import MlflowClient
 
 TINY = ["--preset", "tiny", "--train.batch_size", "8", "--train.threads", "1", "--tracking.log_model", "false",
         "--eval.latency", "false", "--eval.infer_precisions", "[fp32]"]

@@ -7,12 +7,12 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import REPO, assert_one_line_error, run_cli, sigkill_at_checkpoint
 
-from bench.training import checkpoint as ckpt
 from bench.config import load_config
 from bench.errors import BenchError
 from bench.orchestration.variant import run_variant
-from conftest import REPO, assert_one_line_error, run_cli, sigkill_at_checkpoint
+from bench.training import checkpoint as ckpt
 
 COMMON = ["--train.epochs", "3", "--train.batch_size", "8", "--train.threads", "1", "--train.checkpoint_every_steps", "1"]
 

@@ -1,5 +1,6 @@
 import pytest
 import torch
+from conftest import assert_one_line_error, run_cli
 
 from bench.config import load_config
 from bench.errors import BenchError
@@ -8,7 +9,6 @@ from bench.models.heads import MarginHead
 from bench.models.inference import extraction_model
 from bench.models.profile import profile_model
 from bench.models.resnet import MIN_FRAMES
-from conftest import assert_one_line_error, run_cli
 
 STUDY_WITH_HEAD = {  # PAPER.md: 81-bin input, 5,994-class head, 256-dim, ASTP
     "ResNet-18-D": 9_570_816, "ResNet-34-D": 16_459_520, "ResNet-50-D": 17_170_432,

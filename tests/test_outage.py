@@ -17,7 +17,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from bench.tracking.spool import Record, Spool
-from tests.conftest import REPO, fresh_env, free_port
+from tests.conftest import REPO, free_port, fresh_env
 
 SHORT_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "3",
                  "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0"}

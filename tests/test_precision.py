@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from bench.errors import BenchError
-from bench.training.precision import warn_emulated_bf16, autocast, cpu_has_native_bf16
+from bench.training.precision import autocast, cpu_has_native_bf16, warn_emulated_bf16
 
 CPUINFO = "processor\t: 0\nvendor_id\t: {vendor}\nflags\t\t: fpu sse2 avx2 fma {extra}\n\nprocessor\t: 1\n"
 

@@ -14,17 +14,17 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from conftest import REPO, assert_one_line_error, fresh_env, run_cli, sigkill_at_checkpoint
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from mlflow.tracking import MlflowClient
 
-from bench.training import checkpoint as ckpt
 from bench.config import Config, load_config
 from bench.data.features import Fbank
 from bench.data.loader import TrainCrops, collate_crops, crop_samples
 from bench.data.manifest import read_manifest
 from bench.errors import BenchError
-from conftest import fresh_env, REPO, assert_one_line_error, run_cli, sigkill_at_checkpoint
+from bench.training import checkpoint as ckpt
 
 TRAIN = ["--train.epochs", "3", "--train.batch_size", "8", "--train.threads", "1", "--train.checkpoint_every_steps", "1",
          "--tracking.log_model", "false"]

@@ -7,12 +7,12 @@ import urllib.request
 
 import optuna
 import pytest
+from conftest import REPO, free_port, postgres_url, run_cli
 from mlflow.tracking import MlflowClient
 
 from bench.config import load_config
-from bench.orchestration.search.study import create_study, make_storage
 from bench.orchestration.search.run import run_search
-from conftest import free_port, REPO, postgres_url, run_cli
+from bench.orchestration.search.study import create_study, make_storage
 
 
 def _cfg(root, tmp_path, study, *extra):

@@ -6,9 +6,9 @@ import sys
 import textwrap
 import time
 
-from bench.energy.share import UsageSample, attributed_fraction
-
 from conftest import REPO
+
+from bench.energy.share import UsageSample, attributed_fraction
 
 
 def test_out_of_step_windows_are_never_given_more_than_the_machine_drew():

@@ -7,9 +7,8 @@ import subprocess
 import time
 
 import pytest
-from mlflow.tracking import MlflowClient
-
 from conftest import REPO, assert_one_line_error, mlflow_server, postgres_url, run_cli
+from mlflow.tracking import MlflowClient
 
 GRID = """name: slgrid
 preset: tiny
@@ -303,8 +302,8 @@ def test_search_worker_cancelled_mid_trial_keeps_its_energy_and_a_requeued_one_n
 def test_queue_states_that_are_not_final_keep_a_job_waited_for_and_squeue_is_retried(tmp_path, monkeypatch):
     """Every state squeue lists but Slurm's final ones means the job may still run; a failing squeue (here a
     stand-in on PATH that fails twice, then answers) is retried with backoff, and gives up with a clear error."""
-    from bench.orchestration import slurm
     from bench.errors import BenchError
+    from bench.orchestration import slurm
 
     for state in ("PENDING", "REQUEUE_HOLD", "PREEMPTED", "STOPPED", "SIGNALING", "SPECIAL_EXIT", "SUSPENDED"):
         st = slurm.job_state(slurm.job_of(str(tmp_path), "41"), {"41": state})

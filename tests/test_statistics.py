@@ -1,13 +1,14 @@
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import run_cli
 from mlflow.tracking import MlflowClient
 
-from bench.report.build import default_trials
 from bench.eval.metrics import verification_metrics
-from bench.eval.statistics import bootstrap_ci, paired_difference, percentile_interval, resampled_metrics, seed_mean, speaker_resamples
+from bench.eval.statistics import (bootstrap_ci, paired_difference, percentile_interval, resampled_metrics, seed_mean,
+                                   speaker_resamples)
 from bench.orchestration.seeds import seed_summary
-from conftest import run_cli
+from bench.report.build import default_trials
 
 
 def _trials(separation, seed, n_spk=40, n=4000):
@@ -111,7 +112,8 @@ def test_one_default_trial_list(tmp_path):
 def test_sweep_with_seeds_logs_mean_and_std(tiny_corpus, tmp_path, fake_machine):
     env = fake_machine(gpu_w=[200], rapl_w=50)  # a GPU node as Zeus shows it: the seed mean keeps its labels
     grid = tmp_path / "g.yaml"
-    grid.write_text("name: seeded\npreset: tiny\nvariants:\n  - {name: s18, series: [depth], model: tiny-ResNet-18-D}\n")
+    grid.write_text("name: seeded\npreset: tiny\nvariants:\n  - "
+                    "{name: s18, series: [depth], model: tiny-ResNet-18-D}\n")
     proc = run_cli("sweep", "--grid", grid, "--data-root", tiny_corpus, "--out", tmp_path / "runs", "--seeds", "2",
                    "--train.epochs", "1", "--tracking.log_model", "false", "--tracking.experiment", "seeded",
                    "--report", "--reports", tmp_path / "rep", cwd=tmp_path, env=env)

@@ -3,11 +3,11 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+from conftest import run_cli
 
 from bench.data.manifest import read_manifest
 from bench.data.synth import generate_corpus
 from bench.data.trials import read_trials
-from conftest import run_cli
 
 
 def _digest(root: Path) -> str:

@@ -7,10 +7,10 @@ import urllib.request
 import numpy as np
 import pytest
 import yaml
+from conftest import REPO, assert_one_line_error, fresh_env, mlflow_server, run_cli
 from mlflow.tracking import MlflowClient
 
 from bench.report.pareto import hypervolume_2d, knee_index, marginal_gains, pareto_mask
-from conftest import fresh_env, REPO, assert_one_line_error, mlflow_server, run_cli
 
 TINY_GRID = """name: tinygrid
 preset: tiny

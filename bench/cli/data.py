@@ -1,16 +1,16 @@
 """``svbench data synth | prepare``: the synthetic corpus and VoxCeleb."""
 from __future__ import annotations
 
-from __future__ import annotations
 import json
 from pathlib import Path
+
 from bench.cli.common import no_extra
 
 
 def cmd_data_synth(args, extra) -> int:
-    from bench.eval.baseline import mean_logmel_baseline
     from bench.data.synth import generate_corpus
     from bench.data.trials import read_trials
+    from bench.eval.baseline import mean_logmel_baseline
 
     no_extra(extra)
     summary = generate_corpus(args.out, seed=args.seed, size=args.size, workers=args.workers, force=args.force)
@@ -63,7 +63,8 @@ def register(sub, parser_class, add_config_args) -> None:
     pr = dsub.add_parser("prepare", help="scan VoxCeleb, convert m4a, write manifests and trial lists")
     pr.add_argument("--voxceleb1", required=True)
     pr.add_argument("--voxceleb2", default=None)
-    pr.add_argument("--trials", nargs="*", default=None, help="trial list files (default: cleaned O/E/H found beside voxceleb1)")
+    pr.add_argument("--trials", nargs="*", default=None, help="trial list files (default: cleaned O/E/H found beside "
+                                                              "voxceleb1)")
     pr.add_argument("--out", required=True)
     pr.add_argument("--workers", type=int, default=None)
     pr.set_defaults(func=cmd_data_prepare)

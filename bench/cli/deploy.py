@@ -1,12 +1,12 @@
 """``svbench infer | export``: inference energy per back end, and ONNX export."""
 from __future__ import annotations
 
-from __future__ import annotations
 import json
 from pathlib import Path
+
+from bench.cli.common import config_from_args
 from bench.config import INFER_BACKENDS
 from bench.errors import BenchError
-from bench.cli.common import config_from_args
 
 
 def cmd_infer(args, extra) -> int:
@@ -14,8 +14,8 @@ def cmd_infer(args, extra) -> int:
 
     from bench.energy.meters import create_meters
     from bench.energy.plan import measurement_plan
-    from bench.eval.scoring import load_model
     from bench.eval.inference import eer_by_list, measure_inference
+    from bench.eval.scoring import load_model
     from bench.training.trainer import select_device
 
     cfg = config_from_args(args, extra)
@@ -69,7 +69,8 @@ def cmd_export(args, extra) -> int:
     20 s of features, optionally int8; logged to the variant's MLflow run with the mlflow.onnx flavor."""
     import torch
 
-    from bench.eval.deploy import OnnxEmbedder, calibration_features, export_onnx, load_session, model_size_mb, quantize_int8
+    from bench.eval.deploy import (OnnxEmbedder, calibration_features, export_onnx, load_session, model_size_mb,
+                                   quantize_int8)
     from bench.eval.scoring import load_model, make_fbank
 
     cfg = config_from_args(args, extra)

@@ -1,7 +1,6 @@
 """``svbench jobs``: the Slurm jobs of a sweep or study, their state and MLflow run; ``--cancel``."""
 from __future__ import annotations
 
-from __future__ import annotations
 from bench.errors import BenchError
 
 

@@ -24,7 +24,10 @@ def cmd_models_list(args, extra) -> int:
                      "params_with_head": prof.params_with_head,
                      "gmacs_per_s_audio": round(prof.gmacs_per_s_audio, 4)})
     df = pd.DataFrame(rows)
-    print(df.to_csv(index=False) if args.format == "csv" else df.to_string(index=False), end="\n" if args.format != "csv" else "")
+    if args.format == "csv":
+        print(df.to_csv(index=False), end="")
+    else:
+        print(df.to_string(index=False))
     return 0
 
 

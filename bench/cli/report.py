@@ -1,8 +1,8 @@
 """``svbench report``: tables and Pareto plots from MLflow runs."""
 from __future__ import annotations
 
-from __future__ import annotations
 from pathlib import Path
+
 from bench.errors import BenchError
 
 

@@ -11,10 +11,10 @@ from bench.errors import BenchError
 def cmd_search(args, extra) -> int:
     import optuna
 
-    from bench.tracking import store
     from bench.config import load_config, parse_overrides
     from bench.orchestration.search.run import run_search
     from bench.orchestration.search.study import study_folder
+    from bench.tracking import store
 
     overrides = parse_overrides(extra)
     named = {"search.n_trials": args.n_trials, "search.storage": args.storage, "search.study_name": args.study,
@@ -27,32 +27,38 @@ def cmd_search(args, extra) -> int:
     cfg = load_config(args.preset, overrides)
     s = cfg.search
     if s.energy_budget_j is None and s.carbon_budget_g is None and s.max_params_m is None:
-        print("search: no budget set (search.energy_budget_j / carbon_budget_g / max_params_m): every trial is feasible")
+        print("search: no budget set (search.energy_budget_j / carbon_budget_g / max_params_m): every trial is "
+              "feasible")
     res = run_search(cfg, workers=1 if args.workers is None else args.workers, out_root=args.out,
                      outer_run=store.take_outer_run(), launcher=args.launcher)
     sent = store.finish(study_folder(cfg, args.out), cfg.tracking.outage_wait_s)
     study: optuna.Study = res["study"]
     print(f"study {s.study_name} in {res['storage']}: {len(study.trials)} trials "
           + ", ".join(f"{n.lower()} {c}" for n, c in res["states"].items() if c))
-    print(f"search cost (all trials, probes, pruned and failed): {res['spent_energy_j']:.1f} J, {res['spent_co2_g']:.4g} gCO2e")
+    print(f"search cost (all trials, probes, pruned and failed): {res['spent_energy_j']:.1f} J, "
+          f"{res['spent_co2_g']:.4g} gCO2e")
     best = res["best"]
     if not best:
-        finished = [t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
+        ended = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+        finished = [t for t in study.trials if t.state in ended]
         budget = ", ".join(f"{k} {v}" for k, v in study.user_attrs.get("budgets", {}).items() if v is not None)
         print(f"no feasible trial: all {len(finished)} finished trials violate the budget ({budget}); "
               "raise search.energy_budget_j / carbon_budget_g / max_params_m or shrink the search space")
     else:
         print("Pareto-optimal feasible trials:")
         for t in sorted(best, key=lambda t: t.values[1]):
-            print(f"  trial {t.number}: EER {t.values[0]:.2f}%  {study.metric_names[1] if study.metric_names else 'objective 2'} {t.values[1]:.4g}  "
-                  f"stages {'-'.join(str(v) for k, v in sorted(t.params.items()) if k.startswith('blocks_'))} width {t.params.get('width_mult')}")
+            print(f"  trial {t.number}: EER {t.values[0]:.2f}%  "
+                  f"{study.metric_names[1] if study.metric_names else 'objective 2'} {t.values[1]:.4g}  "
+                  f"stages {'-'.join(str(v) for k, v in sorted(t.params.items()) if k.startswith('blocks_'))} width "
+                  f"{t.params.get('width_mult')}")
     if args.report and study.trials and not sent:
         print("report: skipped, the tracking server has not got every trial yet (`svbench report` later)")
     elif args.report and study.trials:
         from bench.cli.report import print_report
 
         try:
-            print_report(parent=res["parent_run_id"], out=Path(args.reports) / s.study_name, title=f"Search {s.study_name}")
+            print_report(parent=res["parent_run_id"], out=Path(args.reports) / s.study_name,
+                         title=f"Search {s.study_name}")
         except BenchError as err:
             print(f"report: {err}")
     print(f"\nOpen optuna-dashboard:  svbench dashboard --storage {res['storage']}")

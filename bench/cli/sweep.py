@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench.config import empty_as_none
 from bench.cli.report import print_report
+from bench.config import empty_as_none
 
 
 def _ensure_synth(root: str, size: str | None, seed: int = 0) -> None:
@@ -18,13 +18,14 @@ def _ensure_synth(root: str, size: str | None, seed: int = 0) -> None:
 
     print(f"data: generating the synthetic '{size}' corpus into {root} ...")
     s = generate_corpus(root, seed=seed, size=size)
-    print(f"data: {s['train_speakers']} training speakers, {s['test_speakers']} test speakers, {s['hours']:.2f} h, {s['trials']} trials")
+    print(f"data: {s['train_speakers']} training speakers, {s['test_speakers']} test speakers, {s['hours']:.2f} h, "
+          f"{s['trials']} trials")
 
 
 def cmd_sweep(args, extra) -> int:
-    from bench.tracking import store
     from bench.config import parse_overrides
     from bench.orchestration.sweep import load_grid, run_sweep
+    from bench.tracking import store
 
     overrides = parse_overrides(extra)
     if args.data_root:
@@ -55,7 +56,8 @@ def cmd_sweep(args, extra) -> int:
 
 def register(sub, parser_class, add_config_args) -> None:
     s = sub.add_parser("sweep", help="run a grid of variants as nested MLflow runs (resumable)")
-    s.add_argument("--grid", default="demo", help="demo, paper-depth, paper-width, paper-stages, paper-all, wespeaker or a YAML file")
+    s.add_argument("--grid", default="demo", help="demo, paper-depth, paper-width, paper-stages, paper-all, wespeaker "
+                                                  "or a YAML file")
     s.add_argument("--data-root", default=None, help="same as --data.root")
     s.add_argument("--synth", default=None, help="generate this synthetic corpus size at the data root if missing")
     s.add_argument("--out", default="runs", help="folder for checkpoints and scores (runs/<grid>/<variant>)")

@@ -32,7 +32,8 @@ def check_format(path: str | Path, num_samples: int, sample_rate: int, channels:
     if channels != 1:
         raise BenchError(f"audio file {path} has {channels} channels; convert to mono (ffmpeg -ac 1)")
     if sample_rate != expected_rate:
-        raise BenchError(f"audio file {path} is {sample_rate} Hz; convert to {expected_rate} Hz (ffmpeg -ar {expected_rate})")
+        raise BenchError(f"audio file {path} is {sample_rate} Hz; convert to {expected_rate} Hz (ffmpeg -ar "
+                         f"{expected_rate})")
     if num_samples == 0:
         raise BenchError(f"audio file {path} is empty; remove it from the data set")
 

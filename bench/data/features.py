@@ -35,7 +35,8 @@ class Fbank(torch.nn.Module):
         self.preemphasis = preemphasis
         self.mean_norm = mean_norm
         self.low_freq = low_freq
-        self.register_buffer("window", torch.hann_window(self.win, periodic=False, dtype=torch.float64).pow(0.85).float(), persistent=False)
+        window = torch.hann_window(self.win, periodic=False, dtype=torch.float64).pow(0.85).float()
+        self.register_buffer("window", window, persistent=False)
         self.register_buffer("mel", _mel_matrix(n_mels, self.n_fft, sample_rate, low_freq), persistent=False)
 
     def num_frames(self, num_samples: torch.Tensor | int) -> torch.Tensor | int:

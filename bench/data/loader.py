@@ -19,7 +19,7 @@ from torch.utils.data import Dataset, Sampler
 
 from bench.config import DataConfig
 from bench.data.audio import load_audio
-from bench.data.augment import Augmenter, SPEEDS, speed_perturb
+from bench.data.augment import SPEEDS, Augmenter, speed_perturb
 from bench.errors import BenchError
 
 
@@ -154,7 +154,8 @@ def _load_eval(batch, utt_ids, paths, sample_rate, min_samples) -> EvalBatch:
     for i in batch:
         w = torch.from_numpy(load_audio(paths[i], sample_rate))
         if w.shape[0] < min_samples:
-            raise BenchError(f"utterance {utt_ids[i]} has {w.shape[0]} samples, shorter than the {min_samples} an evaluation needs")
+            raise BenchError(f"utterance {utt_ids[i]} has {w.shape[0]} samples, shorter than the {min_samples} an "
+                             "evaluation needs")
         wavs.append(w)
     lengths = torch.tensor([w.shape[0] for w in wavs])
     padded = torch.nn.utils.rnn.pad_sequence(wavs, batch_first=True)

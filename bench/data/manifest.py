@@ -56,5 +56,6 @@ def data_root(root: str | Path) -> Path:
     if not root.is_dir():
         raise BenchError(f"data root {root} is not a folder")
     if not (root / TRAIN_MANIFEST).is_file() and not (root / EVAL_MANIFEST).is_file():
-        raise BenchError(f"data root {root} holds no {TRAIN_MANIFEST}/{EVAL_MANIFEST}; run `svbench data synth` or `svbench data prepare` into it")
+        raise BenchError(f"data root {root} holds no {TRAIN_MANIFEST}/{EVAL_MANIFEST}; run `svbench data synth` or "
+                         "`svbench data prepare` into it")
     return root

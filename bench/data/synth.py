@@ -48,7 +48,8 @@ VOWELS = np.array([
 ], dtype=np.float64)
 BANDWIDTHS = np.array([60.0, 90.0, 120.0, 150.0])
 # Fricative noise bands (centre Hz, bandwidth Hz): s, sh, f, th, h, x
-FRICATIVES = np.array([[6000, 2500], [3500, 1500], [5000, 5000], [7000, 1500], [1500, 2500], [2200, 900]], dtype=np.float64)
+FRICATIVES = np.array([[6000, 2500], [3500, 1500], [5000, 5000], [7000, 1500], [1500, 2500], [2200, 900]],
+                      dtype=np.float64)
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,8 @@ def parse_size(size: str) -> CorpusSize:
         raise BenchError(f"unknown corpus size '{size}'; use tiny, demo or TRAINxUTTS:TESTxUTTS such as 150x20:40x12")
     tr, tu, te, eu = (int(g) for g in m.groups())
     if tr < 2 or te < 2 or tu < 2 or eu < 2:
-        raise BenchError(f"corpus size '{size}' too small; need at least 2 speakers and 2 utterances per speaker on each side")
+        raise BenchError(f"corpus size '{size}' too small; need at least 2 speakers and 2 utterances per speaker on "
+                         "each side")
     return CorpusSize(tr, tu, te, eu, min(4, max(2, eu // 3)), 2.0, 3.5, 4)
 
 
@@ -235,7 +237,8 @@ def _speaker_job(args) -> list[tuple[str, str, int]]:
     spk_id = f"id{spk:05d}"
     rows = []
     sess_rng = _rng(seed, spk, 10**6)
-    session_names = ["".join(sess_rng.choice(list("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_"), 11))
+    id_chars = list("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
+    session_names = ["".join(sess_rng.choice(id_chars, 11))
                      for _ in range(n_sessions)]
     channels = [session_channel(_rng(seed, spk, 10**6 + 1 + s)) for s in range(n_sessions)]
     for u in range(n_utts):

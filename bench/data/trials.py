@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.errors import BenchError
 from bench.atomic import atomic_open
+from bench.errors import BenchError
 
 
 @dataclass
@@ -41,7 +41,8 @@ def read_trials(path: str | Path, name: str | None = None) -> TrialList:
                 continue
             if len(parts) != 3 or parts[0] not in ("0", "1"):
                 shown = line.strip()[:80]
-                raise BenchError(f"trial list {path} line {lineno} is malformed ('{shown}'); expected 'LABEL ENROLL TEST' with LABEL 0 or 1")
+                raise BenchError(f"trial list {path} line {lineno} is malformed ('{shown}'); expected 'LABEL ENROLL "
+                                 "TEST' with LABEL 0 or 1")
             labels.append(int(parts[0]))
             enroll.append(parts[1])
             test.append(parts[2])
@@ -81,7 +82,8 @@ def check_against(trials: TrialList, known: set[str], source: str) -> None:
     missing = [u for u in trials.utterances if u not in known]
     if missing:
         examples = ", ".join(missing[:3])
-        raise BenchError(f"trial list '{trials.name}' names {len(missing)} file(s) missing from {source} (e.g. {examples}); fix the list or the data root")
+        raise BenchError(f"trial list '{trials.name}' names {len(missing)} file(s) missing from {source} (e.g. "
+                         f"{examples}); fix the list or the data root")
 
 
 def default_trial_list(root: str | Path, names: list[str] | None = None) -> str:

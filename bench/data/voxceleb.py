@@ -41,7 +41,8 @@ def _find_layout(root: Path, subdirs: list[str], ext: str, what: str) -> tuple[P
             files = sorted(str(p.relative_to(base)) for p in base.glob(f"id*/*/*{ext}"))
             if files:
                 return base, files
-    raise BenchError(f"no {what} files (id*/<video>/*{ext}) found under {root}; expected the {' or '.join(subdirs)} layout")
+    raise BenchError(f"no {what} files (id*/<video>/*{ext}) found under {root}; expected the {' or '.join(subdirs)} "
+                     "layout")
 
 
 def _scan(base: Path, rels: list[str], workers: int) -> pd.DataFrame:
@@ -55,7 +56,8 @@ def _scan(base: Path, rels: list[str], workers: int) -> pd.DataFrame:
         return rel, n, None
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = list(tqdm(pool.map(one, rels), total=len(rels), desc=f"scan {base.name}", unit="file", leave=False, disable=None))
+        results = list(tqdm(pool.map(one, rels), total=len(rels), desc=f"scan {base.name}", unit="file", leave=False,
+                            disable=None))
     bad = [(r, e) for r, n, e in results if e]
     if bad:
         raise BenchError(f"{len(bad)} bad audio file(s) under {base}; first: {bad[0][1]}")
@@ -134,7 +136,8 @@ def prepare_voxceleb(voxceleb1: str | Path, out: str | Path, voxceleb2: str | Pa
         test_spk = {u.split("/")[0] for t in trials for u in t.utterances}
         train_df = eval_df[~eval_df["speaker"].isin(test_spk)]
         if train_df.empty:
-            raise BenchError("every VoxCeleb1 speaker is used by the trial lists, nothing is left to train on; pass --voxceleb2")
+            raise BenchError("every VoxCeleb1 speaker is used by the trial lists, nothing is left to train on; pass "
+                             "--voxceleb2")
     out.mkdir(parents=True, exist_ok=True)
     write_manifest(train_df, out / TRAIN_MANIFEST)
     write_manifest(eval_df, out / EVAL_MANIFEST)

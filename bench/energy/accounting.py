@@ -7,9 +7,8 @@ import socket
 from pathlib import Path
 
 from bench.atomic import atomic_open
-from bench.energy.carbon import HourlySeries, carbon_of, electricitymaps_series
+from bench.energy.carbon import HourlySeries, carbon_of, electricitymaps_series, lookup
 from bench.energy.reading import EnergyReading, reading_from_state, reading_to_state, sum_ranks, sum_windows
-from bench.energy.carbon import lookup
 
 
 def intensity_series(energy_cfg) -> HourlySeries | None:

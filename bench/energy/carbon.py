@@ -70,7 +70,8 @@ class HourlySeries:
             ts = pd.to_datetime(df["timestamp"], utc=True)
             vals = pd.to_numeric(df["g_per_kwh"], errors="raise").to_numpy(dtype=float)
         except (KeyError, ValueError, pd.errors.ParserError) as exc:
-            raise BenchError(f"carbon intensity series {path} must have columns timestamp,g_per_kwh ({exc.__class__.__name__})") from None
+            raise BenchError(f"carbon intensity series {path} must have columns timestamp,g_per_kwh "
+                             f"({exc.__class__.__name__})") from None
         if len(df) == 0 or np.any(vals < 0):
             raise BenchError(f"carbon intensity series {path} is empty or has negative values")
         order = np.argsort(ts.to_numpy())
@@ -89,7 +90,8 @@ class HourlySeries:
     def at(self, t: float) -> float:
         i = int(np.searchsorted(self.times, t, side="right")) - 1
         if i < 0 or (i == len(self.times) - 1 and t > self.times[-1] + 3600):
-            raise BenchError(f"carbon intensity series has no value for {datetime.fromtimestamp(t, timezone.utc).isoformat()}; extend energy.intensity_csv")
+            raise BenchError("carbon intensity series has no value for "
+                             f"{datetime.fromtimestamp(t, timezone.utc).isoformat()}; extend energy.intensity_csv")
         return float(self.values[i])
 
 
@@ -139,7 +141,8 @@ def carbon_of(readings: list[EnergyReading], pue: float, region: str = "FRA",
     facility_kwh = kwh * pue
     if series is not None:
         co2 = sum(grams(t, pue, series=series, start=r.start_time, end=r.end_time) for r, t in totals)
-        mean_int = co2 / facility_kwh if facility_kwh > 0 else series.mean_over(readings[0].start_time, readings[-1].end_time)
+        mean_int = (co2 / facility_kwh if facility_kwh > 0
+                    else series.mean_over(readings[0].start_time, readings[-1].end_time))
         return CarbonResult(co2, facility_kwh, mean_int, "series", series.source, pue)
     inten = lookup(region)
     return CarbonResult(facility_kwh * inten.g_per_kwh, facility_kwh, inten.g_per_kwh, inten.region,

@@ -140,7 +140,8 @@ def create_meters(energy_cfg, plan: MeasurePlan, machine_meters: bool = True) ->
     zeus_cpu = any(getattr(m, "cpu_indices", None) for m in meters)
     if "node" in wanted or ("auto" in wanted and energy_cfg.node_command):
         if not energy_cfg.node_command:
-            raise BenchError("energy.meters has 'node' but energy.node_command is empty; give the argv that prints watts")
+            raise BenchError("energy.meters has 'node' but energy.node_command is empty; give the argv that prints "
+                             "watts")
         from bench.energy.node_meter import NodeMeter
 
         if machine_meters:
@@ -170,7 +171,8 @@ def _zeus(plan: MeasurePlan, required: bool):
         zm = ZeusMeter(gpu_indices=list(plan.gpu_indices), sync_cuda=plan.sync_cuda)
     except Exception as exc:
         if required:
-            raise BenchError(f"Zeus cannot measure on this machine ({exc}); use energy.meters [auto] or [estimate]") from None
+            raise BenchError(f"Zeus cannot measure on this machine ({exc}); "
+                             "use energy.meters [auto] or [estimate]") from None
         warnings.warn(f"Zeus cannot measure here ({type(exc).__name__}: {exc}); energy falls back to the labelled "
                       "estimate", stacklevel=2)
         return None

@@ -25,7 +25,8 @@ class NodeMeter:
     def __init__(self, argv: list[str], regex: str = r"([0-9]+(?:\.[0-9]+)?)\s*W", period_s: float = 1.0,
                  timeout_s: float = 10.0):
         if not argv or isinstance(argv, str):
-            raise BenchError("energy.node_command must be a non-empty argv list such as [ipmitool, dcmi, power, reading]")
+            raise BenchError("energy.node_command must be a non-empty argv list such as [ipmitool, dcmi, power, "
+                             "reading]")
         try:
             self.pattern = re.compile(regex)
         except re.error as exc:

@@ -24,11 +24,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.config import INFER_BACKENDS
-from bench.errors import BenchError
 from bench.atomic import atomic_path
+from bench.config import INFER_BACKENDS
 from bench.data.audio import load_audio
 from bench.data.manifest import TRAIN_MANIFEST, data_root, read_manifest
+from bench.errors import BenchError
 from bench.eval.scoring import make_fbank
 
 ONNX_BACKENDS = tuple(b for b in INFER_BACKENDS if b.startswith("onnx-"))
@@ -128,8 +128,7 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, calibration: list
     """Static QDQ int8 (per-channel weights) calibrated on ``calibration``; dynamic int8 where static fails."""
     import tempfile
 
-    from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType, quantize_dynamic,
-                                          quantize_static)
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
 

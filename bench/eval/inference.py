@@ -14,13 +14,13 @@ from pathlib import Path
 import torch
 
 from bench.config import Config
-from bench.eval.deploy import prepare_backends
 from bench.energy.accounting import intensity_series
 from bench.energy.carbon import carbon_of
 from bench.energy.meters import MeterSet
-from bench.eval.scoring import LoadedModel, evaluate, load_trial_lists, make_fbank
+from bench.eval.deploy import prepare_backends
 from bench.eval.latency import measure_latency
 from bench.eval.metrics import verification_metrics
+from bench.eval.scoring import LoadedModel, evaluate, load_trial_lists, make_fbank
 from bench.eval.statistics import METRICS, paired_difference, resampled_metrics, speaker_of, speaker_resamples
 
 

@@ -41,7 +41,8 @@ def error_rates(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.
     n_non = tgt.size - n_tgt
     if n_tgt == 0 or n_non == 0:
         kind = "non-target" if n_tgt == 0 else "target"
-        raise BenchError(f"all {tgt.size} trials are {kind} trials; EER and minDCF need both target and non-target trials")
+        raise BenchError(f"all {tgt.size} trials are {kind} trials; EER and minDCF need both target and non-target "
+                         "trials")
     s = np.sort(scores)
     t = np.sort(scores[tgt])
     ends = np.flatnonzero(np.r_[s[1:] != s[:-1], True])  # last index of each tie group

@@ -14,7 +14,6 @@ import numpy as np
 import pandas as pd
 import torch
 
-from bench.training import checkpoint as ckpt
 from bench.config import Config
 from bench.data.features import Fbank
 from bench.data.loader import LENGTH_TOLERANCE, eval_batches
@@ -26,6 +25,7 @@ from bench.eval.statistics import BOOTSTRAP_SEED, bootstrap_ci, speaker_of
 from bench.models import ResNetSpec, build_model
 from bench.models.inference import compile_extractor, extraction_model
 from bench.models.resnet import min_samples
+from bench.training import checkpoint as ckpt
 from bench.training.precision import autocast
 
 
@@ -51,7 +51,8 @@ def load_model(path: str | Path, device: torch.device, channels_last: bool = Fal
     try:
         embedder.load_state_dict(payload["model"])
     except RuntimeError:
-        raise BenchError(f"checkpoint {path} does not match its model spec (mismatched weights); retrain or use the matching checkpoint") from None
+        raise BenchError(f"checkpoint {path} does not match its model spec (mismatched weights); retrain or use the "
+                         "matching checkpoint") from None
     embedder = embedder.to(device).eval()
     # channels-last is for inference only: see README "Performance" for why CPU training stays contiguous
     extractor = extraction_model(embedder, channels_last)
@@ -160,7 +161,8 @@ def evaluate(model: LoadedModel, cfg: Config, device: torch.device, out_dir: Pat
     mean = mean.numpy() if mean is not None else None
     cohort = model.payload.get("cohort") if cfg.eval.as_norm else None
     if cfg.eval.as_norm and cohort is None:
-        raise BenchError("eval.as_norm needs a cohort, but this checkpoint has none; re-run `svbench train` or disable as_norm")
+        raise BenchError("eval.as_norm needs a cohort, but this checkpoint has none; re-run `svbench train` or "
+                         "disable as_norm")
     paths = [root / p for p in rows["path"]]
     with measured if measured is not None else contextlib.nullcontext():
         fbank = make_fbank(cfg, device)

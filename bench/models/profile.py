@@ -14,10 +14,10 @@ from dataclasses import asdict, dataclass
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from bench.models.heads import MarginHead
 from bench.models.registry import build_model
 from bench.models.resnet import count_params
 from bench.models.spec import ResNetSpec
-from bench.models.heads import MarginHead
 
 FRAMES_PER_S = 100
 VOXCELEB2_SPEAKERS = 5994

@@ -10,8 +10,8 @@
 from __future__ import annotations
 
 from bench.errors import BenchError
-from bench.models.spec import ResNetSpec
 from bench.models.resnet import ResNetEmbedding
+from bench.models.spec import ResNetSpec
 
 STUDY_CHANNELS = (128, 128, 256, 256)
 WESPEAKER_CHANNELS = (32, 64, 128, 256)
@@ -94,7 +94,8 @@ def spec_from_config(model_cfg, n_mels: int | None = None) -> ResNetSpec:
     if model_cfg.stages is not None:
         changes["stages"] = _dashed(model_cfg.stages, "stages")
         if len(changes["stages"]) != len(spec.channels) and model_cfg.channels is None:
-            raise BenchError(f"model.stages {model_cfg.stages} has {len(changes['stages'])} stages but the preset has {len(spec.channels)} channel counts; set model.channels too")
+            raise BenchError(f"model.stages {model_cfg.stages} has {len(changes['stages'])} stages but the preset has "
+                             f"{len(spec.channels)} channel counts; set model.channels too")
     if model_cfg.channels is not None:
         changes["channels"] = _dashed(model_cfg.channels, "channels")
     if model_cfg.se_stages is not None:

@@ -6,7 +6,6 @@ Evaluation accepts any ``T >= MIN_FRAMES``.
 
 from __future__ import annotations
 
-
 import torch
 from torch import nn
 
@@ -40,17 +39,21 @@ class ResNetEmbedding(nn.Module):
             stride = STAGE_STRIDES[i] if i < len(STAGE_STRIDES) else 2
             blocks = []
             for b in range(n_blocks):
-                blocks.append(make_block(spec.block, cin, planes, stride if b == 0 else 1, act, (i + 1) in spec.se_stages))
+                blocks.append(make_block(spec.block, cin, planes, stride if b == 0 else 1, act,
+                                         (i + 1) in spec.se_stages))
                 cin = planes * EXPANSION[spec.block]
             freq = _out_len(freq, stride)
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.Sequential(*stages)
         self.pre_activation = pre
         self.flat_dim = cin * freq
-        self.pool = AttentiveStatsPool(self.flat_dim, max(1, int(round(spec.attention_dim * spec.width_mult)))) if spec.pooling == "astp" else StatsPool(self.flat_dim)
+        if spec.pooling == "astp":
+            self.pool = AttentiveStatsPool(self.flat_dim, max(1, int(round(spec.attention_dim * spec.width_mult))))
+        else:
+            self.pool = StatsPool(self.flat_dim)
         if spec.embed == "bn_linear_bn":
-            self.embedding = nn.Sequential(nn.BatchNorm1d(self.pool.out_dim), nn.Linear(self.pool.out_dim, spec.embed_dim),
-                                           nn.BatchNorm1d(spec.embed_dim))
+            self.embedding = nn.Sequential(nn.BatchNorm1d(self.pool.out_dim),
+                                           nn.Linear(self.pool.out_dim, spec.embed_dim), nn.BatchNorm1d(spec.embed_dim))
         else:
             self.embedding = nn.Linear(self.pool.out_dim, spec.embed_dim)
 
@@ -60,7 +63,8 @@ class ResNetEmbedding(nn.Module):
         if feats.shape[1] < MIN_FRAMES:
             raise ValueError(f"need at least {MIN_FRAMES} frames, got {feats.shape[1]}")
         x = feats.transpose(1, 2).unsqueeze(1)  # (B, 1, F, T)
-        if self.stem[0].weight.is_contiguous(memory_format=torch.channels_last) and not self.stem[0].weight.is_contiguous():
+        stem_w = self.stem[0].weight
+        if stem_w.is_contiguous(memory_format=torch.channels_last) and not stem_w.is_contiguous():
             x = x.contiguous(memory_format=torch.channels_last)  # a channels-last model gets channels-last input
         x = self.stages(self.stem(x))
         x = x.flatten(1, 2)  # (B, C*F', T')

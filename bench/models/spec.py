@@ -48,7 +48,8 @@ class ResNetSpec:
         if not self.stages:
             raise BenchError("model stages are empty; give blocks per stage such as 3-4-6-3")
         if len(self.channels) != len(self.stages):
-            raise BenchError(f"model has {len(self.stages)} stages but {len(self.channels)} channel counts; give one per stage")
+            raise BenchError(f"model has {len(self.stages)} stages but {len(self.channels)} channel counts; give one "
+                             "per stage")
         if any(s < 1 for s in self.stages):
             raise BenchError(f"every stage needs at least one block (got {'-'.join(map(str, self.stages))})")
         if any(c < 1 for c in self.channels) or self.width_mult <= 0:

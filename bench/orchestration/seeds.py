@@ -1,24 +1,25 @@
 """Seed repeats: one variant trained with several seeds, the mean, spread and seed-mean intervals."""
 from __future__ import annotations
 
-from __future__ import annotations
 from pathlib import Path
+
 import mlflow
 import mlflow.data
-from bench.config import Config
-from bench.tracking.spool import PENDING
-from bench.tracking.runlog import RunLog
-from bench.tracking.sender import transient
+
+from bench.config import Config, build_config
+from bench.data.trials import read_scores
 from bench.energy.accounting import combined_energy_tags
+from bench.eval.statistics import (mean_std, percentile_interval, resampled_metrics, seed_mean, speaker_of,
+                                   speaker_resamples)
+from bench.models import spec_from_config
 from bench.orchestration.tracked import logged_so_far, run_tracked
 from bench.tracking.artifacts import environment_tags, run_scores
-from bench.tracking.naming import PARENT, STATS, TAG_KIND, TAG_OUT, TAG_VARIANT, result_metrics, stat_key, variant_params
+from bench.tracking.naming import (PARENT, STATS, TAG_KIND, TAG_OUT, TAG_VARIANT, result_metrics, stat_key,
+                                   variant_params)
+from bench.tracking.runlog import RunLog
+from bench.tracking.sender import transient
+from bench.tracking.spool import PENDING
 from bench.tracking.store import find_child_runs
-from bench.eval.statistics import mean_std
-from bench.data.trials import read_scores
-from bench.eval.statistics import percentile_interval, resampled_metrics, seed_mean, speaker_of, speaker_resamples
-from bench.config import build_config
-from bench.models import spec_from_config
 
 
 def _finished_seeds(run_id: str, exp_id: str) -> dict:

@@ -27,8 +27,8 @@ from pathlib import Path
 from bench.config import Config, build_config
 from bench.errors import BenchError
 from bench.orchestration import seeds
-from bench.tracking import store
 from bench.orchestration.variant import run_variant
+from bench.tracking import store
 
 TAG_JOB = "slurm.job_id"
 TAG_FOLDER = "slurm.folder"

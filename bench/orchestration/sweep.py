@@ -16,15 +16,13 @@ from pathlib import Path
 
 import yaml
 
-from bench.orchestration import slurm
 from bench.config import Config, apply_overrides, build_config, load_preset_dict, parse_overrides
 from bench.errors import BenchError
-from bench.training.trainer import check_fresh_out
-from bench.tracking.runlog import RunLog
 from bench.models import spec_from_config
+from bench.orchestration import seeds, slurm
 from bench.tracking import naming, store
-from bench.tracking import naming
-from bench.orchestration import seeds
+from bench.tracking.runlog import RunLog
+from bench.training.trainer import check_fresh_out
 
 GRID_DIR = Path(__file__).parent / "presets" / "grids"
 
@@ -128,13 +126,15 @@ def run_sweep(grid: Grid, out_root: str | Path, progress: bool = True, new: bool
         exp_id = store.set_experiment(first.tracking.experiment)
     store.send_leftovers(out_root)  # what an earlier outage left: sent first, so the runs below are complete
     log = RunLog(out_root)
-    earlier = client.search_runs([exp_id], filter_string=f"tags.`{naming.TAG_SWEEP}` = '{grid.key}' and tags.`{naming.TAG_KIND}` = 'variant'",
+    earlier = client.search_runs([exp_id], filter_string=f"tags.`{naming.TAG_SWEEP}` = '{grid.key}' and "
+                                                         f"tags.`{naming.TAG_KIND}` = 'variant'",
                                  max_results=5000)
     finished = {r.data.tags.get(naming.TAG_VARIANT) for r in earlier if r.info.status == "FINISHED"}
     if outer_run:
         parent_id = outer_run
     else:
-        parents = client.search_runs([exp_id], filter_string=f"tags.`{naming.TAG_SWEEP}` = '{grid.key}' and tags.`{naming.TAG_KIND}` = 'sweep'",
+        parents = client.search_runs([exp_id], filter_string=f"tags.`{naming.TAG_SWEEP}` = '{grid.key}' and "
+                                                             f"tags.`{naming.TAG_KIND}` = 'sweep'",
                                      order_by=["attributes.start_time DESC"], max_results=1)
         if parents and not new:
             parent_id = parents[0].info.run_id

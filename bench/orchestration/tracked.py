@@ -1,17 +1,18 @@
 """One variant inside an MLflow run: ``run_variant`` with every write through the run's spool."""
 from __future__ import annotations
 
-from __future__ import annotations
 from pathlib import Path
+
 from mlflow.tracking import MlflowClient
+
 from bench.config import Config
-from bench.tracking.spool import PENDING
-from bench.tracking.runlog import RunLog
+from bench.models import spec_from_config
+from bench.orchestration.variant import run_variant
 from bench.tracking.artifacts import environment_tags, log_artifacts, log_datasets
 from bench.tracking.callbacks import EpochLogger
 from bench.tracking.naming import PARENT, TAG_KIND, TAG_OUT, TAG_VARIANT, result_metrics, variant_params
-from bench.models import spec_from_config
-from bench.orchestration.variant import run_variant
+from bench.tracking.runlog import RunLog
+from bench.tracking.spool import PENDING
 
 
 def run_tracked(cfg: Config, out_dir: str | Path, run_id: str | None = None, parent_run_id: str | None = None,

@@ -14,21 +14,21 @@ from pathlib import Path
 
 import torch
 
-from bench.training import checkpoint as ckpt
 from bench.atomic import write_text_atomic
 from bench.config import Config, config_to_yaml, flat_params
 from bench.data.manifest import data_root
-from bench.training.distributed import barrier, init_distributed, shutdown
 from bench.energy.accounting import (carbon_tags, intensity_series, summarise, train_reading_from_history,
                                      write_timeline_csv)
 from bench.energy.meters import create_meters
 from bench.energy.plan import CPU_TIME_SHARE, measurement_plan
-from bench.eval.scoring import load_model, make_fbank, training_statistics
 from bench.eval.inference import eer_by_list, measure_inference
+from bench.eval.scoring import load_model, make_fbank, training_statistics
 from bench.models import spec_from_config
 from bench.models.profile import profile_model
-from bench.training.trainer import check_fresh_out, select_device, steps_per_epoch, train
 from bench.orchestration.forecast import probe
+from bench.training import checkpoint as ckpt
+from bench.training.distributed import barrier, init_distributed, shutdown
+from bench.training.trainer import check_fresh_out, select_device, steps_per_epoch, train
 
 
 @dataclass
@@ -110,12 +110,14 @@ def run_variant(cfg: Config, out_dir: str | Path, resume: bool = False, callback
                             if k.startswith("train.energy.")})
         energy_tags["energy.meters"] = meters.describe()
         if forecast is not None and forecast["energy_j"] and energy_metrics.get("train/energy_j"):
-            forecast["error_pct"] = 100.0 * (forecast["energy_j"] - energy_metrics["train/energy_j"]) / energy_metrics["train/energy_j"]
+            measured_j = energy_metrics["train/energy_j"]
+            forecast["error_pct"] = 100.0 * (forecast["energy_j"] - measured_j) / measured_j
         write_timeline_csv(meters.readings, out_dir / "energy_timeline.csv")
         result = VariantResult(
             name=cfg.name, out_dir=str(out_dir), spec=spec.to_dict(), profile=prof.to_dict(), metrics=metrics,
             train={"steps": tr.steps, "epochs": tr.epochs, "time_s": tr.time_s,
-                   "skipped_files": tr.skipped_files, "history": [{k: v for k, v in h.items() if k != "energy"} for h in tr.history],
+                   "skipped_files": tr.skipped_files,
+                   "history": [{k: v for k, v in h.items() if k != "energy"} for h in tr.history],
                    "world": dist_info.world, "device": str(device), "torch_threads": torch.get_num_threads()},
             config=flat_params(cfg), energy_metrics=energy_metrics, energy_tags=energy_tags,
             inference=eer_by_list(inference),

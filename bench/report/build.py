@@ -14,15 +14,14 @@ import mlflow  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from bench.report.pareto import knee_index, marginal_gains, pareto_mask  # noqa: E402
 from bench.atomic import write_text_atomic  # noqa: E402
-from bench.errors import BenchError  # noqa: E402
-from bench.tracking import naming, store
-from bench.tracking import artifacts, naming, store
 from bench.data.trials import read_scores
+from bench.errors import BenchError  # noqa: E402
 from bench.eval.metrics import verification_metrics
-from bench.eval.statistics import METRICS, resampled_metrics, seed_mean, speaker_of, speaker_resamples
-from bench.eval.statistics import paired_difference
+from bench.eval.statistics import (METRICS, paired_difference, resampled_metrics, seed_mean, speaker_of,
+                                   speaker_resamples)
+from bench.report.pareto import knee_index, marginal_gains, pareto_mask  # noqa: E402
+from bench.tracking import artifacts, naming, store
 
 NOISE_NOTE = ("EER intervals are bootstrap intervals over speakers (of the seed mean when a variant has several "
               "seeds). Whether two variants differ is decided by a paired bootstrap of their difference (see the "
@@ -116,7 +115,8 @@ def _fig_eer_vs_energy(t: pd.DataFrame, trials: str, path: Path, knee: str | Non
     front = t[t["pareto"]].sort_values("train_energy_j")
     yerr = None
     if t["eer_ci_low"].notna().any():  # bootstrap interval over speakers
-        yerr = np.vstack([(t["eer_pct"] - t["eer_ci_low"]).clip(lower=0).fillna(0), (t["eer_ci_high"] - t["eer_pct"]).clip(lower=0).fillna(0)])
+        yerr = np.vstack([(t["eer_pct"] - t["eer_ci_low"]).clip(lower=0).fillna(0),
+                          (t["eer_ci_high"] - t["eer_pct"]).clip(lower=0).fillna(0)])
     xerr = t["train_energy_j_std"].fillna(0).to_numpy() if t["train_energy_j_std"].notna().any() else None
     ax.errorbar(t["train_energy_j"], t["eer_pct"], yerr=yerr, xerr=xerr, fmt="none", ecolor="gray", alpha=0.6,
                 capsize=3, zorder=2, label="bootstrap interval (speakers)" if yerr is not None else None)
@@ -246,7 +246,8 @@ def build_report(runs: pd.DataFrame, out_dir: str | Path, title: str, trials: st
                     "infer_j_per_1k_trials", "pareto"]].dropna(axis=1, how="all")), "",
              "![EER vs energy](eer_vs_energy.png)", "", "## Diminishing returns along the front", ""]
     if len(gains) > 1:
-        lines += [_md(gains[["variant", "train_energy_j", "eer_pct", "extra_kwh", "eer_gain_pct_points", "eer_gain_per_kwh"]]), ""]
+        cols = ["variant", "train_energy_j", "eer_pct", "extra_kwh", "eer_gain_pct_points", "eer_gain_per_kwh"]
+        lines += [_md(gains[cols]), ""]
     lines += [f"Knee of the front: **{knee}**." if knee else "Fewer than 3 points on the front: no knee.", "",
               "![EER vs params](eer_vs_params.png)", "", "## Inference", "", "![inference](inference_energy.png)", ""]
     deploy = deployment_table(runs, trials)
@@ -262,8 +263,9 @@ def build_report(runs: pd.DataFrame, out_dir: str | Path, title: str, trials: st
         if len(sub):
             order = {"depth": "depth", "width": "width", "stages": "variant"}[series]
             lines += [f"## {series.capitalize()} series", "",
-                      _md(sub.sort_values(order)[["variant", "stages", "width", "depth", "params_m", "eer_pct", "min_dcf_p01",
-                                                   "train_energy_kwh", "train_co2_g", "infer_j_per_1k_trials"]]), ""]
+                      _md(sub.sort_values(order)[["variant", "stages", "width", "depth", "params_m", "eer_pct",
+                                                  "min_dcf_p01", "train_energy_kwh", "train_co2_g",
+                                                  "infer_j_per_1k_trials"]]), ""]
     n_res, level = _bootstrap_settings(runs)
     lines += ["## Which differences are real?", "", distinguishability(t, trials, n_res, level), ""]
     write_text_atomic(out / "report.md", "\n".join(lines))
@@ -336,7 +338,8 @@ def terminal_table(report: dict) -> str:
     t = report["table"].copy()
     cols = ["variant", "params_m", "eer_pct", "eer_ci", "min_dcf_p01", "train_energy_j", "train_co2_g",
             "infer_j_per_1k_trials", "pareto"]
-    t["eer_ci"] = [f"[{lo:.2f}, {hi:.2f}]" if lo == lo and hi == hi else "" for lo, hi in zip(t["eer_ci_low"], t["eer_ci_high"])]
+    t["eer_ci"] = [f"[{lo:.2f}, {hi:.2f}]" if lo == lo and hi == hi else ""
+                   for lo, hi in zip(t["eer_ci_low"], t["eer_ci_high"])]
     if t["eer_std"].notna().any():
         cols.insert(4, "eer_std")
     return t[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}")

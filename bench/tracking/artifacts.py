@@ -1,26 +1,27 @@
 """What a run carries besides metrics: environment tags, datasets, plots, score files, config, model."""
 from __future__ import annotations
 
-from __future__ import annotations
 import json
 import os
 import subprocess
 import tempfile
 import warnings
 from pathlib import Path
+
 import mlflow
 import mlflow.data
 import numpy as np
 import pandas as pd
 import torch
 from mlflow.tracking import MlflowClient
+
 from bench.config import Config, config_to_yaml
-from bench.eval.scoring import load_model
-from bench.machine import cpu_model
-from bench.tracking.runlog import RunLog
 from bench.data.manifest import TRAIN_MANIFEST, data_root, read_manifest
 from bench.data.trials import find_trial_lists, read_trials
 from bench.eval.metrics import det_points
+from bench.eval.scoring import load_model
+from bench.machine import cpu_model
+from bench.tracking.runlog import RunLog
 
 
 def environment_tags() -> dict[str, str]:

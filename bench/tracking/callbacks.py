@@ -1,7 +1,6 @@
 """Trainer callbacks that log to MLflow (through the run's spool)."""
 from __future__ import annotations
 
-from __future__ import annotations
 from bench.energy.reading import reading_from_state
 from bench.tracking.runlog import RunLog
 

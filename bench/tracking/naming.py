@@ -1,9 +1,7 @@
 """The one place that names what a variant run logs: tags, params and metric keys."""
 from __future__ import annotations
 
-from __future__ import annotations
 from bench.config import Config, flat_params
-
 
 TAG_KIND = "svbench.kind"  # sweep | variant | study | trial
 

@@ -1,13 +1,13 @@
 """RunLog: the one writer of a tracked run. Every write is first a spool record, then sent by the sender."""
 from __future__ import annotations
 
-from __future__ import annotations
 import json
 import time
 import uuid
 from pathlib import Path
+
 from bench.tracking.sender import sender, transient
-from bench.tracking.spool import PENDING, Spool, TAG_SPOOL_RUN
+from bench.tracking.spool import PENDING, TAG_SPOOL_RUN, Spool
 
 
 # ---------------------------------------------------------------- writing

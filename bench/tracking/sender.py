@@ -1,13 +1,14 @@
-"""The sender: one background thread per process that sends spooled records to the tracking server in the order written, waits through outages, and replays idempotently."""
+"""The sender: one background thread per process that sends spooled records to the tracking server in the order
+written, waits through outages, and replays idempotently."""
 from __future__ import annotations
 
-from __future__ import annotations
 import os
 import sys
 import threading
 import time
 from collections import deque
 from pathlib import Path
+
 import mlflow
 import requests
 import torch
@@ -15,10 +16,10 @@ from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunT
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
 from bench.eval.scoring import load_model
 from bench.tracking.model import log_embedder
-from bench.tracking.spool import PENDING, Record, Spool, TAG_SPOOL_RUN, spools_under
-
+from bench.tracking.spool import PENDING, TAG_SPOOL_RUN, Record, Spool, spools_under
 
 DEFAULT_WAIT_S = 180.0
 

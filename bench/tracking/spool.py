@@ -26,8 +26,6 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
-
 SPOOL_DIR = "mlflow_spool"
 PENDING = "pending:"
 TAG_SPOOL_RUN = "svbench.spool_run"

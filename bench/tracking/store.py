@@ -1,22 +1,24 @@
-"""The tracking server: URI, experiments, reachability, the run ``mlflow run`` made, and the end of a command (what the spools still hold)."""
+"""The tracking server: URI, experiments, reachability, the run ``mlflow run`` made, and the end of a command
+(what the spools still hold)."""
 from __future__ import annotations
 
-from __future__ import annotations
 import logging
 import os
 import time
 from pathlib import Path
+
 import mlflow
 import mlflow.data
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
+
 from bench.errors import BenchError
-from bench.tracking.runlog import RunLog
-from bench.tracking.sender import enqueue_unsent, shorten_http_retries
-from bench.tracking.sender import finish as finish_spools
 from bench.tracking.artifacts import environment_tags
 from bench.tracking.naming import PARENT
-
+from bench.tracking.runlog import RunLog
+from bench.tracking.sender import enqueue_unsent
+from bench.tracking.sender import finish as finish_spools
+from bench.tracking.sender import shorten_http_retries
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 

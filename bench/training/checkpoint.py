@@ -38,7 +38,8 @@ def load(path: str | Path, map_location="cpu") -> dict:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises several types for corrupt or unsafe files
         first = str(exc).strip().splitlines()[0][:100] if str(exc).strip() else type(exc).__name__
-        raise BenchError(f"checkpoint {path} cannot be loaded safely ({first}); it is corrupt or not an sv-energy-bench checkpoint") from None
+        raise BenchError(f"checkpoint {path} cannot be loaded safely ({first}); it is corrupt or not an "
+                         "sv-energy-bench checkpoint") from None
     if not isinstance(obj, dict):
         raise BenchError(f"checkpoint {path} is not an sv-energy-bench checkpoint")
     return obj

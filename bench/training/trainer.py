@@ -21,17 +21,17 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from bench.training import checkpoint as ckpt
 from bench.config import Config, config_to_yaml
 from bench.data.features import Fbank
 from bench.data.loader import EpochBatchSampler, TrainCrops, collate_crops
 from bench.data.manifest import TRAIN_MANIFEST, data_root, read_manifest
-from bench.training.distributed import all_reduce_sum, barrier, init_distributed
 from bench.energy.accounting import gather_ranks
 from bench.energy.reading import reading_from_state, reading_to_state, sum_windows
 from bench.errors import BenchError
 from bench.models import build_model, spec_from_config
 from bench.models.heads import MarginHead
+from bench.training import checkpoint as ckpt
+from bench.training.distributed import all_reduce_sum, barrier, init_distributed
 from bench.training.precision import autocast
 from bench.training.schedule import lr_at, margin_at
 

@@ -1,16 +1,18 @@
-"""What a search costs: one energy window per run of ``svbench search`` (or per Slurm worker), stored in the study, summed."""
+"""What a search costs: one energy window per run of ``svbench search`` (or per Slurm worker), stored in the
+study, summed."""
 from __future__ import annotations
 
-from __future__ import annotations
 from dataclasses import dataclass
+
 import optuna
+
 from bench.config import Config
+from bench.energy import accounting
 from bench.energy.carbon import grams
+from bench.energy.meters import create_meters
 from bench.energy.plan import MeasurePlan, measurement_plan, visible_gpu_count
 from bench.energy.reading import EnergyReading
 from bench.orchestration.search.study import ATTR_COST, ATTR_SPENT_SO_FAR
-from bench.energy.meters import create_meters
-from bench.energy import accounting
 
 
 def study_plan(cfg: Config, gpu_sets) -> MeasurePlan:

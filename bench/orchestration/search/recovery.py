@@ -1,16 +1,18 @@
-"""Killed workers and processes: their trials end FAIL, their runs FAILED, their cost rebuilt from what the trials recorded."""
+"""Killed workers and processes: their trials end FAIL, their runs FAILED, their cost rebuilt from what the
+trials recorded."""
 from __future__ import annotations
 
-from __future__ import annotations
 import socket
 from pathlib import Path
+
 import optuna
 import psutil
+
 from bench.config import Config
-from bench.tracking.runlog import RunLog
-from bench.tracking.spool import created_run
 from bench.orchestration.search.cost import cost_entries, entry_from_records, trial_record
 from bench.orchestration.search.study import ATTR_COST, ATTR_RUN, ATTR_WORKER
+from bench.tracking.runlog import RunLog
+from bench.tracking.spool import created_run
 
 
 def fail_orphans(study: optuna.Study) -> int:

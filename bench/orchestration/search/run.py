@@ -1,22 +1,26 @@
 """``svbench search``: run (or continue) a study, its workers inside the search's energy window."""
 from __future__ import annotations
 
-from __future__ import annotations
 import uuid
 import warnings
 from pathlib import Path
+
 import optuna
+
 from bench.config import Config
 from bench.energy.accounting import intensity_series
 from bench.energy.plan import worker_gpu_sets
-from bench.orchestration import slurm
 from bench.errors import BenchError
-from bench.tracking.runlog import RunLog
-from bench.orchestration.search.cost import cost_entries, cost_entry, measured_reading, record_cost, study_plan, sum_entries
-from bench.orchestration.search.recovery import close_runs_of_failed_trials, fail_orphans, recover_killed_runs, recover_lost_workers
-from bench.orchestration.search.study import ATTR_PARENT, create_study, load_study, make_storage, search_params, started_trials, storage_url, study_folder
+from bench.orchestration import slurm
+from bench.orchestration.search.cost import (cost_entries, cost_entry, measured_reading, record_cost, study_plan,
+                                             sum_entries)
+from bench.orchestration.search.recovery import (close_runs_of_failed_trials, fail_orphans, recover_killed_runs,
+                                                 recover_lost_workers)
+from bench.orchestration.search.study import (ATTR_PARENT, create_study, load_study, make_storage, search_params,
+                                              started_trials, storage_url, study_folder)
 from bench.orchestration.search.workers import run_all_workers, run_slurm_workers
 from bench.tracking import store
+from bench.tracking.runlog import RunLog
 
 
 def run_search(cfg: Config, workers: int = 1, out_root: str | Path = "runs/search",

@@ -28,12 +28,11 @@ from pathlib import Path
 
 import optuna
 
-from bench.config import Config
+from bench.config import Config, flat_params
+from bench.data.manifest import data_root
+from bench.data.trials import default_trial_list
 from bench.errors import BenchError
 from bench.tracking import naming, store
-from bench.data.trials import default_trial_list
-from bench.data.manifest import data_root
-from bench.config import flat_params
 
 STUDY_VARIANT_LAYOUTS = [(2, 2, 2, 2), (3, 4, 6, 3), (2, 6, 6, 2), (2, 10, 2, 2), (10, 2, 2, 2), (2, 2, 2, 10)]
 ATTR_PARENT = "mlflow_parent_run_id"

@@ -1,32 +1,32 @@
 """One trial of the search: suggest a variant, forecast its energy, train it, record what it spent."""
 from __future__ import annotations
 
-from __future__ import annotations
 import os
 import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+
 import optuna
-from bench.config import Config, build_config
+
+from bench.config import Config, apply_overrides, build_config
 from bench.energy.accounting import intensity_series
 from bench.energy.carbon import grams
+from bench.energy.meters import create_meters
 from bench.energy.plan import measurement_plan
 from bench.energy.reading import EnergyReading, reading_from_state, sum_windows
-from bench.orchestration import slurm
 from bench.errors import BenchError
-from bench.tracking.runlog import RunLog
-from bench.orchestration.search.cost import cost_entry
-from bench.orchestration.search.study import ATTR_EXPERIMENT, ATTR_PARENT, ATTR_RUN, ATTR_SPENT_SO_FAR, ATTR_WORKER, STARTED, load_study, make_storage, objective_keys, started_trials, suggest_overrides
-from bench.tracking import naming
-from bench.orchestration import seeds
-from bench.config import apply_overrides
-from bench.orchestration.forecast import probe
 from bench.models import spec_from_config
 from bench.models.profile import profile_model
+from bench.orchestration import seeds, slurm
+from bench.orchestration.forecast import probe
+from bench.orchestration.search.cost import cost_entry
+from bench.orchestration.search.study import (ATTR_EXPERIMENT, ATTR_PARENT, ATTR_RUN, ATTR_SPENT_SO_FAR, ATTR_WORKER,
+                                              STARTED, load_study, make_storage, objective_keys, started_trials,
+                                              suggest_overrides)
+from bench.tracking import naming, store
+from bench.tracking.runlog import RunLog
 from bench.training.trainer import steps_per_epoch
-from bench.tracking import store
-from bench.energy.meters import create_meters
 
 
 @dataclass
@@ -138,8 +138,9 @@ def _trial_body(trial: optuna.Trial, ctx: TrialContext, rid: str, tags: dict) ->
         trial.set_user_attr("probe_energy_j", fc.probe_energy_j)
         log.log_batch(rid, metrics={"forecast/energy_j": _nan_if_none(fc.energy_j),
                                     "forecast/probe_energy_j": _nan_if_none(fc.probe_energy_j)})
-        over_energy = bool(s.energy_budget_j) and fc.energy_j is not None and fc.energy_j > s.energy_budget_j * (1 + s.prune_margin)
-        over_carbon = bool(s.carbon_budget_g) and fc_co2 is not None and fc_co2 > s.carbon_budget_g * (1 + s.prune_margin)
+        slack = 1 + s.prune_margin
+        over_energy = bool(s.energy_budget_j) and fc.energy_j is not None and fc.energy_j > s.energy_budget_j * slack
+        over_carbon = bool(s.carbon_budget_g) and fc_co2 is not None and fc_co2 > s.carbon_budget_g * slack
         if over_energy or over_carbon:
             cons = _constraint_values(cfg, fc.energy_j, fc_co2, params_m)
             trial.set_user_attr("constraints", cons)

@@ -1,6 +1,7 @@
 """One search worker process: ``python -m bench.orchestration.search.worker_main SPEC.json N_TRIALS INDEX``.
 
-Started by ``bench.orchestration.search.workers`` with ``subprocess`` (not ``multiprocessing``), so that it is an ordinary
+Started by ``bench.orchestration.search.workers`` with ``subprocess`` (not ``multiprocessing``), so that it is an
+ordinary
 Python process whose exit handlers run: Zeus stops its RAPL wraparound tracker only in one."""
 
 from __future__ import annotations

@@ -1,7 +1,6 @@
 """The search's workers: in this process, as local worker processes, or as a Slurm job array."""
 from __future__ import annotations
 
-from __future__ import annotations
 import json
 import os
 import subprocess
@@ -9,6 +8,7 @@ import sys
 import tempfile
 import warnings
 from pathlib import Path
+
 from bench.config import Config, build_config
 from bench.energy.accounting import intensity_series
 from bench.energy.plan import measurement_plan
