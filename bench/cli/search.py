@@ -62,7 +62,7 @@ def cmd_search(args, extra) -> int:
         except BenchError as err:
             print(f"report: {err}")
     print(f"\nOpen optuna-dashboard:  svbench dashboard --storage {res['storage']}")
-    print(f"Open the MLflow UI:     mlflow ui --backend-store-uri {store.setup_tracking()} --host 127.0.0.1")
+    print(f"Open the MLflow UI:     {store.ui_hint()}")
     return 0
 
 

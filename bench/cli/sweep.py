@@ -47,7 +47,7 @@ def cmd_sweep(args, extra) -> int:
     elif args.report:
         print_report(sweep_key=summary["key"], parent=summary["parent_run_id"], out=Path(args.reports) / grid.name,
                 title=f"Sweep {grid.name}")
-    print(f"\nOpen the MLflow UI:  mlflow ui --backend-store-uri {store.setup_tracking()} --host 127.0.0.1 --port 5000")
+    print(f"\nOpen the MLflow UI:  {store.ui_hint()}")
     if summary["failed"]:
         print(f"sweep {grid.name}: {', '.join(summary['failed'])} failed; re-run the sweep to resume them")
         return 1

@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import warnings
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,18 +48,21 @@ class Quantized:
 
 def export_onnx(extractor: torch.nn.Module, n_mels: int, path: str | Path) -> Path:
     """Export the extraction model (eval mode, contiguous weights, CPU) with dynamic batch and frames."""
-    import warnings
-
-
     path = Path(path)
     model = copy.deepcopy(extractor).to(memory_format=torch.contiguous_format).cpu().eval()  # caller's stays as is
     example = torch.randn(2, 300, n_mels)
     batch, frames = torch.export.Dim("batch", min=1, max=1024), torch.export.Dim("frames", min=16, max=100000)
-    with atomic_path(path, suffix=".onnx") as tmp, warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the exporter's progress notes and deprecations of torch internals
-        torch.onnx.export(model, (example,), str(tmp), dynamo=True, input_names=[INPUT], output_names=[OUTPUT],
-                          dynamic_shapes=({0: batch, 1: frames},), external_data=False, verbose=False,
-                          report=False)
+    exporter_log = logging.getLogger("torch.onnx")  # "torchvision is not installed. Skipping torchvision::nms" ...
+    level = exporter_log.level
+    exporter_log.setLevel(logging.ERROR)
+    try:
+        with atomic_path(path, suffix=".onnx") as tmp, warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the exporter's progress notes and deprecations of torch internals
+            torch.onnx.export(model, (example,), str(tmp), dynamo=True, input_names=[INPUT], output_names=[OUTPUT],
+                              dynamic_shapes=({0: batch, 1: frames},), external_data=False, verbose=False,
+                              report=False)
+    finally:
+        exporter_log.setLevel(level)
     return path
 
 

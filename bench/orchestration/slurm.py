@@ -93,7 +93,6 @@ class VariantJob:
     def __call__(self) -> dict:
         import submitit
 
-
         confine_gpus()
         env = submitit.JobEnvironment()
         if env.num_tasks > 1:  # one task per GPU: the torchrun variables from the Slurm environment

@@ -29,9 +29,20 @@ def setup_tracking() -> str:
     # MLflow's system-metrics sampler stops at a tracking outage (it is not spooled): no warnings for that
     logging.getLogger("mlflow.system_metrics").setLevel(logging.ERROR)
     shorten_http_retries()
+    # one progress bar per downloaded or uploaded artifact is noise in a command's output (a user's own setting wins)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     if not os.environ.get("MLFLOW_TRACKING_URI"):
         mlflow.set_tracking_uri(DEFAULT_URI)
     return mlflow.get_tracking_uri()
+
+
+def ui_hint() -> str:
+    """How to open the MLflow UI on this tracking URI: a server is opened in the browser as it is; a store
+    (sqlite, PostgreSQL, a folder) is served by ``mlflow ui``."""
+    uri = setup_tracking()
+    if uri.startswith(("http://", "https://")):
+        return f"open {uri} in a browser"
+    return f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
 
 
 def send_leftovers(out: str | Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -196,8 +197,10 @@ def run_worker(cfg_dict: dict, storage_url_: str, n_trials: int, out_root: str, 
                        intensity_series(cfg.energy), search_run, worker)
     stop_at_total = optuna.study.MaxTrialsCallback(cfg.search.n_trials, states=STARTED)
     try:
-        study.optimize(lambda t: objective(t, ctx), n_trials=n_trials, catch=(Exception,), gc_after_trial=True,
-                       callbacks=[stop_at_total])
+        with warnings.catch_warnings():  # an RDB storage's heartbeat checks are experimental in Optuna 5
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.optimize(lambda t: objective(t, ctx), n_trials=n_trials, catch=(Exception,), gc_after_trial=True,
+                           callbacks=[stop_at_total])
     except slurm.JobStopped as exc:  # out of time and not requeued: this worker ends, its cost entry is kept
         print(f"search worker: the job is over ({exc}); its running trial ended FAIL", file=sys.stderr)
     finally:
