@@ -1,0 +1,1 @@
+"""Reports from MLflow runs: tables, Pareto front and knee, paired comparisons, figures."""

@@ -1,0 +1,1 @@
+"""Training: the trainer (steps, checkpoints with exact resume, DDP), its schedule, precision and checkpoint files."""

@@ -1,0 +1,81 @@
+"""The house rules of docs/ARCHITECTURE.md, checked on the source: layers, sizes, no private names."""
+
+import ast
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BENCH = REPO / "bench"
+# a package may import from its own layer and the ones before it
+LAYERS = ["base", "data|models|energy", "training", "eval", "tracking", "orchestration", "report", "cli"]
+# optional back ends loaded only when configured (Zeus, a node power command)
+LAZY_OK = {("bench.energy.meters", "bench.energy.node_meter"), ("bench.energy.meters", "bench.energy.zeus_meter")}
+
+
+def _modules():
+    for path in sorted(BENCH.rglob("*.py")):
+        name = ".".join(path.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
+        yield name, path, ast.parse(path.read_text())
+
+
+def _layer(module: str) -> int:
+    """The layer of ``bench.<package>...``; top-level modules (``bench.config``) are the base."""
+    parts = module.split(".")
+    package = parts[1] if len(parts) > 1 and (BENCH / parts[1]).is_dir() else "base"
+    return next((i for i, names in enumerate(LAYERS) if package in names.split("|")), 0)
+
+
+def _bench_imports(tree):
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "bench":
+            yield node
+
+
+def test_layers_import_only_the_layers_before_them():
+    wrong = []
+    for name, _, tree in _modules():
+        if name == "bench.__main__":  # ``python -m bench``: the command line
+            continue
+        for node in _bench_imports(tree):
+            targets = [node.module] if node.module != "bench" else [f"bench.{a.name}" for a in node.names]
+            wrong += [f"{name} imports {t}" for t in targets if _layer(t) > _layer(name)]
+    assert not wrong, wrong
+
+
+def test_no_function_local_imports_of_our_modules_outside_the_command_line():
+    local = []
+    for name, _, tree in _modules():
+        if name.startswith("bench.cli"):
+            continue  # commands load torch, MLflow and Optuna only when they run (fast --help and errors)
+        for fn in (n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))):
+            for node in _bench_imports(fn):
+                if (name, node.module) not in LAZY_OK:
+                    local.append(f"{name}.{fn.name} imports {node.module}")
+    assert not local, local
+
+
+def test_no_private_names_across_modules_or_of_other_libraries():
+    found = []
+    for path in sorted([*BENCH.rglob("*.py"), *(REPO / "tests").glob("*.py"), *(REPO / "benchmarks").glob("*.py")]):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                found += [f"{path.name}: from {node.module} import {a.name}" for a in node.names
+                          if a.name.startswith("_") and a.name != "__version__"]
+                if node.module and any(p.startswith("_") and p != "__future__" for p in node.module.split(".")):
+                    found.append(f"{path.name}: from {node.module}")
+            if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__") \
+                    and not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls")):
+                found.append(f"{path.name}:{node.lineno} .{node.attr}")
+    assert not found, found
+
+
+def test_sizes_modules_400_functions_80_lines_120():
+    over = []
+    for name, path, tree in _modules():
+        lines = path.read_text().splitlines()
+        if len(lines) > 400:
+            over.append(f"{name}: {len(lines)} lines")
+        over += [f"{name}:{i}: {len(ln)} characters" for i, ln in enumerate(lines, 1) if len(ln) > 120]
+        for fn in (n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))):
+            if fn.end_lineno - fn.lineno + 1 > 80:
+                over.append(f"{name}.{fn.name}: {fn.end_lineno - fn.lineno + 1} lines")
+    assert not over, over
