@@ -26,7 +26,8 @@ from bench.report.pareto import hypervolume_2d
 from bench.tracking import store
 
 
-def side(root: Path, tmp: Path, name: str, pruning: bool, trials: int, budget: float) -> dict:
+def side(root: Path, tmp: Path, name: str, pruning: bool, trials: int, budget: float):
+    """(the search's outcome, its wall time in s)"""
     cfg = load_config("tiny", ["--data.root", str(root), "--train.epochs", "2", "--train.batch_size", "16",
                                "--tracking.log_model", "false", "--tracking.experiment", f"bench-{name}",
                                "--search.study_name", name, "--search.storage", str(tmp / f"{name}.journal"),
@@ -35,8 +36,7 @@ def side(root: Path, tmp: Path, name: str, pruning: bool, trials: int, budget: f
                                "--search.energy_budget_j", str(budget), "--search.forecast_pruning", str(pruning).lower()])
     t = time.perf_counter()
     res = run_search(cfg, workers=1, out_root=tmp / "runs")
-    res["wall_s"] = time.perf_counter() - t
-    return res
+    return res, time.perf_counter() - t
 
 
 def main() -> None:
@@ -55,22 +55,22 @@ def main() -> None:
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/mlflow.db"
         store.setup_tracking()
         tmp = Path(tmp)
-        base = side(root, tmp, "no-pruning", False, args.trials, args.budget_j)
-        ours = side(root, tmp, "forecast-pruning", True, args.trials, args.budget_j)
+        base, base_s = side(root, tmp, "no-pruning", False, args.trials, args.budget_j)
+        ours, ours_s = side(root, tmp, "forecast-pruning", True, args.trials, args.budget_j)
     fronts = {}
     for label, res in (("baseline", base), ("ours", ours)):
-        pts = np.array([t.values for t in res["best"]]) if res["best"] else np.zeros((0, 2))
+        pts = np.array([t.values for t in res.best]) if res.best else np.zeros((0, 2))
         fronts[label] = pts
     all_pts = np.vstack([p for p in fronts.values() if len(p)] or [np.zeros((1, 2))])
     ref = all_pts.max(axis=0) * 1.1 + 1e-9
     print(f"budget {args.budget_j} J, {args.trials} trials, reference point (EER %, J) = ({ref[0]:.3g}, {ref[1]:.3g})")
-    for label, res in (("baseline", base), ("ours", ours)):
+    for label, res, wall_s in (("baseline", base, base_s), ("ours", ours, ours_s)):
         pts = fronts[label]
         hv = hypervolume_2d(pts, ref)
-        states = ", ".join(f"{k.lower()} {v}" for k, v in res["states"].items() if v)
-        print(f"{label:9s} spent {res['spent_energy_j']:8.1f} J  wall {res['wall_s']:6.1f} s  front {len(pts)}  "
+        states = ", ".join(f"{k.lower()} {v}" for k, v in res.states.items() if v)
+        print(f"{label:9s} spent {res.spent_energy_j:8.1f} J  wall {wall_s:6.1f} s  front {len(pts)}  "
               f"hypervolume {hv:.4g}  ({states})")
-    print(f"ratio     energy spent ours/baseline = {ours['spent_energy_j'] / base['spent_energy_j']:.3f}")
+    print(f"ratio     energy spent ours/baseline = {ours.spent_energy_j / base.spent_energy_j:.3f}")
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ def test_two_workers_eight_trials_none_lost_and_a_failure_continues(tiny_corpus,
     # a trial that raises: zero blocks in stage 1 cannot be built
     study.enqueue_trial({"blocks_stage1": 0, "blocks_stage2": 1, "blocks_stage3": 1, "blocks_stage4": 1, "width_mult": 0.25})
     res = run_search(cfg, workers=2, out_root=tmp_path / "runs")
-    trials = res["study"].get_trials(deepcopy=False)
+    trials = res.study.get_trials(deepcopy=False)
     assert len(trials) == 8
     assert sorted(t.number for t in trials) == list(range(8))
     states = [t.state for t in trials]
@@ -46,23 +46,23 @@ def test_two_workers_eight_trials_none_lost_and_a_failure_continues(tiny_corpus,
     failed = next(t for t in trials if t.state == optuna.trial.TrialState.FAIL)
     assert failed.params["blocks_stage1"] == 0
     assert len({t.user_attrs["worker"] for t in trials}) == 2  # both workers ran trials
-    children = _children(cfg, res["parent_run_id"])
+    children = _children(cfg, res.parent_run_id)
     assert len(children) == 8
     assert sorted(int(r.data.tags["optuna.trial"]) for r in children) == list(range(8))
     by_state = {r.data.tags["optuna.trial"]: r for r in children}
     assert by_state[str(failed.number)].info.status == "FAILED"
     ok = [r for r in children if r.info.status == "FINISHED"]
     assert len(ok) == 7 and all("eer_pct/synth" in r.data.metrics and "constraint/0" in r.data.metrics for r in ok)
-    assert res["spent_energy_j"] > 0
-    parent = MlflowClient().get_run(res["parent_run_id"])
-    assert parent.data.metrics["search/energy_j"] == pytest.approx(res["spent_energy_j"])
+    assert res.spent_energy_j > 0
+    parent = MlflowClient().get_run(res.parent_run_id)
+    assert parent.data.metrics["search/energy_j"] == pytest.approx(res.spent_energy_j)
     assert parent.data.metrics["search/trials"] == 8
     assert parent.info.status == "FINISHED"  # the study's parent run is never left RUNNING
     assert parent.data.tags["energy.source"] != "none" and "energy.estimated" in parent.data.tags
     # re-running with the same target adds nothing; a higher target continues the study
     again = run_search(cfg, workers=1, out_root=tmp_path / "runs")
-    assert len(again["study"].trials) == 8
-    assert MlflowClient().get_run(res["parent_run_id"]).info.status == "FINISHED"
+    assert len(again.study.trials) == 8
+    assert MlflowClient().get_run(res.parent_run_id).info.status == "FINISHED"
 
 
 def test_impossible_budget_is_infeasible_everywhere(tiny_corpus, tmp_path):
@@ -108,9 +108,9 @@ def test_rdb_storage_on_postgresql_shared_by_workers(tiny_corpus, tmp_path):
         pytest.skip("no PostgreSQL server answers on 127.0.0.1:5432")
     cfg = _cfg(tiny_corpus, tmp_path, "pg", "--search.n_trials", "4", "--search.storage", url, "--search.sampler", "tpe")
     res = run_search(cfg, workers=2, out_root=tmp_path / "runs")
-    assert len(res["study"].trials) == 4
-    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in res["study"].trials)
-    assert len(_children(cfg, res["parent_run_id"])) == 4
+    assert len(res.study.trials) == 4
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in res.study.trials)
+    assert len(_children(cfg, res.parent_run_id)) == 4
 
 
 def test_journal_trial_of_a_dead_worker_is_failed_before_the_study_continues(tmp_path):

@@ -6,19 +6,19 @@ from pathlib import Path
 from bench.errors import BenchError
 
 
-def print_report(sweep_key=None, parent=None, out=None, title="report", experiment=None, trials=None) -> dict:
+def print_report(sweep_key=None, parent=None, out=None, title="report", experiment=None, trials=None):
     from bench.report.build import build_report, load_runs, log_report, terminal_table
 
     runs = load_runs(experiment=experiment, sweep_key=sweep_key, parent_run_id=parent)
     rep = build_report(runs, out, title, trials)
     if parent:
         log_report(rep, parent)
-    print(f"\n{title}: {len(rep['table'])} variants, trial list {rep['trials']}")
+    print(f"\n{title}: {len(rep.table)} variants, trial list {rep.trials}")
     print(terminal_table(rep))
-    print(f"Pareto-optimal: {', '.join(rep['table'][rep['table']['pareto']]['variant'])}; knee: {rep['knee']}")
+    print(f"Pareto-optimal: {', '.join(rep.table[rep.table['pareto']]['variant'])}; knee: {rep.knee}")
     print("eer_ci: bootstrap interval over speakers; report.md judges each pair by a paired bootstrap of their "
           "difference.")
-    print(f"report: {Path(rep['dir']) / 'report.md'}")
+    print(f"report: {Path(rep.dir) / 'report.md'}")
     return rep
 
 
@@ -37,7 +37,7 @@ def cmd_report(args, extra) -> int:
         from bench.report.build import log_report
 
         store.log_to_outer_run(outer, {"experiment": args.experiment or "", "parent_run": args.parent_run or "",
-                                          "trials": rep["trials"]}, {"report/variants": len(rep["table"])})
+                                          "trials": rep.trials}, {"report/variants": len(rep.table)})
         log_report(rep, outer)
     return 0
 

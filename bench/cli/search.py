@@ -32,12 +32,12 @@ def cmd_search(args, extra) -> int:
     res = run_search(cfg, workers=1 if args.workers is None else args.workers, out_root=args.out,
                      outer_run=store.take_outer_run(), launcher=args.launcher)
     sent = store.finish(study_folder(cfg, args.out), cfg.tracking.outage_wait_s)
-    study: optuna.Study = res["study"]
-    print(f"study {s.study_name} in {res['storage']}: {len(study.trials)} trials "
-          + ", ".join(f"{n.lower()} {c}" for n, c in res["states"].items() if c))
-    print(f"search cost (all trials, probes, pruned and failed): {res['spent_energy_j']:.1f} J, "
-          f"{res['spent_co2_g']:.4g} gCO2e")
-    best = res["best"]
+    study: optuna.Study = res.study
+    print(f"study {s.study_name} in {res.storage}: {len(study.trials)} trials "
+          + ", ".join(f"{n.lower()} {c}" for n, c in res.states.items() if c))
+    print(f"search cost (all trials, probes, pruned and failed): {res.spent_energy_j:.1f} J, "
+          f"{res.spent_co2_g:.4g} gCO2e")
+    best = res.best
     if not best:
         ended = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
         finished = [t for t in study.trials if t.state in ended]
@@ -57,11 +57,11 @@ def cmd_search(args, extra) -> int:
         from bench.cli.report import print_report
 
         try:
-            print_report(parent=res["parent_run_id"], out=Path(args.reports) / s.study_name,
+            print_report(parent=res.parent_run_id, out=Path(args.reports) / s.study_name,
                          title=f"Search {s.study_name}")
         except BenchError as err:
             print(f"report: {err}")
-    print(f"\nOpen optuna-dashboard:  svbench dashboard --storage {res['storage']}")
+    print(f"\nOpen optuna-dashboard:  svbench dashboard --storage {res.storage}")
     print(f"Open the MLflow UI:     {store.ui_hint()}")
     return 0
 

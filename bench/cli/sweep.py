@@ -40,16 +40,16 @@ def cmd_sweep(args, extra) -> int:
     out_root = Path(args.out) / grid.name
     summary = run_sweep(grid, out_root, new=args.new, launcher=args.launcher)
     sent = store.finish(out_root, grid.variants[0].config.tracking.outage_wait_s)
-    print(f"sweep {grid.name}: ran {len(summary['ran'])}, skipped {len(summary['skipped'])}, failed "
-          f"{len(summary['failed'])} (parent run {summary['parent_run_id']})")
+    print(f"sweep {grid.name}: ran {len(summary.ran)}, skipped {len(summary.skipped)}, failed "
+          f"{len(summary.failed)} (parent run {summary.parent_run_id})")
     if args.report and not sent:
         print("report: skipped, the tracking server has not got every run yet (`svbench sweep --report` later)")
     elif args.report:
-        print_report(sweep_key=summary["key"], parent=summary["parent_run_id"], out=Path(args.reports) / grid.name,
+        print_report(sweep_key=summary.key, parent=summary.parent_run_id, out=Path(args.reports) / grid.name,
                 title=f"Sweep {grid.name}")
     print(f"\nOpen the MLflow UI:  {store.ui_hint()}")
-    if summary["failed"]:
-        print(f"sweep {grid.name}: {', '.join(summary['failed'])} failed; re-run the sweep to resume them")
+    if summary.failed:
+        print(f"sweep {grid.name}: {', '.join(summary.failed)} failed; re-run the sweep to resume them")
         return 1
     return 0
 

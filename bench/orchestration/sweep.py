@@ -108,7 +108,7 @@ def load_grid(grid: str, cli_overrides: list[str] | dict | None = None) -> Grid:
 
 
 def run_sweep(grid: Grid, out_root: str | Path, progress: bool = True, new: bool = False,
-              launcher: str = "local") -> dict:
+              launcher: str = "local") -> SweepOutcome:
     """Run (or continue) every variant of ``grid`` as nested MLflow runs; returns a summary. ``launcher``
     slurm: each variant is a Slurm job (``bench.orchestration.slurm``), and this process waits for them."""
     from mlflow.tracking import MlflowClient
@@ -163,8 +163,19 @@ def run_sweep(grid: Grid, out_root: str | Path, progress: bool = True, new: bool
     if not outer_run:
         log.set_terminated(parent_id, "FAILED" if failed else "FINISHED")
     log.settle()
-    return {"parent_run_id": parent_id, "experiment_id": exp_id, "ran": ran, "skipped": skipped, "key": grid.key,
-            "failed": failed}
+    return SweepOutcome(parent_id, exp_id, grid.key, ran, skipped, failed)
+
+
+@dataclass
+class SweepOutcome:
+    """What ``run_sweep`` did: the parent run, the grid's key and the variants it ran, skipped (finished before)
+    and that failed (re-run the sweep to resume them)."""
+    parent_run_id: str
+    experiment_id: str
+    key: str
+    ran: list[str]
+    skipped: list[str]
+    failed: list[str]
 
 
 def _variant_tags(grid: Grid, v: Variant) -> dict:

@@ -4,6 +4,7 @@ inference J/1k trials per variant and precision, the study-style depth / width /
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -222,7 +223,17 @@ def _md(df: pd.DataFrame) -> str:
     return df.to_markdown(index=False, floatfmt=".4g")
 
 
-def build_report(runs: pd.DataFrame, out_dir: str | Path, title: str, trials: str | None = None) -> dict:
+@dataclass
+class Report:
+    """A written report: its folder (report.md, report.csv, figures), the variant table, the knee variant and the
+    trial list whose EER it plots."""
+    dir: Path
+    table: pd.DataFrame
+    knee: str | None
+    trials: str
+
+
+def build_report(runs: pd.DataFrame, out_dir: str | Path, title: str, trials: str | None = None) -> Report:
     """Write report.md, report.csv and figures into ``out_dir``; returns paths and the table."""
     if runs.empty:
         raise BenchError("no finished runs to report on; run a sweep or search first")
@@ -269,7 +280,7 @@ def build_report(runs: pd.DataFrame, out_dir: str | Path, title: str, trials: st
     n_res, level = _bootstrap_settings(runs)
     lines += ["## Which differences are real?", "", distinguishability(t, trials, n_res, level), ""]
     write_text_atomic(out / "report.md", "\n".join(lines))
-    return {"dir": out, "table": t, "knee": knee, "trials": trials}
+    return Report(out, t, knee, trials)
 
 
 def variant_resamples(run_id: str, seeds: float, trials: str, n_resamples: int) -> tuple[dict, dict] | None:
@@ -330,12 +341,12 @@ def log_report(report: dict, run_id: str) -> None:
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient()
-    for p in sorted(Path(report["dir"]).iterdir()):
+    for p in sorted(Path(report.dir).iterdir()):
         client.log_artifact(run_id, str(p), "report")
 
 
 def terminal_table(report: dict) -> str:
-    t = report["table"].copy()
+    t = report.table.copy()
     cols = ["variant", "params_m", "eer_pct", "eer_ci", "min_dcf_p01", "train_energy_j", "train_co2_g",
             "infer_j_per_1k_trials", "pareto"]
     t["eer_ci"] = [f"[{lo:.2f}, {hi:.2f}]" if lo == lo and hi == hi else ""

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import uuid
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
@@ -23,8 +24,21 @@ from bench.tracking import store
 from bench.tracking.runlog import RunLog
 
 
+@dataclass
+class SearchOutcome:
+    """A run of ``svbench search``: the study, its storage URL and MLflow parent run, what all runs of the study
+    cost (energy and carbon), trials per state, and the feasible Pareto front."""
+    study: optuna.Study
+    storage: str
+    parent_run_id: str
+    spent_energy_j: float
+    spent_co2_g: float
+    states: dict[str, int]
+    best: list[optuna.trial.FrozenTrial]
+
+
 def run_search(cfg: Config, workers: int = 1, out_root: str | Path = "runs/search",
-               outer_run: str | None = None, launcher: str = "local") -> dict:
+               outer_run: str | None = None, launcher: str = "local") -> SearchOutcome:
     """Run (or continue) the study. ``outer_run``: the MLflow run ``mlflow run`` created for this command; it
     holds a new study, or links to a continued study's parent and gets this run's own cost. ``launcher``
     slurm: the workers are a Slurm job array (``bench.orchestration.slurm``)."""
@@ -109,5 +123,4 @@ def _search_and_log(cfg: Config, workers: int, url: str, out_root: str | Path, s
         "search/trials_unmeasured": len(trials) - len(measured), "search/trials": len(trials),
         **{f"search/trials_{name.lower()}": n for name, n in states.items()}}, tags=cost.tags)
     best = study.best_trials
-    return {"study": study, "storage": url, "parent_run_id": parent, "spent_energy_j": cost.energy_j,
-            "spent_co2_g": cost.co2_g, "states": states, "best": best}
+    return SearchOutcome(study, url, parent, cost.energy_j, cost.co2_g, states, best)
