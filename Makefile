@@ -22,8 +22,9 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# tests/run_suite.py: the tests on 2 pytest-xdist workers, then the solo tests alone (ARGS are passed to pytest)
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) tests/run_suite.py $(ARGS)
 
 # The demo: `mlflow run` of the `main` entry (synthetic corpus, the demo sweep, the report).
 demo: $(STAMP)

@@ -17,10 +17,25 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="session", autouse=True)
 def _mlflow_store(tmp_path_factory):
-    """Keep MLflow runs of the tests out of the repository: a session-wide sqlite store."""
-    db = tmp_path_factory.mktemp("mlflow") / "mlflow.db"
+    """Keep MLflow runs of the tests out of the repository: a session-wide sqlite store per pytest process. Under
+    ``tests/run_suite.py`` (``make test``) it lives in ``SVBENCH_SUITE_DIR`` and is listed in its ``stores.txt``,
+    so that the store-wide checks of the last phase read every worker's runs."""
+    suite = os.environ.get("SVBENCH_SUITE_DIR")
+    if suite:
+        db = Path(suite) / f"mlflow-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}-{os.getpid()}.db"
+        with open(Path(suite) / "stores.txt", "a") as fh:
+            fh.write(f"sqlite:///{db}\n")
+    else:
+        db = tmp_path_factory.mktemp("mlflow") / "mlflow.db"
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{db}"
     yield db
+
+
+def suite_stores() -> list[str]:
+    """Every MLflow store of this run of the suite (this process's, and under ``make test`` every worker's)."""
+    listed = Path(os.environ.get("SVBENCH_SUITE_DIR", "/nonexistent")) / "stores.txt"
+    stores = listed.read_text().split() if listed.is_file() else []
+    return list(dict.fromkeys([*stores, os.environ["MLFLOW_TRACKING_URI"]]))
 
 
 def postgres_url(dbname: str | None = None) -> str | None:
@@ -41,6 +56,18 @@ def postgres_url(dbname: str | None = None) -> str | None:
         cur.execute(f'CREATE DATABASE "{dbname}"')
     conn.close()
     return f"postgresql+psycopg2://postgres@127.0.0.1:5432/{dbname}"
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_corpus, tmp_path_factory) -> Path:
+    """One trained tiny checkpoint (one epoch, untracked) for every test that only reads a ``model.pt``."""
+    from bench.config import load_config
+    from bench.orchestration.variant import run_variant
+
+    out = tmp_path_factory.mktemp("trained") / "m"
+    cfg = load_config("tiny", {"data.root": str(tiny_corpus), "train.epochs": 1, "eval.latency": False})
+    run_variant(cfg, out, progress=False)
+    return out / "model.pt"
 
 
 @pytest.fixture(scope="session")

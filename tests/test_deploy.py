@@ -5,22 +5,10 @@ import json
 
 import mlflow
 import numpy as np
-import pytest
 import torch
 from conftest import assert_one_line_error, run_cli
 from mlflow.tracking import MlflowClient
 
-from bench.config import load_config
-from bench.orchestration.variant import run_variant
-
-
-@pytest.fixture(scope="session")
-def tiny_model(tiny_corpus, tmp_path_factory):
-    """One trained tiny checkpoint shared by the deployment tests (trained once, untracked)."""
-    out = tmp_path_factory.mktemp("deploy") / "m"
-    cfg = load_config("tiny", {"data.root": str(tiny_corpus), "train.epochs": 1, "eval.latency": False})
-    run_variant(cfg, out, progress=False)
-    return out / "model.pt"
 
 
 def test_export_equals_pytorch_on_short_and_long_utterances_and_logs_the_onnx_flavor(tiny_model, tiny_corpus,

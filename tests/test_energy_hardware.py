@@ -11,6 +11,9 @@ import pytest
 from conftest import REPO, assert_one_line_error, processes_with_marker, run_cli, sigkill_at_checkpoint
 from mlflow.tracking import MlflowClient
 
+# energies are compared with watts x seconds of fake counters a thread of this process drives: nothing else runs
+pytestmark = pytest.mark.solo
+
 TINY = ["--preset", "tiny", "--train.batch_size", "8", "--train.threads", "1", "--tracking.log_model", "false",
         "--eval.latency", "false", "--eval.infer_precisions", "[fp32]"]
 

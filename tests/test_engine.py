@@ -92,8 +92,9 @@ def test_ddp_two_ranks_on_cpu(tiny_corpus, tmp_path, fake_machine):
     assert res["energy_tags"]["energy.source"] == "gpu:nvml,cpu:rapl,dram:rapl"
 
 
-def test_eval_cli_and_bad_checkpoints(tiny_corpus, tmp_path):
-    run_variant(_cfg(tiny_corpus, "--train.epochs", "1"), tmp_path / "m", progress=False)
+def test_eval_cli_and_bad_checkpoints(tiny_corpus, tiny_model, tmp_path):
+    (tmp_path / "m").mkdir()
+    shutil.copy(tiny_model, tmp_path / "m" / "model.pt")  # eval writes its scores beside the checkpoint
     ok = run_cli("eval", "--preset", "tiny", "--data.root", tiny_corpus, "--checkpoint", tmp_path / "m" / "model.pt",
                  "--trials", "synth", "--json")
     assert ok.returncode == 0, ok.stderr
@@ -117,11 +118,10 @@ def _eval_json(stdout: str) -> dict:
     return json.loads(stdout[stdout.index("{"):])
 
 
-def test_compiled_extraction_scores_like_eager(tiny_corpus, tmp_path):
+def test_compiled_extraction_scores_like_eager(tiny_corpus, tiny_model, tmp_path):
     """`--eval.compile true`: torch.compile with dynamic shapes over every bucket shape of the trial
     list gives the eager scores to float rounding."""
-    run_variant(_cfg(tiny_corpus, "--train.epochs", "1"), tmp_path / "m", progress=False)
-    args = ["eval", "--preset", "tiny", "--data.root", tiny_corpus, "--checkpoint", tmp_path / "m" / "model.pt",
+    args = ["eval", "--preset", "tiny", "--data.root", tiny_corpus, "--checkpoint", tiny_model,
             "--trials", "synth"]
     eager = run_cli(*args, "--out", tmp_path / "eager")
     compiled = run_cli(*args, "--out", tmp_path / "compiled", "--eval.compile", "true")

@@ -246,6 +246,7 @@ def test_mlproject_parameters_cannot_inject_shell(tmp_path):
 
 
 # ---------------------------------------------------------------- killed workers and sweeps
+@pytest.mark.solo  # one-second heartbeats: a loaded machine could let a live worker's trial look stale
 def test_search_worker_killed_mid_trial_is_failed_by_heartbeat(tiny_corpus, tmp_path):
     import optuna
 

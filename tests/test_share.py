@@ -6,6 +6,8 @@ import sys
 import textwrap
 import time
 
+import pytest
+
 from conftest import REPO
 
 from bench.energy.share import UsageSample, attributed_fraction
@@ -61,6 +63,7 @@ CHILD = textwrap.dedent("""
 """)
 
 
+@pytest.mark.solo  # each process is expected to get most of the node: nothing else may run
 def test_two_processes_out_of_step_on_a_node_meter_sum_to_at_most_the_draw(tmp_path):
     """Two real processes share a 100 W node meter with out-of-step windows (as the example above): A waits
     5 s then computes for 5 s; B computes for 5 s. Their attributed energies never exceed what the node drew

@@ -8,6 +8,8 @@ import time
 
 import pytest
 from conftest import REPO, assert_one_line_error, mlflow_server, postgres_url, run_cli
+
+pytestmark = pytest.mark.xdist_group("slurm")  # one cluster: its tests run on one worker
 from mlflow.tracking import MlflowClient
 
 GRID = """name: slgrid

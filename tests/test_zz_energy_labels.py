@@ -1,9 +1,13 @@
-"""Store-wide, after the rest of the suite (this file sorts last): every MLflow run that holds an energy
-figure says where it came from. The suite's runs include seeded sweeps (seed-mean variants), searches
-with pruned, failed and heartbeat-failed trials, study parents, trainings killed and resumed."""
+"""Store-wide, after the rest of the suite (this file sorts last, and under ``make test`` it runs in the solo
+phase over every worker's store): every MLflow run that holds an energy figure says where it came from. The
+suite's runs include seeded sweeps (seed-mean variants), searches with pruned, failed and heartbeat-failed
+trials, study parents, trainings killed and resumed."""
 
 import pytest
+from conftest import suite_stores
 from mlflow.tracking import MlflowClient
+
+pytestmark = pytest.mark.solo
 
 LABELS = ("energy.source", "energy.estimated", "energy.incomplete")
 
@@ -13,8 +17,10 @@ def _energy_keys(run) -> list[str]:
 
 
 def test_every_run_with_an_energy_figure_is_labelled():
-    client = MlflowClient()
-    runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id], max_results=5000)]
+    runs = []
+    for uri in suite_stores():
+        client = MlflowClient(tracking_uri=uri)
+        runs += [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id], max_results=5000)]
     kinds = {(r.data.tags.get("svbench.kind"), r.data.tags.get("optuna.state")) for r in runs}
     needed = {("seed", None), ("trial", "PRUNED"), ("trial", "FAIL"), ("study", None)}
     if not needed <= kinds:
