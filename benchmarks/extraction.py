@@ -83,7 +83,8 @@ def main() -> None:
         sides["compiled"] = compile_extractor(extraction_model(base_model, channels_last=True))
 
     def ours(model):
-        return lambda: extract_embeddings(model, fbank, ids, paths, lengths, args.batch_frames, dev, tolerance=args.tolerance)
+        return lambda: extract_embeddings(model, fbank, ids, paths, lengths, args.batch_frames, dev,
+                                          tolerance=args.tolerance)
 
     def baseline():
         return batch_one(base_model, fbank, paths)

@@ -33,7 +33,8 @@ def side(root: Path, tmp: Path, name: str, pruning: bool, trials: int, budget: f
                                "--search.study_name", name, "--search.storage", str(tmp / f"{name}.journal"),
                                "--search.n_trials", str(trials), "--search.seed", "7",
                                "--search.stage_blocks_max", "[3,4,6,3]", "--search.width_mults", "[0.25,0.5,1.0,2.0]",
-                               "--search.energy_budget_j", str(budget), "--search.forecast_pruning", str(pruning).lower()])
+                               "--search.energy_budget_j", str(budget), "--search.forecast_pruning",
+                               str(pruning).lower()])
     t = time.perf_counter()
     res = run_search(cfg, workers=1, out_root=tmp / "runs")
     return res, time.perf_counter() - t

@@ -3,7 +3,8 @@ ours (raw-wave crops, fbank batched on the training device) vs the per-utterance
 WeSpeaker and voxceleb_trainer (Kaldi fbank computed per sample inside DataLoader workers).
 Same model, batch, crops and optimizer on both sides.
 
-    .venv/bin/python benchmarks/train_throughput.py [--models tiny-ResNet-50-D,ResNet34] [--batch 16] [--steps 4] [--repeats 2]
+    .venv/bin/python benchmarks/train_throughput.py [--models tiny-ResNet-50-D,ResNet34] [--batch 16] [--steps 4] \
+        [--repeats 2]
 
 Target on this CPU: >= 1.3x. One more line says where the time goes: `ceiling`, the same steps
 on features already in memory (no reading, no augmentation, no fbank), the most any input

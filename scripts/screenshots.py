@@ -3,7 +3,8 @@
     apt-get install chromium chromium-driver && .venv/bin/pip install selenium   # not project dependencies
     make demo                                                     # the demo sweep, experiment svbench-demo
     .venv/bin/svbench search --preset demo --n-trials 6 --experiment svbench-demo-search
-    .venv/bin/python scripts/screenshots.py [--tracking sqlite:///mlflow.db] [--storage runs/search/svbench-search.journal]
+    .venv/bin/python scripts/screenshots.py [--tracking sqlite:///mlflow.db] \
+        [--storage runs/search/svbench-search.journal]
 
 It starts `mlflow ui` and optuna-dashboard on free local ports, then writes into docs/img/:
 

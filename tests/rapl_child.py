@@ -10,7 +10,8 @@ from energy_helpers import FakeRapl  # noqa: E402
 
 
 def main() -> None:
-    root, package_w, dram_w, start_uj, seconds = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5])
+    root, package_w, dram_w, start_uj, seconds = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]),
+    float(sys.argv[4]), float(sys.argv[5])
     import zeus.device.cpu.rapl as rapl
 
     rapl.RAPL_DIR = root

@@ -135,7 +135,8 @@ def test_carbon_table_lookups_equal_shipped_csv():
 
 def test_hourly_series_splits_energy_across_two_hours(tmp_path):
     csv = tmp_path / "ci.csv"
-    csv.write_text("timestamp,g_per_kwh\n2026-01-01T10:00:00Z,100\n2026-01-01T11:00:00Z,300\n2026-01-01T12:00:00Z,300\n")
+    csv.write_text("timestamp,g_per_kwh\n2026-01-01T10:00:00Z,100\n2026-01-01T11:00:00Z,300\n"
+                   "2026-01-01T12:00:00Z,300\n")
     series = HourlySeries.from_csv(csv)
     t_start = pd_ts("2026-01-01T10:30:00Z")
     # 1 kWh spread evenly over 10:30-11:30: half at 100, half at 300 -> 200 g

@@ -14,7 +14,8 @@ from bench.errors import BenchError
 from bench.orchestration.variant import run_variant
 from bench.training import checkpoint as ckpt
 
-COMMON = ["--train.epochs", "3", "--train.batch_size", "8", "--train.threads", "1", "--train.checkpoint_every_steps", "1"]
+COMMON = ["--train.epochs", "3", "--train.batch_size", "8", "--train.threads", "1",
+          "--train.checkpoint_every_steps", "1"]
 
 
 def _cfg(root, *extra):
@@ -101,7 +102,8 @@ def test_eval_cli_and_bad_checkpoints(tiny_corpus, tiny_model, tmp_path):
     assert "EER" in ok.stdout
     assert_one_line_error(run_cli("eval", "--preset", "tiny", "--checkpoint", tmp_path / "nope.pt"), "does not exist")
     assert_one_line_error(run_cli("eval", "--preset", "tiny", "--data.root", tiny_corpus, "--checkpoint",
-                                  tmp_path / "m" / "model.pt", "--eval.compile", "true", env={"CXX": "/nonexistent/g++"}),
+                                  tmp_path / "m" / "model.pt", "--eval.compile", "true",
+                                  env={"CXX": "/nonexistent/g++"}),
                           "needs a C++ compiler")
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
@@ -155,7 +157,8 @@ def test_empty_trial_list(tiny_corpus, tmp_path):
 
 
 def test_energy_in_result_and_infer_cli(tiny_corpus, tmp_path):
-    cfg = _cfg(tiny_corpus, "--train.epochs", "2", "--energy.forecast", "true", "--eval.infer_precisions", "[fp32,bf16]")
+    cfg = _cfg(tiny_corpus, "--train.epochs", "2", "--energy.forecast", "true",
+               "--eval.infer_precisions", "[fp32,bf16]")
     res = run_variant(cfg, tmp_path / "e", progress=False)
     em, tags = res.energy_metrics, res.energy_tags
     assert em["train/energy_j"] > 0 and em["train/co2_g"] > 0 and em["train/time_s"] > 0

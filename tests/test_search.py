@@ -35,7 +35,8 @@ def test_two_workers_eight_trials_none_lost_and_a_failure_continues(tiny_corpus,
     storage = make_storage(cfg.search.storage)
     study = create_study(cfg, storage)
     # a trial that raises: zero blocks in stage 1 cannot be built
-    study.enqueue_trial({"blocks_stage1": 0, "blocks_stage2": 1, "blocks_stage3": 1, "blocks_stage4": 1, "width_mult": 0.25})
+    study.enqueue_trial({"blocks_stage1": 0, "blocks_stage2": 1, "blocks_stage3": 1, "blocks_stage4": 1,
+                         "width_mult": 0.25})
     res = run_search(cfg, workers=2, out_root=tmp_path / "runs")
     trials = res.study.get_trials(deepcopy=False)
     assert len(trials) == 8
@@ -67,7 +68,8 @@ def test_two_workers_eight_trials_none_lost_and_a_failure_continues(tiny_corpus,
 
 def test_impossible_budget_is_infeasible_everywhere(tiny_corpus, tmp_path):
     study = "impossible"
-    args = ["search", "--preset", "tiny", "--data.root", tiny_corpus, "--train.epochs", "1", "--tracking.log_model", "false",
+    args = ["search", "--preset", "tiny", "--data.root", tiny_corpus, "--train.epochs", "1",
+            "--tracking.log_model", "false",
             "--tracking.experiment", f"exp-{study}", "--study", study, "--storage", tmp_path / f"{study}.journal",
             "--search.stage_blocks_max", "[2,2,2,2]", "--search.energy_budget_j", "1e-9", "--n-trials", "3",
             "--out", tmp_path / "runs"]
@@ -81,7 +83,8 @@ def test_impossible_budget_is_infeasible_everywhere(tiny_corpus, tmp_path):
     assert all(t.user_attrs["forecast_energy_j"] > 1e-9 and t.user_attrs["probe_energy_j"] > 0 for t in st.trials)
     assert all(c > 0 for t in st.trials for c in t.constraints.values())
     port = free_port()
-    dash = subprocess.Popen([sys.executable, "-m", "bench", "dashboard", "--storage", str(tmp_path / f"{study}.journal"),
+    dash = subprocess.Popen([sys.executable, "-m", "bench", "dashboard", "--storage",
+                             str(tmp_path / f"{study}.journal"),
                              "--port", str(port)], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         for _ in range(100):
@@ -106,7 +109,8 @@ def test_rdb_storage_on_postgresql_shared_by_workers(tiny_corpus, tmp_path):
     url = postgres_url("svbench_optuna_test")
     if url is None:
         pytest.skip("no PostgreSQL server answers on 127.0.0.1:5432")
-    cfg = _cfg(tiny_corpus, tmp_path, "pg", "--search.n_trials", "4", "--search.storage", url, "--search.sampler", "tpe")
+    cfg = _cfg(tiny_corpus, tmp_path, "pg", "--search.n_trials", "4", "--search.storage", url,
+               "--search.sampler", "tpe")
     res = run_search(cfg, workers=2, out_root=tmp_path / "runs")
     assert len(res.study.trials) == 4
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in res.study.trials)

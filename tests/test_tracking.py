@@ -23,7 +23,8 @@ variants:
 def test_mlflow_run_train_entry(tiny_corpus, tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     proc = subprocess.run(["mlflow", "run", str(REPO), "--env-manager", "local", "-e", "train",
-                           "--experiment-name", "ci-train", "-P", f"data_root={tiny_corpus}", "-P", f"out={tmp_path / 'out'}",
+                           "--experiment-name", "ci-train", "-P", f"data_root={tiny_corpus}", "-P",
+                           f"out={tmp_path / 'out'}",
                            "-P", "epochs=2"], capture_output=True, text=True, env=fresh_env(MLFLOW_TRACKING_URI=uri),
                           cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -140,7 +141,8 @@ def test_sweep_against_mlflow_server_over_rest(tiny_corpus, tmp_path):
         assert sorted(t["svbench.variant"] for t in children) == ["v18", "vw25"]
         assert len(parents) == 1 and all(t["mlflow.parentRunId"] == parents[0]["info"]["run_id"] for t in children)
         assert len(runs) == 3 and parents[0]["info"]["status"] == "FINISHED"  # no extra parent beside MLflow's run
-        metrics = [{m["key"] for m in r["data"]["metrics"]} for r, t in zip(runs, tags) if t.get("svbench.kind") == "variant"]
+        metrics = [{m["key"] for m in r["data"]["metrics"]} for r, t in zip(runs,
+                                                                            tags) if t.get("svbench.kind") == "variant"]
         assert all("eer_pct/synth" in m and "train/energy_j" in m and "eer_pct/synth/ci_low" in m for m in metrics)
         report = (tmp_path / "reports" / "tinygrid" / "report.md").read_text()
         # the paired table: one pair, its EER difference with an interval, and a verdict
@@ -220,8 +222,7 @@ def test_wheel_carries_presets_grids_and_carbon_table(tmp_path):
     src.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(REPO / name, src / name)
-    for name in ("bench", "analysis"):
-        shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO / "bench", src / "bench", ignore=shutil.ignore_patterns("__pycache__"))
     proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
                            str(tmp_path / "dist"), str(src)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -229,6 +230,8 @@ def test_wheel_carries_presets_grids_and_carbon_table(tmp_path):
     for grid in (REPO / "bench" / "presets" / "grids").glob("*.yaml"):
         assert f"bench/presets/grids/{grid.name}" in names
     assert "bench/presets/tiny.yaml" in names and "bench/energy/data/carbon_intensity.csv" in names
+    for module in (REPO / "bench").rglob("*.py"):  # every package of the layout, not only the top one
+        assert module.relative_to(REPO).as_posix() in names
 
 
 def test_mlflow_run_search_entry_with_a_budget_and_empty_parameters(tiny_corpus, tmp_path):

@@ -20,7 +20,8 @@ def test_every_run_with_an_energy_figure_is_labelled():
     runs = []
     for uri in suite_stores():
         client = MlflowClient(tracking_uri=uri)
-        runs += [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id], max_results=5000)]
+        runs += [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id],
+                                                                                    max_results=5000)]
     kinds = {(r.data.tags.get("svbench.kind"), r.data.tags.get("optuna.state")) for r in runs}
     needed = {("seed", None), ("trial", "PRUNED"), ("trial", "FAIL"), ("study", None)}
     if not needed <= kinds:

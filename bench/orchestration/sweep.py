@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from bench.config import Config, apply_overrides, build_config, load_preset_dict, parse_overrides
+from bench.config import PRESET_DIR, Config, apply_overrides, build_config, load_preset_dict, parse_overrides
 from bench.errors import BenchError
 from bench.models import spec_from_config
 from bench.orchestration import seeds, slurm
@@ -24,7 +24,7 @@ from bench.tracking import naming, store
 from bench.tracking.runlog import RunLog
 from bench.training.trainer import check_fresh_out
 
-GRID_DIR = Path(__file__).parent / "presets" / "grids"
+GRID_DIR = PRESET_DIR / "grids"
 
 
 @dataclass
