@@ -10,8 +10,8 @@ from energy_helpers import FakeRapl  # noqa: E402
 
 
 def main() -> None:
-    root, package_w, dram_w, start_uj, seconds = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]),
-    float(sys.argv[4]), float(sys.argv[5])
+    root = sys.argv[1]
+    package_w, dram_w, start_uj, seconds = (float(a) for a in sys.argv[2:6])
     import zeus.device.cpu.rapl as rapl
 
     rapl.RAPL_DIR = root

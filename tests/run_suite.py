@@ -1,7 +1,8 @@
 """``make test``: the suite in two phases.
 
-1. Every test not marked ``solo``, on ``SVBENCH_TEST_WORKERS`` pytest-xdist workers (default 2; the Slurm
-   tests share one cluster and run on one worker: ``xdist_group("slurm")``).
+1. Every test not marked ``solo``, on ``SVBENCH_TEST_WORKERS`` pytest-xdist workers (default 2). The tests of
+   ``xdist_group("postgres")`` run on one worker: the Slurm tests share one cluster, and with the other tests
+   that start PostgreSQL-backed servers and Optuna storages they would exceed PostgreSQL's connections.
 2. The ``solo`` tests, one at a time with nothing else running: tests whose assertions hold only on a machine
    that does nothing else (CPU-time shares of a node meter, fake RAPL counters driven at known watts,
    heartbeats of one second) and the store-wide energy-label check, which reads every phase-1 worker's store.

@@ -105,6 +105,7 @@ def test_impossible_budget_is_infeasible_everywhere(tiny_corpus, tmp_path):
         dash.wait(timeout=20)
 
 
+@pytest.mark.xdist_group("postgres")  # PostgreSQL's connections are shared with the Slurm tests
 def test_rdb_storage_on_postgresql_shared_by_workers(tiny_corpus, tmp_path):
     url = postgres_url("svbench_optuna_test")
     if url is None:

@@ -8,9 +8,10 @@ import time
 
 import pytest
 from conftest import REPO, assert_one_line_error, mlflow_server, postgres_url, run_cli
-
-pytestmark = pytest.mark.xdist_group("slurm")  # one cluster: its tests run on one worker
 from mlflow.tracking import MlflowClient
+
+# one cluster, and PostgreSQL's connections: these tests run on one worker, with the other PostgreSQL tests
+pytestmark = pytest.mark.xdist_group("postgres")
 
 GRID = """name: slgrid
 preset: tiny

@@ -23,8 +23,8 @@ variants:
 def test_mlflow_run_train_entry(tiny_corpus, tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     proc = subprocess.run(["mlflow", "run", str(REPO), "--env-manager", "local", "-e", "train",
-                           "--experiment-name", "ci-train", "-P", f"data_root={tiny_corpus}", "-P",
-                           f"out={tmp_path / 'out'}",
+                           "--experiment-name", "ci-train", "-P", f"data_root={tiny_corpus}",
+                           "-P", f"out={tmp_path / 'out'}",
                            "-P", "epochs=2"], capture_output=True, text=True, env=fresh_env(MLFLOW_TRACKING_URI=uri),
                           cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -118,6 +118,7 @@ def _pyfunc_embeds_whole_utterances(model_uri, checkpoint, tmp_path, tracking_ur
         assert pair.shape[0] == 2 and np.allclose(pair[0], got[0], atol=1e-4)
 
 
+@pytest.mark.xdist_group("postgres")  # PostgreSQL's connections are shared with the Slurm tests
 def test_sweep_against_mlflow_server_over_rest(tiny_corpus, tmp_path):
     with mlflow_server(tmp_path, "svbench_mlflow_test") as base:
         grid = tmp_path / "grid.yaml"
@@ -141,8 +142,8 @@ def test_sweep_against_mlflow_server_over_rest(tiny_corpus, tmp_path):
         assert sorted(t["svbench.variant"] for t in children) == ["v18", "vw25"]
         assert len(parents) == 1 and all(t["mlflow.parentRunId"] == parents[0]["info"]["run_id"] for t in children)
         assert len(runs) == 3 and parents[0]["info"]["status"] == "FINISHED"  # no extra parent beside MLflow's run
-        metrics = [{m["key"] for m in r["data"]["metrics"]} for r, t in zip(runs,
-                                                                            tags) if t.get("svbench.kind") == "variant"]
+        metrics = [{m["key"] for m in r["data"]["metrics"]}
+                   for r, t in zip(runs, tags) if t.get("svbench.kind") == "variant"]
         assert all("eer_pct/synth" in m and "train/energy_j" in m and "eer_pct/synth/ci_low" in m for m in metrics)
         report = (tmp_path / "reports" / "tinygrid" / "report.md").read_text()
         # the paired table: one pair, its EER difference with an interval, and a verdict
