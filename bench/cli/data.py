@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bench.cli.common import no_extra
+from bench.cli.common import Parser, no_extra
 
 
 def cmd_data_synth(args, extra) -> int:
@@ -37,8 +37,6 @@ def cmd_data_prepare(args, extra) -> int:
     return 0
 
 
-
-
 def _print_summary(title: str, summary: dict) -> None:
     print(f"{title}:")
     for k, v in summary.items():
@@ -49,9 +47,9 @@ def _print_summary(title: str, summary: dict) -> None:
         print(f"  {k:18s} {v}")
 
 
-def register(sub, parser_class, add_config_args) -> None:
+def register(sub) -> None:
     data = sub.add_parser("data", help="generate or prepare data")
-    dsub = data.add_subparsers(dest="data_cmd", parser_class=parser_class)
+    dsub = data.add_subparsers(dest="data_cmd", parser_class=Parser)
     dsub.required = True
     s = dsub.add_parser("synth", help="generate the synthetic speaker corpus")
     s.add_argument("--out", required=True)
@@ -63,8 +61,8 @@ def register(sub, parser_class, add_config_args) -> None:
     pr = dsub.add_parser("prepare", help="scan VoxCeleb, convert m4a, write manifests and trial lists")
     pr.add_argument("--voxceleb1", required=True)
     pr.add_argument("--voxceleb2", default=None)
-    pr.add_argument("--trials", nargs="*", default=None, help="trial list files (default: cleaned O/E/H found beside "
-                                                              "voxceleb1)")
+    pr.add_argument("--trials", nargs="*", default=None,
+                    help="trial list files (default: cleaned O/E/H found beside voxceleb1)")
     pr.add_argument("--out", required=True)
     pr.add_argument("--workers", type=int, default=None)
     pr.set_defaults(func=cmd_data_prepare)

@@ -4,9 +4,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bench.cli.common import config_from_args
+from bench.cli.common import add_config_args, config_from_args
 from bench.config import INFER_BACKENDS
 from bench.errors import BenchError
+
+EXPORT_TOLERANCE = 1e-4  # max |ONNX - PyTorch| of an embedding
 
 
 def cmd_infer(args, extra) -> int:
@@ -134,7 +136,7 @@ def _log_onnx(run_id: str, files: list[Path]) -> None:
             mlflow.onnx.log_model(onnx.load(str(path)), name=name)
 
 
-def register(sub, parser_class, add_config_args) -> None:
+def register(sub) -> None:
     i = sub.add_parser("infer", help="inference energy per precision: J/utt, J/1k trials, utt/s, EER")
     add_config_args(i)
     i.add_argument("--checkpoint", required=True)
@@ -155,5 +157,3 @@ def register(sub, parser_class, add_config_args) -> None:
     x.add_argument("--run-id", default=None, help="MLflow run to log to (default: the run that trained it)")
     x.set_defaults(func=cmd_export)
 
-
-EXPORT_TOLERANCE = 1e-4

@@ -1,6 +1,7 @@
 """``svbench jobs``: the Slurm jobs of a sweep or study, their state and MLflow run; ``--cancel``."""
 from __future__ import annotations
 
+from bench.cli.common import no_extra
 from bench.errors import BenchError
 
 
@@ -12,8 +13,7 @@ def cmd_jobs(args, extra) -> int:
     from bench.orchestration import slurm
     from bench.tracking import naming, store
 
-    if extra:
-        raise BenchError(f"unexpected argument(s): {' '.join(extra)}")
+    no_extra(extra)
     if not args.experiment and not args.parent_run:
         raise BenchError("give --experiment NAME or --parent-run RUN_ID")
     store.setup_tracking()
@@ -50,7 +50,7 @@ def cmd_jobs(args, extra) -> int:
     return 0
 
 
-def register(sub, parser_class, add_config_args) -> None:
+def register(sub) -> None:
     j = sub.add_parser("jobs", help="Slurm jobs of a sweep or study: state and MLflow run; --cancel them")
     j.add_argument("--experiment", default=None)
     j.add_argument("--parent-run", default=None, help="a sweep's or study's parent run")

@@ -26,7 +26,7 @@ def build_parser() -> Parser:
     add_config_args(c)
     c.set_defaults(func=cmd_config)
     for module in COMMAND_MODULES:  # each command group registers its sub-commands
-        module.register(sub, Parser, add_config_args)
+        module.register(sub)
     return p
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from bench.errors import BenchError
+from bench.cli.common import Parser, no_extra
 
 
 def cmd_models_list(args, extra) -> int:
@@ -13,8 +13,7 @@ def cmd_models_list(args, extra) -> int:
     from bench.models.profile import profile_model
     from bench.models.registry import get_spec, list_presets
 
-    if extra:
-        raise BenchError(f"unexpected argument(s): {' '.join(extra)}")
+    no_extra(extra)
     rows = []
     for name in list_presets():
         spec = get_spec(name)
@@ -35,17 +34,16 @@ def cmd_models_show(args, extra) -> int:
     from bench.models.profile import profile_model
     from bench.models.registry import get_spec
 
-    if extra:
-        raise BenchError(f"unexpected argument(s): {' '.join(extra)}")
+    no_extra(extra)
     spec = get_spec(args.name)
     prof = profile_model(spec, num_classes=args.num_classes, batch_size=args.batch_size, frames=args.frames)
     print(json.dumps({"name": args.name, "spec": spec.to_dict(), "profile": prof.to_dict()}, indent=2))
     return 0
 
 
-def register(sub, parser_class, add_config_args) -> None:
+def register(sub) -> None:
     models = sub.add_parser("models", help="list and inspect model presets")
-    msub = models.add_subparsers(dest="models_cmd", parser_class=parser_class)
+    msub = models.add_subparsers(dest="models_cmd", parser_class=Parser)
     msub.required = True
     ml = msub.add_parser("list", help="every preset with depth, parameters and GMACs per second of audio")
     ml.add_argument("--format", choices=["table", "csv"], default="table")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from bench.cli.common import no_extra
 from bench.errors import BenchError
 
 
@@ -25,8 +26,7 @@ def print_report(sweep_key=None, parent=None, out=None, title="report", experime
 def cmd_report(args, extra) -> int:
     from bench.tracking import store
 
-    if extra:
-        raise BenchError(f"unexpected argument(s): {' '.join(extra)}")
+    no_extra(extra)
     if not args.experiment and not args.parent_run:
         raise BenchError("give --experiment NAME or --parent-run RUN_ID")
     out = Path(args.out) if args.out else Path("reports") / (args.experiment or args.parent_run)
@@ -42,7 +42,7 @@ def cmd_report(args, extra) -> int:
     return 0
 
 
-def register(sub, parser_class, add_config_args) -> None:
+def register(sub) -> None:
     r = sub.add_parser("report", help="tables and Pareto plots from MLflow runs")
     r.add_argument("--experiment", default=None)
     r.add_argument("--parent-run", default=None, help="report the children of this run")

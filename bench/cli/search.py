@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from bench.cli.common import add_config_args, no_extra
 from bench.config import empty_as_none
 from bench.errors import BenchError
 
@@ -71,8 +72,7 @@ def cmd_dashboard(args, extra) -> int:
 
     from bench.orchestration.search.study import make_storage
 
-    if extra:
-        raise BenchError(f"unexpected argument(s): {' '.join(extra)}")
+    no_extra(extra)
     if "://" not in args.storage and not Path(args.storage).is_file():
         raise BenchError(f"Optuna storage {args.storage} does not exist; run `svbench search` first")
     storage = make_storage(args.storage)
@@ -81,7 +81,7 @@ def cmd_dashboard(args, extra) -> int:
     return 0
 
 
-def register(sub, parser_class, add_config_args) -> None:
+def register(sub) -> None:
     s = sub.add_parser("search", help="Optuna multi-objective search (EER vs energy) under a budget",
                        description="Optuna search of depth and width: minimise EER (%) and training energy (J) or "
                                    "carbon (gCO2e) under a budget. An empty value means unset (the preset's).",

@@ -54,7 +54,7 @@ def cmd_sweep(args, extra) -> int:
     return 0
 
 
-def register(sub, parser_class, add_config_args) -> None:
+def register(sub) -> None:
     s = sub.add_parser("sweep", help="run a grid of variants as nested MLflow runs (resumable)")
     s.add_argument("--grid", default="demo", help="demo, paper-depth, paper-width, paper-stages, paper-all, wespeaker "
                                                   "or a YAML file")

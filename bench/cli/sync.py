@@ -28,7 +28,7 @@ def cmd_sync(args, extra) -> int:
     return 0
 
 
-def register(sub, parser_class, add_config_args) -> None:
+def register(sub) -> None:
     s = sub.add_parser("sync", help="send the MLflow records a tracking outage left in a train, sweep or search folder")
     s.add_argument("out", help="the --out folder (all its run folders are sent)")
     s.add_argument("--wait-s", type=float, default=DEFAULT_WAIT_S,

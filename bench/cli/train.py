@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bench.cli.common import config_from_args
+from bench.cli.common import add_config_args, config_from_args
 from bench.config import empty_as_none
 from bench.errors import BenchError
 
@@ -76,7 +76,7 @@ def cmd_eval(args, extra) -> int:
     return 0
 
 
-def register(sub, parser_class, add_config_args) -> None:
+def register(sub) -> None:
     t = sub.add_parser("train", help="train and evaluate one variant; writes OUT/result.json")
     add_config_args(t)
     t.add_argument("--model", default=None, help="model preset name (same as --model.name)")

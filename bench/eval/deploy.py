@@ -14,6 +14,7 @@ Back ends are named ``onnx-fp32`` and ``onnx-int8`` wherever precisions are (``s
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import os
@@ -46,23 +47,29 @@ class Quantized:
     fallback_reason: str | None = None
 
 
+@contextlib.contextmanager
+def _only_errors(logger: str | None):
+    """Messages below ERROR of ``logger`` (None: the root logger) are dropped while the block runs."""
+    log = logging.getLogger(logger)
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
 def export_onnx(extractor: torch.nn.Module, n_mels: int, path: str | Path) -> Path:
     """Export the extraction model (eval mode, contiguous weights, CPU) with dynamic batch and frames."""
     path = Path(path)
     model = copy.deepcopy(extractor).to(memory_format=torch.contiguous_format).cpu().eval()  # caller's stays as is
     example = torch.randn(2, 300, n_mels)
     batch, frames = torch.export.Dim("batch", min=1, max=1024), torch.export.Dim("frames", min=16, max=100000)
-    exporter_log = logging.getLogger("torch.onnx")  # "torchvision is not installed. Skipping torchvision::nms" ...
-    level = exporter_log.level
-    exporter_log.setLevel(logging.ERROR)
-    try:
-        with atomic_path(path, suffix=".onnx") as tmp, warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the exporter's progress notes and deprecations of torch internals
-            torch.onnx.export(model, (example,), str(tmp), dynamo=True, input_names=[INPUT], output_names=[OUTPUT],
-                              dynamic_shapes=({0: batch, 1: frames},), external_data=False, verbose=False,
-                              report=False)
-    finally:
-        exporter_log.setLevel(level)
+    # _only_errors: the exporter logs "torchvision is not installed. Skipping torchvision::nms" and three more
+    with atomic_path(path, suffix=".onnx") as tmp, warnings.catch_warnings(), _only_errors("torch.onnx"):
+        warnings.simplefilter("ignore")  # the exporter's progress notes and deprecations of torch internals
+        torch.onnx.export(model, (example,), str(tmp), dynamo=True, input_names=[INPUT], output_names=[OUTPUT],
+                          dynamic_shapes=({0: batch, 1: frames},), external_data=False, verbose=False, report=False)
     return path
 
 
@@ -135,12 +142,9 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, calibration: list
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-
     out_path = Path(out_path)
-    quiet = logging.getLogger()  # the quantizer reports per-tensor notes on the root logger
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)
-    with tempfile.TemporaryDirectory(prefix="svbench-quant-") as tmp:
+    # the quantizer reports per-tensor notes on the root logger
+    with tempfile.TemporaryDirectory(prefix="svbench-quant-") as tmp, _only_errors(None):
         pre = Path(tmp) / "pre.onnx"
         quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
         with atomic_path(out_path, suffix=".onnx") as dst:
@@ -153,8 +157,6 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, calibration: list
                 reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''}"
                 quantize_dynamic(str(pre), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=list(INT8_OPS))
                 mode = "dynamic"
-            finally:
-                quiet.setLevel(level)
     return Quantized(out_path, mode, quantized_ops(out_path), reason)
 
 
@@ -200,7 +202,6 @@ def prepare_backends(model, cfg, names: list[str], checkpoint: str | Path | None
     """PyTorch precisions as they are; ONNX back ends exported from ``checkpoint`` (cached beside it as
     ``<stem>.onnx`` and ``<stem>.int8.onnx``, rebuilt when older than it) or, for onnx-fp32, ``onnx_path``."""
     from dataclasses import replace
-
 
     out: dict[str, Backend] = {}
     size = torch_weights_mb(model.embedder)

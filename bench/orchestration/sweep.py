@@ -113,7 +113,6 @@ def run_sweep(grid: Grid, out_root: str | Path, progress: bool = True, new: bool
     slurm: each variant is a Slurm job (``bench.orchestration.slurm``), and this process waits for them."""
     from mlflow.tracking import MlflowClient
 
-
     if launcher == "slurm":
         slurm.check_launcher()  # before any run is created
     store.setup_tracking()

@@ -67,7 +67,6 @@ def _det_plot(result, path: Path) -> None:
     import matplotlib.pyplot as plt
     from scipy.stats import norm
 
-
     fig, ax = plt.subplots(figsize=(5, 5))
     for trials, r in result.metrics.items():
         rows = [ln.split() for ln in Path(r["score_file"]).read_text().splitlines()]
