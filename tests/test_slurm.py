@@ -174,12 +174,26 @@ variants:
 RAPL_W = 55.0  # the fake tree's package (50 W) + dram (5 W)
 
 
+def _wait_for_an_idle_node(timeout_s: float = 180.0) -> None:
+    """No job of an earlier test left on the node (one still COMPLETING holds its CPUs): packing is judged on
+    an empty node."""
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        queue = subprocess.run(["squeue", "-h"], capture_output=True, text=True).stdout.strip()
+        state = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True).stdout.split()
+        if not queue and state and all(s == "idle" for s in state):
+            return
+        time.sleep(1)
+    pytest.fail(f"the Slurm node never became idle: {queue!r} {state!r}")
+
+
 def test_packed_jobs_share_the_node_exclusive_jobs_own_it_and_a_two_task_job_finishes(
         slurm_cluster, tiny_corpus, tmp_path, fake_machine):
     """On a 50 W RAPL tree (Zeus's container path, reaching the jobs through their environment): two variants
     packed on the node are given at most what it drew over their union, labelled cpu-time-share; two
     `slurm.exclusive` variants run one after another, each given all of it; a 2-task CPU DDP job (gloo)
     ends COMPLETED with its epochs summing to its total."""
+    _wait_for_an_idle_node()
     env = fake_machine(rapl_w=50)
     grid = tmp_path / "grid.yaml"
     grid.write_text(PACKED_GRID)
