@@ -250,14 +250,14 @@ def step_inference(s: Settings, deadline: float) -> dict:
         rows = measure_inference(model, cfg, s.device, meters, precisions)
     finally:
         meters.close()
-    fp32 = rows["fp32"]["metrics"]
+    fp32 = rows["fp32"].eer_pct
     out = {}
     for p, r in rows.items():
-        out[p] = {"utt_per_s": r["utt_per_s"], "j_per_1k_trials": r.get("energy_j_per_1k_trials"),
-                  "latency_p50_ms": r.get("latency_p50_ms"), "latency_p95_ms": r.get("latency_p95_ms"),
-                  "eer_pct": {n: m["eer_pct"] for n, m in r["metrics"].items()},
-                  "eer_diff_to_fp32_pct": {n: m["eer_pct"] - fp32[n]["eer_pct"] for n, m in r["metrics"].items()},
-                  "energy_source": r["energy.source"]}
+        out[p] = {"utt_per_s": r.utt_per_s, "j_per_1k_trials": r.energy_j_per_1k_trials,
+                  "latency_p50_ms": r.latency.latency_p50_ms if r.latency else None,
+                  "latency_p95_ms": r.latency.latency_p95_ms if r.latency else None,
+                  "eer_pct": r.eer_pct, "eer_diff_to_fp32_pct": {n: e - fp32[n] for n, e in r.eer_pct.items()},
+                  "energy_source": r.energy_labels["energy.source"]}
     return out
 
 

@@ -27,6 +27,7 @@ from bench.data.synth import generate_corpus
 from bench.energy.meters import create_meters
 from bench.energy.plan import measurement_plan
 from bench.eval.inference import measure_inference
+from bench.eval.results import BackendResult
 from bench.eval.scoring import load_model
 from bench.machine import cpu_model
 from bench.orchestration.variant import run_variant
@@ -57,7 +58,7 @@ def main() -> None:
             run_variant(cfg, out, progress=False, force=True)
             print(f"{name}: trained in {time.perf_counter() - t:.0f} s")
         model = load_model(out / "model.pt", torch.device("cpu"), cfg.eval.channels_last)
-        best: dict[str, dict] = {}
+        best: dict[str, BackendResult] = {}
         for _ in range(args.repeats):
             for backend in BACKENDS:
                 meters = create_meters(cfg.energy, measurement_plan("cpu"))
@@ -66,23 +67,23 @@ def main() -> None:
                                             if backend != "fp32" else ["fp32"], checkpoint=out / "model.pt")[backend]
                 finally:
                     meters.close()
-                if backend not in best or row["utt_per_s"] > best[backend]["utt_per_s"]:
+                if backend not in best or row.utt_per_s > best[backend].utt_per_s:
                     best[backend] = row
-        base = best["fp32"]["utt_per_s"]
-        print(f"\n{name} ({best['fp32']['n_utts']} utterances, {best['fp32']['n_trials']} trials, "
-              f"energy {best['fp32']['energy.source']})")
+        base = best["fp32"].utt_per_s
+        print(f"\n{name} ({best['fp32'].n_utts} utterances, {best['fp32'].n_trials} trials, "
+              f"energy {best['fp32'].energy_labels['energy.source']})")
         print(f"{'back end':10s} {'utt/s':>8s} {'x fp32':>7s} {'J/1k trials':>12s} {'p50 ms':>7s} {'EER %':>7s} "
               f"{'dEER [95% CI]':>22s} {'MB':>6s}")
         for backend in BACKENDS:
             r = best[backend]
-            t = next(iter(r["metrics"]))
-            diff = r.get("eer_diff_pct", {}).get(t)
-            ci = r.get("eer_diff_ci", {}).get(t)
+            t = next(iter(r.lists))
+            diff, ci = r.eer_diff_pct.get(t), r.eer_diff_ci.get(t)
             d = f"{diff:+.2f} [{ci[0]:+.2f}, {ci[1]:+.2f}]" if diff is not None else "-"
-            print(f"{backend:10s} {r['utt_per_s']:8.1f} {r['utt_per_s'] / base:7.2f} "
-                  f"{r.get('energy_j_per_1k_trials') or float('nan'):12.1f} {r.get('latency_p50_ms') or 0:7.1f} "
-                  f"{r['metrics'][t]['eer_pct']:7.2f} {d:>22s} {r.get('model_size_mb') or 0:6.2f}")
-        q = best["onnx-int8"].get("backend", {})
+            p50 = r.latency.latency_p50_ms if r.latency else 0
+            print(f"{backend:10s} {r.utt_per_s:8.1f} {r.utt_per_s / base:7.2f} "
+                  f"{r.energy_j_per_1k_trials or float('nan'):12.1f} {p50:7.1f} "
+                  f"{r.lists[t].eer_pct:7.2f} {d:>22s} {r.model_size_mb or 0:6.2f}")
+        q = best["onnx-int8"].details
         print(f"int8: {q.get('mode')}, int8 ops {q.get('quantized_ops')}")
     sys.stdout.flush()
 

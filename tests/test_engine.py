@@ -66,8 +66,8 @@ def test_sigkill_mid_epoch_then_resume_is_exact(tiny_corpus, tmp_path):
     wr, wk = _weights(tmp_path / "ref" / "model.pt"), _weights(out / "model.pt")
     assert all(torch.equal(wr[k], wk[k]) for k in wr), killed_at
     res = json.loads((out / "result.json").read_text())
-    assert res["metrics"]["synth"]["eer_pct"] == ref.metrics["synth"]["eer_pct"]
-    assert [h["loss"] for h in res["train"]["history"]] == [h["loss"] for h in ref.train["history"]]
+    assert res["metrics"]["synth"]["eer_pct"] == ref.metrics["synth"].eer_pct
+    assert [h["loss"] for h in res["train"]["history"]] == [h["loss"] for h in ref.train.history]
 
 
 def test_ddp_two_ranks_on_cpu(tiny_corpus, tmp_path, fake_machine):
@@ -165,10 +165,10 @@ def test_energy_in_result_and_infer_cli(tiny_corpus, tmp_path):
     assert em["train/energy_kwh"] == pytest.approx(em["train/energy_j"] / 3.6e6)
     assert tags["energy.source"] != "none" and tags["carbon.region"] == "FRA"
     assert tags["energy.estimated"] == ("true" if "estimate" in tags["energy.source"] else "false")
-    assert all(h["energy_j"] > 0 for h in res.train["history"])  # per-epoch energy
+    assert all(h["energy_j"] > 0 for h in res.train.history)  # per-epoch energy
     assert set(res.inference) == {"fp32", "bf16"}
-    assert res.inference["fp32"]["energy_j_per_1k_trials"] > 0
-    assert res.forecast["energy_j"] > 0 and "error_pct" in res.forecast and res.forecast["probe_energy_j"] > 0
+    assert res.inference["fp32"].energy_j_per_1k_trials > 0
+    assert res.forecast.energy_j > 0 and res.forecast.error_pct is not None and res.forecast.probe_energy_j > 0
     out = run_cli("infer", "--preset", "tiny", "--data.root", tiny_corpus, "--checkpoint", tmp_path / "e" / "model.pt",
                   "--precision", "fp32,bf16", "--eval.latency", "false")  # latency: covered by run_variant above
     assert out.returncode == 0, out.stderr

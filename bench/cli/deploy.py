@@ -16,7 +16,7 @@ def cmd_infer(args, extra) -> int:
 
     from bench.energy.meters import create_meters
     from bench.energy.plan import measurement_plan
-    from bench.eval.inference import eer_by_list, measure_inference
+    from bench.eval.inference import measure_inference
     from bench.eval.scoring import load_model
     from bench.training.trainer import select_device
 
@@ -35,34 +35,35 @@ def cmd_infer(args, extra) -> int:
                                  args.trials or None, checkpoint=args.checkpoint, onnx_path=args.onnx)
     finally:
         meters.close()
-    table = pd.DataFrame([{"back end": p, "utt_per_s": r["utt_per_s"], "energy_j_per_utt": r.get("energy_j_per_utt"),
-                           "energy_j_per_1k_trials": r.get("energy_j_per_1k_trials"),
-                           "co2_g_per_1k_trials": r.get("co2_g_per_1k_trials"),
-                           "latency_p50_ms": r.get("latency_p50_ms"), "model_size_mb": r["model_size_mb"],
-                           **{f"eer_pct/{n}": m["eer_pct"] for n, m in r["metrics"].items()},
-                           **{f"eer_diff_pct/{n}": d for n, d in r.get("eer_diff_pct", {}).items()},
-                           **{f"min_dcf_p01/{n}": m["min_dcf_p01"] for n, m in r["metrics"].items()},
-                           "energy.source": r["energy.source"], "energy.estimated": r["energy.estimated"]}
+    table = pd.DataFrame([{"back end": p, "utt_per_s": r.utt_per_s, "energy_j_per_utt": r.energy_j_per_utt,
+                           "energy_j_per_1k_trials": r.energy_j_per_1k_trials,
+                           "co2_g_per_1k_trials": r.co2_g_per_1k_trials,
+                           "latency_p50_ms": r.latency.latency_p50_ms if r.latency else None,
+                           "model_size_mb": r.model_size_mb,
+                           **{f"eer_pct/{n}": m.eer_pct for n, m in r.lists.items()},
+                           **{f"eer_diff_pct/{n}": d for n, d in r.eer_diff_pct.items()},
+                           **{f"min_dcf_p01/{n}": m.min_dcf_p01 for n, m in r.lists.items()},
+                           "energy.source": r.energy_labels["energy.source"],
+                           "energy.estimated": r.energy_labels["energy.estimated"]}
                           for p, r in rows.items()])
     print(table.to_string(index=False))
     if args.json:
-        print(json.dumps(rows, indent=2, default=str))
+        print(json.dumps({p: r.as_row() for p, r in rows.items()}, indent=2, default=str))
     from bench.energy import accounting
     from bench.tracking import naming, store
 
     for p, r in rows.items():
-        if r["backend"].get("quantized_ops"):
-            print(f"{p}: {r['backend']['mode']} quantization, int8 ops {r['backend']['quantized_ops']}")
+        if r.details.get("quantized_ops"):
+            print(f"{p}: {r.details['mode']} quantization, int8 ops {r.details['quantized_ops']}")
     outer = store.take_outer_run()
     if outer:  # launched by `mlflow run`: the figures go into its run
-        by_list = eer_by_list(rows)
-        backend_params = {f"{p}.{k}": v for p, r in rows.items() for k, v in r["backend"].items()
+        backend_params = {f"{p}.{k}": v for p, r in rows.items() for k, v in r.details.items()
                           if k in ("engine", "mode", "threads", "calibration_utts")}
         store.log_to_outer_run(outer, {"checkpoint": Path(args.checkpoint).resolve(), "precision": args.precision,
                                           "data.root": cfg.data.root, "eval.batch_frames": cfg.eval.batch_frames,
                                           **backend_params},
-                                  naming.inference_metrics(by_list, fp32_eer=True),
-                                  accounting.combined_energy_tags(list(rows.values())))
+                                  naming.inference_metrics(rows, fp32_eer=True),
+                                  accounting.combined_energy_tags([r.energy_labels for r in rows.values()]))
     return 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 from bench.cli.common import add_config_args, config_from_args
@@ -36,9 +37,8 @@ def cmd_train(args, extra) -> int:
         print(f"MLflow run {rid} at {store.setup_tracking()}")
     if result is not None:
         for name, m in result.metrics.items():
-            print(f"{name}: EER {m['eer_pct']:.2f}%  minDCF(0.01) {m['min_dcf_p01']:.3f}  minDCF(0.05) "
-                  f"{m['min_dcf_p05']:.3f}  ({m['n_trials']} trials)")
-        print(f"train: {result.train['steps']} steps in {result.train['time_s']:.1f} s; result: "
+            print(m.summary(name))
+        print(f"train: {result.train.steps} steps in {result.train.time_s:.1f} s; result: "
               f"{Path(args.out) / 'result.json'}")
     return 0
 
@@ -69,10 +69,9 @@ def cmd_eval(args, extra) -> int:
     out = Path(args.out) if args.out else Path(args.checkpoint).parent
     results = evaluate(model, cfg, device, out, trial_names, precision=args.precision)
     for name, m in results.items():
-        print(f"{name}: EER {m['eer_pct']:.2f}%  minDCF(0.01) {m['min_dcf_p01']:.3f}  minDCF(0.05) "
-              f"{m['min_dcf_p05']:.3f}  ({m['n_trials']} trials)")
+        print(m.summary(name))
     if args.json:
-        print(json.dumps(results, indent=2))
+        print(json.dumps({name: asdict(m) for name, m in results.items()}, indent=2))
     return 0
 
 

@@ -20,6 +20,7 @@ from bench.energy.meters import MeterSet
 from bench.eval.deploy import prepare_backends
 from bench.eval.latency import measure_latency
 from bench.eval.metrics import verification_metrics
+from bench.eval.results import BackendResult
 from bench.eval.scoring import LoadedModel, evaluate, load_trial_lists, make_fbank
 from bench.eval.statistics import METRICS, paired_difference, resampled_metrics, speaker_of, speaker_resamples
 
@@ -27,43 +28,43 @@ from bench.eval.statistics import METRICS, paired_difference, resampled_metrics,
 def measure_inference(model: LoadedModel, cfg: Config, device: torch.device, meters: MeterSet,
                       precisions: list[str], out_dir: Path | None = None, trial_names: list[str] | None = None,
                       series=None, checkpoint: str | Path | None = None,
-                      onnx_path: str | Path | None = None) -> dict[str, dict]:
+                      onnx_path: str | Path | None = None) -> dict[str, BackendResult]:
     _, lists, _ = load_trial_lists(cfg, trial_names)
     n_utts = len(set().union(*[set(t.utterances) for t in lists]))
     n_trials = sum(len(t) for t in lists)
     series = series if series is not None else intensity_series(cfg.energy)
     backends = prepare_backends(model, cfg, precisions, checkpoint, onnx_path)
-    out: dict[str, dict] = {}
+    out: dict[str, BackendResult] = {}
     scores: dict[str, dict] = {}
     with _threads(cfg.eval.threads):
         for name in precisions:
             b = backends[name]
             window = meters.window(f"infer/{name}")  # embeddings and scoring only (see evaluate)
             scores[name] = {}
-            metrics = evaluate(b.model, cfg, device, out_dir, trial_names, precision=b.precision, measured=window,
-                               label=name, scores_out=scores[name])
+            lists_result = evaluate(b.model, cfg, device, out_dir, trial_names, precision=b.precision,
+                                    measured=window, label=name, scores_out=scores[name])
             r = meters.readings[-1]
-            row = {"time_s": r.time_s, "utt_per_s": n_utts / r.time_s if r.time_s > 0 else None, "n_utts": n_utts,
-                   "n_trials": n_trials, **r.tags(), "metrics": metrics, "model_size_mb": b.size_mb,
-                   "backend": b.details}
+            row = BackendResult(details=b.details, model_size_mb=b.size_mb, time_s=r.time_s,
+                                utt_per_s=n_utts / r.time_s if r.time_s > 0 else None, n_utts=n_utts,
+                                n_trials=n_trials, energy_labels=r.tags(), lists=lists_result)
             if r.total_j is not None:
                 carbon = carbon_of([r], cfg.energy.pue, cfg.energy.region, series)
-                row.update(energy_j=r.total_j, energy_j_per_utt=r.total_j / n_utts,
-                           energy_j_per_1k_trials=r.total_j / n_trials * 1000.0,
-                           co2_g_per_1k_trials=carbon.co2_g / n_trials * 1000.0)
+                row.energy_j, row.energy_j_per_utt = r.total_j, r.total_j / n_utts
+                row.energy_j_per_1k_trials = r.total_j / n_trials * 1000.0
+                row.co2_g_per_1k_trials = carbon.co2_g / n_trials * 1000.0
             if cfg.eval.latency:
                 root, df = load_trial_lists(cfg, trial_names)[0::2]
-                row.update(measure_latency(b.model.extractor, make_fbank(cfg, device), [root / p for p in df["path"]],
-                                           device, b.precision, seed=cfg.train.seed))
+                row.latency = measure_latency(b.model.extractor, make_fbank(cfg, device),
+                                              [root / p for p in df["path"]], device, b.precision, seed=cfg.train.seed)
             out[name] = row
     if "fp32" in scores:
         for name, row in out.items():
             if name != "fp32":
-                row.update(_difference_to_fp32(scores[name], scores["fp32"], cfg))
+                row.eer_diff_pct, row.eer_diff_ci = _difference_to_fp32(scores[name], scores["fp32"], cfg)
     return out
 
 
-def _difference_to_fp32(mine: dict, ref: dict, cfg: Config) -> dict:
+def _difference_to_fp32(mine: dict, ref: dict, cfg: Config) -> tuple[dict, dict]:
     """EER of this back end minus PyTorch fp32's per trial list, with the paired bootstrap interval."""
     diff, ci = {}, {}
     for name, (t, s) in mine.items():
@@ -78,8 +79,8 @@ def _difference_to_fp32(mine: dict, ref: dict, cfg: Config) -> dict:
         b = resampled_metrics(ref_scores, t.labels, spk_e, spk_t, res)
         d = paired_difference({k: obs_a[k] for k in METRICS}, {k: obs_b[k] for k in METRICS}, a, b,
                               cfg.eval.ci_level)["eer_pct"]
-        diff[name], ci[name] = d.value, [d.interval.low, d.interval.high]
-    return {"eer_diff_pct": diff, "eer_diff_ci": ci}
+        diff[name], ci[name] = d.value, (d.interval.low, d.interval.high)
+    return diff, ci
 
 
 @contextlib.contextmanager
@@ -93,8 +94,3 @@ def _threads(n: int):
     finally:
         torch.set_num_threads(before)
 
-
-def eer_by_list(rows: dict[str, dict]) -> dict[str, dict]:
-    """Rows of ``measure_inference`` with their per-list metrics reduced to ``eer_pct``: trial list -> EER."""
-    return {p: {k: v for k, v in row.items() if k != "metrics"}
-            | {"eer_pct": {n: m["eer_pct"] for n, m in row["metrics"].items()}} for p, row in rows.items()}

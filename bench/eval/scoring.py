@@ -21,6 +21,7 @@ from bench.data.manifest import EVAL_MANIFEST, TRAIN_MANIFEST, data_root, read_m
 from bench.data.trials import TrialList, check_against, find_trial_lists, read_trials, write_scores
 from bench.errors import BenchError
 from bench.eval.metrics import verification_metrics
+from bench.eval.results import ListResult
 from bench.eval.statistics import BOOTSTRAP_SEED, bootstrap_ci, speaker_of
 from bench.models import ResNetSpec, build_model
 from bench.models.inference import compile_extractor, extraction_model
@@ -147,7 +148,7 @@ def load_trial_lists(cfg: Config, names: list[str] | None = None) -> tuple[Path,
 def evaluate(model: LoadedModel, cfg: Config, device: torch.device, out_dir: Path | None = None,
              trial_names: list[str] | None = None, precision: str = "fp32",
              measured: ContextManager | None = None, label: str | None = None,
-             scores_out: dict | None = None) -> dict[str, dict]:
+             scores_out: dict | None = None) -> dict[str, ListResult]:
     """Metrics per trial list (and score files under ``out_dir/scores`` when given, ``<list>.txt`` for fp32 and
     ``<list>.<label>.txt`` for another back end; ``label`` defaults to the precision).
 
@@ -176,15 +177,15 @@ def evaluate(model: LoadedModel, cfg: Config, device: torch.device, out_dir: Pat
     for t, scores in zip(lists, all_scores):
         if scores_out is not None:
             scores_out[t.name] = (t, scores)
-        metrics = verification_metrics(scores, t.labels)
+        result = ListResult(**verification_metrics(scores, t.labels))
         if cfg.eval.bootstrap_resamples:
             ci = bootstrap_ci(scores, t.labels, [speaker_of(u) for u in t.enroll], [speaker_of(u) for u in t.test],
                               cfg.eval.bootstrap_resamples, cfg.eval.ci_level, seed=BOOTSTRAP_SEED)
-            metrics["ci"] = {k: [i.low, i.high] for k, i in ci.items()}
-            metrics.update(ci_level=cfg.eval.ci_level, ci_resamples=ci["eer_pct"].n_resamples)
+            result.ci = {k: (i.low, i.high) for k, i in ci.items()}
+            result.ci_level, result.ci_resamples = cfg.eval.ci_level, ci["eer_pct"].n_resamples
         if out_dir is not None:
             path = Path(out_dir) / "scores" / f"{t.name}{'' if label == 'fp32' else '.' + label}.txt"
             write_scores(path, t, scores)
-            metrics["score_file"] = str(path)
-        results[t.name] = metrics
+            result.score_file = str(path)
+        results[t.name] = result
     return results

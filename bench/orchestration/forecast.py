@@ -5,7 +5,7 @@ so that a search can account for it."""
 from __future__ import annotations
 
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from bench.config import Config
 from bench.energy.meters import MeterSet
@@ -23,9 +23,7 @@ class Forecast:
     probe_energy_j: float | None
     probe_time_s: float
     source: str
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+    error_pct: float | None = None  # (forecast - measured) / measured training energy, set after the training
 
 
 class _ProbeWindow:

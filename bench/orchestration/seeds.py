@@ -124,7 +124,7 @@ def run_tracked_seeds(cfg: Config, out_dir: str | Path, run_id: str | None = Non
                                  meters=meters, callbacks=callbacks, force=force)
             per_seed.append(result_metrics(res))
             seed_tags_seen.append(res.energy_tags)
-            seed_scores.append({t: Path(r["score_file"]) for t, r in res.metrics.items() if r.get("score_file")})
+            seed_scores.append({t: Path(r.score_file) for t, r in res.metrics.items() if r.score_file})
         summary = seed_summary(per_seed)
         if cfg.eval.bootstrap_resamples:
             summary.update(seed_mean_intervals(seed_scores, cfg.eval.ci_level, cfg.eval.bootstrap_resamples))

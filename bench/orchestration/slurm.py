@@ -17,6 +17,7 @@ from ``squeue`` while Slurm holds it, then from submitit's result files (one per
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -96,6 +97,7 @@ class VariantJob:
         confine_gpus()
         env = submitit.JobEnvironment()
         if env.num_tasks > 1:  # one task per GPU: the torchrun variables from the Slurm environment
+            os.environ.setdefault("MASTER_PORT", str(rendezvous_port(env.job_id)))
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
         cfg = build_config(self.cfg_dict)
         resume = self.resume or (Path(self.out_dir) / "checkpoints" / "last.pt").is_file()
@@ -120,6 +122,19 @@ class VariantJob:
 class JobStopped(BaseException):
     """The job was told to stop (time-out or preemption without requeue): ends a search worker's trial loop
     (a BaseException, so that Optuna's ``catch`` does not turn it into one FAILED trial after another)."""
+
+
+def rendezvous_port(job_id: str) -> int:
+    """The DDP rendezvous port of a multi-task job, the same in every task: drawn from the job id below the
+    kernel's ephemeral range. (submitit draws from 20000-60000, which overlaps it: a port the kernel had given to
+    a server started on port 0 or to an outgoing connection then made rank 0 fail and the other ranks wait.)
+    ``MASTER_PORT`` in the submitting shell's environment overrides it."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768  # Linux's default
+    first = 20000 if low > 21000 else 10000
+    return first + random.Random(job_id).randrange(max(1, min(low, 65536) - first))
 
 
 def job_stop_errors() -> tuple[type[BaseException], ...]:

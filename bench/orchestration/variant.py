@@ -21,14 +21,27 @@ from bench.energy.accounting import (carbon_tags, intensity_series, summarise, t
                                      write_timeline_csv)
 from bench.energy.meters import create_meters
 from bench.energy.plan import CPU_TIME_SHARE, measurement_plan
-from bench.eval.inference import eer_by_list, measure_inference
+from bench.eval.inference import measure_inference
+from bench.eval.results import BackendResult, ListResult
 from bench.eval.scoring import load_model, make_fbank, training_statistics
 from bench.models import spec_from_config
-from bench.models.profile import profile_model
-from bench.orchestration.forecast import probe
+from bench.models.profile import ModelProfile, profile_model
+from bench.orchestration.forecast import Forecast, probe
 from bench.training import checkpoint as ckpt
 from bench.training.distributed import barrier, init_distributed, shutdown
 from bench.training.trainer import check_fresh_out, select_device, steps_per_epoch, train
+
+
+@dataclass
+class TrainSummary:
+    steps: int
+    epochs: int
+    time_s: float
+    skipped_files: int  # unreadable training files left out
+    history: list[dict]  # one row per epoch (loss, lr, time; energy is in the run's epoch metrics)
+    world: int  # DDP ranks
+    device: str
+    torch_threads: int
 
 
 @dataclass
@@ -36,18 +49,20 @@ class VariantResult:
     name: str
     out_dir: str
     spec: dict
-    profile: dict
-    metrics: dict[str, dict]
-    train: dict
+    profile: ModelProfile
+    metrics: dict[str, ListResult]  # trial list -> PyTorch fp32 metrics
+    train: TrainSummary
     config: dict
     energy_metrics: dict = field(default_factory=dict)  # DESIGN.md metric names -> value
     energy_tags: dict = field(default_factory=dict)
-    inference: dict = field(default_factory=dict)
-    forecast: dict | None = None
+    inference: dict[str, BackendResult] = field(default_factory=dict)  # back end -> its figures
+    forecast: Forecast | None = None
     cohort: dict = field(default_factory=dict)  # AS-norm cohort size: speakers, utterances
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, default=str)
+        d = asdict(self)
+        d["inference"] = {name: row.as_row() for name, row in self.inference.items()}
+        return json.dumps(d, indent=2, default=str)
 
 
 def run_variant(cfg: Config, out_dir: str | Path, resume: bool = False, callbacks: list | None = None,
@@ -78,7 +93,7 @@ def run_variant(cfg: Config, out_dir: str | Path, resume: bool = False, callback
             print("energy.forecast is skipped under torchrun (the probe is a single-process run)")
         if cfg.energy.forecast and not dist_info.enabled and not resume:
             total = steps_per_epoch(cfg) * cfg.train.epochs
-            forecast = probe(cfg, meters, min(total, cfg.train.max_steps or total)).to_dict()
+            forecast = probe(cfg, meters, min(total, cfg.train.max_steps or total))
         tr = train(cfg, out_dir, resume=resume, callbacks=callbacks, epoch_window=meters.window, progress=progress)
         train_reading = train_reading_from_history(tr.history)  # epochs already summed over ranks
         if not dist_info.is_main:
@@ -95,7 +110,7 @@ def run_variant(cfg: Config, out_dir: str | Path, resume: bool = False, callback
         precisions = ["fp32"] + [p for p in cfg.eval.infer_precisions if p != "fp32"]
         inference = measure_inference(model, cfg, device, meters, precisions, out_dir, series=series,
                                       checkpoint=tr.model_path)
-        metrics = inference["fp32"]["metrics"]
+        metrics = inference["fp32"].lists
         spec = spec_from_config(cfg.model, n_mels=cfg.features.n_mels)
         n_classes = len(model.payload["speakers"]) * (3 if cfg.data.augment.speed_perturb else 1)
         prof = profile_model(spec, num_classes=n_classes)
@@ -109,18 +124,16 @@ def run_variant(cfg: Config, out_dir: str | Path, resume: bool = False, callback
         energy_tags.update({k.removeprefix("train."): v for k, v in energy_tags.items()
                             if k.startswith("train.energy.")})
         energy_tags["energy.meters"] = meters.describe()
-        if forecast is not None and forecast["energy_j"] and energy_metrics.get("train/energy_j"):
+        if forecast is not None and forecast.energy_j and energy_metrics.get("train/energy_j"):
             measured_j = energy_metrics["train/energy_j"]
-            forecast["error_pct"] = 100.0 * (forecast["energy_j"] - measured_j) / measured_j
+            forecast.error_pct = 100.0 * (forecast.energy_j - measured_j) / measured_j
         write_timeline_csv(meters.readings, out_dir / "energy_timeline.csv")
         result = VariantResult(
-            name=cfg.name, out_dir=str(out_dir), spec=spec.to_dict(), profile=prof.to_dict(), metrics=metrics,
-            train={"steps": tr.steps, "epochs": tr.epochs, "time_s": tr.time_s,
-                   "skipped_files": tr.skipped_files,
-                   "history": [{k: v for k, v in h.items() if k != "energy"} for h in tr.history],
-                   "world": dist_info.world, "device": str(device), "torch_threads": torch.get_num_threads()},
-            config=flat_params(cfg), energy_metrics=energy_metrics, energy_tags=energy_tags,
-            inference=eer_by_list(inference),
+            name=cfg.name, out_dir=str(out_dir), spec=spec.to_dict(), profile=prof, metrics=metrics,
+            train=TrainSummary(steps=tr.steps, epochs=tr.epochs, time_s=tr.time_s, skipped_files=tr.skipped_files,
+                               history=[{k: v for k, v in h.items() if k != "energy"} for h in tr.history],
+                               world=dist_info.world, device=str(device), torch_threads=torch.get_num_threads()),
+            config=flat_params(cfg), energy_metrics=energy_metrics, energy_tags=energy_tags, inference=inference,
             forecast=forecast,
             cohort={"speakers": int(stats["cohort"].shape[0]), "utts": cohort_utts},
         )

@@ -6,6 +6,7 @@ import os
 import subprocess
 import tempfile
 import warnings
+from dataclasses import asdict
 from pathlib import Path
 
 import mlflow
@@ -69,12 +70,12 @@ def _det_plot(result, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(5, 5))
     for trials, r in result.metrics.items():
-        rows = [ln.split() for ln in Path(r["score_file"]).read_text().splitlines()]
+        rows = [ln.split() for ln in Path(r.score_file).read_text().splitlines()]
         labels = np.array([int(x[0]) for x in rows])
         scores = np.array([float(x[1]) for x in rows])
         fpr, fnr = det_points(scores, labels)
         clip = lambda v: np.clip(v, 1e-4, 1 - 1e-4)  # noqa: E731
-        ax.plot(norm.ppf(clip(fpr)), norm.ppf(clip(fnr)), label=f"{trials} (EER {r['eer_pct']:.2f}%)")
+        ax.plot(norm.ppf(clip(fpr)), norm.ppf(clip(fnr)), label=f"{trials} (EER {r.eer_pct:.2f}%)")
     ticks = [0.001, 0.01, 0.05, 0.2, 0.5]
     ax.set_xticks(norm.ppf(ticks), [f"{t:g}" for t in ticks])
     ax.set_yticks(norm.ppf(ticks), [f"{t:g}" for t in ticks])
@@ -103,7 +104,7 @@ def _energy_plot(result, out_dir: Path, path: Path) -> None:
         ax.set_xlabel("time (s)")
         ax.set_ylabel("power (W)")
     else:
-        hist = result.train["history"]
+        hist = result.train.history
         ax.bar([h["epoch"] for h in hist], [h.get("energy_j") or 0 for h in hist])
         ax.set_xlabel("epoch")
         ax.set_ylabel("energy (J)")
@@ -120,8 +121,8 @@ def log_artifacts(log: RunLog, run: str, result, cfg: Config, model_path: Path, 
     log.log_text(run, config_to_yaml(cfg), "config.yaml")
     log.log_dict(run, json.loads(result.to_json()), "result.json")
     for r in result.metrics.values():
-        if r.get("score_file") and Path(r["score_file"]).is_file():
-            log.log_file(run, r["score_file"], "scores")
+        if r.score_file and Path(r.score_file).is_file():
+            log.log_file(run, r.score_file, "scores")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         _det_plot(result, tmp / "det.png")
@@ -131,11 +132,11 @@ def log_artifacts(log: RunLog, run: str, result, cfg: Config, model_path: Path, 
     if (out_dir / "energy_timeline.csv").is_file():
         log.log_file(run, out_dir / "energy_timeline.csv")
     windows = pd.DataFrame([{"epoch": h["epoch"], "time_s": h["time_s"], "energy_j": h.get("energy_j")}
-                            for h in result.train["history"]])
+                            for h in result.train.history])
     log.log_text(run, windows.to_csv(index=False), "energy_per_epoch.csv")
     model = load_model(model_path, torch.device("cpu"))
     summary = (f"{model.embedder}\n\nspec: {json.dumps(result.spec, indent=1)}\n"
-               f"profile: {json.dumps(result.profile, indent=1)}\n")
+               f"profile: {json.dumps(asdict(result.profile), indent=1)}\n")
     log.log_text(run, summary, "model_summary.txt")
     if log_model:
         log.log_model(run, model_path)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from bench.config import Config, flat_params
+from bench.eval.results import BackendResult, ListResult
 
 TAG_KIND = "svbench.kind"  # sweep | variant | study | trial
 
@@ -39,47 +40,56 @@ def stat_key(key: str, stat: str) -> str:
 STATS = ("/std", "/ci_low", "/ci_high")
 
 
+def list_metrics(name: str, r: ListResult, prefix: str = "") -> dict[str, float]:
+    """``<prefix><metric>/<trial list>`` and its interval's ``/ci_low``, ``/ci_high``."""
+    m = {f"{prefix}{key}/{name}": getattr(r, key) for key in ("eer_pct", "min_dcf_p01", "min_dcf_p05")}
+    for key, (low, high) in r.ci.items():
+        m[stat_key(f"{prefix}{key}/{name}", "ci_low")] = low
+        m[stat_key(f"{prefix}{key}/{name}", "ci_high")] = high
+    return m
+
+
 def result_metrics(result) -> dict[str, float]:
+    """Every metric of a ``VariantResult`` (bench.orchestration.variant)."""
     m: dict[str, float] = {}
     for trials, r in result.metrics.items():
-        m[f"eer_pct/{trials}"] = r["eer_pct"]
-        m[f"min_dcf_p01/{trials}"] = r["min_dcf_p01"]
-        m[f"min_dcf_p05/{trials}"] = r["min_dcf_p05"]
-        for key, (low, high) in r.get("ci", {}).items():
-            m[stat_key(f"{key}/{trials}", "ci_low")] = low
-            m[stat_key(f"{key}/{trials}", "ci_high")] = high
+        m.update(list_metrics(trials, r))
     m.update({k: v for k, v in result.energy_metrics.items() if v is not None})
     m.update(inference_metrics(result.inference))
-    m["model/params_m"] = result.profile["params"] / 1e6
-    m["model/params_with_head_m"] = result.profile["params_with_head"] / 1e6
-    m["model/gmacs_per_s_audio"] = result.profile["gmacs_per_s_audio"]
-    m["train/steps"] = result.train["steps"]
+    m["model/params_m"] = result.profile.params / 1e6
+    m["model/params_with_head_m"] = result.profile.params_with_head / 1e6
+    m["model/gmacs_per_s_audio"] = result.profile.gmacs_per_s_audio
+    m["train/steps"] = result.train.steps
     for key, value in result.cohort.items():
         m[f"eval/cohort_{key}"] = value
     if result.forecast:
         for key in ("energy_j", "time_s", "probe_energy_j", "error_pct"):
-            if result.forecast.get(key) is not None:
-                m[f"forecast/{key}"] = result.forecast[key]
+            if getattr(result.forecast, key) is not None:
+                m[f"forecast/{key}"] = getattr(result.forecast, key)
     return m
 
 
-def inference_metrics(inference: dict[str, dict], fp32_eer: bool = False) -> dict[str, float]:
-    """``infer/<key>`` for fp32 and ``infer_<precision>/<key>`` for the others, from rows whose ``eer_pct`` maps
-    trial list -> EER. The fp32 EER is the run's ``eer_pct/<trials>``; ``fp32_eer`` also logs it as
-    ``infer/eer_pct/<trials>`` (a run of ``svbench infer`` alone)."""
+INFER_KEYS = ("energy_j_per_utt", "energy_j_per_1k_trials", "co2_g_per_1k_trials", "utt_per_s", "time_s",
+              "model_size_mb")
+LATENCY_KEYS = ("latency_p50_ms", "latency_p95_ms", "rtf", "throughput_utt_per_s", "best_batch_size")
+
+
+def inference_metrics(inference: dict[str, BackendResult], fp32_eer: bool = False) -> dict[str, float]:
+    """``infer/<key>`` for fp32 and ``infer_<back end>/<key>`` for the others. The fp32 EER is the run's
+    ``eer_pct/<trials>``; ``fp32_eer`` also logs it as ``infer/eer_pct/<trials>`` (a run of ``svbench infer``
+    alone)."""
     m: dict[str, float] = {}
-    for precision, row in inference.items():
-        prefix = "infer" if precision == "fp32" else f"infer_{precision}"
-        for key in ("energy_j_per_utt", "energy_j_per_1k_trials", "co2_g_per_1k_trials", "utt_per_s", "time_s",
-                    "latency_p50_ms", "latency_p95_ms", "rtf", "throughput_utt_per_s", "best_batch_size",
-                    "model_size_mb"):
-            if row.get(key) is not None:
-                m[f"{prefix}/{key}"] = row[key]
-        if precision != "fp32" or fp32_eer:
-            m.update({f"{prefix}/eer_pct/{trials}": eer for trials, eer in row["eer_pct"].items()})
-        for trials, diff in row.get("eer_diff_pct", {}).items():  # to PyTorch fp32, paired bootstrap interval
+    for backend, row in inference.items():
+        prefix = "infer" if backend == "fp32" else f"infer_{backend}"
+        figures = [(key, getattr(row, key)) for key in INFER_KEYS]
+        if row.latency is not None:
+            figures += [(key, getattr(row.latency, key)) for key in LATENCY_KEYS]
+        m.update({f"{prefix}/{key}": value for key, value in figures if value is not None})
+        if backend != "fp32" or fp32_eer:
+            m.update({f"{prefix}/eer_pct/{trials}": eer for trials, eer in row.eer_pct.items()})
+        for trials, diff in row.eer_diff_pct.items():  # to PyTorch fp32, paired bootstrap interval
             key = f"{prefix}/eer_diff_pct/{trials}"
             m[key] = diff
-            if trials in row.get("eer_diff_ci", {}):
-                m[stat_key(key, "ci_low")], m[stat_key(key, "ci_high")] = row["eer_diff_ci"][trials]
+            if trials in row.eer_diff_ci:
+                m[stat_key(key, "ci_low")], m[stat_key(key, "ci_high")] = row.eer_diff_ci[trials]
     return m
