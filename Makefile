@@ -22,7 +22,8 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# tests/run_suite.py: the tests on 2 pytest-xdist workers, then the solo tests alone (ARGS are passed to pytest)
+# tests/run_suite.py: the tests on 2 pytest-xdist workers (SVBENCH_TEST_WORKERS), then the solo tests alone
+# (ARGS are passed to pytest)
 test: $(STAMP)
 	$(PY) tests/run_suite.py $(ARGS)
 

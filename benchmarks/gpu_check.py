@@ -216,7 +216,7 @@ def step_end_to_end(s: Settings, deadline: float) -> dict:
     source = res.energy_tags.get("energy.source", "none")
     s.shared["model"] = out / "model.pt"
     s.shared["cfg"] = cfg
-    return {"time_s": time.perf_counter() - t, "eer_pct": {k: m["eer_pct"] for k, m in res.metrics.items()},
+    return {"time_s": time.perf_counter() - t, "eer_pct": {k: m.eer_pct for k, m in res.metrics.items()},
             "train_energy_j": res.energy_metrics.get("train/energy_j"), "energy_source": source,
             "gpu_nvml_labelled": "gpu:nvml" in source, "expected_gpu_nvml": cuda,
             "settings": {k: over[k] for k in ("train.amp", "train.channels_last", "head.type", "train.epochs")}}

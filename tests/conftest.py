@@ -143,6 +143,14 @@ def mlflow_server(tmp_path: Path, dbname: str):
         server.wait(timeout=30)
 
 
+@pytest.fixture(scope="session")
+def tracking_server(tmp_path_factory):
+    """One ``mlflow server`` (on PostgreSQL when it answers) for every test of this pytest process that only needs
+    a server to log to; each test keeps to its own experiment names. (The outage tests start and kill their own.)"""
+    with mlflow_server(tmp_path_factory.mktemp("tracking_server"), "svbench_tracking_server") as base:
+        yield base
+
+
 def free_port() -> int:
     import socket
 

@@ -29,7 +29,7 @@ def _weights(path):
 def test_same_seed_same_result(tiny_corpus, tmp_path):
     a = run_variant(_cfg(tiny_corpus), tmp_path / "a", progress=False)
     b = run_variant(_cfg(tiny_corpus), tmp_path / "b", progress=False)
-    assert a.metrics["synth"]["eer_pct"] == b.metrics["synth"]["eer_pct"]
+    assert a.metrics["synth"].eer_pct == b.metrics["synth"].eer_pct
     wa, wb = _weights(tmp_path / "a" / "model.pt"), _weights(tmp_path / "b" / "model.pt")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     assert (tmp_path / "a" / "scores" / "synth.txt").read_text().splitlines()[0].count(" ") == 3

@@ -7,7 +7,7 @@ import subprocess
 import time
 
 import pytest
-from conftest import REPO, assert_one_line_error, mlflow_server, postgres_url, run_cli
+from conftest import REPO, assert_one_line_error, postgres_url, run_cli
 from mlflow.tracking import MlflowClient
 
 # one cluster, and PostgreSQL's connections: these tests run on one worker, with the other PostgreSQL tests
@@ -62,75 +62,75 @@ def _start_now_when_requeued(jid: str, deadline: float) -> None:
         time.sleep(0.2)
 
 
-def test_sweep_on_slurm_nested_runs_requeue_and_a_failing_job(slurm_cluster, tiny_corpus, tmp_path):
+def test_sweep_on_slurm_nested_runs_requeue_and_a_failing_job(slurm_cluster, tiny_corpus, tmp_path, tracking_server):
     """Each variant a Slurm job logging into the tracking server; one job requeued mid-training resumes from
     its checkpoint; a failing job ends FAILED with its stderr tail while the others finish; `svbench jobs`."""
     import threading
 
     grid = tmp_path / "grid.yaml"
     grid.write_text(GRID)
-    with mlflow_server(tmp_path, "svbench_slurm_sweep") as base:
-        env = {"MLFLOW_TRACKING_URI": base}
-        args = ["sweep", "--grid", grid, "--data-root", tiny_corpus, "--out", tmp_path / "runs", "--launcher",
-                "slurm", "--slurm.poll_s", "1", "--slurm.folder", tmp_path / "slurm", "--experiment", "slsweep"]
-        requeued = {}
-        watcher = threading.Thread(target=lambda: requeued.setdefault("job", _requeue_when_checkpointed(
-            tmp_path / "slurm", "v18", tmp_path / "runs" / "slgrid" / "v18" / "checkpoints" / "last.pt")))
-        watcher.start()
-        proc = run_cli(*args, env=env, cwd=tmp_path, timeout=900)
-        watcher.join(timeout=10)
-        assert proc.returncode == 1, proc.stderr[-3000:]  # one variant failed: exit 1, the others finished
-        assert "broken failed" in proc.stdout and "re-run the sweep" in proc.stdout
-        client = MlflowClient(tracking_uri=base)
-        exp = client.get_experiment_by_name("slsweep")
-        runs = {r.info.run_name: r for r in client.search_runs([exp.experiment_id])}
-        parent = next(r for r in runs.values() if r.data.tags.get("svbench.kind") == "sweep")
-        assert parent.info.status == "FAILED" and parent.data.metrics["sweep/failed"] == 1
-        for name in ("v18", "vw25"):
-            r = runs[name]
-            assert r.info.status == "FINISHED" and r.data.tags["mlflow.parentRunId"] == parent.info.run_id
-            assert r.data.tags["slurm.job_id"] and "eer_pct/synth" in r.data.metrics
-            assert r.data.metrics["train/energy_j"] > 0
-        # the requeued job resumed from its checkpoint: one run, both epochs logged once each
-        assert requeued.get("job"), "the requeue signal was never sent"
-        history = client.get_metric_history(runs["v18"].info.run_id, "train/epoch_loss")
-        assert sorted(h.step for h in history) == [1, 2]
-        assert runs["v18"].data.tags["slurm.resumed"] == "true" and "slurm.resumed" not in runs["vw25"].data.tags
-        broken = runs["broken"]
-        assert broken.info.status == "FAILED" and broken.data.tags["slurm.state"] == "FAILED"
-        tail = client.download_artifacts(broken.info.run_id, "slurm_stderr_tail.txt", str(tmp_path))
-        assert "no CUDA GPU is visible" in open(tail).read()  # the job's own error, from its stderr
-        jobs = run_cli("jobs", "--experiment", "slsweep", env=env, cwd=tmp_path)
-        assert jobs.returncode == 0, jobs.stderr
-        assert jobs.stdout.count("COMPLETED") == 2 and "FAILED" in jobs.stdout
-        # re-running skips the finished variants and resubmits only the failed one
-        again = run_cli(*args, env=env, cwd=tmp_path, timeout=600)
-        assert again.stdout.count("already finished, skipped") == 2 and again.stdout.count("Slurm job") == 2
+    base = tracking_server
+    env = {"MLFLOW_TRACKING_URI": base}
+    args = ["sweep", "--grid", grid, "--data-root", tiny_corpus, "--out", tmp_path / "runs", "--launcher",
+            "slurm", "--slurm.poll_s", "1", "--slurm.folder", tmp_path / "slurm", "--experiment", "slsweep"]
+    requeued = {}
+    watcher = threading.Thread(target=lambda: requeued.setdefault("job", _requeue_when_checkpointed(
+        tmp_path / "slurm", "v18", tmp_path / "runs" / "slgrid" / "v18" / "checkpoints" / "last.pt")))
+    watcher.start()
+    proc = run_cli(*args, env=env, cwd=tmp_path, timeout=900)
+    watcher.join(timeout=10)
+    assert proc.returncode == 1, proc.stderr[-3000:]  # one variant failed: exit 1, the others finished
+    assert "broken failed" in proc.stdout and "re-run the sweep" in proc.stdout
+    client = MlflowClient(tracking_uri=base)
+    exp = client.get_experiment_by_name("slsweep")
+    runs = {r.info.run_name: r for r in client.search_runs([exp.experiment_id])}
+    parent = next(r for r in runs.values() if r.data.tags.get("svbench.kind") == "sweep")
+    assert parent.info.status == "FAILED" and parent.data.metrics["sweep/failed"] == 1
+    for name in ("v18", "vw25"):
+        r = runs[name]
+        assert r.info.status == "FINISHED" and r.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert r.data.tags["slurm.job_id"] and "eer_pct/synth" in r.data.metrics
+        assert r.data.metrics["train/energy_j"] > 0
+    # the requeued job resumed from its checkpoint: one run, both epochs logged once each
+    assert requeued.get("job"), "the requeue signal was never sent"
+    history = client.get_metric_history(runs["v18"].info.run_id, "train/epoch_loss")
+    assert sorted(h.step for h in history) == [1, 2]
+    assert runs["v18"].data.tags["slurm.resumed"] == "true" and "slurm.resumed" not in runs["vw25"].data.tags
+    broken = runs["broken"]
+    assert broken.info.status == "FAILED" and broken.data.tags["slurm.state"] == "FAILED"
+    tail = client.download_artifacts(broken.info.run_id, "slurm_stderr_tail.txt", str(tmp_path))
+    assert "no CUDA GPU is visible" in open(tail).read()  # the job's own error, from its stderr
+    jobs = run_cli("jobs", "--experiment", "slsweep", env=env, cwd=tmp_path)
+    assert jobs.returncode == 0, jobs.stderr
+    assert jobs.stdout.count("COMPLETED") == 2 and "FAILED" in jobs.stdout
+    # re-running skips the finished variants and resubmits only the failed one
+    again = run_cli(*args, env=env, cwd=tmp_path, timeout=600)
+    assert again.stdout.count("already finished, skipped") == 2 and again.stdout.count("Slurm job") == 2
 
 
-def test_search_array_on_slurm_with_postgres_storage(slurm_cluster, tiny_corpus, tmp_path):
+def test_search_array_on_slurm_with_postgres_storage(slurm_cluster, tiny_corpus, tmp_path, tracking_server):
     storage = postgres_url("svbench_slurm_search")
     if storage is None:
         pytest.skip("no PostgreSQL on 127.0.0.1:5432")
-    with mlflow_server(tmp_path, "svbench_slurm_search_mlflow") as base:
-        proc = run_cli("search", "--preset", "tiny", "--data.root", tiny_corpus, "--n-trials", "3", "--workers", "2",
-                       "--launcher", "slurm", "--storage", storage, "--slurm.poll_s", "1", "--slurm.folder",
-                       tmp_path / "slurm", "--experiment", "slsearch", "--train.epochs", "1",
-                       "--tracking.log_model", "false", "--out", tmp_path / "search",
-                       env={"MLFLOW_TRACKING_URI": base}, cwd=tmp_path, timeout=900)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        assert "2 worker job(s) submitted to Slurm" in proc.stdout
-        client = MlflowClient(tracking_uri=base)
-        runs = client.search_runs([client.get_experiment_by_name("slsearch").experiment_id])
-        study = next(r for r in runs if r.data.tags.get("svbench.kind") == "study")
-        trials = [r for r in runs if r.data.tags.get("svbench.kind") == "trial"]
-        assert study.info.status == "FINISHED" and len(study.data.tags["slurm.job_ids"].split(",")) == 2
-        assert len(trials) == 3 and all(r.data.tags["mlflow.parentRunId"] == study.info.run_id for r in trials)
-        assert all(r.info.status == "FINISHED" and r.data.tags["slurm.job_id"] for r in trials), \
-            [(r.info.run_name, r.info.status, r.data.tags.get("optuna.error")) for r in trials]
-        m = study.data.metrics
-        assert m["search/trials_complete"] == 3 and m["search/energy_j"] >= m["search/trials_energy_j"] > 0
-        assert study.data.tags["energy.attribution"] == "cpu-time-share"  # each job its share of the node
+    base = tracking_server
+    proc = run_cli("search", "--preset", "tiny", "--data.root", tiny_corpus, "--n-trials", "3", "--workers", "2",
+                   "--launcher", "slurm", "--storage", storage, "--slurm.poll_s", "1", "--slurm.folder",
+                   tmp_path / "slurm", "--experiment", "slsearch", "--train.epochs", "1",
+                   "--tracking.log_model", "false", "--out", tmp_path / "search",
+                   env={"MLFLOW_TRACKING_URI": base}, cwd=tmp_path, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "2 worker job(s) submitted to Slurm" in proc.stdout
+    client = MlflowClient(tracking_uri=base)
+    runs = client.search_runs([client.get_experiment_by_name("slsearch").experiment_id])
+    study = next(r for r in runs if r.data.tags.get("svbench.kind") == "study")
+    trials = [r for r in runs if r.data.tags.get("svbench.kind") == "trial"]
+    assert study.info.status == "FINISHED" and len(study.data.tags["slurm.job_ids"].split(",")) == 2
+    assert len(trials) == 3 and all(r.data.tags["mlflow.parentRunId"] == study.info.run_id for r in trials)
+    assert all(r.info.status == "FINISHED" and r.data.tags["slurm.job_id"] for r in trials), \
+        [(r.info.run_name, r.info.status, r.data.tags.get("optuna.error")) for r in trials]
+    m = study.data.metrics
+    assert m["search/trials_complete"] == 3 and m["search/energy_j"] >= m["search/trials_energy_j"] > 0
+    assert study.data.tags["energy.attribution"] == "cpu-time-share"  # each job its share of the node
 
 
 def test_slurm_bad_input_fails_before_anything_is_submitted(tiny_corpus, tmp_path):
@@ -188,7 +188,7 @@ def _wait_for_an_idle_node(timeout_s: float = 180.0) -> None:
 
 
 def test_packed_jobs_share_the_node_exclusive_jobs_own_it_and_a_two_task_job_finishes(
-        slurm_cluster, tiny_corpus, tmp_path, fake_machine):
+        slurm_cluster, tiny_corpus, tmp_path, fake_machine, tracking_server):
     """On a 50 W RAPL tree (Zeus's container path, reaching the jobs through their environment): two variants
     packed on the node are given at most what it drew over their union, labelled cpu-time-share; two
     `slurm.exclusive` variants run one after another, each given all of it; a 2-task CPU DDP job (gloo)
@@ -197,16 +197,16 @@ def test_packed_jobs_share_the_node_exclusive_jobs_own_it_and_a_two_task_job_fin
     env = fake_machine(rapl_w=50)
     grid = tmp_path / "grid.yaml"
     grid.write_text(PACKED_GRID)
-    with mlflow_server(tmp_path, "svbench_slurm_packed") as base:
-        env["MLFLOW_TRACKING_URI"] = base
-        proc = run_cli("sweep", "--grid", grid, "--data-root", tiny_corpus, "--out", tmp_path / "runs", "--launcher",
-                       "slurm", "--slurm.poll_s", "1", "--slurm.folder", tmp_path / "slurm", "--experiment", "packed",
-                       env=env, cwd=tmp_path, timeout=900)
-        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-        client = MlflowClient(tracking_uri=base)
-        exp = client.get_experiment_by_name("packed")
-        runs = {r.info.run_name: r for r in client.search_runs([exp.experiment_id])}
-        epoch_energy = client.get_metric_history(runs["ddp"].info.run_id, "train/epoch_energy_j")
+    base = tracking_server
+    env["MLFLOW_TRACKING_URI"] = base
+    proc = run_cli("sweep", "--grid", grid, "--data-root", tiny_corpus, "--out", tmp_path / "runs", "--launcher",
+                   "slurm", "--slurm.poll_s", "1", "--slurm.folder", tmp_path / "slurm", "--experiment", "packed",
+                   env=env, cwd=tmp_path, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    client = MlflowClient(tracking_uri=base)
+    exp = client.get_experiment_by_name("packed")
+    runs = {r.info.run_name: r for r in client.search_runs([exp.experiment_id])}
+    epoch_energy = client.get_metric_history(runs["ddp"].info.run_id, "train/epoch_energy_j")
     for name in ("a", "b", "xa", "xb", "ddp"):
         assert runs[name].info.status == "FINISHED", name
     spans = {name: _job_span(tmp_path / "runs" / "packed" / name) for name in ("a", "b", "xa", "xb")}
@@ -270,7 +270,7 @@ def _when_trial(storage: str, study_name: str, ready, timeout_s: float = 400) ->
 
 
 def test_search_worker_cancelled_mid_trial_keeps_its_energy_and_a_requeued_one_never_overshoots(
-        slurm_cluster, tiny_corpus, tmp_path, fake_machine):
+        slurm_cluster, tiny_corpus, tmp_path, fake_machine, tracking_server):
     """A worker job cancelled (scancel) after its trial finished an epoch: that trial's spent energy is in
     search/energy_j and the study lists the loss as incomplete. A worker requeued mid-study (submitit's
     pre-timeout signal) continues the study, which ends with exactly n_trials trials."""
@@ -280,20 +280,20 @@ def test_search_worker_cancelled_mid_trial_keeps_its_energy_and_a_requeued_one_n
     storage = postgres_url("svbench_slurm_cancel")
     if storage is None:
         pytest.skip("no PostgreSQL on 127.0.0.1:5432")
-    with mlflow_server(tmp_path, "svbench_slurm_cancel_mlflow") as base:
-        env["MLFLOW_TRACKING_URI"] = base
+    base = tracking_server
+    env["MLFLOW_TRACKING_URI"] = base
 
-        def cancel_after_first_epoch() -> None:
-            _when_trial(storage, "cancelled", lambda ts: any("spent_so_far" in t.user_attrs for t in ts))
-            subprocess.run(["scancel", _worker_job_id("cancelled")], check=True)
+    def cancel_after_first_epoch() -> None:
+        _when_trial(storage, "cancelled", lambda ts: any("spent_so_far" in t.user_attrs for t in ts))
+        subprocess.run(["scancel", _worker_job_id("cancelled")], check=True)
 
-        # Slurm sends SIGTERM, which submitit ignores, then SIGKILL after KillWait (10 s): the trial must outlast
-        # that by far whatever the load (20 epochs of a small sampled model took under 10 s and finished first);
-        # the job is killed 10 s after the cancel, so the epochs it never reaches cost no test time
-        _search_while(cancel_after_first_epoch, tiny_corpus, tmp_path, storage, env, "cancelled", 1, 300)
-        client = MlflowClient(tracking_uri=base)
-        runs = client.search_runs([client.get_experiment_by_name("cancelled").experiment_id])
-        study_run = next(r for r in runs if r.data.tags.get("svbench.kind") == "study")
+    # Slurm sends SIGTERM, which submitit ignores, then SIGKILL after KillWait (10 s): the trial must outlast
+    # that by far whatever the load (20 epochs of a small sampled model took under 10 s and finished first);
+    # the job is killed 10 s after the cancel, so the epochs it never reaches cost no test time
+    _search_while(cancel_after_first_epoch, tiny_corpus, tmp_path, storage, env, "cancelled", 1, 300)
+    client = MlflowClient(tracking_uri=base)
+    runs = client.search_runs([client.get_experiment_by_name("cancelled").experiment_id])
+    study_run = next(r for r in runs if r.data.tags.get("svbench.kind") == "study")
     trial = optuna.load_study(study_name="cancelled", storage=storage).get_trials()[0]
     spent = (trial.user_attrs.get("spent_entry") or trial.user_attrs["spent_so_far"])["energy_j"]
     assert trial.state == optuna.trial.TrialState.FAIL and spent > 0
@@ -301,16 +301,16 @@ def test_search_worker_cancelled_mid_trial_keeps_its_energy_and_a_requeued_one_n
     assert "worker job ended early" in study_run.data.tags["energy.incomplete"]
 
     storage = postgres_url("svbench_slurm_requeue")
-    with mlflow_server(tmp_path, "svbench_slurm_requeue_mlflow") as base:
-        env["MLFLOW_TRACKING_URI"] = base
+    base = tracking_server
+    env["MLFLOW_TRACKING_URI"] = base
 
-        def requeue_mid_study() -> None:
-            _when_trial(storage, "requeued", lambda ts: len(ts) >= 2 and ts[0].state.is_finished())
-            jid = _worker_job_id("requeued")
-            subprocess.run(["scancel", "--signal=USR2", jid], check=True)
-            _start_now_when_requeued(jid, time.time() + 240)
+    def requeue_mid_study() -> None:
+        _when_trial(storage, "requeued", lambda ts: len(ts) >= 2 and ts[0].state.is_finished())
+        jid = _worker_job_id("requeued")
+        subprocess.run(["scancel", "--signal=USR2", jid], check=True)
+        _start_now_when_requeued(jid, time.time() + 240)
 
-        _search_while(requeue_mid_study, tiny_corpus, tmp_path, storage, env, "requeued", 3, 1)
+    _search_while(requeue_mid_study, tiny_corpus, tmp_path, storage, env, "requeued", 3, 1)
     trials = optuna.load_study(study_name="requeued", storage=storage).get_trials()
     assert len(trials) == 3, [t.state for t in trials]
     assert [t.state.name for t in trials].count("FAIL") == 1  # the trial the requeue interrupted

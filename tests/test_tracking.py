@@ -7,7 +7,7 @@ import urllib.request
 import numpy as np
 import pytest
 import yaml
-from conftest import REPO, assert_one_line_error, fresh_env, mlflow_server, run_cli
+from conftest import REPO, assert_one_line_error, fresh_env, run_cli
 from mlflow.tracking import MlflowClient
 
 from bench.report.pareto import hypervolume_2d, knee_index, marginal_gains, pareto_mask
@@ -119,41 +119,41 @@ def _pyfunc_embeds_whole_utterances(model_uri, checkpoint, tmp_path, tracking_ur
 
 
 @pytest.mark.xdist_group("postgres")  # PostgreSQL's connections are shared with the Slurm tests
-def test_sweep_against_mlflow_server_over_rest(tiny_corpus, tmp_path):
-    with mlflow_server(tmp_path, "svbench_mlflow_test") as base:
-        grid = tmp_path / "grid.yaml"
-        grid.write_text(TINY_GRID + "overrides: {train.epochs: 1, tracking.log_model: false}\n")
-        # `mlflow run -e sweep`: the run MLflow creates is the sweep's parent, in the experiment named
-        proc = subprocess.run(["mlflow", "run", str(REPO), "--env-manager", "local", "-e", "sweep",
-                               "--experiment-name", "ci-sweep", "-P", f"grid={grid}", "-P", f"data_root={tiny_corpus}",
-                               "-P", f"out={tmp_path / 'runs'}", "-P", f"reports={tmp_path / 'reports'}"],
-                              capture_output=True, text=True, env=fresh_env(MLFLOW_TRACKING_URI=base), cwd=tmp_path,
-                              timeout=900)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        req = urllib.request.Request(f"{base}/api/2.0/mlflow/experiments/get-by-name?experiment_name=ci-sweep")
-        exp_id = json.load(urllib.request.urlopen(req))["experiment"]["experiment_id"]
-        body = json.dumps({"experiment_ids": [exp_id], "max_results": 100}).encode()
-        req = urllib.request.Request(f"{base}/api/2.0/mlflow/runs/search", data=body,
-                                     headers={"Content-Type": "application/json"})
-        runs = json.load(urllib.request.urlopen(req))["runs"]
-        tags = [{t["key"]: t["value"] for t in r["data"]["tags"]} for r in runs]
-        children = [t for t in tags if t.get("svbench.kind") == "variant"]
-        parents = [r for r, t in zip(runs, tags) if t.get("svbench.kind") == "sweep"]
-        assert sorted(t["svbench.variant"] for t in children) == ["v18", "vw25"]
-        assert len(parents) == 1 and all(t["mlflow.parentRunId"] == parents[0]["info"]["run_id"] for t in children)
-        assert len(runs) == 3 and parents[0]["info"]["status"] == "FINISHED"  # no extra parent beside MLflow's run
-        metrics = [{m["key"] for m in r["data"]["metrics"]}
-                   for r, t in zip(runs, tags) if t.get("svbench.kind") == "variant"]
-        assert all("eer_pct/synth" in m and "train/energy_j" in m and "eer_pct/synth/ci_low" in m for m in metrics)
-        report = (tmp_path / "reports" / "tinygrid" / "report.md").read_text()
-        # the paired table: one pair, its EER difference with an interval, and a verdict
-        pairs = [ln for ln in report.splitlines() if ln.startswith("|")
-                 and ("better than" in ln or "not distinguishable at this trial count" in ln)]
-        assert len(pairs) == 1 and pairs[0].count("[") == 2, report
-        # re-running the sweep skips both finished variants
-        again = run_cli("sweep", "--grid", grid, "--data-root", tiny_corpus, "--out", tmp_path / "runs",
-                        "--experiment", "ci-sweep", env={"MLFLOW_TRACKING_URI": base}, cwd=tmp_path)
-        assert again.returncode == 0 and again.stdout.count("already finished, skipped") == 2
+def test_sweep_against_mlflow_server_over_rest(tiny_corpus, tmp_path, tracking_server):
+    base = tracking_server
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(TINY_GRID + "overrides: {train.epochs: 1, tracking.log_model: false}\n")
+    # `mlflow run -e sweep`: the run MLflow creates is the sweep's parent, in the experiment named
+    proc = subprocess.run(["mlflow", "run", str(REPO), "--env-manager", "local", "-e", "sweep",
+                           "--experiment-name", "ci-sweep", "-P", f"grid={grid}", "-P", f"data_root={tiny_corpus}",
+                           "-P", f"out={tmp_path / 'runs'}", "-P", f"reports={tmp_path / 'reports'}"],
+                          capture_output=True, text=True, env=fresh_env(MLFLOW_TRACKING_URI=base), cwd=tmp_path,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    req = urllib.request.Request(f"{base}/api/2.0/mlflow/experiments/get-by-name?experiment_name=ci-sweep")
+    exp_id = json.load(urllib.request.urlopen(req))["experiment"]["experiment_id"]
+    body = json.dumps({"experiment_ids": [exp_id], "max_results": 100}).encode()
+    req = urllib.request.Request(f"{base}/api/2.0/mlflow/runs/search", data=body,
+                                 headers={"Content-Type": "application/json"})
+    runs = json.load(urllib.request.urlopen(req))["runs"]
+    tags = [{t["key"]: t["value"] for t in r["data"]["tags"]} for r in runs]
+    children = [t for t in tags if t.get("svbench.kind") == "variant"]
+    parents = [r for r, t in zip(runs, tags) if t.get("svbench.kind") == "sweep"]
+    assert sorted(t["svbench.variant"] for t in children) == ["v18", "vw25"]
+    assert len(parents) == 1 and all(t["mlflow.parentRunId"] == parents[0]["info"]["run_id"] for t in children)
+    assert len(runs) == 3 and parents[0]["info"]["status"] == "FINISHED"  # no extra parent beside MLflow's run
+    metrics = [{m["key"] for m in r["data"]["metrics"]}
+               for r, t in zip(runs, tags) if t.get("svbench.kind") == "variant"]
+    assert all("eer_pct/synth" in m and "train/energy_j" in m and "eer_pct/synth/ci_low" in m for m in metrics)
+    report = (tmp_path / "reports" / "tinygrid" / "report.md").read_text()
+    # the paired table: one pair, its EER difference with an interval, and a verdict
+    pairs = [ln for ln in report.splitlines() if ln.startswith("|")
+             and ("better than" in ln or "not distinguishable at this trial count" in ln)]
+    assert len(pairs) == 1 and pairs[0].count("[") == 2, report
+    # re-running the sweep skips both finished variants
+    again = run_cli("sweep", "--grid", grid, "--data-root", tiny_corpus, "--out", tmp_path / "runs",
+                    "--experiment", "ci-sweep", env={"MLFLOW_TRACKING_URI": base}, cwd=tmp_path)
+    assert again.returncode == 0 and again.stdout.count("already finished, skipped") == 2
 
 
 def test_conda_yaml_pins_equal_pyproject():

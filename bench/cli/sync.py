@@ -5,8 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bench.errors import BenchError
-from bench.tracking.sender import DEFAULT_WAIT_S
-from bench.tracking.spool import unsent_under
+from bench.tracking.spool import DEFAULT_WAIT_S, unsent_under
 
 
 def cmd_sync(args, extra) -> int:

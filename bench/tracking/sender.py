@@ -19,9 +19,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
 from bench.eval.scoring import load_model
 from bench.tracking.model import log_embedder
-from bench.tracking.spool import PENDING, TAG_SPOOL_RUN, Record, Spool, spools_under
-
-DEFAULT_WAIT_S = 180.0
+from bench.tracking.spool import DEFAULT_WAIT_S, PENDING, TAG_SPOOL_RUN, Record, Spool, spools_under
 
 
 BACKOFF_S = (1, 2, 4, 8, 10)  # between tries at a server that does not answer

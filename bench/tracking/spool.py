@@ -26,6 +26,8 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+DEFAULT_WAIT_S = 180.0  # how long a command's end waits for an unreachable server before leaving its records
+
 SPOOL_DIR = "mlflow_spool"
 PENDING = "pending:"
 TAG_SPOOL_RUN = "svbench.spool_run"
