@@ -143,11 +143,23 @@ def mlflow_server(tmp_path: Path, dbname: str):
         server.wait(timeout=30)
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config, items):
+    """Under ``--dist loadgroup`` the tests of one ``xdist_group`` must reach one worker (they share the Slurm
+    cluster and the session's ``mlflow server``): fail at once if pytest-xdist did not group them."""
+    if os.environ.get("PYTEST_XDIST_WORKER") and getattr(config.option, "loadgroup", False):
+        lost = [i.nodeid for i in items if i.get_closest_marker("xdist_group") and "@" not in i.nodeid]
+        if lost:
+            raise pytest.UsageError(f"pytest-xdist's loadgroup did not group {lost[0]} (pytest and pytest-xdist "
+                                    "versions that do not fit; see pyproject.toml)")
+
+
 @pytest.fixture(scope="session")
 def tracking_server(tmp_path_factory):
     """One ``mlflow server`` (on PostgreSQL when it answers) for every test of this pytest process that only needs
     a server to log to; each test keeps to its own experiment names. (The outage tests start and kill their own.)"""
-    with mlflow_server(tmp_path_factory.mktemp("tracking_server"), "svbench_tracking_server") as base:
+    database = f"svbench_tracking_server_{os.environ.get('PYTEST_XDIST_WORKER', 'main')}"
+    with mlflow_server(tmp_path_factory.mktemp("tracking_server"), database) as base:
         yield base
 
 
