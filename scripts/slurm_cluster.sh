@@ -61,7 +61,8 @@ MinJobAge=300
 NodeName=$host CPUs=$cpus RealMemory=$mem State=UNKNOWN
 PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP OverSubscribe=YES
 EOF
-  pgrep -x slurmctld >/dev/null || /usr/sbin/slurmctld
+  # -c: a cluster this script starts begins with an empty queue (jobs a stopped earlier cluster held are dropped)
+  pgrep -x slurmctld >/dev/null || /usr/sbin/slurmctld -c
   pgrep -x slurmd >/dev/null || /usr/sbin/slurmd
   for _ in $(seq 1 60); do
     if up && sinfo -h -o %T | grep -qE "idle|mix|alloc"; then echo "slurm: up on $host ($cpus CPUs, $mem MB)"; return 0; fi

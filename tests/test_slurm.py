@@ -340,3 +340,12 @@ def test_queue_states_that_are_not_final_keep_a_job_waited_for_and_squeue_is_ret
     (fake / "squeue").write_text("#!/bin/sh\nexit 1\n")
     with pytest.raises(BenchError, match="cannot read the Slurm queue"):
         slurm.squeue_states(give_up_s=2)
+
+
+def test_a_multi_task_job_rendezvous_port_is_the_same_in_every_task_and_below_the_ephemeral_range():
+    from bench.orchestration.slurm import rendezvous_port
+
+    low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+    ports = {rendezvous_port(str(job)) for job in range(200)}
+    assert all(1024 <= p < low for p in ports) and len(ports) > 150  # spread over the range, never ephemeral
+    assert rendezvous_port("4242") == rendezvous_port("4242")

@@ -98,7 +98,7 @@ class VariantJob:
         env = submitit.JobEnvironment()
         if env.num_tasks > 1:  # one task per GPU: the torchrun variables from the Slurm environment
             os.environ.setdefault("MASTER_PORT", str(rendezvous_port(env.job_id)))
-            submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+            submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
         cfg = build_config(self.cfg_dict)
         resume = self.resume or (Path(self.out_dir) / "checkpoints" / "last.pt").is_file()
         if env.global_rank != 0:
