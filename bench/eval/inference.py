@@ -29,7 +29,7 @@ def measure_inference(model: LoadedModel, cfg: Config, device: torch.device, met
                       precisions: list[str], out_dir: Path | None = None, trial_names: list[str] | None = None,
                       series=None, checkpoint: str | Path | None = None,
                       onnx_path: str | Path | None = None) -> dict[str, BackendResult]:
-    _, lists, _ = load_trial_lists(cfg, trial_names)
+    root, lists, df = load_trial_lists(cfg, trial_names)
     n_utts = len(set().union(*[set(t.utterances) for t in lists]))
     n_trials = sum(len(t) for t in lists)
     series = series if series is not None else intensity_series(cfg.energy)
@@ -53,7 +53,6 @@ def measure_inference(model: LoadedModel, cfg: Config, device: torch.device, met
                 row.energy_j_per_1k_trials = r.total_j / n_trials * 1000.0
                 row.co2_g_per_1k_trials = carbon.co2_g / n_trials * 1000.0
             if cfg.eval.latency:
-                root, df = load_trial_lists(cfg, trial_names)[0::2]
                 row.latency = measure_latency(b.model.extractor, make_fbank(cfg, device),
                                               [root / p for p in df["path"]], device, b.precision, seed=cfg.train.seed)
             out[name] = row

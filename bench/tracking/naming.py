@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from bench.config import Config, flat_params
 from bench.eval.results import BackendResult, ListResult
+from bench.eval.statistics import METRICS
 
 TAG_KIND = "svbench.kind"  # sweep | variant | study | trial
 
@@ -40,12 +41,12 @@ def stat_key(key: str, stat: str) -> str:
 STATS = ("/std", "/ci_low", "/ci_high")
 
 
-def list_metrics(name: str, r: ListResult, prefix: str = "") -> dict[str, float]:
-    """``<prefix><metric>/<trial list>`` and its interval's ``/ci_low``, ``/ci_high``."""
-    m = {f"{prefix}{key}/{name}": getattr(r, key) for key in ("eer_pct", "min_dcf_p01", "min_dcf_p05")}
+def list_metrics(name: str, r: ListResult) -> dict[str, float]:
+    """``<metric>/<trial list>`` and its interval's ``/ci_low``, ``/ci_high``."""
+    m = {f"{key}/{name}": getattr(r, key) for key in METRICS}
     for key, (low, high) in r.ci.items():
-        m[stat_key(f"{prefix}{key}/{name}", "ci_low")] = low
-        m[stat_key(f"{prefix}{key}/{name}", "ci_high")] = high
+        m[stat_key(f"{key}/{name}", "ci_low")] = low
+        m[stat_key(f"{key}/{name}", "ci_high")] = high
     return m
 
 
