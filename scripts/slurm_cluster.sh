@@ -31,7 +31,7 @@ start() {
   chmod 0700 /etc/munge
   pgrep -x munged >/dev/null || runuser -u munge -- /usr/sbin/munged
   local cpus mem
-  cpus="$(nproc)"
+  cpus="$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)"  # nproc obeys OMP_NUM_THREADS, the suite sets it
   mem="$(awk '/MemTotal/ {print int($2 / 1024 * 0.8)}' /proc/meminfo)"
   cat >"$conf" <<EOF
 ClusterName=svbench
