@@ -5,8 +5,9 @@ from conftest import run_cli
 from mlflow.tracking import MlflowClient
 
 from bench.eval.metrics import verification_metrics
-from bench.eval.statistics import (bootstrap_ci, paired_difference, percentile_interval, resampled_metrics, seed_mean,
-                                   speaker_resamples)
+from bench.data.trials import TrialList
+from bench.eval.statistics import (bootstrap_ci, bootstrap_list, bootstrap_p_value, holm, paired_difference,
+                                   percentile_interval, resampled_metrics, seed_bootstrap, speaker_resamples)
 from bench.orchestration.seeds import seed_summary
 from bench.report.build import default_trials
 
@@ -47,18 +48,63 @@ def test_paired_bootstrap_sees_what_overlapping_intervals_miss():
     assert same["eer_pct"].interval.low < 0 < same["eer_pct"].interval.high
 
 
-def test_seed_mean_interval_is_an_interval_of_the_mean():
-    """Three seeds of one model (independent training noise on shared speakers): the interval of the seed
-    mean holds the mean EER and is narrower than the average of the seeds' own intervals."""
+def _trial_list(lab, e, t) -> TrialList:
+    return TrialList("x", np.asarray(lab, dtype=np.int8), [f"{s}/e{i}" for i, s in enumerate(e)],
+                     [f"{s}/t{i}" for i, s in enumerate(t)])
+
+
+def test_two_level_seed_interval_covers_training_randomness():
+    """Three seeds of one model whose training noise moves their EER: the two-level interval (seeds, then
+    speakers) holds the seed mean and is wider than the speakers-only interval of that mean, which leaves the
+    seeds' spread out."""
     s, lab, e, t = _trials(1.5, 5)
     rng = np.random.default_rng(3)
-    seeds = [s + rng.normal(0, 0.6, len(s)) for _ in range(3)]
-    res = speaker_resamples(e, t, 1000)
-    mean_ci = percentile_interval(seed_mean([resampled_metrics(x, lab, e, t, res) for x in seeds])["eer_pct"], 0.95)
-    own = [bootstrap_ci(x, lab, e, t)["eer_pct"] for x in seeds]
+    seeds = [s + lab * shift + rng.normal(0, 0.3, len(s)) for shift in (-0.4, 0.0, 0.4)]
+    tl = _trial_list(lab, e, t)
+    per_seed = [bootstrap_list(tl, x, 1000) for x in seeds]
+    two_level = seed_bootstrap(per_seed, "v")
     mean_eer = np.mean([verification_metrics(x, lab)["eer_pct"] for x in seeds])
-    assert mean_ci.low <= mean_eer <= mean_ci.high
-    assert mean_ci.high - mean_ci.low < np.mean([i.high - i.low for i in own])
+    assert two_level.observed["eer_pct"] == pytest.approx(mean_eer) and two_level.seeds == 3
+    both = percentile_interval(two_level.resampled["eer_pct"], 0.95)
+    speakers_only = percentile_interval(np.mean([b.resampled["eer_pct"] for b in per_seed], axis=0), 0.95)
+    assert both.low <= mean_eer <= both.high
+    assert both.high - both.low > speakers_only.high - speakers_only.low
+    assert seed_bootstrap(per_seed[:1], "v") is per_seed[0]  # one seed: speakers only
+
+
+def test_holm_keeps_ten_equal_systems_from_false_verdicts():
+    """10 truly equal systems (same score distribution, own noise, shared speaker effects) on one list, 200
+    times: the share of repetitions where any of the 45 pairs is declared "better" stays at most 5 % with
+    Holm's correction; uncorrected, it passes 5 % (19 % when written). A real difference is still found."""
+    reps, systems, n, n_spk = 200, 10, 300, 20
+    any_raw = any_holm = 0
+    for rep in range(reps):
+        rng = np.random.default_rng(1000 + rep)
+        lab = rng.random(n) < 0.4
+        e = rng.integers(0, n_spk, n)
+        t = np.where(lab, e, (e + rng.integers(1, n_spk, n)) % n_spk)
+        spk_e, spk_t = [f"s{i}" for i in e], [f"s{i}" for i in t]
+        res = speaker_resamples(spk_e, spk_t, 1000)
+        shared = lab * 1.5 + rng.normal(0, 0.4, n_spk)[e] + rng.normal(0, 0.7, n)
+        eer = [resampled_metrics(shared + rng.normal(0, 0.7, n), lab, spk_e, spk_t, res)["eer_pct"]
+               for _ in range(systems)]
+        p = [bootstrap_p_value(eer[i] - eer[j]) for i in range(systems) for j in range(i + 1, systems)]
+        any_raw += min(p) < 0.05
+        any_holm += min(holm(p)) < 0.05
+    message = f"any false verdict in {any_holm / reps:.1%} of {reps} repetitions with Holm, {any_raw / reps:.1%} without"
+    assert any_holm / reps <= 0.05, message
+    assert any_raw / reps > 0.05 and any_raw > any_holm, message  # uncorrected, the family's error passes 5 %
+    print(message)
+    better = shared + lab * 2.0 + rng.normal(0, 0.7, n)  # one system clearly better than the ten equal ones
+    eer.append(resampled_metrics(better, lab, spk_e, spk_t, res)["eer_pct"])
+    p = [bootstrap_p_value(eer[-1] - eer[i]) for i in range(systems)] + [0.5] * 35
+    assert sum(q < 0.05 for q in holm(p)) == systems, p
+
+
+def test_holm_adjusts_in_steps():
+    assert holm([0.01, 0.04, 0.03, 0.2]) == pytest.approx([0.04, 0.09, 0.09, 0.2])
+    assert bootstrap_p_value(np.array([-1.0, -2.0, 0.5, -0.1])) == pytest.approx(0.5)
+    assert bootstrap_p_value(np.full(10, -1.0)) == 0.0
 
 
 def test_interval_contains_point_estimate_and_narrows_with_level():
@@ -144,3 +190,56 @@ def test_sweep_with_seeds_logs_mean_and_std(tiny_corpus, tmp_path, fake_machine)
         assert key in seeds[0].data.metrics, key
     report = (tmp_path / "rep" / "seeded" / "report.md").read_text()
     assert "eer_std" in report and "Which differences are real?" in report
+
+
+def test_compare_checks_pairing_by_list_content_and_data_root(tmp_path):
+    """Runs scored on lists that share a name but not their content, or on another data root, are refused with
+    the reason: by `svbench compare` as one line, in a report as a note. Matching runs get a verdict."""
+    from conftest import assert_one_line_error
+
+    from bench.data.trials import write_scores
+    from bench.report.compare import compare_variants, comparisons_markdown, scored_variant
+
+    s, lab, e, t = _trials(1.5, 11, n=1500)
+    full = _trial_list(lab, e, t)
+    short = TrialList("x", full.labels[:-50], full.enroll[:-50], full.test[:-50])  # same name, other content
+    rng = np.random.default_rng(5)
+    client = MlflowClient()
+    exp = client.create_experiment("compare-pairing")
+
+    def run(name, trials, scores, root):
+        rid = client.create_run(exp, tags={"svbench.variant": name}).info.run_id
+        client.log_param(rid, "data.root", root)
+        path = tmp_path / name / "synth.txt"
+        path.parent.mkdir()
+        write_scores(path, trials, scores)
+        client.log_artifact(rid, str(path), "scores")
+        client.set_terminated(rid)
+        return rid
+
+    a = run("a", full, s + lab * 1.0 + rng.normal(0, 0.05, len(s)), "/data/x")
+    b = run("b", full, s, "/data/x")
+    c = run("c", short, s[:-50], "/data/x")
+    d = run("d", full, s + rng.normal(0, 0.05, len(s)), "/data/y")
+    ok = run_cli("compare", a, b, "--trials", "synth")
+    assert ok.returncode == 0, ok.stderr
+    assert "verdict: A better than B (these trained models, 1 seed)" in ok.stdout, ok.stdout
+    assert_one_line_error(run_cli("compare", a, c), "refusing to compare", "differs in content")
+    assert_one_line_error(run_cli("compare", a, d), "refusing to compare", "different data roots")
+    variants = [scored_variant(n, r, 1, "synth", root, 200)
+                for n, r, root in (("a", a, "/data/x"), ("b", b, "/data/x"), ("c", c, "/data/x"))]
+    comparisons = compare_variants(variants, "synth")
+    assert list(zip(comparisons.table["A"], comparisons.table["B"])) == [("a", "b")]
+    note = comparisons_markdown(comparisons)
+    assert "family: the 1 pair(s) of this table" in note
+    assert "- a vs c: trial list 'synth' differs in content" in note and "- b vs c:" in note
+
+
+def test_a_conflicting_param_warns_with_both_values(capsys):
+    from bench.tracking.runlog import unlogged_params
+
+    new = unlogged_params({"train.lr": "0.05", "model.name": "x"}, {"train.lr": 0.1, "model.name": "x", "seeds": 3},
+                          "run1")
+    assert new == {"seeds": "3"}
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "run run1 keeps param train.lr='0.05'" in err[0] and "'0.1'" in err[0]

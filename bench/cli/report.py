@@ -42,6 +42,24 @@ def cmd_report(args, extra) -> int:
     return 0
 
 
+def cmd_compare(args, extra) -> int:
+    """Two runs (any experiments) compared on one trial list, paired; refused with one line when their lists
+    or data roots differ."""
+    from bench.report.compare import UNDECIDED, compare_runs
+
+    no_extra(extra)
+    if args.resamples < 100 or not 0 < args.level < 1:
+        raise BenchError("--resamples takes 100 or more and --level a number between 0 and 1 (e.g. 0.95)")
+    c = compare_runs(args.run_a, args.run_b, args.trials, args.resamples, args.level)
+    row = c.table.iloc[0]
+    print(f"A = {row['A']}, B = {row['B']}, trial list {c.trials} ({c.scored[0].bootstrap.n_trials} trials, "
+          f"{c.scored[0].bootstrap.n_speakers} speakers)")
+    print(f"EER A - B: {row['eer_diff_pct']} ({c.level:.0%} paired bootstrap interval), p = {row['p']:.3g}")
+    print(f"minDCF(0.01) A - B: {row['min_dcf_p01_diff']}")
+    print(f"verdict: {row['verdict']}" + (" (one comparison: no correction)" if row["verdict"] != UNDECIDED else ""))
+    return 0
+
+
 def register(sub) -> None:
     r = sub.add_parser("report", help="tables and Pareto plots from MLflow runs")
     r.add_argument("--experiment", default=None)
@@ -49,3 +67,10 @@ def register(sub) -> None:
     r.add_argument("--trials", default=None, help="trial list whose EER is plotted (default: the first)")
     r.add_argument("--out", default=None)
     r.set_defaults(func=cmd_report)
+    c = sub.add_parser("compare", help="paired comparison of two runs on one trial list (pairing checked)")
+    c.add_argument("run_a", metavar="RUN_A")
+    c.add_argument("run_b", metavar="RUN_B")
+    c.add_argument("--trials", default=None, help="trial list (default: the first both runs scored)")
+    c.add_argument("--resamples", type=int, default=1000, help="speaker resamples of the bootstrap")
+    c.add_argument("--level", type=float, default=0.95, help="confidence level of the interval and verdict")
+    c.set_defaults(func=cmd_compare)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,15 @@ class TrialList:
     @property
     def utterances(self) -> list[str]:
         return sorted(set(self.enroll) | set(self.test))
+
+    def digest(self) -> str:
+        """sha256 of the list's content (labels, enrolment and test ids, in order), not of its name: two
+        systems are compared on a list only when its digest is the same for both."""
+        h = hashlib.sha256(np.asarray(self.labels, dtype=np.int8).tobytes())
+        for ids in (self.enroll, self.test):
+            h.update("\n".join(ids).encode())
+            h.update(b"\0")
+        return h.hexdigest()
 
 
 def read_trials(path: str | Path, name: str | None = None) -> TrialList:

@@ -22,7 +22,7 @@ from bench.eval.latency import measure_latency
 from bench.eval.metrics import verification_metrics
 from bench.eval.results import BackendResult
 from bench.eval.scoring import LoadedModel, evaluate, load_trial_lists, make_fbank
-from bench.eval.statistics import METRICS, paired_difference, resampled_metrics, speaker_of, speaker_resamples
+from bench.eval.statistics import bootstrap_list, paired_difference
 
 
 def measure_inference(model: LoadedModel, cfg: Config, device: torch.device, meters: MeterSet,
@@ -67,17 +67,12 @@ def _difference_to_fp32(mine: dict, ref: dict, cfg: Config) -> tuple[dict, dict]
     """EER of this back end minus PyTorch fp32's per trial list, with the paired bootstrap interval."""
     diff, ci = {}, {}
     for name, (t, s) in mine.items():
-        spk_e, spk_t = [speaker_of(u) for u in t.enroll], [speaker_of(u) for u in t.test]
-        ref_scores = ref[name][1]
-        obs_a, obs_b = verification_metrics(s, t.labels), verification_metrics(ref_scores, t.labels)
         if not cfg.eval.bootstrap_resamples:
-            diff[name] = obs_a["eer_pct"] - obs_b["eer_pct"]
+            diff[name] = verification_metrics(s, t.labels)["eer_pct"] - verification_metrics(ref[name][1],
+                                                                                             t.labels)["eer_pct"]
             continue
-        res = speaker_resamples(spk_e, spk_t, cfg.eval.bootstrap_resamples)
-        a = resampled_metrics(s, t.labels, spk_e, spk_t, res)
-        b = resampled_metrics(ref_scores, t.labels, spk_e, spk_t, res)
-        d = paired_difference({k: obs_a[k] for k in METRICS}, {k: obs_b[k] for k in METRICS}, a, b,
-                              cfg.eval.ci_level)["eer_pct"]
+        a, b = (bootstrap_list(t, x, cfg.eval.bootstrap_resamples) for x in (s, ref[name][1]))
+        d = paired_difference(a.observed, b.observed, a.resampled, b.resampled, cfg.eval.ci_level)["eer_pct"]
         diff[name], ci[name] = d.value, (d.interval.low, d.interval.high)
     return diff, ci
 

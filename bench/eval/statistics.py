@@ -8,17 +8,26 @@ EER and minDCF are recomputed on the weighted trials; the interval is the percen
 not independent, so the intervals are wider, and honest.
 
 Two variants scored on the same trial list are compared on the *same* resamples (paired): the interval of
-their difference decides "better" or "not distinguishable". A variant trained over several seeds is
-resampled the same way: each seed's metric on the same resample, averaged, gives the seed-mean's interval.
+their difference, and its two-sided bootstrap p-value, decide "better" or "not distinguishable". A report judges
+many pairs at once, so its verdicts use Holm's step-down correction of those p-values over the pairs it shows.
+
+A variant trained over several seeds is resampled at two levels, seeds then speakers: each resample draws the
+seeds with replacement and averages their metrics on that speaker resample, so its interval covers training
+randomness as well as the choice of speakers. With one seed, only the speakers vary: a verdict then speaks
+of these trained models, not of the variants.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import zlib
+
 import numpy as np
 
+from bench.data.trials import TrialList
 from bench.errors import BenchError
+from bench.eval.metrics import verification_metrics
 
 
 def speaker_of(utt: str) -> str:
@@ -113,9 +122,41 @@ def resampled_metrics(scores: np.ndarray, labels: np.ndarray, enroll_spk: list[s
     return out
 
 
-def seed_mean(per_seed: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """The seed-mean metric of every resample (each seed's metric on the same resample, then averaged)."""
-    return {k: np.mean([m[k] for m in per_seed], axis=0) for k in per_seed[0]}
+@dataclass
+class ListBootstrap:
+    """One system on one trial list: its observed metrics, and its metrics on every speaker resample (the
+    ``BOOTSTRAP_SEED`` draw over the list's speakers, so two systems scored on one list share resamples)."""
+    observed: dict[str, float]
+    resampled: dict[str, np.ndarray]
+    n_trials: int
+    n_speakers: int
+    seeds: int = 1
+
+
+def bootstrap_list(trials: TrialList, scores: np.ndarray, n_resamples: int = 1000) -> ListBootstrap:
+    """The one preparation behind every interval and comparison: speakers of the trials, their resamples,
+    the observed and the resampled metrics."""
+    spk_e, spk_t = [speaker_of(u) for u in trials.enroll], [speaker_of(u) for u in trials.test]
+    m = verification_metrics(scores, trials.labels)
+    res = speaker_resamples(spk_e, spk_t, n_resamples)
+    return ListBootstrap({k: float(m[k]) for k in METRICS},
+                         resampled_metrics(scores, trials.labels, spk_e, spk_t, res), len(trials), len(res.speakers))
+
+
+def seed_bootstrap(per_seed: list[ListBootstrap], salt: str = "") -> ListBootstrap:
+    """A variant over several seeds: observed = the seeds' mean; resample b draws as many seeds with replacement
+    (seeded by ``salt``, e.g. the variant's name, so two variants' seed draws are independent) and averages
+    their metrics on speaker resample b. One seed is returned as it is."""
+    if len(per_seed) == 1:
+        return per_seed[0]
+    n = len(next(iter(per_seed[0].resampled.values())))
+    rng = np.random.default_rng([BOOTSTRAP_SEED, zlib.crc32(salt.encode())])
+    draw = rng.integers(0, len(per_seed), (n, len(per_seed)))
+    rows = np.arange(n)[:, None]
+    first = per_seed[0]
+    return ListBootstrap({k: float(np.mean([b.observed[k] for b in per_seed])) for k in first.observed},
+                         {k: np.stack([b.resampled[k] for b in per_seed], axis=1)[rows, draw].mean(axis=1)
+                          for k in first.resampled}, first.n_trials, first.n_speakers, seeds=len(per_seed))
 
 
 def percentile_interval(values: np.ndarray, level: float) -> Interval:
@@ -138,11 +179,35 @@ def bootstrap_ci(scores: np.ndarray, labels: np.ndarray, enroll_spk: list[str], 
     return {k: percentile_interval(v, level) for k, v in res.items()}
 
 
+def bootstrap_p_value(differences: np.ndarray) -> float:
+    """Two-sided p-value of "no difference" from the resampled A - B: twice the smaller share of resamples on
+    either side of 0, i.e. about the level at which the percentile interval would just reach 0. 0 when no
+    resample crosses 0: with B resamples, p is resolved in steps of 2 / B."""
+    d = differences[np.isfinite(differences)]
+    if d.size == 0:
+        return float("nan")
+    return min(1.0, 2.0 * min(int(np.sum(d <= 0)), int(np.sum(d >= 0))) / d.size)
+
+
+def holm(p_values: list[float]) -> list[float]:
+    """Holm's step-down adjusted p-values: rejecting where the adjusted p is below alpha keeps the chance of
+    any false verdict in the family at most alpha, whatever the dependence between the tests."""
+    p = np.asarray(p_values, dtype=float)
+    adjusted = np.empty(len(p))
+    running = 0.0
+    for rank, i in enumerate(np.argsort(p, kind="stable")):
+        running = max(running, min(1.0, (len(p) - rank) * p[i]))
+        adjusted[i] = running
+    return adjusted.tolist()
+
+
 @dataclass
 class Difference:
-    """A - B of one metric on the same speaker resamples: the observed difference and its interval."""
+    """A - B of one metric on the same speaker resamples: the observed difference, its interval and its
+    two-sided bootstrap p-value (uncorrected: a family of comparisons adjusts it with ``holm``)."""
     value: float
     interval: Interval
+    p_value: float = float("nan")
 
     @property
     def verdict(self) -> str:
@@ -158,7 +223,8 @@ def paired_difference(observed_a: dict[str, float], observed_b: dict[str, float]
                       level: float = 0.95) -> dict[str, Difference]:
     """Paired speaker bootstrap of A - B (lower is better for every metric): both variants' metrics on the
     same resamples, so what their errors share cancels. The interval excluding 0 is the verdict."""
-    return {k: Difference(observed_a[k] - observed_b[k], percentile_interval(resampled_a[k] - resampled_b[k], level))
+    return {k: Difference(observed_a[k] - observed_b[k], percentile_interval(resampled_a[k] - resampled_b[k], level),
+                          bootstrap_p_value(resampled_a[k] - resampled_b[k]))
             for k in resampled_a}
 
 

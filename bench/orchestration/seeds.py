@@ -9,14 +9,13 @@ import mlflow.data
 from bench.config import Config, build_config
 from bench.data.trials import read_scores
 from bench.energy.accounting import combined_energy_tags
-from bench.eval.statistics import (mean_std, percentile_interval, resampled_metrics, seed_mean, speaker_of,
-                                   speaker_resamples)
+from bench.eval.statistics import bootstrap_list, mean_std, percentile_interval, seed_bootstrap
 from bench.models import spec_from_config
 from bench.orchestration.tracked import logged_so_far, run_tracked
 from bench.tracking.artifacts import environment_tags, run_scores
 from bench.tracking.naming import (PARENT, STATS, TAG_KIND, TAG_OUT, TAG_VARIANT, result_metrics, stat_key,
                                    variant_params)
-from bench.tracking.runlog import RunLog
+from bench.tracking.runlog import RunLog, unlogged_params
 from bench.tracking.sender import transient
 from bench.tracking.spool import PENDING
 from bench.tracking.store import find_child_runs
@@ -55,19 +54,14 @@ def seed_summary(per_seed: list[dict[str, float]]) -> dict[str, float]:
     return out
 
 
-def seed_mean_intervals(files: list[dict[str, Path]], level: float, n_resamples: int) -> dict[str, float]:
-    """``<metric>/<trials>/ci_low|ci_high`` of the seed mean: every seed's scores on the same speaker
-    resamples, each resample's metric averaged over seeds, then the percentile interval."""
+def seed_mean_intervals(files: list[dict[str, Path]], level: float, n_resamples: int,
+                        variant: str) -> dict[str, float]:
+    """``<metric>/<trials>/ci_low|ci_high`` of the seed mean, by the two-level bootstrap (seeds, then speakers:
+    ``bench.eval.statistics.seed_bootstrap``), so the interval covers training randomness too."""
     out: dict[str, float] = {}
     for trials in sorted(set.intersection(*[set(f) for f in files])) if files else []:
-        per_seed = []
-        res = None
-        for f in files:
-            t, scores = read_scores(f[trials], trials)
-            spk_e, spk_t = [speaker_of(u) for u in t.enroll], [speaker_of(u) for u in t.test]
-            res = res or speaker_resamples(spk_e, spk_t, n_resamples)
-            per_seed.append(resampled_metrics(scores, t.labels, spk_e, spk_t, res))
-        for key, values in seed_mean(per_seed).items():
+        per_seed = [bootstrap_list(*read_scores(f[trials], trials), n_resamples) for f in files]
+        for key, values in seed_bootstrap(per_seed, variant).resampled.items():
             ci = percentile_interval(values, level)
             out[stat_key(f"{key}/{trials}", "ci_low")] = ci.low
             out[stat_key(f"{key}/{trials}", "ci_high")] = ci.high
@@ -101,8 +95,8 @@ def run_tracked_seeds(cfg: Config, out_dir: str | Path, run_id: str | None = Non
         existing, _ = logged_so_far(log, run_id)
         done = _finished_seeds(run_id, exp_id)
     spec = spec_from_config(cfg.model, n_mels=cfg.features.n_mels)
-    log.log_batch(run_id, params={k: v for k, v in variant_params(cfg, spec).items()
-                                  if k not in existing and k != "train.seed"})
+    params = {k: v for k, v in variant_params(cfg, spec).items() if k != "train.seed"}
+    log.log_batch(run_id, params=unlogged_params(existing, params, run_id))
     per_seed = []
     seed_tags_seen: list[dict] = []
     seed_scores: list[dict[str, Path]] = []
@@ -127,7 +121,7 @@ def run_tracked_seeds(cfg: Config, out_dir: str | Path, run_id: str | None = Non
             seed_scores.append({t: Path(r.score_file) for t, r in res.metrics.items() if r.score_file})
         summary = seed_summary(per_seed)
         if cfg.eval.bootstrap_resamples:
-            summary.update(seed_mean_intervals(seed_scores, cfg.eval.ci_level, cfg.eval.bootstrap_resamples))
+            summary.update(seed_mean_intervals(seed_scores, cfg.eval.ci_level, cfg.eval.bootstrap_resamples, name))
         log.log_batch(run_id, metrics={k: v for k, v in summary.items() if v == v},  # not NaN
                       tags=combined_energy_tags(seed_tags_seen))
     except BaseException:

@@ -11,7 +11,7 @@ from bench.orchestration.variant import run_variant
 from bench.tracking.artifacts import environment_tags, log_artifacts, log_datasets
 from bench.tracking.callbacks import EpochLogger
 from bench.tracking.naming import PARENT, TAG_KIND, TAG_OUT, TAG_VARIANT, result_metrics, variant_params
-from bench.tracking.runlog import RunLog
+from bench.tracking.runlog import RunLog, unlogged_params
 from bench.tracking.spool import PENDING
 
 
@@ -35,8 +35,7 @@ def run_tracked(cfg: Config, out_dir: str | Path, run_id: str | None = None, par
         log.reopen(rid)
         log.log_batch(rid, tags=tags)
         existing, has_inputs = logged_so_far(log, rid)
-    params = {k: v for k, v in variant_params(cfg, spec).items() if k not in existing}
-    log.log_batch(rid, params=params)
+    log.log_batch(rid, params=unlogged_params(existing, variant_params(cfg, spec), rid))
     if not has_inputs:  # a resumed run has its datasets already
         log_datasets(log, rid, cfg)
     monitor = _system_metrics(rid) if cfg.tracking.system_metrics else None

@@ -16,18 +16,22 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from bench.atomic import write_text_atomic  # noqa: E402
-from bench.data.trials import read_scores
 from bench.errors import BenchError  # noqa: E402
-from bench.eval.metrics import verification_metrics
-from bench.eval.statistics import (METRICS, paired_difference, resampled_metrics, seed_mean, speaker_of,
-                                   speaker_resamples)
+from bench.report.compare import Comparisons, comparisons_markdown, compare_variants, report_variants
 from bench.report.pareto import knee_index, marginal_gains, pareto_mask  # noqa: E402
-from bench.tracking import artifacts, naming, store
+from bench.tracking import naming, store
 
-NOISE_NOTE = ("EER intervals are bootstrap intervals over speakers (of the seed mean when a variant has several "
-              "seeds). Whether two variants differ is decided by a paired bootstrap of their difference (see the "
-              "last table), not by comparing these intervals. On the synthetic demo (3,399 trials, 40 speakers) "
-              "they are several EER points wide.")
+def noise_note(t: pd.DataFrame, c: Comparisons) -> str:
+    """What the intervals mean, with this report's own list size and interval widths."""
+    note = ("EER intervals are bootstrap intervals over speakers (and over seeds, for the seed mean of a variant "
+            "with several). Whether two variants differ is decided by a paired bootstrap of their difference "
+            "with Holm's correction (see the last table), not by comparing these intervals.")
+    sized = c.scored[0] if c.scored else None
+    widths = (t["eer_ci_high"] - t["eer_ci_low"]).dropna()
+    if sized is not None and len(widths):
+        note += (f" On `{c.trials}` ({sized.bootstrap.n_trials:,} trials, {sized.bootstrap.n_speakers} speakers) "
+                 f"they are {widths.min():.2g} to {widths.max():.2g} EER points wide.")
+    return note
 
 
 def load_runs(experiment: str | None = None, sweep_key: str | None = None, parent_run_id: str | None = None,
@@ -100,6 +104,7 @@ def variant_table(runs: pd.DataFrame, trials: str | None = None) -> tuple[pd.Dat
         "infer_j_per_1k_trials": col("metrics.infer/energy_j_per_1k_trials"),
         "infer_bf16_j_per_1k_trials": col("metrics.infer_bf16/energy_j_per_1k_trials"),
         "energy_source": col("tags.energy.source"),
+        "data_root": col("params.data.root").fillna(""),
         "feasible": col("tags.optuna.feasible").fillna("true") != "false",  # search trials over budget are not
         "run_id": runs["run_id"],
     })
@@ -190,12 +195,15 @@ def deployment_table(runs: pd.DataFrame, trials: str) -> pd.DataFrame:
             eer = r.get(f"metrics.eer_pct/{trials}") if backend == "fp32" else r.get(f"metrics.{head}/eer_pct/{trials}")
             if eer is None or pd.isna(eer):
                 continue
+            diff_key = f"metrics.{head}/eer_diff_pct/{trials}"
+            low, high = r.get(f"{diff_key}/ci_low"), r.get(f"{diff_key}/ci_high")
             rows.append({"variant": r["tags.svbench.variant"], "back end": backend, "j_per_1k_trials": r[col],
-                         "eer_pct": eer, "eer_diff_pct": r.get(f"metrics.{head}/eer_diff_pct/{trials}"),
+                         "eer_pct": eer, "eer_diff_pct": r.get(diff_key),
+                         "eer_diff_ci": f"[{low:+.2f}, {high:+.2f}]" if pd.notna(low) and pd.notna(high) else "",
                          "utt_per_s": r.get(f"metrics.{head}/utt_per_s"),
                          "model_size_mb": r.get(f"metrics.{head}/model_size_mb")})
-    t = pd.DataFrame(rows, columns=["variant", "back end", "j_per_1k_trials", "eer_pct", "eer_diff_pct", "utt_per_s",
-                                    "model_size_mb"])
+    t = pd.DataFrame(rows, columns=["variant", "back end", "j_per_1k_trials", "eer_pct", "eer_diff_pct", "eer_diff_ci",
+                                    "utt_per_s", "model_size_mb"])
     t["pareto"] = pareto_mask(t["j_per_1k_trials"].to_numpy(), t["eer_pct"].to_numpy()) if len(t) else []
     return t.sort_values("j_per_1k_trials").reset_index(drop=True)
 
@@ -248,9 +256,12 @@ def build_report(runs: pd.DataFrame, out_dir: str | Path, title: str, trials: st
     _fig_eer_vs_params(t, trials, out / "eer_vs_params.png")
     _fig_inference(t, out / "inference_energy.png")
     t.to_csv(out / "report.csv", index=False)
+    n_res, level = _bootstrap_settings(runs)
+    comparisons = compare_variants(report_variants(t, trials, n_res), trials, level)
     sources = ", ".join(sorted(set(t["energy_source"].dropna())))
-    lines = [f"# {title}", "", f"Trial list: `{trials}`. Energy source: `{sources}`"
-             + (" (**estimates**, not measurements)" if "estimate" in sources else "") + ".", "", NOISE_NOTE, "",
+    estimated = " (**estimates**, not measurements)" if "estimate" in sources else ""
+    lines = [f"# {title}", "", f"Trial list: `{trials}`. Energy source: `{sources}`{estimated}.", "",
+             noise_note(t, comparisons), "",
              "## All variants (sorted by training energy; `pareto` marks the front)", "",
              _md(t[["variant", "stages", "width", "params_m", "gmacs_per_s", "eer_pct", "eer_ci_low", "eer_ci_high",
                     "eer_std", "min_dcf_p01", "train_energy_j", "train_energy_j_std", "train_co2_g",
@@ -267,7 +278,8 @@ def build_report(runs: pd.DataFrame, out_dir: str | Path, title: str, trials: st
         deploy.to_csv(out / "deployment.csv", index=False)
         lines += ["### Deployment: inference energy against EER per back end", "",
                   "`pareto` marks the deployment front (no other variant and back end has both fewer J per 1k "
-                  "trials and a lower EER); `eer_diff_pct` is the back end's EER minus PyTorch fp32's.", "",
+                  "trials and a lower EER); `eer_diff_pct` is the back end's EER minus PyTorch fp32's, "
+                  "`eer_diff_ci` its paired speaker-bootstrap interval (both on the same resamples).", "",
                   _md(deploy), "", "![deployment](deployment.png)", ""]
     for series in ("depth", "width", "stages"):
         sub = t[t["series"].str.split(",").apply(lambda s: series in s)]
@@ -277,64 +289,9 @@ def build_report(runs: pd.DataFrame, out_dir: str | Path, title: str, trials: st
                       _md(sub.sort_values(order)[["variant", "stages", "width", "depth", "params_m", "eer_pct",
                                                   "min_dcf_p01", "train_energy_kwh", "train_co2_g",
                                                   "infer_j_per_1k_trials"]]), ""]
-    n_res, level = _bootstrap_settings(runs)
-    lines += ["## Which differences are real?", "", distinguishability(t, trials, n_res, level), ""]
+    lines += ["## Which differences are real?", "", comparisons_markdown(comparisons), ""]
     write_text_atomic(out / "report.md", "\n".join(lines))
     return Report(out, t, knee, trials)
-
-
-def variant_resamples(run_id: str, seeds: float, trials: str, n_resamples: int) -> tuple[dict, dict] | None:
-    """A variant's observed metrics and its metrics on every speaker resample of ``trials`` (the seed mean
-    over its seed runs when it has several); None when it logged no score file for that list."""
-    runs = [run_id]
-    if seeds == seeds and seeds > 1:
-        runs = [r.info.run_id for r in store.find_child_runs(run_id, store.experiment_of(run_id))
-                if r.data.tags.get(naming.TAG_KIND) == "seed"]
-    observed, resampled = [], []
-    for rid in runs:
-        path = artifacts.run_scores(rid).get(trials)
-        if path is None:
-            return None
-        t, scores = read_scores(path, trials)
-        spk_e, spk_t = [speaker_of(u) for u in t.enroll], [speaker_of(u) for u in t.test]
-        m = verification_metrics(scores, t.labels)
-        observed.append({k: m[k] for k in METRICS})
-        resampled.append(resampled_metrics(scores, t.labels, spk_e, spk_t,
-                                           speaker_resamples(spk_e, spk_t, n_resamples)))
-    if not resampled:
-        return None
-    return {k: float(np.mean([o[k] for o in observed])) for k in METRICS}, seed_mean(resampled)
-
-
-def paired_comparisons(t: pd.DataFrame, trials: str, n_resamples: int = 1000, level: float = 0.95) -> pd.DataFrame:
-    """Every pair of variants (A the lower EER): A - B of EER and minDCF(0.01) with the interval of a paired
-    speaker bootstrap (both on the same resamples), and the verdict the EER interval supports."""
-    have = {}
-    for _, r in t.sort_values("eer_pct").iterrows():
-        got = variant_resamples(r["run_id"], r["seeds"], trials, n_resamples)
-        if got is not None:
-            have[r["variant"]] = got
-    rows = []
-    names = list(have)
-    for i, a in enumerate(names):
-        for b in names[i + 1:]:
-            d = paired_difference(have[a][0], have[b][0], have[a][1], have[b][1], level)
-            e, c = d["eer_pct"], d["min_dcf_p01"]
-            eer_diff = f"{e.value:+.2f} [{e.interval.low:+.2f}, {e.interval.high:+.2f}]"
-            rows.append({"A": a, "B": b, "eer_diff_pct": eer_diff,
-                         "min_dcf_p01_diff": f"{c.value:+.3f} [{c.interval.low:+.3f}, {c.interval.high:+.3f}]",
-                         "verdict": e.verdict})
-    return pd.DataFrame(rows)
-
-
-def distinguishability(t: pd.DataFrame, trials: str, n_resamples: int = 1000, level: float = 0.95) -> str:
-    pairs = paired_comparisons(t, trials, n_resamples, level)
-    if pairs.empty:
-        return "Fewer than two variants logged score files for this trial list, so no pair can be judged."
-    return (f"A - B with its {level:.0%} interval from a paired bootstrap over speakers: both variants are scored "
-            "on the same resampled speakers, so what their errors share cancels. The verdict is \"A better than "
-            "B\" when the EER interval excludes 0, else \"not distinguishable at this trial count\".\n\n"
-            + pairs.to_markdown(index=False))
 
 
 def log_report(report: dict, run_id: str) -> None:

@@ -1,6 +1,8 @@
 """The one place that names what a variant run logs: tags, params and metric keys."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from bench.config import Config, flat_params
 from bench.eval.results import BackendResult, ListResult
 from bench.eval.statistics import METRICS
@@ -25,7 +27,10 @@ PARENT = "mlflow.parentRunId"
 
 # ---------------------------------------------------------------- names
 def variant_params(cfg: Config, spec) -> dict:
+    """The config flattened, the model's resolved shape, and ``data.root`` as an absolute path (a report pairs
+    two runs only on the same data root)."""
     params = flat_params(cfg)
+    params["data.root"] = str(Path(cfg.data.root).resolve())
     params.update({"model.depth": spec.depth, "model.stages": spec.stages_str, "model.width_mult": spec.width_mult,
                    "model.block": spec.block, "model.channels": "-".join(map(str, spec.channels)),
                    "model.family": spec.family, "model.embed_dim": spec.embed_dim, "model.pooling": spec.pooling})

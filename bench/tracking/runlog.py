@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -13,6 +14,23 @@ from bench.tracking.spool import PENDING, TAG_SPOOL_RUN, Spool
 # ---------------------------------------------------------------- writing
 def _ms() -> int:
     return int(time.time() * 1000)
+
+
+PARAM_CHARS = 6000  # MLflow's limit on a param value
+
+
+def unlogged_params(existing: dict[str, str], params: dict, run: str) -> dict[str, str]:
+    """The params a run does not hold yet. An MLflow param cannot change, so where the run holds another value
+    (a resume with changed settings) the logged one stays, and one stderr line says so with both values."""
+    out = {}
+    for key, value in params.items():
+        value = str(value)[:PARAM_CHARS]
+        if key not in existing:
+            out[key] = value
+        elif existing[key] != value:
+            print(f"warning: run {run} keeps param {key}={existing[key]!r} as first logged; this command uses "
+                  f"{value!r} (MLflow params cannot change: start a new run to record it)", file=sys.stderr)
+    return out
 
 
 class RunLog:
@@ -54,7 +72,7 @@ class RunLog:
                   tags: dict | None = None, step: int = 0) -> None:
         now = _ms()
         args = {"metrics": [[k, float(v), now, int(step)] for k, v in (metrics or {}).items() if v is not None],
-                "params": {k: str(v)[:6000] for k, v in (params or {}).items()},
+                "params": {k: str(v)[:PARAM_CHARS] for k, v in (params or {}).items()},
                 "tags": {k: str(v) for k, v in (tags or {}).items()}}
         if any(args.values()):
             self._put("log_batch", run, args)

@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 from bench.errors import BenchError
 from bench.tracking.artifacts import environment_tags
 from bench.tracking.naming import PARENT
-from bench.tracking.runlog import RunLog
+from bench.tracking.runlog import RunLog, unlogged_params
 from bench.tracking.sender import enqueue_unsent
 from bench.tracking.sender import finish as finish_spools
 from bench.tracking.sender import shorten_http_retries
@@ -102,10 +102,9 @@ def log_to_outer_run(run_id: str, params: dict, metrics: dict[str, float], tags:
 
 def log_new_params(run_id: str, params: dict) -> None:
     """Log the params the run does not hold yet (``mlflow run`` logs its entry point's parameters, such as
-    ``seeds`` or ``out``, itself; a param's value can never change)."""
+    ``seeds`` or ``out``, itself; a param's value can never change: ``unlogged_params`` warns)."""
     client = MlflowClient()
-    have = client.get_run(run_id).data.params
-    new = [Param(k, str(v)[:6000]) for k, v in params.items() if k not in have]
+    new = [Param(k, v) for k, v in unlogged_params(client.get_run(run_id).data.params, params, run_id).items()]
     for i in range(0, len(new), 100):
         client.log_batch(run_id, params=new[i:i + 100])
 
