@@ -20,7 +20,8 @@ def test_export_equals_pytorch_on_short_and_long_utterances_and_logs_the_onnx_fl
     store.setup_tracking()
     exp = store.set_experiment("deploy-test")
     run = MlflowClient().create_run(exp, tags={naming.TAG_OUT: str(tiny_model.parent.resolve())})
-    MlflowClient().set_terminated(run.info.run_id, "FINISHED")
+    MlflowClient().set_terminated(run.info.run_id, "FAILED")  # an export never changes a run's status
+    before = MlflowClient().get_run(run.info.run_id).info
     onnx_file = tmp_path / "m.onnx"
     proc = run_cli("export", "--preset", "tiny", "--data.root", tiny_corpus, "--checkpoint", tiny_model,
                    "--format", "onnx", "--out", onnx_file, "--int8", cwd=tmp_path)
@@ -39,6 +40,8 @@ def test_export_equals_pytorch_on_short_and_long_utterances_and_logs_the_onnx_fl
     assert {"onnx_model", "onnx_model_int8"} <= flavors  # logged beside the variant's PyTorch model
     logged = next(m for m in MlflowClient().search_logged_models([exp]) if m.name == "onnx_model")
     assert logged.source_run_id == run.info.run_id
+    after = MlflowClient().get_run(run.info.run_id).info
+    assert (after.status, after.end_time) == ("FAILED", before.end_time)
     sess = mlflow.pyfunc.load_model(logged.model_uri)  # the onnx flavor served by onnxruntime
     feats = torch.randn(2, 250, model.spec.n_mels, generator=gen)
     got = sess.predict(feats.numpy())

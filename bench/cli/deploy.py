@@ -131,10 +131,9 @@ def _log_onnx(run_id: str, files: list[Path]) -> None:
     from bench.tracking import store
 
     store.setup_tracking()
-    with mlflow.start_run(run_id=run_id):
-        for path in files:
-            name = "onnx_model_int8" if path.name.endswith(".int8.onnx") else "onnx_model"
-            mlflow.onnx.log_model(onnx.load(str(path)), name=name)
+    for path in files:  # into the run by id, not by reopening it: its status (FAILED, FINISHED) stays as it was
+        name = "onnx_model_int8" if path.name.endswith(".int8.onnx") else "onnx_model"
+        mlflow.onnx.log_model(onnx.load(str(path)), name=name, run_id=run_id)
 
 
 def register(sub) -> None:
