@@ -82,3 +82,29 @@ def test_corrupt_or_mismatched_onnx_is_a_one_line_error(tiny_model, tiny_corpus,
     onnx.save(helper.make_model(helper.make_graph([helper.make_node("Identity", ["fbank"], ["embedding"])], "g",
                                                   [x], [y]), opset_imports=[helper.make_opsetid("", 17)]), str(other))
     assert_one_line_error(run_cli(*args, "--onnx", other, cwd=tmp_path), "does not match the checkpoint")
+
+
+def test_int8_model_is_rebuilt_when_its_calibration_changes(tiny_model, tiny_corpus, tmp_path):
+    """The cached int8 model is keyed by the checkpoint, calibration settings, data root and seed: the same
+    settings reuse it, another eval.int8_calibration_utts rebuilds it (and its sidecar says so)."""
+    import shutil
+
+    from bench.config import load_config
+    from bench.eval.deploy import prepare_backends
+    from bench.eval.scoring import load_model
+
+    ckpt = tmp_path / "model.pt"
+    shutil.copy(tiny_model, ckpt)
+    model = load_model(ckpt, torch.device("cpu"))
+
+    def int8(utts: int):
+        cfg = load_config("tiny", {"data.root": str(tiny_corpus), "eval.int8_calibration_utts": utts})
+        b = prepare_backends(model, cfg, ["onnx-int8"], checkpoint=ckpt)["onnx-int8"]
+        path = tmp_path / "model.int8.onnx"
+        return b.details["calibration_utts"], path.stat().st_mtime_ns, json.loads(path.with_name(
+            "model.int8.onnx.json").read_text())["key"]
+
+    first = int8(8)
+    assert int8(8) == first  # same settings: reused
+    again = int8(12)
+    assert again[0] == 12 and again[1] != first[1] and again[2] != first[2]

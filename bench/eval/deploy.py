@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
+import json
 import logging
 import os
 import warnings
@@ -26,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.atomic import atomic_path
+from bench.atomic import atomic_path, write_text_atomic
 from bench.config import INFER_BACKENDS
 from bench.data.audio import load_audio
 from bench.data.manifest import TRAIN_MANIFEST, data_root, read_manifest
@@ -35,6 +37,7 @@ from bench.eval.scoring import make_fbank
 
 ONNX_BACKENDS = tuple(b for b in INFER_BACKENDS if b.startswith("onnx-"))
 INT8_OPS = ("Conv", "MatMul", "Gemm")  # the compute: quantizing the cheap element-wise ops only adds Q/DQ pairs
+CALIBRATION_MAX_S = 6.0  # each calibration utterance is cut to this
 INPUT = "fbank"
 OUTPUT = "embedding"
 
@@ -124,7 +127,8 @@ class _Calibration:
         pass
 
 
-def calibration_features(train_rows, root: Path, fbank, n_utts: int, seed: int, max_s: float = 6.0) -> list[np.ndarray]:
+def calibration_features(train_rows, root: Path, fbank, n_utts: int, seed: int,
+                         max_s: float = CALIBRATION_MAX_S) -> list[np.ndarray]:
     """Log-mel features of a seeded sample of training utterances (each cut to ``max_s``)."""
     rows = train_rows.sample(n=min(n_utts, len(train_rows)), random_state=seed)
     out = []
@@ -200,7 +204,8 @@ def torch_weights_mb(module: torch.nn.Module) -> float:
 def prepare_backends(model, cfg, names: list[str], checkpoint: str | Path | None = None,
                      onnx_path: str | Path | None = None) -> dict[str, Backend]:
     """PyTorch precisions as they are; ONNX back ends exported from ``checkpoint`` (cached beside it as
-    ``<stem>.onnx`` and ``<stem>.int8.onnx``, rebuilt when older than it) or, for onnx-fp32, ``onnx_path``."""
+    ``<stem>.onnx``, rebuilt when older than it, and ``<stem>.int8.onnx``, rebuilt unless its sidecar holds the
+    same ``int8_key``) or, for onnx-fp32, ``onnx_path``."""
     from dataclasses import replace
 
     out: dict[str, Backend] = {}
@@ -222,16 +227,20 @@ def prepare_backends(model, cfg, names: list[str], checkpoint: str | Path | None
     if "onnx-int8" in wanted:
         int8 = fp32.with_name(f"{fp32.stem}.int8.onnx")
         load_session(fp32, model.spec.n_mels, threads)  # a corrupt or mismatched source: its one-line error first
-        if _stale(int8, fp32):
-            root = data_root(cfg.data.root)
+        root = data_root(cfg.data.root)
+        key = int8_key(Path(checkpoint) if checkpoint else fp32, cfg.eval.int8_calibration_utts, root, cfg.train.seed)
+        side = _read_quant_json(int8)
+        if not int8.is_file() or side.get("key") != key:
             fbank = make_fbank(cfg, torch.device("cpu"))
             calib = calibration_features(read_manifest(root / TRAIN_MANIFEST), root, fbank,
                                          cfg.eval.int8_calibration_utts, cfg.train.seed)
             q = quantize_int8(fp32, int8, calib)
-            (int8.parent / f"{int8.name}.json").write_text(_quant_json(q, len(calib)))
+            side = {"mode": q.mode, "quantized_ops": q.quantized_ops, "fallback_reason": q.fallback_reason,
+                    "calibration_utts": len(calib), "key": key}
+            write_text_atomic(int8.parent / f"{int8.name}.json", json.dumps(side))
         paths["onnx-int8"] = int8
         details["onnx-int8"] = {"engine": "onnxruntime", "path": str(int8), "threads": threads,
-                                **_read_quant_json(int8)}
+                                **{k: v for k, v in side.items() if k != "key"}}
     for name in wanted:
         emb = OnnxEmbedder(load_session(paths[name], model.spec.n_mels, threads))
         out[name] = Backend(replace(model, extractor=emb, list_extractor=emb), "fp32", model_size_mb(paths[name]),
@@ -243,17 +252,22 @@ def _stale(target: Path, source: Path) -> bool:
     return not target.is_file() or target.stat().st_mtime < source.stat().st_mtime
 
 
-def _quant_json(q: Quantized, n_calibration: int) -> str:
-    import json
-
-    return json.dumps({"mode": q.mode, "quantized_ops": q.quantized_ops, "fallback_reason": q.fallback_reason,
-                       "calibration_utts": n_calibration})
+def int8_key(source: Path, calibration_utts: int, root: Path, seed: int) -> str:
+    """What an int8 model is built from: the source model's content (checkpoint, or the ONNX file given), the
+    calibration settings, the data root and the seed. A cached int8 model is reused only under the same key."""
+    h = hashlib.sha256()
+    with open(source, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    h.update(json.dumps({"calibration_utts": calibration_utts, "calibration_max_s": CALIBRATION_MAX_S,
+                         "ops": INT8_OPS, "root": str(root.resolve()), "seed": seed}).encode())
+    return h.hexdigest()
 
 
 def _read_quant_json(path: Path) -> dict:
-    import json
-
+    """The sidecar of an int8 model (mode, int8 ops, calibration, key); empty when there is none."""
     side = path.parent / f"{path.name}.json"
-    if side.is_file():
+    try:
         return json.loads(side.read_text())
-    return {"mode": "unknown", "quantized_ops": quantized_ops(path)}
+    except (OSError, ValueError):
+        return {}
