@@ -65,6 +65,11 @@ def test_infer_runs_every_backend_with_paired_eer_difference(tiny_model, tiny_co
     assert int8["model_size_mb"] < onnx32["model_size_mb"]
     for r in rows.values():
         assert r["utt_per_s"] > 0 and r["latency_p95_ms"] >= r["latency_p50_ms"] > 0 and r["energy.source"]
+        assert r["backend"]["device"] == "cpu" and r["warmup_s"] > 0  # warmed up outside its windows
+    for r in (onnx32, int8):  # ONNX Runtime on the model's device, with its own mean embedding and cohort
+        assert r["backend"]["execution_provider"] == "CPUExecutionProvider" and r["statistics_s"] > 0
+    assert fp32["statistics_s"] is None  # PyTorch fp32 scores with the checkpoint's own
+    assert "latency p95 from 30 timed calls (low count" in proc.stdout  # the tiny preset's 30 samples
 
 
 def test_corrupt_or_mismatched_onnx_is_a_one_line_error(tiny_model, tiny_corpus, tmp_path):
@@ -108,3 +113,49 @@ def test_int8_model_is_rebuilt_when_its_calibration_changes(tiny_model, tiny_cor
     assert int8(8) == first  # same settings: reused
     again = int8(12)
     assert again[0] == 12 and again[1] != first[1] and again[2] != first[2]
+
+
+def test_onnx_back_ends_never_run_on_another_device_than_the_model():
+    import onnxruntime as ort
+    import pytest
+
+    from bench.errors import BenchError
+    from bench.eval.deploy import execution_provider
+
+    assert execution_provider(torch.device("cpu")) == "CPUExecutionProvider"
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        assert execution_provider(torch.device("cuda")) == "CUDAExecutionProvider"
+    else:  # a CUDA model is not compared with ONNX Runtime on the CPU: refused with one line
+        with pytest.raises(BenchError, match="cannot run on cuda.*not compare like for like"):
+            execution_provider(torch.device("cuda"))
+
+
+def test_compiled_inference_compiles_only_in_its_warm_up(tiny_model, tiny_corpus, tmp_path):
+    """`eval.compile`: torch.compile with dynamic shapes over every bucket shape of the trial list gives the eager
+    scores to float rounding; every compile (fp32, and bf16's recompile) happens in the warm-up before each back
+    end's window, whose time is logged apart: replaying the windows' extraction with recompiles forbidden passes."""
+    from bench.config import load_config
+    from bench.energy.meters import create_meters
+    from bench.energy.plan import measurement_plan
+    from bench.eval.inference import measure_inference
+    from bench.eval.scoring import evaluate, load_model
+
+    cpu = torch.device("cpu")
+    cfg = load_config("tiny", {"data.root": str(tiny_corpus), "eval.compile": True, "eval.latency": False,
+                               "eval.bootstrap_resamples": 0})
+    model = load_model(tiny_model, cpu, cfg.eval.channels_last, compiled=True)
+    meters = create_meters(cfg.energy, measurement_plan("cpu"))
+    try:
+        rows = measure_inference(model, cfg, cpu, meters, ["fp32", "bf16"], tmp_path)
+    finally:
+        meters.close()
+    assert all(r.warmup_s > 0 for r in rows.values())
+    eager = evaluate(load_model(tiny_model, cpu), cfg, cpu, tmp_path / "eager", trial_names=["synth"])
+    a = np.loadtxt(eager["synth"].score_file, usecols=1)
+    b = np.loadtxt(rows["fp32"].lists["synth"].score_file, usecols=1)
+    assert len(a) == len(b) > 100
+    assert np.abs(a - b).max() < 1e-4
+    assert np.abs(a).max() > 1e-3  # real scores, not zeros
+    with torch.compiler.set_stance("fail_on_recompile"):
+        for precision in ("fp32", "bf16"):
+            evaluate(model, cfg, cpu, precision=precision)

@@ -4,7 +4,6 @@ import signal
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import torch
 from conftest import REPO, assert_one_line_error, run_cli, sigkill_at_checkpoint
@@ -118,21 +117,6 @@ def test_eval_cli_and_bad_checkpoints(tiny_corpus, tiny_model, tmp_path):
 
 def _eval_json(stdout: str) -> dict:
     return json.loads(stdout[stdout.index("{"):])
-
-
-def test_compiled_extraction_scores_like_eager(tiny_corpus, tiny_model, tmp_path):
-    """`--eval.compile true`: torch.compile with dynamic shapes over every bucket shape of the trial
-    list gives the eager scores to float rounding."""
-    args = ["eval", "--preset", "tiny", "--data.root", tiny_corpus, "--checkpoint", tiny_model,
-            "--trials", "synth"]
-    eager = run_cli(*args, "--out", tmp_path / "eager")
-    compiled = run_cli(*args, "--out", tmp_path / "compiled", "--eval.compile", "true")
-    assert eager.returncode == 0 and compiled.returncode == 0, compiled.stderr[-3000:]
-    a = np.loadtxt(tmp_path / "eager" / "scores" / "synth.txt", usecols=1)
-    b = np.loadtxt(tmp_path / "compiled" / "scores" / "synth.txt", usecols=1)
-    assert len(a) == len(b) > 100
-    assert np.abs(a - b).max() < 1e-4
-    assert np.abs(a).max() > 1e-3  # real scores, not zeros
 
 
 def test_resume_with_other_model_is_refused(tiny_corpus, tmp_path):

@@ -50,15 +50,19 @@ def cmd_infer(args, extra) -> int:
     if args.json:
         print(json.dumps({p: r.as_row() for p, r in rows.items()}, indent=2, default=str))
     from bench.energy import accounting
+    from bench.eval.latency import MIN_P95_SAMPLES
     from bench.tracking import naming, store
 
     for p, r in rows.items():
+        if r.latency is not None and r.latency.low_count:
+            print(f"{p}: latency p95 from {r.latency.latency_samples} timed calls (low count: fewer than "
+                  f"{MIN_P95_SAMPLES}; raise eval.latency_samples)")
         if r.details.get("quantized_ops"):
             print(f"{p}: {r.details['mode']} quantization, int8 ops {r.details['quantized_ops']}")
     outer = store.take_outer_run()
     if outer:  # launched by `mlflow run`: the figures go into its run
         backend_params = {f"{p}.{k}": v for p, r in rows.items() for k, v in r.details.items()
-                          if k in ("engine", "mode", "threads", "calibration_utts")}
+                          if k in ("engine", "device", "execution_provider", "mode", "threads", "calibration_utts")}
         store.log_to_outer_run(outer, {"checkpoint": Path(args.checkpoint).resolve(), "precision": args.precision,
                                           "data.root": cfg.data.root, "eval.batch_frames": cfg.eval.batch_frames,
                                           **backend_params},

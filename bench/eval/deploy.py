@@ -76,19 +76,35 @@ def export_onnx(extractor: torch.nn.Module, n_mels: int, path: str | Path) -> Pa
     return path
 
 
-def load_session(path: str | Path, n_mels: int, threads: int = 0):
-    """An ONNX Runtime CPU session; a file that is not ONNX, or not an embedder of ``n_mels`` log-mel
-    features, is a one-line error."""
+def execution_provider(device: torch.device) -> str:
+    """The ONNX Runtime execution provider on the model's device: CPU, or CUDA where this ONNX Runtime has it.
+    ONNX back ends never run on another device than the PyTorch ones they are compared with: a CUDA model
+    without ONNX Runtime's CUDA provider is refused."""
+    import onnxruntime as ort
+
+    if device.type == "cpu":
+        return "CPUExecutionProvider"
+    if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+        return "CUDAExecutionProvider"
+    raise BenchError(f"the ONNX back ends cannot run on {device} here (ONNX Runtime offers "
+                     f"{', '.join(ort.get_available_providers())}), and a CPU run would not compare like for like; "
+                     "install onnxruntime-gpu, or use --train.device cpu for every back end")
+
+
+def load_session(path: str | Path, n_mels: int, threads: int = 0, device: torch.device = torch.device("cpu")):
+    """An ONNX Runtime session on ``device`` (``execution_provider``); a file that is not ONNX, or not an
+    embedder of ``n_mels`` log-mel features, is a one-line error."""
     import onnxruntime as ort
 
     path = Path(path)
     if not path.is_file():
         raise BenchError(f"ONNX model {path} does not exist; export one with `svbench export --checkpoint ...`")
+    provider = execution_provider(device)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads or (os.cpu_count() or 1)
     opts.log_severity_level = 3
     try:
-        sess = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+        sess = ort.InferenceSession(str(path), sess_options=opts, providers=[provider])
     except Exception as exc:
         first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
         raise BenchError(f"ONNX model {path} cannot be loaded ({first}); re-export it with `svbench export`") from None
@@ -202,7 +218,8 @@ def torch_weights_mb(module: torch.nn.Module) -> float:
 
 
 def prepare_backends(model, cfg, names: list[str], checkpoint: str | Path | None = None,
-                     onnx_path: str | Path | None = None) -> dict[str, Backend]:
+                     onnx_path: str | Path | None = None, device: torch.device = torch.device("cpu")
+                     ) -> dict[str, Backend]:
     """PyTorch precisions as they are; ONNX back ends exported from ``checkpoint`` (cached beside it as
     ``<stem>.onnx``, rebuilt when older than it, and ``<stem>.int8.onnx``, rebuilt unless its sidecar holds the
     same ``int8_key``) or, for onnx-fp32, ``onnx_path``."""
@@ -212,10 +229,11 @@ def prepare_backends(model, cfg, names: list[str], checkpoint: str | Path | None
     size = torch_weights_mb(model.embedder)
     for name in names:
         if name not in ONNX_BACKENDS:
-            out[name] = Backend(model, name, size, {"engine": "pytorch"})
+            out[name] = Backend(model, name, size, {"engine": "pytorch", "device": str(device)})
     wanted = [n for n in names if n in ONNX_BACKENDS]
     if not wanted:
         return out
+    provider = execution_provider(device)  # before any export: a device mismatch is refused at once
     if onnx_path is None and checkpoint is None:
         raise BenchError("the ONNX back ends need the checkpoint they are exported from (--checkpoint) or --onnx")
     fp32 = Path(onnx_path) if onnx_path else Path(checkpoint).with_suffix(".onnx")
@@ -223,7 +241,8 @@ def prepare_backends(model, cfg, names: list[str], checkpoint: str | Path | None
         export_onnx(model.extractor, model.spec.n_mels, fp32)
     threads = cfg.eval.threads or torch.get_num_threads()
     paths = {"onnx-fp32": fp32}
-    details = {"onnx-fp32": {"engine": "onnxruntime", "path": str(fp32), "threads": threads}}
+    on = {"engine": "onnxruntime", "device": str(device), "execution_provider": provider, "threads": threads}
+    details = {"onnx-fp32": {**on, "path": str(fp32)}}
     if "onnx-int8" in wanted:
         int8 = fp32.with_name(f"{fp32.stem}.int8.onnx")
         load_session(fp32, model.spec.n_mels, threads)  # a corrupt or mismatched source: its one-line error first
@@ -239,10 +258,9 @@ def prepare_backends(model, cfg, names: list[str], checkpoint: str | Path | None
                     "calibration_utts": len(calib), "key": key}
             write_text_atomic(int8.parent / f"{int8.name}.json", json.dumps(side))
         paths["onnx-int8"] = int8
-        details["onnx-int8"] = {"engine": "onnxruntime", "path": str(int8), "threads": threads,
-                                **{k: v for k, v in side.items() if k != "key"}}
+        details["onnx-int8"] = {**on, "path": str(int8), **{k: v for k, v in side.items() if k != "key"}}
     for name in wanted:
-        emb = OnnxEmbedder(load_session(paths[name], model.spec.n_mels, threads))
+        emb = OnnxEmbedder(load_session(paths[name], model.spec.n_mels, threads, device))
         out[name] = Backend(replace(model, extractor=emb, list_extractor=emb), "fp32", model_size_mb(paths[name]),
                             details[name])
     return out

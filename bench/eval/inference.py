@@ -4,11 +4,24 @@ Back ends: the PyTorch precisions (fp32, bf16, fp16 where the device supports it
 (``onnx-fp32``, ``onnx-int8``: ``bench.eval.deploy``). For each: J per utterance, J per 1k trials, gCO2e per 1k
 trials, utterances/s, EER/minDCF, latency at batch size 1, size on disk, and for every back end but PyTorch
 fp32 the EER difference to it with its paired speaker-bootstrap interval (both on the same resamples).
+
+Like for like, per back end, before its energy and latency windows and outside them:
+
+* **its own scoring statistics**: the training mean embedding and the AS-norm cohort are extracted with the
+  back end itself (PyTorch fp32 reuses the checkpoint's, extracted by the same model): a setup cost a
+  deployment pays once, logged as ``statistics_s``;
+* **a warm-up pass** over utterances of representative lengths (shortest to longest, single and batched), so
+  first-call costs (allocations, kernel choice, ``eval.compile``'s compiles and its bf16 recompile) are paid
+  there, logged as ``warmup_s``. With ``eval.compile``, windows run under the compiler's
+  ``eager_on_recompile`` stance: a shape the warm-up did not cover runs eagerly instead of compiling inside
+  the window.
 """
 
 from __future__ import annotations
 
 import contextlib
+import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -21,7 +34,8 @@ from bench.eval.deploy import prepare_backends
 from bench.eval.latency import measure_latency
 from bench.eval.metrics import verification_metrics
 from bench.eval.results import BackendResult
-from bench.eval.scoring import LoadedModel, evaluate, load_trial_lists, make_fbank
+from bench.eval.scoring import (LoadedModel, evaluate, extract_embeddings, load_trial_lists, make_fbank,
+                                statistics_for)
 from bench.eval.statistics import bootstrap_list, paired_difference
 
 
@@ -33,20 +47,30 @@ def measure_inference(model: LoadedModel, cfg: Config, device: torch.device, met
     n_utts = len(set().union(*[set(t.utterances) for t in lists]))
     n_trials = sum(len(t) for t in lists)
     series = series if series is not None else intensity_series(cfg.energy)
-    backends = prepare_backends(model, cfg, precisions, checkpoint, onnx_path)
+    backends = prepare_backends(model, cfg, precisions, checkpoint, onnx_path, device)
     out: dict[str, BackendResult] = {}
     scores: dict[str, dict] = {}
+    needed = df.set_index("utt_id").loc[sorted(set().union(*[set(t.utterances) for t in lists]))]
     with _threads(cfg.eval.threads):
         for name in precisions:
             b = backends[name]
+            statistics_s = None
+            if name != "fp32" and (cfg.eval.subtract_mean or cfg.eval.as_norm):
+                t0 = time.perf_counter()
+                stats = statistics_for(b.model.list_extractor, cfg, device, b.precision)
+                b.model = replace(b.model, payload={**b.model.payload, **stats})
+                statistics_s = time.perf_counter() - t0
+            warmup_s = _warm_up(b.model.list_extractor, cfg, device, b.precision, root, needed)
             window = meters.window(f"infer/{name}")  # embeddings and scoring only (see evaluate)
             scores[name] = {}
-            lists_result = evaluate(b.model, cfg, device, out_dir, trial_names, precision=b.precision,
-                                    measured=window, label=name, scores_out=scores[name])
+            with _no_compile(cfg.eval.compile):
+                lists_result = evaluate(b.model, cfg, device, out_dir, trial_names, precision=b.precision,
+                                        measured=window, label=name, scores_out=scores[name])
             r = meters.readings[-1]
             row = BackendResult(details=b.details, model_size_mb=b.size_mb, time_s=r.time_s,
                                 utt_per_s=n_utts / r.time_s if r.time_s > 0 else None, n_utts=n_utts,
-                                n_trials=n_trials, energy_labels=r.tags(), lists=lists_result)
+                                n_trials=n_trials, energy_labels=r.tags(), lists=lists_result, warmup_s=warmup_s,
+                                statistics_s=statistics_s)
             if r.total_j is not None:
                 carbon = carbon_of([r], cfg.energy.pue, cfg.energy.region, series)
                 row.energy_j, row.energy_j_per_utt = r.total_j, r.total_j / n_utts
@@ -54,7 +78,8 @@ def measure_inference(model: LoadedModel, cfg: Config, device: torch.device, met
                 row.co2_g_per_1k_trials = carbon.co2_g / n_trials * 1000.0
             if cfg.eval.latency:
                 row.latency = measure_latency(b.model.extractor, make_fbank(cfg, device),
-                                              [root / p for p in df["path"]], device, b.precision, seed=cfg.train.seed)
+                                              [root / p for p in df["path"]], device, b.precision,
+                                              samples=cfg.eval.latency_samples, seed=cfg.train.seed)
             out[name] = row
     if "fp32" in scores:
         for name, row in out.items():
@@ -75,6 +100,31 @@ def _difference_to_fp32(mine: dict, ref: dict, cfg: Config) -> tuple[dict, dict]
         d = paired_difference(a.observed, b.observed, a.resampled, b.resampled, cfg.eval.ci_level)["eer_pct"]
         diff[name], ci[name] = d.value, (d.interval.low, d.interval.high)
     return diff, ci
+
+
+WARMUP_POINTS = (0.0, 0.25, 0.5, 0.75, 1.0)  # length quantiles of the trial lists' utterances
+WARMUP_RUN = 4  # consecutive utterances (by length) at each, so that batched shapes are warmed too
+
+
+def _warm_up(extractor, cfg: Config, device: torch.device, precision: str, root: Path, rows) -> float:
+    """Seconds of one untimed extraction over a few of ``rows`` (utterance id -> path, num_samples) at
+    representative lengths, with the back end's precision and batching."""
+    ordered = rows.sort_values("num_samples")
+    picks = sorted({min(len(ordered) - WARMUP_RUN, int(q * len(ordered))) + k for q in WARMUP_POINTS
+                    for k in range(WARMUP_RUN)} & set(range(len(ordered))))
+    sub = ordered.iloc[picks]
+    t0 = time.perf_counter()
+    extract_embeddings(extractor, make_fbank(cfg, device), sub.index.tolist(), [root / p for p in sub["path"]],
+                       sub["num_samples"].tolist(), cfg.eval.batch_frames, device, precision,
+                       cfg.eval.length_tolerance)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - t0
+
+
+def _no_compile(compiled: bool):
+    """With eval.compile, a window never compiles: a shape the warm-up missed runs eagerly."""
+    return torch.compiler.set_stance("eager_on_recompile") if compiled else contextlib.nullcontext()
 
 
 @contextlib.contextmanager

@@ -49,6 +49,8 @@ class BackendResult:
     energy_j_per_1k_trials: float | None = None
     co2_g_per_1k_trials: float | None = None
     latency: Latency | None = None
+    warmup_s: float | None = None  # the untimed warm-up pass before its windows (compiles land here)
+    statistics_s: float | None = None  # its own training mean and AS-norm cohort (setup, outside the window)
     eer_diff_pct: dict[str, float] = field(default_factory=dict)
     eer_diff_ci: dict[str, tuple[float, float]] = field(default_factory=dict)
 

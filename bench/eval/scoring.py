@@ -86,28 +86,41 @@ def _normalise(x: np.ndarray) -> np.ndarray:
     return x / (np.linalg.norm(x, axis=-1, keepdims=True) + 1e-12)
 
 
-def score_trials(emb: np.ndarray, index: dict[str, int], trials: TrialList, mean: np.ndarray | None = None,
-                 cohort: np.ndarray | None = None, top_n: int = 100) -> np.ndarray:
-    """Cosine scores (after subtracting ``mean``); adaptive S-norm when a cohort is given."""
-    x = emb - mean if mean is not None else emb
-    x = _normalise(x)
-    e = np.fromiter((index[u] for u in trials.enroll), dtype=np.int64, count=len(trials))
-    t = np.fromiter((index[u] for u in trials.test), dtype=np.int64, count=len(trials))
-    scores = np.einsum("ij,ij->i", x[e], x[t])
-    if cohort is None:
-        return scores
-    c = _normalise(cohort - mean if mean is not None else cohort)
-    cs = x @ c.T  # (N utts, cohort)
-    n = min(top_n, cs.shape[1])
-    top = -np.partition(-cs, n - 1, axis=1)[:, :n]
-    mu, sd = top.mean(axis=1), top.std(axis=1) + 1e-9
-    return 0.5 * ((scores - mu[e]) / sd[e] + (scores - mu[t]) / sd[t])
+@dataclass
+class Scorer:
+    """Cosine scoring of one back end's embeddings: each utterance's embedding minus the training mean,
+    length-normalised; with a cohort, each utterance's adaptive S-norm statistics (mean and std of its top-n
+    cohort scores), computed once for all utterances and shared by every trial list."""
+    x: np.ndarray
+    index: dict[str, int]
+    norm: tuple[np.ndarray, np.ndarray] | None = None
+
+    @classmethod
+    def build(cls, emb: np.ndarray, utt_ids: list[str], mean: np.ndarray | None = None,
+              cohort: np.ndarray | None = None, top_n: int = 100) -> "Scorer":
+        x = _normalise(emb - mean if mean is not None else emb)
+        norm = None
+        if cohort is not None:
+            cs = x @ _normalise(cohort - mean if mean is not None else cohort).T  # (utterances, cohort)
+            n = min(top_n, cs.shape[1])
+            top = -np.partition(-cs, n - 1, axis=1)[:, :n]
+            norm = (top.mean(axis=1), top.std(axis=1) + 1e-9)
+        return cls(x, {u: i for i, u in enumerate(utt_ids)}, norm)
+
+    def scores(self, trials: TrialList) -> np.ndarray:
+        e = np.fromiter((self.index[u] for u in trials.enroll), dtype=np.int64, count=len(trials))
+        t = np.fromiter((self.index[u] for u in trials.test), dtype=np.int64, count=len(trials))
+        scores = np.einsum("ij,ij->i", self.x[e], self.x[t])
+        if self.norm is None:
+            return scores
+        mu, sd = self.norm
+        return 0.5 * ((scores - mu[e]) / sd[e] + (scores - mu[t]) / sd[t])
 
 
 @torch.no_grad()
 def training_statistics(embedder, fbank, root: Path, batch_frames: int, device: torch.device,
                         max_utts: int = 2000, seed: int = 0, cohort_utts_per_speaker: int = 3,
-                        cohort_speakers: int = 6000) -> dict:
+                        cohort_speakers: int = 6000, precision: str = "fp32") -> dict:
     """Mean embedding over a seeded sample of ``max_utts`` training utterances, and the AS-norm cohort as
     WeSpeaker builds it: one mean embedding per training speaker (up to ``cohort_speakers`` speakers, a
     seeded choice when there are more), each over up to ``cohort_utts_per_speaker`` of its utterances."""
@@ -121,13 +134,21 @@ def training_statistics(embedder, fbank, root: Path, batch_frames: int, device: 
     rows = pd.concat([mean_rows, cohort_rows]).drop_duplicates("utt_id").reset_index(drop=True)
     ids = rows["utt_id"].tolist()
     emb = extract_embeddings(embedder, fbank, ids, [root / p for p in rows["path"]], rows["num_samples"].tolist(),
-                             batch_frames, device)
+                             batch_frames, device, precision)
     index = {u: i for i, u in enumerate(ids)}
     mean = emb[[index[u] for u in mean_rows["utt_id"]]].mean(axis=0)
     by_speaker = cohort_rows.groupby("speaker", sort=True)["utt_id"]
     cohort = np.stack([emb[[index[u] for u in utts]].mean(axis=0) for _, utts in by_speaker])
     return {"train_mean": torch.from_numpy(mean), "cohort": torch.from_numpy(cohort),
             "cohort_utts": int(len(cohort_rows))}
+
+
+def statistics_for(extractor, cfg: Config, device: torch.device, precision: str = "fp32") -> dict:
+    """``training_statistics`` with the config's settings, for one extractor at one precision."""
+    return training_statistics(extractor, make_fbank(cfg, device), data_root(cfg.data.root), cfg.eval.batch_frames,
+                               device, max_utts=cfg.eval.stats_max_utts, seed=cfg.train.seed,
+                               cohort_utts_per_speaker=cfg.eval.cohort_utts_per_speaker,
+                               cohort_speakers=cfg.eval.cohort_speakers, precision=precision)
 
 
 def make_fbank(cfg: Config, device: torch.device) -> Fbank:
@@ -169,9 +190,9 @@ def evaluate(model: LoadedModel, cfg: Config, device: torch.device, out_dir: Pat
         fbank = make_fbank(cfg, device)
         emb = extract_embeddings(model.list_extractor, fbank, needed, paths, rows["num_samples"].tolist(),
                                  cfg.eval.batch_frames, device, precision, cfg.eval.length_tolerance)
-        index = {u: i for i, u in enumerate(needed)}
-        all_scores = [score_trials(emb, index, t, mean, cohort.numpy() if cohort is not None else None,
-                                   cfg.eval.as_norm_top_n) for t in lists]
+        scorer = Scorer.build(emb, needed, mean, cohort.numpy() if cohort is not None else None,
+                              cfg.eval.as_norm_top_n)
+        all_scores = [scorer.scores(t) for t in lists]
     results = {}
     label = label or precision
     for t, scores in zip(lists, all_scores):

@@ -16,14 +16,13 @@ import torch
 
 from bench.atomic import write_text_atomic
 from bench.config import Config, config_to_yaml, flat_params
-from bench.data.manifest import data_root
 from bench.energy.accounting import (carbon_tags, intensity_series, summarise, train_reading_from_history,
                                      write_timeline_csv)
 from bench.energy.meters import create_meters
 from bench.energy.plan import CPU_TIME_SHARE, measurement_plan
 from bench.eval.inference import measure_inference
 from bench.eval.results import BackendResult, ListResult
-from bench.eval.scoring import load_model, make_fbank, training_statistics
+from bench.eval.scoring import load_model, statistics_for
 from bench.models import spec_from_config
 from bench.models.profile import ModelProfile, profile_model
 from bench.orchestration.forecast import Forecast, probe
@@ -100,10 +99,7 @@ def run_variant(cfg: Config, out_dir: str | Path, resume: bool = False, callback
             return None
         model = load_model(tr.model_path, device, cfg.eval.channels_last, cfg.eval.compile)
         with meters.window("eval/train_statistics"):
-            stats = training_statistics(model.list_extractor, make_fbank(cfg, device), data_root(cfg.data.root),
-                                        cfg.eval.batch_frames, device, max_utts=cfg.eval.stats_max_utts,
-                                        seed=cfg.train.seed, cohort_utts_per_speaker=cfg.eval.cohort_utts_per_speaker,
-                                        cohort_speakers=cfg.eval.cohort_speakers)
+            stats = statistics_for(model.list_extractor, cfg, device)
         cohort_utts = stats.pop("cohort_utts")
         model.payload.update(stats)
         ckpt.save(model.payload, tr.model_path)

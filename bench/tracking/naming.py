@@ -76,8 +76,9 @@ def result_metrics(result) -> dict[str, float]:
 
 
 INFER_KEYS = ("energy_j_per_utt", "energy_j_per_1k_trials", "co2_g_per_1k_trials", "utt_per_s", "time_s",
-              "model_size_mb")
-LATENCY_KEYS = ("latency_p50_ms", "latency_p95_ms", "rtf", "throughput_utt_per_s", "best_batch_size")
+              "model_size_mb", "warmup_s", "statistics_s")
+LATENCY_KEYS = ("latency_p50_ms", "latency_p95_ms", "rtf", "throughput_utt_per_s", "throughput_low_utt_per_s",
+                "throughput_high_utt_per_s", "best_batch_size", "latency_samples")
 
 
 def inference_metrics(inference: dict[str, BackendResult], fp32_eer: bool = False) -> dict[str, float]:
