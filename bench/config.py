@@ -127,6 +127,9 @@ class EvalConfig(_Section):
     latency: bool = Field(True, description="measure per-utterance latency, throughput and real-time factor")
     latency_samples: int = Field(200, ge=10, description="timed batch-1 calls behind the latency percentiles; fewer "
                                                          "than 200 marks the p95 as low-count")
+    infer_repeats: int = Field(2, ge=1, description="passes over two or more back ends, in alternating order (A B, "
+                                                    "then B A) so that order does not decide; figures are the "
+                                                    "mean over passes")
     infer_precisions: list[Literal[INFER_BACKENDS]] = Field(
         default_factory=lambda: ["fp32"], description="back ends whose inference energy is measured")
     threads: int = Field(0, ge=0, description="intra-op threads of inference, PyTorch and ONNX Runtime alike; 0 = "

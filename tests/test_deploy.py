@@ -5,6 +5,7 @@ import json
 
 import mlflow
 import numpy as np
+import pytest
 import torch
 from conftest import assert_one_line_error, run_cli
 from mlflow.tracking import MlflowClient
@@ -117,7 +118,6 @@ def test_int8_model_is_rebuilt_when_its_calibration_changes(tiny_model, tiny_cor
 
 def test_onnx_back_ends_never_run_on_another_device_than_the_model():
     import onnxruntime as ort
-    import pytest
 
     from bench.errors import BenchError
     from bench.eval.deploy import execution_provider
@@ -131,7 +131,7 @@ def test_onnx_back_ends_never_run_on_another_device_than_the_model():
 
 
 def test_compiled_inference_compiles_only_in_its_warm_up(tiny_model, tiny_corpus, tmp_path):
-    """`eval.compile`: torch.compile with dynamic shapes over every bucket shape of the trial list gives the eager
+    """Back ends are measured in alternating order. `eval.compile`: torch.compile with dynamic shapes over every bucket shape of the trial list gives the eager
     scores to float rounding; every compile (fp32, and bf16's recompile) happens in the warm-up before each back
     end's window, whose time is logged apart: replaying the windows' extraction with recompiles forbidden passes."""
     from bench.config import load_config
@@ -150,6 +150,10 @@ def test_compiled_inference_compiles_only_in_its_warm_up(tiny_model, tiny_corpus
     finally:
         meters.close()
     assert all(r.warmup_s > 0 for r in rows.values())
+    # two passes in alternating order (A B, B A), each back end's figures the mean of its two windows
+    windows = [r for r in meters.readings if r.name.startswith("infer/")]
+    assert [r.name for r in windows] == ["infer/fp32", "infer/bf16", "infer/bf16", "infer/fp32"]
+    assert rows["fp32"].time_s == pytest.approx((windows[0].time_s + windows[3].time_s) / 2)
     eager = evaluate(load_model(tiny_model, cpu), cfg, cpu, tmp_path / "eager", trial_names=["synth"])
     a = np.loadtxt(eager["synth"].score_file, usecols=1)
     b = np.loadtxt(rows["fp32"].lists["synth"].score_file, usecols=1)

@@ -30,7 +30,8 @@ from bench.config import Config
 from bench.energy.accounting import intensity_series
 from bench.energy.carbon import carbon_of
 from bench.energy.meters import MeterSet
-from bench.eval.deploy import prepare_backends
+from bench.energy.reading import sum_windows
+from bench.eval.deploy import Backend, prepare_backends
 from bench.eval.latency import measure_latency
 from bench.eval.metrics import verification_metrics
 from bench.eval.results import BackendResult
@@ -48,39 +49,35 @@ def measure_inference(model: LoadedModel, cfg: Config, device: torch.device, met
     n_trials = sum(len(t) for t in lists)
     series = series if series is not None else intensity_series(cfg.energy)
     backends = prepare_backends(model, cfg, precisions, checkpoint, onnx_path, device)
-    out: dict[str, BackendResult] = {}
-    scores: dict[str, dict] = {}
     needed = df.set_index("utt_id").loc[sorted(set().union(*[set(t.utterances) for t in lists]))]
+    out: dict[str, BackendResult] = {}
+    scores: dict[str, dict] = {name: {} for name in precisions}
+    readings: dict[str, list] = {name: [] for name in precisions}
     with _threads(cfg.eval.threads):
-        for name in precisions:
-            b = backends[name]
-            statistics_s = None
-            if name != "fp32" and (cfg.eval.subtract_mean or cfg.eval.as_norm):
-                t0 = time.perf_counter()
-                stats = statistics_for(b.model.list_extractor, cfg, device, b.precision)
-                b.model = replace(b.model, payload={**b.model.payload, **stats})
-                statistics_s = time.perf_counter() - t0
-            warmup_s = _warm_up(b.model.list_extractor, cfg, device, b.precision, root, needed)
-            window = meters.window(f"infer/{name}")  # embeddings and scoring only (see evaluate)
-            scores[name] = {}
-            with _no_compile(cfg.eval.compile):
-                lists_result = evaluate(b.model, cfg, device, out_dir, trial_names, precision=b.precision,
-                                        measured=window, label=name, scores_out=scores[name])
-            r = meters.readings[-1]
-            row = BackendResult(details=b.details, model_size_mb=b.size_mb, time_s=r.time_s,
-                                utt_per_s=n_utts / r.time_s if r.time_s > 0 else None, n_utts=n_utts,
-                                n_trials=n_trials, energy_labels=r.tags(), lists=lists_result, warmup_s=warmup_s,
-                                statistics_s=statistics_s)
-            if r.total_j is not None:
-                carbon = carbon_of([r], cfg.energy.pue, cfg.energy.region, series)
-                row.energy_j, row.energy_j_per_utt = r.total_j, r.total_j / n_utts
-                row.energy_j_per_1k_trials = r.total_j / n_trials * 1000.0
-                row.co2_g_per_1k_trials = carbon.co2_g / n_trials * 1000.0
+        setup = {name: _set_up(backends[name], name, cfg, device, root, needed) for name in precisions}
+        passes = cfg.eval.infer_repeats if len(precisions) > 1 else 1
+        for rep in range(passes):
+            first = rep == 0  # the pass whose scores, score files and intervals are kept
+            for name in precisions if rep % 2 == 0 else precisions[::-1]:  # A B, B A, ...: order does not decide
+                b = backends[name]
+                window = meters.window(f"infer/{name}")  # embeddings and scoring only (see evaluate)
+                with _no_compile(cfg.eval.compile):
+                    lists_result = evaluate(b.model, cfg, device, out_dir if first else None, trial_names,
+                                            precision=b.precision, measured=window, label=name,
+                                            scores_out=scores[name] if first else None, intervals=first)
+                readings[name].append(meters.readings[-1])
+                if first:
+                    out[name] = BackendResult(details=b.details, model_size_mb=b.size_mb, time_s=0.0,
+                                              utt_per_s=None, n_utts=n_utts, n_trials=n_trials, energy_labels={},
+                                              lists=lists_result, warmup_s=setup[name][0],
+                                              statistics_s=setup[name][1])
+        for name, row in out.items():
+            _add_energy(row, readings[name], cfg, series)
             if cfg.eval.latency:
+                b = backends[name]
                 row.latency = measure_latency(b.model.extractor, make_fbank(cfg, device),
                                               [root / p for p in df["path"]], device, b.precision,
                                               samples=cfg.eval.latency_samples, seed=cfg.train.seed)
-            out[name] = row
     if "fp32" in scores:
         for name, row in out.items():
             if name != "fp32":
@@ -100,6 +97,32 @@ def _difference_to_fp32(mine: dict, ref: dict, cfg: Config) -> tuple[dict, dict]
         d = paired_difference(a.observed, b.observed, a.resampled, b.resampled, cfg.eval.ci_level)["eer_pct"]
         diff[name], ci[name] = d.value, (d.interval.low, d.interval.high)
     return diff, ci
+
+
+def _set_up(b: Backend, name: str, cfg: Config, device: torch.device, root: Path, needed) -> tuple:
+    """Before any window: the back end's own scoring statistics (all but PyTorch fp32, which has the
+    checkpoint's), then its warm-up. Returns (warm-up s, statistics s or None)."""
+    statistics_s = None
+    if name != "fp32" and (cfg.eval.subtract_mean or cfg.eval.as_norm):
+        t0 = time.perf_counter()
+        stats = statistics_for(b.model.list_extractor, cfg, device, b.precision)
+        b.model = replace(b.model, payload={**b.model.payload, **stats})
+        statistics_s = time.perf_counter() - t0
+    return _warm_up(b.model.list_extractor, cfg, device, b.precision, root, needed), statistics_s
+
+
+def _add_energy(row: BackendResult, windows: list, cfg: Config, series) -> None:
+    """Time, throughput and energy of one back end: the mean over its windows (one per pass)."""
+    r = sum_windows(windows, windows[0].name)
+    n = len(windows)
+    row.time_s, row.energy_labels = r.time_s / n, r.tags()
+    row.utt_per_s = row.n_utts / row.time_s if row.time_s > 0 else None
+    if r.total_j is not None:
+        carbon = carbon_of(windows, cfg.energy.pue, cfg.energy.region, series)
+        row.energy_j = r.total_j / n
+        row.energy_j_per_utt = row.energy_j / row.n_utts
+        row.energy_j_per_1k_trials = row.energy_j / row.n_trials * 1000.0
+        row.co2_g_per_1k_trials = carbon.co2_g / n / row.n_trials * 1000.0
 
 
 WARMUP_POINTS = (0.0, 0.25, 0.5, 0.75, 1.0)  # length quantiles of the trial lists' utterances

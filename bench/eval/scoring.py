@@ -169,13 +169,13 @@ def load_trial_lists(cfg: Config, names: list[str] | None = None) -> tuple[Path,
 def evaluate(model: LoadedModel, cfg: Config, device: torch.device, out_dir: Path | None = None,
              trial_names: list[str] | None = None, precision: str = "fp32",
              measured: ContextManager | None = None, label: str | None = None,
-             scores_out: dict | None = None) -> dict[str, ListResult]:
+             scores_out: dict | None = None, intervals: bool = True) -> dict[str, ListResult]:
     """Metrics per trial list (and score files under ``out_dir/scores`` when given, ``<list>.txt`` for fp32 and
     ``<list>.<label>.txt`` for another back end; ``label`` defaults to the precision).
 
     ``measured`` (an energy window) is entered around the embeddings and the scoring only: loading the
-    trial lists, the bootstrap intervals and writing score files stay outside it. ``scores_out`` receives
-    trial list name -> (TrialList, scores)."""
+    trial lists, the bootstrap intervals (``intervals``) and writing score files stay outside it.
+    ``scores_out`` receives trial list name -> (TrialList, scores)."""
     root, lists, df = load_trial_lists(cfg, trial_names)
     needed = sorted(set().union(*[set(t.utterances) for t in lists]))
     rows = df.set_index("utt_id").loc[needed]
@@ -199,7 +199,7 @@ def evaluate(model: LoadedModel, cfg: Config, device: torch.device, out_dir: Pat
         if scores_out is not None:
             scores_out[t.name] = (t, scores)
         result = ListResult(**verification_metrics(scores, t.labels))
-        if cfg.eval.bootstrap_resamples:
+        if intervals and cfg.eval.bootstrap_resamples:
             ci = bootstrap_ci(scores, t.labels, [speaker_of(u) for u in t.enroll], [speaker_of(u) for u in t.test],
                               cfg.eval.bootstrap_resamples, cfg.eval.ci_level, seed=BOOTSTRAP_SEED)
             result.ci = {k: (i.low, i.high) for k, i in ci.items()}
