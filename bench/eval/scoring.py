@@ -22,7 +22,7 @@ from bench.data.trials import TrialList, check_against, find_trial_lists, read_t
 from bench.errors import BenchError
 from bench.eval.metrics import verification_metrics
 from bench.eval.results import ListResult
-from bench.eval.statistics import BOOTSTRAP_SEED, bootstrap_ci, speaker_of
+from bench.eval.statistics import bootstrap_list, percentile_interval
 from bench.models import ResNetSpec, build_model
 from bench.models.inference import compile_extractor, extraction_model
 from bench.models.resnet import min_samples
@@ -200,8 +200,8 @@ def evaluate(model: LoadedModel, cfg: Config, device: torch.device, out_dir: Pat
             scores_out[t.name] = (t, scores)
         result = ListResult(**verification_metrics(scores, t.labels))
         if intervals and cfg.eval.bootstrap_resamples:
-            ci = bootstrap_ci(scores, t.labels, [speaker_of(u) for u in t.enroll], [speaker_of(u) for u in t.test],
-                              cfg.eval.bootstrap_resamples, cfg.eval.ci_level, seed=BOOTSTRAP_SEED)
+            resampled = bootstrap_list(t, scores, cfg.eval.bootstrap_resamples).resampled
+            ci = {k: percentile_interval(v, cfg.eval.ci_level) for k, v in resampled.items()}
             result.ci = {k: (i.low, i.high) for k, i in ci.items()}
             result.ci_level, result.ci_resamples = cfg.eval.ci_level, ci["eer_pct"].n_resamples
         if out_dir is not None:
