@@ -54,7 +54,7 @@ def cmd_compare(args, extra) -> int:
     row = c.table.iloc[0]
     print(f"A = {row['A']}, B = {row['B']}, trial list {c.trials} ({c.scored[0].bootstrap.n_trials} trials, "
           f"{c.scored[0].bootstrap.n_speakers} speakers)")
-    print(f"EER A - B: {row['eer_diff_pct']} ({c.level:.0%} paired bootstrap interval), p = {row['p']:.3g}")
+    print(f"EER A - B: {row['eer_diff_pct']} ({c.level:.0%} paired bootstrap interval), p = {row['p']}")
     print(f"minDCF(0.01) A - B: {row['min_dcf_p01_diff']}")
     print(f"verdict: {row['verdict']}" + (" (one comparison: no correction)" if row["verdict"] != UNDECIDED else ""))
     return 0

@@ -108,8 +108,10 @@ def compare_variants(variants: list[Scored | str], trials: str, level: float = 0
                          "p": e.p_value})
     adjusted = holm([r["p"] for r in rows])
     for r, p, (e, seeds) in zip(rows, adjusted, diffs):
-        r["p_holm"] = p
         r["verdict"] = verdict(e.value, p, 1 - level, seeds)
+        floor = 2.0 / e.interval.n_resamples  # p is resolved in steps of 2 / resamples
+        r["p"], r["p_holm"] = (f"{x:.3g}" if x > 0 else f"<{bound:.2g}"
+                               for x, bound in ((r["p"], floor), (p, floor * len(rows))))
     return Comparisons(pd.DataFrame(rows, columns=["A", "B", "eer_diff_pct", "min_dcf_p01_diff", "p", "p_holm",
                                                    "verdict"]), refused, level, trials, scored)
 
