@@ -56,7 +56,7 @@ def cmd_compare(args, extra) -> int:
           f"{c.scored[0].bootstrap.n_speakers} speakers)")
     print(f"EER A - B: {row['eer_diff_pct']} ({c.level:.0%} paired bootstrap interval), p = {row['p']}")
     print(f"minDCF(0.01) A - B: {row['min_dcf_p01_diff']}")
-    print(f"verdict: {row['verdict']}" + (" (one comparison: no correction)" if row["verdict"] != UNDECIDED else ""))
+    print(f"verdict: {row['verdict']}" + ("; one comparison, so no correction" if row["verdict"] != UNDECIDED else ""))
     return 0
 
 
