@@ -127,6 +127,9 @@ class EvalConfig(_Section):
     latency: bool = Field(True, description="measure per-utterance latency, throughput and real-time factor")
     latency_samples: int = Field(200, ge=10, description="timed batch-1 calls behind the latency percentiles; fewer "
                                                          "than 200 marks the p95 as low-count")
+    average_lists: list[str] = Field(default_factory=list, description="trial lists whose macro average is logged "
+                                                                      "as eer_pct/avg (the study's headline); "
+                                                                      "empty = every evaluated list, when 2 or more")
     infer_repeats: int = Field(2, ge=1, description="passes over two or more back ends, in alternating order (A B, "
                                                     "then B A) so that order does not decide; figures are the "
                                                     "mean over passes")

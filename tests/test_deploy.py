@@ -131,9 +131,10 @@ def test_onnx_back_ends_never_run_on_another_device_than_the_model():
 
 
 def test_compiled_inference_compiles_only_in_its_warm_up(tiny_model, tiny_corpus, tmp_path):
-    """Back ends are measured in alternating order. `eval.compile`: torch.compile with dynamic shapes over every bucket shape of the trial list gives the eager
-    scores to float rounding; every compile (fp32, and bf16's recompile) happens in the warm-up before each back
-    end's window, whose time is logged apart: replaying the windows' extraction with recompiles forbidden passes."""
+    """Back ends are measured in alternating order. `eval.compile`: torch.compile with dynamic shapes over
+    every bucket shape of the trial list gives the eager scores to float rounding; every compile (fp32, and
+    bf16's recompile) happens in the warm-up before each back end's window, whose time is logged apart:
+    replaying the windows' extraction with recompiles forbidden passes."""
     from bench.config import load_config
     from bench.energy.meters import create_meters
     from bench.energy.plan import measurement_plan

@@ -91,7 +91,8 @@ def test_holm_keeps_ten_equal_systems_from_false_verdicts():
         p = [bootstrap_p_value(eer[i] - eer[j]) for i in range(systems) for j in range(i + 1, systems)]
         any_raw += min(p) < 0.05
         any_holm += min(holm(p)) < 0.05
-    message = f"any false verdict in {any_holm / reps:.1%} of {reps} repetitions with Holm, {any_raw / reps:.1%} without"
+    message = (f"any false verdict in {any_holm / reps:.1%} of {reps} repetitions with Holm, "
+               f"{any_raw / reps:.1%} without")
     assert any_holm / reps <= 0.05, message
     assert any_raw / reps > 0.05 and any_raw > any_holm, message  # uncorrected, the family's error passes 5 %
     print(message)
@@ -243,3 +244,35 @@ def test_a_conflicting_param_warns_with_both_values(capsys):
     assert new == {"seeds": "3"}
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "run run1 keeps param train.lr='0.05'" in err[0] and "'0.1'" in err[0]
+
+
+def test_average_over_lists_is_the_mean_of_their_metrics_with_an_interval(tiny_model, tiny_corpus, tmp_path):
+    """eer_pct/avg (the study's headline): the macro average of the lists' EER and minDCF, its interval from
+    each list's own speaker resamples; a configured list that is not evaluated is a one-line error."""
+    import shutil
+
+    import torch
+
+    from bench.config import load_config
+    from bench.data.trials import read_trials, write_trials
+    from bench.errors import BenchError
+    from bench.eval.scoring import evaluate, load_model
+
+    root = tmp_path / "two_lists"
+    shutil.copytree(tiny_corpus, root)
+    full = read_trials(root / "trials" / "synth.txt")
+    keep = np.arange(len(full)) % 3 != 0  # another list over the same utterances
+    write_trials(TrialList("part", full.labels[keep], [u for u, k in zip(full.enroll, keep) if k],
+                           [u for u, k in zip(full.test, keep) if k]), root / "trials" / "part.txt")
+    model = load_model(tiny_model, torch.device("cpu"))
+    cfg = load_config("tiny", {"data.root": str(root), "eval.bootstrap_resamples": 300})
+    res = evaluate(model, cfg, torch.device("cpu"))
+    avg = res["avg"]
+    for key in ("eer_pct", "min_dcf_p01", "min_dcf_p05"):
+        assert getattr(avg, key) == pytest.approx(np.mean([getattr(res[n], key) for n in ("part", "synth")]))
+    assert avg.ci["eer_pct"][0] <= avg.eer_pct <= avg.ci["eer_pct"][1] and avg.n_trials == len(full) + keep.sum()
+    one = load_config("tiny", {"data.root": str(root), "data.trials": ["synth"], "eval.bootstrap_resamples": 0})
+    assert "avg" not in evaluate(model, one, torch.device("cpu"))  # one list: nothing to average
+    bad = load_config("tiny", {"data.root": str(root), "eval.average_lists": ["synth", "vox1-O"]})
+    with pytest.raises(BenchError, match="vox1-O, not among the evaluated"):
+        evaluate(model, bad, torch.device("cpu"))

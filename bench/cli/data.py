@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 from bench.cli.common import Parser, no_extra
+from bench.data.trials import EVAL_FORMATS
 
 
 def cmd_data_synth(args, extra) -> int:
@@ -37,6 +38,25 @@ def cmd_data_prepare(args, extra) -> int:
     return 0
 
 
+def cmd_data_add_eval(args, extra) -> int:
+    from bench.data.eval_sets import add_eval_set
+
+    no_extra(extra)
+    summary = add_eval_set(args.name, args.root, args.format, args.out, args.trials, args.workers)
+    _print_summary(f"evaluation set {args.name}", summary)
+    print(f"score it with --data.trials {args.name} (or every list under {summary['root']}/trials by default)")
+    return 0
+
+
+def cmd_data_export_eval(args, extra) -> int:
+    from bench.data.export_eval import export_eval_set
+
+    no_extra(extra)
+    summary = export_eval_set(args.root, args.trials, args.format, args.out)
+    _print_summary(f"{args.format} form of {args.trials}", summary)
+    return 0
+
+
 def _print_summary(title: str, summary: dict) -> None:
     print(f"{title}:")
     for k, v in summary.items():
@@ -66,3 +86,19 @@ def register(sub) -> None:
     pr.add_argument("--out", required=True)
     pr.add_argument("--workers", type=int, default=None)
     pr.set_defaults(func=cmd_data_prepare)
+    a = dsub.add_parser("add-eval", help="add a test set (CN-Celeb, Kaldi/WeSpeaker data dir, VoxCeleb-style list) "
+                                         "to a prepared data root")
+    a.add_argument("--name", required=True, help="the trial list's name (eer_pct/<name>)")
+    a.add_argument("--root", required=True, help="the set's folder")
+    a.add_argument("--format", required=True, choices=EVAL_FORMATS)
+    a.add_argument("--out", default="data/demo", help="the data root to add it to (default: data/demo)")
+    a.add_argument("--trials", default=None, help="voxceleb form: the list (default: ROOT/trials.txt)")
+    a.add_argument("--workers", type=int, default=None)
+    a.set_defaults(func=cmd_data_add_eval)
+    x = dsub.add_parser("export-eval", help="write a prepared trial list and its audio in another form "
+                                            "(cnceleb: FLAC; kaldi; voxceleb)")
+    x.add_argument("--root", required=True, help="a prepared data root (e.g. from `data synth`)")
+    x.add_argument("--trials", default="synth", help="its trial list to export")
+    x.add_argument("--format", required=True, choices=EVAL_FORMATS)
+    x.add_argument("--out", required=True, help="a new folder")
+    x.set_defaults(func=cmd_data_export_eval)

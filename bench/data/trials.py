@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -12,19 +12,28 @@ from bench.atomic import atomic_open
 from bench.errors import BenchError
 
 
+EVAL_FORMATS = ("voxceleb", "cnceleb", "kaldi")  # the forms `svbench data add-eval` reads (bench.data.eval_sets)
+ENROLL_DIR = "enroll"  # <root>/enroll/<list>.txt: ``model_id utt1 utt2 ...`` for enrolments of several files
+
+
 @dataclass
 class TrialList:
+    """``label enroll test`` trials. An enrolment id listed in ``enrolments`` stands for several utterances
+    (scored with the mean of their length-normalised embeddings); any other id is one utterance."""
     name: str
     labels: np.ndarray  # int8, 1 = target
     enroll: list[str]
     test: list[str]
+    enrolments: dict[str, list[str]] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.labels)
 
     @property
     def utterances(self) -> list[str]:
-        return sorted(set(self.enroll) | set(self.test))
+        """Every utterance whose embedding the list needs (the files of multi-file enrolments included)."""
+        enrolled = {u for e in set(self.enroll) for u in self.enrolments.get(e, [e])}
+        return sorted(enrolled | set(self.test))
 
     def digest(self) -> str:
         """sha256 of the list's content (labels, enrolment and test ids, in order), not of its name: two
@@ -33,6 +42,8 @@ class TrialList:
         for ids in (self.enroll, self.test):
             h.update("\n".join(ids).encode())
             h.update(b"\0")
+        for model in sorted(self.enrolments):
+            h.update(" ".join([model, *self.enrolments[model]]).encode() + b"\n")
         return h.hexdigest()
 
 
@@ -58,7 +69,23 @@ def read_trials(path: str | Path, name: str | None = None) -> TrialList:
             test.append(parts[2])
     if not labels:
         raise BenchError(f"trial list {path} is empty; give a list with target and non-target trials")
-    return TrialList(name or path.stem, np.asarray(labels, dtype=np.int8), enroll, test)
+    return TrialList(name or path.stem, np.asarray(labels, dtype=np.int8), enroll, test,
+                     read_enrolments(path.parent.parent / ENROLL_DIR / f"{path.stem}.txt"))
+
+
+def read_enrolments(path: Path) -> dict[str, list[str]]:
+    """``model_id utt1 utt2 ...`` per line (written by ``svbench data add-eval``); empty when there is none."""
+    if not path.is_file():
+        return {}
+    out = {}
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            parts = line.split()
+            if len(parts) == 1:
+                raise BenchError(f"enrolment list {path} line {lineno} names no files; re-run `svbench data add-eval`")
+            if parts:
+                out[parts[0]] = parts[1:]
+    return out
 
 
 def write_scores(path: str | Path, trials: TrialList, scores: np.ndarray) -> None:

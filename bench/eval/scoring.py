@@ -22,7 +22,7 @@ from bench.data.trials import TrialList, check_against, find_trial_lists, read_t
 from bench.errors import BenchError
 from bench.eval.metrics import verification_metrics
 from bench.eval.results import ListResult
-from bench.eval.statistics import bootstrap_list, percentile_interval
+from bench.eval.statistics import METRICS, ListBootstrap, bootstrap_list, macro_average, percentile_interval
 from bench.models import ResNetSpec, build_model
 from bench.models.inference import compile_extractor, extraction_model
 from bench.models.resnet import min_samples
@@ -97,8 +97,18 @@ class Scorer:
 
     @classmethod
     def build(cls, emb: np.ndarray, utt_ids: list[str], mean: np.ndarray | None = None,
-              cohort: np.ndarray | None = None, top_n: int = 100) -> "Scorer":
+              cohort: np.ndarray | None = None, top_n: int = 100,
+              enrolments: dict[str, list[str]] | None = None) -> "Scorer":
+        """``enrolments``: model id -> its utterances; a model's embedding is the mean of their length-normalised
+        embeddings (WeSpeaker's and the CN-Celeb recipes' practice), scored like one utterance."""
         x = _normalise(emb - mean if mean is not None else emb)
+        utt_ids = list(utt_ids)
+        if enrolments:
+            index = {u: i for i, u in enumerate(utt_ids)}
+            models = sorted(enrolments)
+            x = np.concatenate([x, _normalise(np.stack([x[[index[u] for u in enrolments[m]]].mean(axis=0)
+                                                        for m in models]))])
+            utt_ids += models
         norm = None
         if cohort is not None:
             cs = x @ _normalise(cohort - mean if mean is not None else cohort).T  # (utterances, cohort)
@@ -177,6 +187,7 @@ def evaluate(model: LoadedModel, cfg: Config, device: torch.device, out_dir: Pat
     trial lists, the bootstrap intervals (``intervals``) and writing score files stay outside it.
     ``scores_out`` receives trial list name -> (TrialList, scores)."""
     root, lists, df = load_trial_lists(cfg, trial_names)
+    averaged = average_lists(cfg, [t.name for t in lists], chosen=trial_names is not None)
     needed = sorted(set().union(*[set(t.utterances) for t in lists]))
     rows = df.set_index("utt_id").loc[needed]
     mean = model.payload.get("train_mean") if cfg.eval.subtract_mean else None
@@ -191,22 +202,52 @@ def evaluate(model: LoadedModel, cfg: Config, device: torch.device, out_dir: Pat
         emb = extract_embeddings(model.list_extractor, fbank, needed, paths, rows["num_samples"].tolist(),
                                  cfg.eval.batch_frames, device, precision, cfg.eval.length_tolerance)
         scorer = Scorer.build(emb, needed, mean, cohort.numpy() if cohort is not None else None,
-                              cfg.eval.as_norm_top_n)
+                              cfg.eval.as_norm_top_n, {m: u for t in lists for m, u in t.enrolments.items()})
         all_scores = [scorer.scores(t) for t in lists]
-    results = {}
+    results, boots = {}, {}
     label = label or precision
     for t, scores in zip(lists, all_scores):
         if scores_out is not None:
             scores_out[t.name] = (t, scores)
         result = ListResult(**verification_metrics(scores, t.labels))
         if intervals and cfg.eval.bootstrap_resamples:
-            resampled = bootstrap_list(t, scores, cfg.eval.bootstrap_resamples).resampled
-            ci = {k: percentile_interval(v, cfg.eval.ci_level) for k, v in resampled.items()}
-            result.ci = {k: (i.low, i.high) for k, i in ci.items()}
-            result.ci_level, result.ci_resamples = cfg.eval.ci_level, ci["eer_pct"].n_resamples
+            boots[t.name] = bootstrap_list(t, scores, cfg.eval.bootstrap_resamples)
+            _set_intervals(result, boots[t.name], cfg.eval.ci_level)
+        else:
+            boots[t.name] = ListBootstrap({k: getattr(result, k) for k in METRICS}, {}, len(t), 0)
         if out_dir is not None:
             path = Path(out_dir) / "scores" / f"{t.name}{'' if label == 'fp32' else '.' + label}.txt"
             write_scores(path, t, scores)
             result.score_file = str(path)
         results[t.name] = result
+    if averaged:
+        avg = macro_average([boots[n] for n in averaged])
+        results[AVERAGE] = ListResult(**avg.observed, eer_threshold=float("nan"), min_dcf_p01_threshold=float("nan"),
+                                      min_dcf_p05_threshold=float("nan"), n_trials=avg.n_trials,
+                                      n_target=sum(results[n].n_target for n in averaged))
+        if avg.resampled:
+            _set_intervals(results[AVERAGE], avg, cfg.eval.ci_level)
     return results
+
+
+AVERAGE = "avg"  # the macro average over trial lists: eer_pct/avg, min_dcf_p01/avg
+
+
+def average_lists(cfg: Config, evaluated: list[str], chosen: bool = False) -> list[str]:
+    """The lists whose macro average is logged as ``avg``: ``eval.average_lists``, or every evaluated list;
+    none when fewer than two. A configured list that is not evaluated is a one-line error, unless the command
+    chose its lists (``--trials``): then there is no average."""
+    names = cfg.eval.average_lists or evaluated
+    missing = [n for n in names if n not in evaluated]
+    if missing and chosen:
+        return []
+    if missing:
+        raise BenchError(f"eval.average_lists names {', '.join(missing)}, not among the evaluated trial lists "
+                         f"({', '.join(evaluated)}); fix eval.average_lists or data.trials")
+    return list(names) if len(names) >= 2 else []
+
+
+def _set_intervals(result: ListResult, boot, level: float) -> None:
+    ci = {k: percentile_interval(v, level) for k, v in boot.resampled.items()}
+    result.ci = {k: (i.low, i.high) for k, i in ci.items()}
+    result.ci_level, result.ci_resamples = level, ci["eer_pct"].n_resamples

@@ -179,6 +179,15 @@ def bootstrap_ci(scores: np.ndarray, labels: np.ndarray, enroll_spk: list[str], 
     return {k: percentile_interval(v, level) for k, v in res.items()}
 
 
+def macro_average(per_list: list[ListBootstrap]) -> ListBootstrap:
+    """The study's headline: each metric averaged over trial lists (macro: every list counts once). Each
+    list keeps its own speaker resamples; resample b of the average is the mean of the lists' resample b."""
+    first = per_list[0]
+    return ListBootstrap({k: float(np.mean([b.observed[k] for b in per_list])) for k in first.observed},
+                         {k: np.mean([b.resampled[k] for b in per_list], axis=0) for k in first.resampled},
+                         sum(b.n_trials for b in per_list), sum(b.n_speakers for b in per_list))
+
+
 def bootstrap_p_value(differences: np.ndarray) -> float:
     """Two-sided p-value of "no difference" from the resampled A - B: twice the smaller share of resamples on
     either side of 0, i.e. about the level at which the percentile interval would just reach 0. 0 when no

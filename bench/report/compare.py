@@ -21,6 +21,7 @@ import pandas as pd
 
 from bench.data.trials import read_scores
 from bench.errors import BenchError
+from bench.eval.scoring import AVERAGE
 from bench.eval.statistics import ListBootstrap, bootstrap_list, holm, paired_difference, seed_bootstrap
 from bench.tracking import artifacts, naming, store
 
@@ -40,6 +41,8 @@ class Scored:
 def scored_variant(name: str, run_id: str, seeds: float, trials: str, data_root: str,
                    n_resamples: int) -> Scored | str:
     """A variant's scores on ``trials`` (over its seed runs when it has several), or why it cannot be compared."""
+    if trials == AVERAGE:
+        return f"{name}: '{AVERAGE}' averages several lists; its pairs are compared per list (--trials NAME)"
     runs = [run_id]
     if seeds == seeds and seeds > 1:
         runs = [r.info.run_id for r in store.find_child_runs(run_id, store.experiment_of(run_id))

@@ -1,0 +1,123 @@
+"""Test sets beside VoxCeleb: a synthetic list exported as CN-Celeb (FLAC) and as a Kaldi data dir, added back
+with `svbench data add-eval`, scores as in VoxCeleb form; multi-file enrolment; one-line errors per form."""
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from conftest import assert_one_line_error, run_cli
+
+from bench.config import load_config
+from bench.data.manifest import read_manifest
+from bench.data.trials import read_trials
+from bench.eval.scoring import Scorer, evaluate, load_model
+
+FORMS = ("voxceleb", "cnceleb", "kaldi")
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_corpus, tmp_path_factory):
+    """The tiny corpus's list in each form, and a copy of the corpus they were added to as vx, cn and kd."""
+    base = tmp_path_factory.mktemp("forms")
+    root = base / "root"
+    shutil.copytree(tiny_corpus, root)
+    for form in FORMS:
+        proc = run_cli("data", "export-eval", "--root", root, "--trials", "synth", "--format", form,
+                       "--out", base / form)
+        assert proc.returncode == 0, proc.stderr
+    for form, name in zip(FORMS, ("vx", "cn", "kd")):
+        proc = run_cli("data", "add-eval", "--name", name, "--root", base / form, "--format", form, "--out", root)
+        assert proc.returncode == 0, proc.stderr
+        assert "score it with --data.trials" in proc.stdout
+    return base, root
+
+
+def test_a_list_in_cnceleb_and_kaldi_form_scores_as_in_voxceleb_form(exported, tiny_model):
+    base, root = exported
+    assert sorted(p.name for p in (base / "cnceleb" / "eval" / "test").iterdir())[0].endswith(".flac")
+    manifest = read_manifest(root / "eval.csv")
+    assert manifest["utt_id"].str.startswith("cn:").sum() > 0 and manifest["utt_id"].str.startswith("kd:").sum() > 0
+    model = load_model(tiny_model, torch.device("cpu"))
+    cfg = load_config("tiny", {"data.root": str(root), "data.trials": ["synth", "vx", "cn", "kd"],
+                               "eval.length_tolerance": 0.0, "eval.bootstrap_resamples": 0})
+    res = evaluate(model, cfg, torch.device("cpu"))
+    for name in ("vx", "cn", "kd"):  # one file per enrolment: the same trials, the same EER
+        assert res[name].n_trials == res["synth"].n_trials
+        assert res[name].eer_pct == pytest.approx(res["synth"].eer_pct, abs=1e-6), name
+        assert res[name].min_dcf_p01 == pytest.approx(res["synth"].min_dcf_p01, abs=1e-6), name
+    assert res["avg"].eer_pct == pytest.approx(res["synth"].eer_pct, abs=1e-6)
+
+
+def test_several_enrolment_files_are_scored_with_their_mean_normalised_embedding():
+    """By hand: the model is the mean of its files' length-normalised (mean-subtracted) embeddings, then
+    cosine-scored like any utterance."""
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(3, 4)).astype(np.float32)
+    mean = rng.normal(size=4).astype(np.float32) * 0.1
+    scorer = Scorer.build(emb, ["s/e1", "s/e2", "t/x"], mean, enrolments={"s/model": ["s/e1", "s/e2"]})
+    unit = lambda v: v / np.linalg.norm(v)  # noqa: E731
+    model = unit((unit(emb[0] - mean) + unit(emb[1] - mean)) / 2)
+    trials = read_trials_from([(1, "s/model", "t/x"), (0, "s/e1", "t/x")])
+    np.testing.assert_allclose(scorer.scores(trials), [model @ unit(emb[2] - mean), unit(emb[0] - mean) @
+                                                       unit(emb[2] - mean)], rtol=1e-5)
+
+
+def read_trials_from(rows):
+    from bench.data.trials import TrialList
+
+    return TrialList("x", np.array([r[0] for r in rows], dtype=np.int8), [r[1] for r in rows],
+                     [r[2] for r in rows])
+
+
+def test_cnceleb_enrolment_of_several_files_is_written_and_read(exported, tmp_path):
+    base, root = exported
+    src = tmp_path / "cn2"
+    shutil.copytree(base / "cnceleb", src)
+    lists = src / "eval" / "lists"
+    first = lists.joinpath("enroll.lst").read_text().splitlines()[0].split()
+    speaker = first[0].split("-")[0]
+    other = next(p for p in sorted((src / "eval" / "enroll").iterdir())
+                 if p.stem.split("-")[0] == speaker and p.stem != first[0])
+    with open(lists / "enroll.lst", "a") as fh:  # the first enrolment gets a second file of its speaker
+        fh.write(f"{first[0]} enroll/{other.name}\n")
+    resampled = sorted((src / "eval" / "test").iterdir())[0]  # one file at 22.05 kHz stereo: decoded once
+    import soundfile as sf
+    from scipy.signal import resample_poly
+
+    mono, _ = sf.read(str(resampled), dtype="float32")
+    sf.write(str(resampled), np.stack([resample_poly(mono, 441, 320)] * 2, axis=1), 22050, format="FLAC")
+    proc = run_cli("data", "add-eval", "--name", "cn2", "--root", src, "--format", "cnceleb", "--out", root)
+    assert proc.returncode == 0, proc.stderr
+    assert "enrolments_of_several_files 1" in proc.stdout and "converted          1" in proc.stdout
+    converted = root / "eval_sets" / "cn2" / "test" / f"{resampled.name}.wav"
+    made = converted.stat().st_mtime_ns
+    again = run_cli("data", "add-eval", "--name", "cn2", "--root", src, "--format", "cnceleb", "--out", root)
+    assert again.returncode == 0 and converted.stat().st_mtime_ns == made  # resumable: decoded once
+    t = read_trials(root / "trials" / "cn2.txt")
+    (model, members), = t.enrolments.items()
+    assert model in t.enroll and len(members) == 2 and set(members) <= set(t.utterances)
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_a_missing_file_or_a_malformed_line_is_one_line_and_writes_nothing(exported, tmp_path, form):
+    base, root = exported
+    before = (root / "eval.csv").read_bytes()
+    broken = tmp_path / form
+    shutil.copytree(base / form, broken)
+    lists = {"voxceleb": broken / "trials.txt", "cnceleb": broken / "eval" / "lists" / "trials.lst",
+             "kaldi": broken / "trials"}[form]
+    args = ["data", "add-eval", "--name", "broken", "--root", broken, "--format", form, "--out", root]
+    original = lists.read_text()
+    lists.write_text(original + "1 only-two-fields\n")
+    assert_one_line_error(run_cli(*args), "line", "malformed")
+    lists.write_text(original)
+    if form == "kaldi":
+        victim = next(iter(broken.joinpath("wav.scp").read_text().split()[1:2]))
+        scp = broken / "wav.scp"
+        scp.write_text(scp.read_text().replace(victim, str(tmp_path / "gone.wav")))
+    else:
+        victim = sorted(p for p in broken.rglob("*") if p.suffix in (".wav", ".flac"))[0]
+        victim.unlink()
+    assert_one_line_error(run_cli(*args), "does not exist")
+    assert (root / "eval.csv").read_bytes() == before and not (root / "trials" / "broken.txt").exists()
