@@ -121,3 +121,31 @@ def test_a_missing_file_or_a_malformed_line_is_one_line_and_writes_nothing(expor
         victim.unlink()
     assert_one_line_error(run_cli(*args), "does not exist")
     assert (root / "eval.csv").read_bytes() == before and not (root / "trials" / "broken.txt").exists()
+
+
+def test_streamed_scoring_equals_the_whole_matrix_way():
+    """Trials scored a chunk at a time, and AS-norm statistics a block of utterances at a time, give the
+    whole-matrix scores and EER (benchmarks/streamed_scoring.py measures 10M trials and the memory)."""
+    from bench.data.trials import TrialList
+    from bench.eval.metrics import verification_metrics
+
+    rng = np.random.default_rng(0)
+    n_utts, n_trials, dim = 3000, 400_000, 32
+    emb = rng.normal(size=(n_utts, dim)).astype(np.float32)
+    mean, cohort = emb[:500].mean(axis=0), rng.normal(size=(300, dim)).astype(np.float32)
+    ids = [f"s{i % 200}/u{i}" for i in range(n_utts)]
+    e, t = rng.integers(0, n_utts, n_trials), rng.integers(0, n_utts, n_trials)
+    labels = (e % 200 == t % 200).astype(np.int8)
+    trials = TrialList("big", labels, [ids[i] for i in e], [ids[i] for i in t])
+    streamed = Scorer.build(emb, ids, mean, cohort, top_n=50, chunk=4096).scores(trials)
+    x = emb - mean
+    x /= np.linalg.norm(x, axis=1, keepdims=True) + 1e-12
+    c = cohort - mean
+    c /= np.linalg.norm(c, axis=1, keepdims=True) + 1e-12
+    top = -np.partition(-(x @ c.T), 49, axis=1)[:, :50]  # the whole utterances x cohort matrix
+    mu, sd = top.mean(axis=1), top.std(axis=1) + 1e-9
+    raw = np.einsum("ij,ij->i", x[e], x[t])  # the whole trials x dimension gathers
+    whole = 0.5 * ((raw - mu[e]) / sd[e] + (raw - mu[t]) / sd[t])
+    np.testing.assert_allclose(streamed, whole, rtol=0, atol=1e-5)  # float32 blocks round in the last bits
+    eer = [verification_metrics(s, labels)["eer_pct"] for s in (streamed, whole)]
+    assert abs(eer[0] - eer[1]) < 1e-9, eer

@@ -90,15 +90,21 @@ def _normalise(x: np.ndarray) -> np.ndarray:
 class Scorer:
     """Cosine scoring of one back end's embeddings: each utterance's embedding minus the training mean,
     length-normalised; with a cohort, each utterance's adaptive S-norm statistics (mean and std of its top-n
-    cohort scores), computed once for all utterances and shared by every trial list."""
+    cohort scores), computed once for all utterances and shared by every trial list.
+
+    Streamed: embeddings are held once per utterance, and neither the trials x dimension gathers nor the
+    utterances x cohort matrix is ever whole: trials are scored ``chunk`` at a time and the cohort statistics
+    ``chunk // 64`` utterances at a time, so a CommonBench-sized list (10M trials) needs memory in the size of
+    its embeddings (``benchmarks/streamed_scoring.py``). The result is the same as the whole-matrix way."""
     x: np.ndarray
     index: dict[str, int]
     norm: tuple[np.ndarray, np.ndarray] | None = None
+    chunk: int = 1 << 18
 
     @classmethod
     def build(cls, emb: np.ndarray, utt_ids: list[str], mean: np.ndarray | None = None,
               cohort: np.ndarray | None = None, top_n: int = 100,
-              enrolments: dict[str, list[str]] | None = None) -> "Scorer":
+              enrolments: dict[str, list[str]] | None = None, chunk: int = 1 << 18) -> "Scorer":
         """``enrolments``: model id -> its utterances; a model's embedding is the mean of their length-normalised
         embeddings (WeSpeaker's and the CN-Celeb recipes' practice), scored like one utterance."""
         x = _normalise(emb - mean if mean is not None else emb)
@@ -111,16 +117,23 @@ class Scorer:
             utt_ids += models
         norm = None
         if cohort is not None:
-            cs = x @ _normalise(cohort - mean if mean is not None else cohort).T  # (utterances, cohort)
-            n = min(top_n, cs.shape[1])
-            top = -np.partition(-cs, n - 1, axis=1)[:, :n]
-            norm = (top.mean(axis=1), top.std(axis=1) + 1e-9)
-        return cls(x, {u: i for i, u in enumerate(utt_ids)}, norm)
+            c = _normalise(cohort - mean if mean is not None else cohort).T
+            n = min(top_n, c.shape[1])
+            mu, sd = np.empty(len(x)), np.empty(len(x))
+            rows = max(1, chunk // 64)
+            for i in range(0, len(x), rows):  # (rows, cohort) at a time
+                top = -np.partition(-(x[i:i + rows] @ c), n - 1, axis=1)[:, :n]
+                mu[i:i + rows], sd[i:i + rows] = top.mean(axis=1), top.std(axis=1) + 1e-9
+            norm = (mu, sd)
+        return cls(x, {u: i for i, u in enumerate(utt_ids)}, norm, chunk)
 
     def scores(self, trials: TrialList) -> np.ndarray:
         e = np.fromiter((self.index[u] for u in trials.enroll), dtype=np.int64, count=len(trials))
         t = np.fromiter((self.index[u] for u in trials.test), dtype=np.int64, count=len(trials))
-        scores = np.einsum("ij,ij->i", self.x[e], self.x[t])
+        scores = np.empty(len(trials))
+        for i in range(0, len(trials), self.chunk):
+            a, b = e[i:i + self.chunk], t[i:i + self.chunk]
+            scores[i:i + self.chunk] = np.einsum("ij,ij->i", self.x[a], self.x[b])
         if self.norm is None:
             return scores
         mu, sd = self.norm

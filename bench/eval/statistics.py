@@ -64,6 +64,7 @@ class Interval:
     n_resamples: int
 
 
+MAX_CELLS = 1 << 24  # resamples x trials per step of resampled_metrics (each array 128 MB at most)
 BOOTSTRAP_SEED = 0  # one draw of speakers per trial list for every run: intervals and comparisons pair up
 METRICS = ("eer_pct", "min_dcf_p01", "min_dcf_p05")  # what every bootstrap below resamples
 P_TARGETS = {"min_dcf_p01": 0.01, "min_dcf_p05": 0.05}
@@ -107,6 +108,7 @@ def resampled_metrics(scores: np.ndarray, labels: np.ndarray, enroll_spk: list[s
     group_end = np.flatnonzero(np.r_[s_sorted[1:] != s_sorted[:-1], True])
     n = len(resamples.counts)
     out = {k: np.full(n, np.nan) for k in METRICS}
+    chunk = max(1, min(chunk, MAX_CELLS // len(scores)))  # resamples x trials arrays stay in memory bounds
     for start in range(0, n, chunk):
         counts = resamples.counts[start:start + chunk]
         w_t = np.where(lab, counts[:, e], 0.0)
