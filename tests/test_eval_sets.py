@@ -149,3 +149,22 @@ def test_streamed_scoring_equals_the_whole_matrix_way():
     np.testing.assert_allclose(streamed, whole, rtol=0, atol=1e-5)  # float32 blocks round in the last bits
     eer = [verification_metrics(s, labels)["eer_pct"] for s in (streamed, whole)]
     assert abs(eer[0] - eer[1]) < 1e-9, eer
+
+
+def test_a_tracked_training_on_several_lists_logs_their_average(exported, tmp_path):
+    """VoxCeleb's O/E/H, or any added set, make several lists: the run logs each and their average (which has
+    no score file and no DET curve of its own)."""
+    from mlflow.tracking import MlflowClient
+
+    _, root = exported
+    proc = run_cli("train", "--preset", "tiny", "--data.root", root, "--data.trials", "[synth, cn]",
+                   "--out", tmp_path / "run", "--train.epochs", "1", "--tracking.log_model", "false",
+                   "--tracking.experiment", "several-lists")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    client = MlflowClient()
+    exp = client.get_experiment_by_name("several-lists")
+    run = client.search_runs([exp.experiment_id])[0]
+    m = run.data.metrics
+    assert m["eer_pct/avg"] == pytest.approx((m["eer_pct/synth"] + m["eer_pct/cn"]) / 2)
+    assert m["eer_pct/avg/ci_low"] <= m["eer_pct/avg"] <= m["eer_pct/avg/ci_high"]
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "scores")} == {"scores/synth.txt", "scores/cn.txt"}

@@ -6,6 +6,7 @@ from mlflow.tracking import MlflowClient
 
 from bench.eval.metrics import verification_metrics
 from bench.data.trials import TrialList
+from bench.errors import BenchError
 from bench.eval.statistics import (bootstrap_ci, bootstrap_list, bootstrap_p_value, holm, paired_difference,
                                    percentile_interval, resampled_metrics, seed_bootstrap, speaker_resamples)
 from bench.orchestration.seeds import seed_summary
@@ -154,6 +155,11 @@ def test_one_default_trial_list(tmp_path):
     runs = pd.DataFrame({"params.data.trials": ["vox1-O,vox1-E"]})
     assert default_trials(runs, ["vox1-E", "vox1-O"]) == "vox1-O"
     assert default_trials(pd.DataFrame({"params.data.trials": [""]}), ["vox1-O", "vox1-E"]) == "vox1-E"
+    avg = load_config("tiny", {"data.root": str(root), "search.trial_list": "avg"})
+    assert objective_keys(avg) == ("eer_pct/avg", "train/energy_j")  # the macro average of both lists
+    one = load_config("tiny", {"data.root": str(root), "data.trials": ["vox1-O"], "search.trial_list": "avg"})
+    with pytest.raises(BenchError, match="needs two or more"):
+        objective_keys(one)
 
 
 def test_sweep_with_seeds_logs_mean_and_std(tiny_corpus, tmp_path, fake_machine):
@@ -255,7 +261,6 @@ def test_average_over_lists_is_the_mean_of_their_metrics_with_an_interval(tiny_m
 
     from bench.config import load_config
     from bench.data.trials import read_trials, write_trials
-    from bench.errors import BenchError
     from bench.eval.scoring import evaluate, load_model
 
     root = tmp_path / "two_lists"

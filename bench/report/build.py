@@ -80,7 +80,12 @@ def variant_table(runs: pd.DataFrame, trials: str | None = None) -> tuple[pd.Dat
     eer_cols = sorted(c for c in runs.columns if c.startswith("metrics.eer_pct/") and c.count("/") == 1)
     if not eer_cols:
         raise BenchError("the runs have no eer_pct metrics")
-    trials = trials or default_trials(runs, [c.split("/", 1)[1] for c in eer_cols])
+    logged = [c.split("/", 1)[1] for c in eer_cols]
+    if trials and trials not in logged:
+        raise BenchError(f"the runs logged no eer_pct/{trials} (they have {', '.join(sorted(logged))}); an average "
+                         "needs two or more trial lists" if trials == "avg" else
+                         f"the runs logged no eer_pct/{trials} (they have {', '.join(sorted(logged))})")
+    trials = trials or default_trials(runs, logged)
     col = lambda name: runs[name] if name in runs.columns else pd.Series([np.nan] * len(runs))  # noqa: E731
     t = pd.DataFrame({
         "variant": runs["tags.svbench.variant"],

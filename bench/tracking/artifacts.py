@@ -70,6 +70,8 @@ def _det_plot(result, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(5, 5))
     for trials, r in result.metrics.items():
+        if not r.score_file:  # the average over lists has no curve of its own
+            continue
         rows = [ln.split() for ln in Path(r.score_file).read_text().splitlines()]
         labels = np.array([int(x[0]) for x in rows])
         scores = np.array([float(x[1]) for x in rows])

@@ -9,8 +9,9 @@ import optuna
 
 from bench.config import Config, flat_params
 from bench.data.manifest import data_root
-from bench.data.trials import default_trial_list
+from bench.data.trials import default_trial_list, find_trial_lists
 from bench.errors import BenchError
+from bench.eval.scoring import AVERAGE, average_lists
 from bench.tracking import naming, store
 
 STUDY_VARIANT_LAYOUTS = [(2, 2, 2, 2), (3, 4, 6, 3), (2, 6, 6, 2), (2, 10, 2, 2), (10, 2, 2, 2), (2, 2, 2, 10)]
@@ -131,7 +132,11 @@ def objective_keys(cfg: Config) -> tuple[str, str]:
     """The two objectives under their MLflow metric keys (also the study's Optuna metric names)."""
     second = "train/energy_j" if cfg.search.objective == "energy" else "train/co2_g"
 
-    name = cfg.search.trial_list or default_trial_list(data_root(cfg.data.root), cfg.data.trials)
+    root = data_root(cfg.data.root)
+    name = cfg.search.trial_list or default_trial_list(root, cfg.data.trials)
+    if name == AVERAGE and not average_lists(cfg, [p.stem for p in find_trial_lists(root, cfg.data.trials)]):
+        raise BenchError("search.trial_list avg needs two or more evaluated trial lists (data.trials, or the lists "
+                         f"under {root}/trials); add one with `svbench data add-eval` or name one list")
     return f"eer_pct/{name}", second
 
 
