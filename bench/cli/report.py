@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bench.cli.common import no_extra
+from bench.data.trials import AVERAGE
 from bench.errors import BenchError
 
 
@@ -29,9 +30,9 @@ def cmd_report(args, extra) -> int:
     no_extra(extra)
     if not args.experiment and not args.parent_run:
         raise BenchError("give --experiment NAME or --parent-run RUN_ID")
-    if args.metric == "avg" and args.trials not in (None, "avg"):
+    if args.metric == AVERAGE and args.trials not in (None, AVERAGE):
         raise BenchError("give --metric avg or --trials NAME, not both")
-    trials = "avg" if args.metric == "avg" else args.trials
+    trials = AVERAGE if args.metric == AVERAGE else args.trials
     out = Path(args.out) if args.out else Path("reports") / (args.experiment or args.parent_run)
     rep = print_report(parent=args.parent_run, out=out, title=f"Report {args.experiment or args.parent_run}",
                        experiment=args.experiment, trials=trials)
@@ -68,7 +69,7 @@ def register(sub) -> None:
     r.add_argument("--experiment", default=None)
     r.add_argument("--parent-run", default=None, help="report the children of this run")
     r.add_argument("--trials", default=None, help="trial list whose EER is plotted (default: the first)")
-    r.add_argument("--metric", choices=["list", "avg"], default="list",
+    r.add_argument("--metric", choices=["list", AVERAGE], default="list",
                    help="avg: table and plots of the macro average over lists (eer_pct/avg), as the study reports")
     r.add_argument("--out", default=None)
     r.set_defaults(func=cmd_report)

@@ -35,7 +35,7 @@ from tqdm import tqdm
 from bench.atomic import atomic_open
 from bench.data.audio import SAMPLE_RATE, audio_info
 from bench.data.manifest import COLUMNS, EVAL_MANIFEST, TRIALS_DIR, data_root, read_manifest, write_manifest
-from bench.data.trials import ENROLL_DIR, EVAL_FORMATS, TrialList, write_trials
+from bench.data.trials import AVERAGE, ENROLL_DIR, EVAL_FORMATS, TrialList, write_trials
 from bench.data.voxceleb import decode_to_wav
 from bench.errors import BenchError
 
@@ -116,27 +116,35 @@ def read_kaldi(folder: Path) -> EvalSet:
     return s
 
 
-def _audio_plan(files: dict[str, tuple[Path, str]], dst_base: Path) -> dict[str, tuple[Path, Path | None]]:
-    """key -> (source, converted file or None when the source is used in place). The first missing file is a
-    one-line error."""
+def _probe(src: Path) -> tuple[int, int, int] | None:
+    """(samples, rate, channels) of a WAV/FLAC file; None for any other file or one soundfile cannot read."""
+    if src.suffix.lower() not in (".wav", ".flac"):
+        return None
+    try:
+        return audio_info(src)
+    except BenchError:
+        return None
+
+
+def _audio_plan(files: dict[str, tuple[Path, str]], dst_base: Path, workers: int) -> dict[str, tuple]:
+    """key -> (source, converted file or None when the source is used in place, its samples when in place),
+    every file probed once, in parallel. The first missing file is a one-line error."""
     for key, (src, _) in files.items():
         if not src.is_file():
             raise BenchError(f"audio file {src} (named by the set's lists) does not exist; fix the list or --root")
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        infos = list(pool.map(_probe, [src for src, _ in files.values()]))
     plan = {}
-    for key, (src, _) in files.items():
-        in_place = False
-        if src.suffix.lower() in (".wav", ".flac"):
-            try:
-                _, rate, channels = audio_info(src)
-                in_place = rate == SAMPLE_RATE and channels == 1
-            except BenchError:
-                in_place = False
-        plan[key] = (src, None if in_place else dst_base / (re.sub(r"[^A-Za-z0-9_./-]", "_", key) + ".wav"))
+    for (key, (src, _)), info in zip(files.items(), infos):
+        if info is not None and info[1:] == (SAMPLE_RATE, 1):
+            plan[key] = (src, None, info[0])
+        else:
+            plan[key] = (src, dst_base / (re.sub(r"[^A-Za-z0-9_./-]", "_", key) + ".wav"), None)
     return plan
 
 
-def _convert(plan: dict[str, tuple[Path, Path | None]], workers: int) -> None:
-    todo = [(src, dst) for src, dst in plan.values() if dst is not None and not dst.exists()]
+def _convert(plan: dict[str, tuple], workers: int) -> None:
+    todo = [(src, dst) for src, dst, _ in plan.values() if dst is not None and not dst.exists()]
 
     def one(pair):
         src, dst = pair
@@ -151,7 +159,7 @@ def _convert(plan: dict[str, tuple[Path, Path | None]], workers: int) -> None:
 def add_eval_set(name: str, folder: str | Path, form: str, out: str | Path, trials: str | Path | None = None,
                  workers: int | None = None) -> dict:
     """Read the set, convert what needs it, then write its manifest rows, trial list and enrolments."""
-    if not NAME.match(name) or name == "avg":
+    if not NAME.match(name) or name == AVERAGE:
         raise BenchError(f"--name '{name}' must be letters, digits, '_', '.' or '-' (and not 'avg')")
     if form not in EVAL_FORMATS:
         raise BenchError(f"--format takes {', '.join(EVAL_FORMATS)} (got {form})")
@@ -164,13 +172,12 @@ def add_eval_set(name: str, folder: str | Path, form: str, out: str | Path, tria
         s = read_cnceleb(folder) if form == "cnceleb" else read_kaldi(folder)
     if not s.trials:
         raise BenchError(f"the {form} set under {folder} holds no trials")
-    plan = _audio_plan(s.files, root / "eval_sets" / name)
-    _convert(plan, workers or max(1, os.cpu_count() or 1))
+    workers = workers or max(1, os.cpu_count() or 1)
+    plan = _audio_plan(s.files, root / "eval_sets" / name, workers)
+    _convert(plan, workers)
     ids = {key: f"{name}:{spk}/{key}" for key, (_, spk) in s.files.items()}
-    rows = []
-    for key, (src, dst) in plan.items():
-        n, rate, _ = audio_info(dst or src)
-        rows.append((ids[key], f"{name}:{s.files[key][1]}", str((dst or src).resolve()), n, rate))
+    rows = [(ids[key], f"{name}:{s.files[key][1]}", str((dst or src).resolve()),
+             n if dst is None else audio_info(dst)[0], SAMPLE_RATE) for key, (src, dst, n) in plan.items()]
     new = pd.DataFrame(rows, columns=COLUMNS[:5])
     new["duration_s"] = new["num_samples"] / new["sample_rate"]
     model = {e: (ids[keys[0]] if len(keys) == 1 else f"{name}:{s.files[keys[0]][1]}/{e}")
@@ -191,6 +198,6 @@ def add_eval_set(name: str, folder: str | Path, form: str, out: str | Path, tria
         enroll_file.unlink()
     write_trials(listed, root / TRIALS_DIR / f"{name}.txt")
     return {"root": str(root), "name": name, "format": form, "utterances": len(new),
-            "converted": sum(dst is not None for _, dst in plan.values()), "trials": len(listed),
+            "converted": sum(dst is not None for _, dst, _ in plan.values()), "trials": len(listed),
             "target_trials": int(listed.labels.sum()), "enrolments_of_several_files": len(multi),
             "hours": float(new["duration_s"].sum() / 3600.0)}

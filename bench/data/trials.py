@@ -12,6 +12,7 @@ from bench.atomic import atomic_open
 from bench.errors import BenchError
 
 
+AVERAGE = "avg"  # reserved list name: the macro average over lists (eer_pct/avg), never a trial list of its own
 EVAL_FORMATS = ("voxceleb", "cnceleb", "kaldi")  # the forms `svbench data add-eval` reads (bench.data.eval_sets)
 ENROLL_DIR = "enroll"  # <root>/enroll/<list>.txt: ``model_id utt1 utt2 ...`` for enrolments of several files
 

@@ -33,11 +33,10 @@ from bench.energy.meters import MeterSet
 from bench.energy.reading import sum_windows
 from bench.eval.deploy import Backend, prepare_backends
 from bench.eval.latency import measure_latency
-from bench.eval.metrics import verification_metrics
 from bench.eval.results import BackendResult
 from bench.eval.scoring import (LoadedModel, evaluate, extract_embeddings, load_trial_lists, make_fbank,
                                 statistics_for)
-from bench.eval.statistics import bootstrap_list, paired_difference
+from bench.eval.statistics import paired_difference
 
 
 def measure_inference(model: LoadedModel, cfg: Config, device: torch.device, meters: MeterSet,
@@ -45,13 +44,12 @@ def measure_inference(model: LoadedModel, cfg: Config, device: torch.device, met
                       series=None, checkpoint: str | Path | None = None,
                       onnx_path: str | Path | None = None) -> dict[str, BackendResult]:
     root, lists, df = load_trial_lists(cfg, trial_names)
-    n_utts = len(set().union(*[set(t.utterances) for t in lists]))
-    n_trials = sum(len(t) for t in lists)
+    needed = df.set_index("utt_id").loc[sorted(set().union(*[set(t.utterances) for t in lists]))]
+    n_utts, n_trials = len(needed), sum(len(t) for t in lists)
     series = series if series is not None else intensity_series(cfg.energy)
     backends = prepare_backends(model, cfg, precisions, checkpoint, onnx_path, device)
-    needed = df.set_index("utt_id").loc[sorted(set().union(*[set(t.utterances) for t in lists]))]
     out: dict[str, BackendResult] = {}
-    scores: dict[str, dict] = {name: {} for name in precisions}
+    boots: dict[str, dict] = {name: {} for name in precisions}  # back end -> trial list -> ListBootstrap
     readings: dict[str, list] = {name: [] for name in precisions}
     with _threads(cfg.eval.threads):
         setup = {name: _set_up(backends[name], name, cfg, device, root, needed) for name in precisions}
@@ -64,7 +62,7 @@ def measure_inference(model: LoadedModel, cfg: Config, device: torch.device, met
                 with _no_compile(cfg.eval.compile):
                     lists_result = evaluate(b.model, cfg, device, out_dir if first else None, trial_names,
                                             precision=b.precision, measured=window, label=name,
-                                            scores_out=scores[name] if first else None, intervals=first)
+                                            boots_out=boots[name] if first else None, intervals=first)
                 readings[name].append(meters.readings[-1])
                 if first:
                     out[name] = BackendResult(details=b.details, model_size_mb=b.size_mb, time_s=0.0,
@@ -78,23 +76,23 @@ def measure_inference(model: LoadedModel, cfg: Config, device: torch.device, met
                 row.latency = measure_latency(b.model.extractor, make_fbank(cfg, device),
                                               [root / p for p in df["path"]], device, b.precision,
                                               samples=cfg.eval.latency_samples, seed=cfg.train.seed)
-    if "fp32" in scores:
+    if "fp32" in boots:
         for name, row in out.items():
             if name != "fp32":
-                row.eer_diff_pct, row.eer_diff_ci = _difference_to_fp32(scores[name], scores["fp32"], cfg)
+                row.eer_diff_pct, row.eer_diff_ci = _difference_to_fp32(boots[name], boots["fp32"], cfg.eval.ci_level)
     return out
 
 
-def _difference_to_fp32(mine: dict, ref: dict, cfg: Config) -> tuple[dict, dict]:
-    """EER of this back end minus PyTorch fp32's per trial list, with the paired bootstrap interval."""
+def _difference_to_fp32(mine: dict, ref: dict, level: float) -> tuple[dict, dict]:
+    """EER of this back end minus PyTorch fp32's per trial list, with the paired bootstrap interval (from the
+    bootstraps ``evaluate`` made; without resamples, the difference alone)."""
     diff, ci = {}, {}
-    for name, (t, s) in mine.items():
-        if not cfg.eval.bootstrap_resamples:
-            diff[name] = verification_metrics(s, t.labels)["eer_pct"] - verification_metrics(ref[name][1],
-                                                                                             t.labels)["eer_pct"]
+    for name, a in mine.items():
+        b = ref[name]
+        if not a.resampled:
+            diff[name] = a.observed["eer_pct"] - b.observed["eer_pct"]
             continue
-        a, b = (bootstrap_list(t, x, cfg.eval.bootstrap_resamples) for x in (s, ref[name][1]))
-        d = paired_difference(a.observed, b.observed, a.resampled, b.resampled, cfg.eval.ci_level)["eer_pct"]
+        d = paired_difference(a.observed, b.observed, a.resampled, b.resampled, level)["eer_pct"]
         diff[name], ci[name] = d.value, (d.interval.low, d.interval.high)
     return diff, ci
 

@@ -18,7 +18,7 @@ from bench.config import Config
 from bench.data.features import Fbank
 from bench.data.loader import LENGTH_TOLERANCE, eval_batches
 from bench.data.manifest import EVAL_MANIFEST, TRAIN_MANIFEST, data_root, read_manifest
-from bench.data.trials import TrialList, check_against, find_trial_lists, read_trials, write_scores
+from bench.data.trials import AVERAGE, TrialList, check_against, find_trial_lists, read_trials, write_scores
 from bench.errors import BenchError
 from bench.eval.metrics import verification_metrics
 from bench.eval.results import ListResult
@@ -192,13 +192,14 @@ def load_trial_lists(cfg: Config, names: list[str] | None = None) -> tuple[Path,
 def evaluate(model: LoadedModel, cfg: Config, device: torch.device, out_dir: Path | None = None,
              trial_names: list[str] | None = None, precision: str = "fp32",
              measured: ContextManager | None = None, label: str | None = None,
-             scores_out: dict | None = None, intervals: bool = True) -> dict[str, ListResult]:
+             boots_out: dict | None = None, intervals: bool = True) -> dict[str, ListResult]:
     """Metrics per trial list (and score files under ``out_dir/scores`` when given, ``<list>.txt`` for fp32 and
     ``<list>.<label>.txt`` for another back end; ``label`` defaults to the precision).
 
     ``measured`` (an energy window) is entered around the embeddings and the scoring only: loading the
     trial lists, the bootstrap intervals (``intervals``) and writing score files stay outside it.
-    ``scores_out`` receives trial list name -> (TrialList, scores)."""
+    ``boots_out`` receives trial list name -> its ``ListBootstrap`` (observed metrics, and the resampled ones
+    when ``intervals``)."""
     root, lists, df = load_trial_lists(cfg, trial_names)
     averaged = average_lists(cfg, [t.name for t in lists], chosen=trial_names is not None)
     needed = sorted(set().union(*[set(t.utterances) for t in lists]))
@@ -220,8 +221,6 @@ def evaluate(model: LoadedModel, cfg: Config, device: torch.device, out_dir: Pat
     results, boots = {}, {}
     label = label or precision
     for t, scores in zip(lists, all_scores):
-        if scores_out is not None:
-            scores_out[t.name] = (t, scores)
         result = ListResult(**verification_metrics(scores, t.labels))
         if intervals and cfg.eval.bootstrap_resamples:
             boots[t.name] = bootstrap_list(t, scores, cfg.eval.bootstrap_resamples)
@@ -233,6 +232,8 @@ def evaluate(model: LoadedModel, cfg: Config, device: torch.device, out_dir: Pat
             write_scores(path, t, scores)
             result.score_file = str(path)
         results[t.name] = result
+    if boots_out is not None:
+        boots_out.update(boots)
     if averaged:
         avg = macro_average([boots[n] for n in averaged])
         results[AVERAGE] = ListResult(**avg.observed, eer_threshold=float("nan"), min_dcf_p01_threshold=float("nan"),
@@ -241,9 +242,6 @@ def evaluate(model: LoadedModel, cfg: Config, device: torch.device, out_dir: Pat
         if avg.resampled:
             _set_intervals(results[AVERAGE], avg, cfg.eval.ci_level)
     return results
-
-
-AVERAGE = "avg"  # the macro average over trial lists: eer_pct/avg, min_dcf_p01/avg
 
 
 def average_lists(cfg: Config, evaluated: list[str], chosen: bool = False) -> list[str]:

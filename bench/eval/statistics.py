@@ -19,9 +19,8 @@ of these trained models, not of the variants.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import zlib
+from dataclasses import dataclass
 
 import numpy as np
 

@@ -16,10 +16,12 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from bench.atomic import write_text_atomic  # noqa: E402
+from bench.data.trials import AVERAGE
 from bench.errors import BenchError  # noqa: E402
 from bench.report.compare import Comparisons, comparisons_markdown, compare_variants, report_variants
 from bench.report.pareto import knee_index, marginal_gains, pareto_mask  # noqa: E402
 from bench.tracking import naming, store
+
 
 def noise_note(t: pd.DataFrame, c: Comparisons) -> str:
     """What the intervals mean, with this report's own list size and interval widths."""
@@ -82,9 +84,8 @@ def variant_table(runs: pd.DataFrame, trials: str | None = None) -> tuple[pd.Dat
         raise BenchError("the runs have no eer_pct metrics")
     logged = [c.split("/", 1)[1] for c in eer_cols]
     if trials and trials not in logged:
-        raise BenchError(f"the runs logged no eer_pct/{trials} (they have {', '.join(sorted(logged))}); an average "
-                         "needs two or more trial lists" if trials == "avg" else
-                         f"the runs logged no eer_pct/{trials} (they have {', '.join(sorted(logged))})")
+        why = "; an average needs two or more trial lists" if trials == AVERAGE else ""
+        raise BenchError(f"the runs logged no eer_pct/{trials} (they have {', '.join(sorted(logged))}){why}")
     trials = trials or default_trials(runs, logged)
     col = lambda name: runs[name] if name in runs.columns else pd.Series([np.nan] * len(runs))  # noqa: E731
     t = pd.DataFrame({

@@ -19,9 +19,8 @@ from dataclasses import dataclass
 import mlflow
 import pandas as pd
 
-from bench.data.trials import read_scores
+from bench.data.trials import AVERAGE, read_scores
 from bench.errors import BenchError
-from bench.eval.scoring import AVERAGE
 from bench.eval.statistics import ListBootstrap, bootstrap_list, holm, paired_difference, seed_bootstrap
 from bench.tracking import artifacts, naming, store
 
@@ -49,7 +48,7 @@ def scored_variant(name: str, run_id: str, seeds: float, trials: str, data_root:
                 if r.data.tags.get(naming.TAG_KIND) == "seed"]
     per_seed, digests = [], set()
     for rid in runs:
-        path = artifacts.run_scores(rid).get(trials)
+        path = artifacts.run_scores(rid, only=trials).get(trials)
         if path is None:
             return f"{name} logged no score file for '{trials}'"
         t, scores = read_scores(path, trials)
@@ -153,7 +152,7 @@ def compare_runs(run_a: str, run_b: str, trials: str | None, n_resamples: int, l
             run = mlflow.get_run(rid)
         except Exception:
             raise BenchError(f"MLflow run {rid} not found at {mlflow.get_tracking_uri()}") from None
-        lists = sorted(artifacts.run_scores(rid))
+        lists = artifacts.score_lists(rid)
         name = trials or (lists[0] if lists else None)
         if name is None:
             raise BenchError(f"run {rid} logged no score files; compare runs of `svbench train`, sweeps or searches")

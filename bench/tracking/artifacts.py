@@ -144,11 +144,20 @@ def log_artifacts(log: RunLog, run: str, result, cfg: Config, model_path: Path, 
         log.log_model(run, model_path)
 
 
-def run_scores(run_id: str) -> dict[str, Path]:
-    """The fp32 score files a run logged (``scores/<trials>.txt``), downloaded: trial list -> local path."""
-    client = MlflowClient()
-    names = [a.path for a in client.list_artifacts(run_id, "scores") if a.path.count(".") == 1]
+def _score_artifacts(run_id: str) -> list[str]:
+    return [a.path for a in MlflowClient().list_artifacts(run_id, "scores") if a.path.count(".") == 1]
+
+
+def score_lists(run_id: str) -> list[str]:
+    """The trial lists a run logged fp32 score files for, without downloading them."""
+    return sorted(Path(n).stem for n in _score_artifacts(run_id))
+
+
+def run_scores(run_id: str, only: str | None = None) -> dict[str, Path]:
+    """The fp32 score files a run logged (``scores/<trials>.txt``; with ``only``, that list's alone),
+    downloaded: trial list -> local path."""
+    names = [n for n in _score_artifacts(run_id) if only is None or Path(n).stem == only]
     if not names:
         return {}
     local = Path(tempfile.mkdtemp(prefix="svbench-scores-"))
-    return {Path(n).stem: Path(client.download_artifacts(run_id, n, str(local))) for n in names}
+    return {Path(n).stem: Path(MlflowClient().download_artifacts(run_id, n, str(local))) for n in names}

@@ -9,9 +9,9 @@ import optuna
 
 from bench.config import Config, flat_params
 from bench.data.manifest import data_root
-from bench.data.trials import default_trial_list, find_trial_lists
+from bench.data.trials import AVERAGE, default_trial_list, find_trial_lists
 from bench.errors import BenchError
-from bench.eval.scoring import AVERAGE, average_lists
+from bench.eval.scoring import average_lists
 from bench.tracking import naming, store
 
 STUDY_VARIANT_LAYOUTS = [(2, 2, 2, 2), (3, 4, 6, 3), (2, 6, 6, 2), (2, 10, 2, 2), (10, 2, 2, 2), (2, 2, 2, 10)]
