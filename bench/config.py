@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -127,6 +127,9 @@ class EvalConfig(_Section):
     latency: bool = Field(True, description="measure per-utterance latency, throughput and real-time factor")
     latency_samples: int = Field(200, ge=10, description="timed batch-1 calls behind the latency percentiles; fewer "
                                                          "than 200 marks the p95 as low-count")
+    throughput_batch_sizes: list[Annotated[int, Field(ge=1)]] = Field(
+        default_factory=lambda: [1, 8, 32, 64], min_length=1,
+        description="batch sizes whose throughput is timed (crops of 3 s); the best is logged")
     average_lists: list[str] = Field(default_factory=list, description="trial lists whose macro average is logged "
                                                                       "as eer_pct/avg (the study's headline); "
                                                                       "empty = every evaluated list, when 2 or more")

@@ -75,7 +75,8 @@ def measure_inference(model: LoadedModel, cfg: Config, device: torch.device, met
                 b = backends[name]
                 row.latency = measure_latency(b.model.extractor, make_fbank(cfg, device),
                                               [root / p for p in df["path"]], device, b.precision,
-                                              samples=cfg.eval.latency_samples, seed=cfg.train.seed)
+                                              samples=cfg.eval.latency_samples, seed=cfg.train.seed,
+                                              batch_sizes=tuple(cfg.eval.throughput_batch_sizes))
     if "fp32" in boots:
         for name, row in out.items():
             if name != "fp32":

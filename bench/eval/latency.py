@@ -4,8 +4,9 @@ real-time factor (processing seconds per second of audio), for one precision.
 Latency covers features + embedding for one whole utterance, audio already in memory (reading files is not
 timed); GPU work is synchronised before each clock read. Its percentiles come from ``samples`` timed calls
 (default 200, the utterances cycled when there are fewer); fewer than ``MIN_P95_SAMPLES`` marks the p95 as
-low-count. Throughput: ``THROUGHPUT_REPEATS`` timed calls per batch size, the median reported with the range
-of the repeats as its interval; the best batch size is the one with the highest median.
+low-count. Throughput: ``THROUGHPUT_REPEATS`` timed calls per batch size (``eval.throughput_batch_sizes``,
+default ``BATCH_SIZES``), the median reported with the range of the repeats as its interval; the best batch
+size is the one with the highest median.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ def _timed(call, device: torch.device) -> float:
 @torch.no_grad()
 def measure_latency(embedder: torch.nn.Module, fbank: Fbank, paths: list[Path], device: torch.device,
                     precision: str = "fp32", samples: int = MIN_P95_SAMPLES, warmup: int = 3, crop_s: float = 3.0,
-                    seed: int = 0) -> Latency:
+                    seed: int = 0, batch_sizes: tuple[int, ...] = BATCH_SIZES) -> Latency:
     rng = np.random.default_rng(seed)
     pick = rng.choice(len(paths), size=min(samples, len(paths)), replace=False)
     wavs = [torch.from_numpy(load_audio(paths[i])).to(device) for i in pick]
@@ -72,10 +73,11 @@ def measure_latency(embedder: torch.nn.Module, fbank: Fbank, paths: list[Path], 
         lat = np.asarray([_timed(lambda: embedder(fbank(w.unsqueeze(0))), device) for w in order])
         audio_s = np.asarray([w.shape[0] / fbank.sample_rate for w in order])
         crop = int(crop_s * fbank.sample_rate)
-        base = torch.cat([w for w in wavs])[: crop * 64]
-        base = base.repeat(crop * 64 // max(1, base.shape[0]) + 1)[: crop * 64].view(64, crop)
+        most = max(batch_sizes)
+        base = torch.cat([w for w in wavs])[: crop * most]
+        base = base.repeat(crop * most // max(1, base.shape[0]) + 1)[: crop * most].view(most, crop)
         throughput = {}
-        for bs in BATCH_SIZES:
+        for bs in batch_sizes:
             x = base[:bs]
             embedder(fbank(x))  # this shape's first call (allocations, kernel choice) is not timed
             reps = max(1, 8 // bs)
