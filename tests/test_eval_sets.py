@@ -9,6 +9,7 @@ import torch
 from conftest import assert_one_line_error, run_cli
 
 from bench.config import load_config
+from bench.data.eval_sets import add_eval_set
 from bench.data.manifest import read_manifest
 from bench.data.trials import read_trials
 from bench.eval.scoring import Scorer, evaluate, load_model
@@ -17,20 +18,24 @@ FORMS = ("voxceleb", "cnceleb", "kaldi")
 
 
 @pytest.fixture(scope="module")
-def exported(tiny_corpus, tmp_path_factory):
-    """The tiny corpus's list in each form, and a copy of the corpus they were added to as vx, cn and kd."""
+def exported(tmp_path_factory):
+    """A tiny corpus whose list was written in cnceleb and kaldi form by `data synth --eval-forms` and in
+    voxceleb form by `data export-eval`, then added back to it as vx, cn and kd."""
     base = tmp_path_factory.mktemp("forms")
     root = base / "root"
-    shutil.copytree(tiny_corpus, root)
-    for form in FORMS:
-        proc = run_cli("data", "export-eval", "--root", root, "--trials", "synth", "--format", form,
-                       "--out", base / form)
-        assert proc.returncode == 0, proc.stderr
-    for form, name in zip(FORMS, ("vx", "cn", "kd")):
-        proc = run_cli("data", "add-eval", "--name", name, "--root", base / form, "--format", form, "--out", root)
-        assert proc.returncode == 0, proc.stderr
-        assert "score it with --data.trials" in proc.stdout
-    return base, root
+    proc = run_cli("data", "synth", "--out", root, "--size", "tiny", "--seed", "0", "--eval-forms", "cnceleb", "kaldi")
+    assert proc.returncode == 0, proc.stderr
+    assert f"test half in kaldi form: {root / 'forms' / 'kaldi'}" in proc.stdout
+    proc = run_cli("data", "export-eval", "--root", root, "--trials", "synth", "--format", "voxceleb",
+                   "--out", root / "forms" / "voxceleb")
+    assert proc.returncode == 0, proc.stderr
+    proc = run_cli("data", "add-eval", "--name", "cn", "--root", root / "forms" / "cnceleb", "--format", "cnceleb",
+                   "--out", root)
+    assert proc.returncode == 0, proc.stderr
+    assert "score it with --data.trials" in proc.stdout
+    for form, name in (("voxceleb", "vx"), ("kaldi", "kd")):  # the command's own path is the one above
+        add_eval_set(name, root / "forms" / form, form, root)
+    return root / "forms", root
 
 
 def test_a_list_in_cnceleb_and_kaldi_form_scores_as_in_voxceleb_form(exported, tiny_model):

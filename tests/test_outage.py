@@ -17,7 +17,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from bench.tracking.spool import Record, Spool
-from tests.conftest import REPO, free_port, fresh_env
+from tests.conftest import REPO, free_port, server_env
 
 SHORT_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "3",
                  "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0"}
@@ -42,7 +42,7 @@ class Server:
         self.proc = subprocess.Popen(
             ["mlflow", "server", "--backend-store-uri", f"sqlite:///{self.folder}/store.db", "--host", "127.0.0.1",
              "--port", str(self.port), "--artifacts-destination", str(self.folder / "artifacts"), "--workers", "1"],
-            env=fresh_env(), cwd=self.folder, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            env=server_env(), cwd=self.folder, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True)
         for _ in range(240):
             try:

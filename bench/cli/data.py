@@ -9,6 +9,7 @@ from bench.data.trials import EVAL_FORMATS
 
 
 def cmd_data_synth(args, extra) -> int:
+    from bench.data.export_eval import FORMS_DIR, export_eval_set
     from bench.data.synth import generate_corpus
     from bench.data.trials import read_trials
     from bench.eval.baseline import mean_logmel_baseline
@@ -20,6 +21,9 @@ def cmd_data_synth(args, extra) -> int:
     summary["baseline_eer_pct"] = round(base["eer_pct"], 2)
     _print_summary("synthetic corpus", summary)
     print(f"no-training baseline (cosine of mean log-mel): EER {base['eer_pct']:.2f}% on {len(trials)} trials")
+    for form in dict.fromkeys(args.eval_forms):
+        written = export_eval_set(args.out, "synth", form, Path(args.out) / FORMS_DIR / form)
+        print(f"test half in {form} form: {written['out']} (add it with `svbench data add-eval --format {form}`)")
     from bench.tracking import store
 
     outer = store.take_outer_run()
@@ -77,6 +81,9 @@ def register(sub) -> None:
     s.add_argument("--size", default="demo", help="tiny, demo or TRAINxUTTS:TESTxUTTS")
     s.add_argument("--workers", type=int, default=None)
     s.add_argument("--force", action="store_true", help="replace an existing output folder")
+    s.add_argument("--eval-forms", nargs="*", default=[], choices=EVAL_FORMATS, metavar="FORM",
+                   help="also write the test half in these forms (voxceleb, cnceleb, kaldi) under OUT/forms/, "
+                        "as CN-Celeb or a Kaldi data dir would come, for `data add-eval`")
     s.set_defaults(func=cmd_data_synth)
     pr = dsub.add_parser("prepare", help="scan VoxCeleb, convert m4a, write manifests and trial lists")
     pr.add_argument("--voxceleb1", required=True)

@@ -20,6 +20,8 @@ from bench.data.manifest import EVAL_MANIFEST, TRIALS_DIR, data_root, read_manif
 from bench.data.trials import EVAL_FORMATS, read_trials
 from bench.errors import BenchError
 
+FORMS_DIR = "forms"  # `svbench data synth --eval-forms`: OUT/forms/<form>/
+
 
 def export_eval_set(root: str | Path, trials: str, form: str, out: str | Path) -> dict:
     if form not in EVAL_FORMATS:
