@@ -44,6 +44,9 @@ class DataConfig(_Section):
     crop_frames: int = Field(200, ge=10)
     num_workers: int = Field(0, ge=0)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    val_speakers: float = Field(0.0, ge=0.0, lt=0.5, description="share of the training speakers held out as a "
+                                                                  "validation list (0 = none); never a test list")
+    val_speakers_max: int = Field(100, ge=2, description="cap on the held-out validation speakers")
 
 
 class FeatureConfig(_Section):
@@ -104,6 +107,13 @@ class TrainConfig(_Section):
     checkpoint_every_steps: int = Field(0, ge=0, description="0 = only at epoch ends")
     average_last: int = Field(1, ge=1, description="average the last K epoch checkpoints")
     max_steps: int = Field(0, ge=0, description="stop after this many steps; 0 = no limit")
+    val_every_epochs: int = Field(1, ge=1, description="validation EER every K epochs (with data.val_speakers)")
+    eer_targets: list[Annotated[float, Field(gt=0, lt=100)]] = Field(
+        default_factory=list, description="validation EERs (%) whose training energy and time to reach are logged")
+    stop_gain_pct_per_kj: Optional[float] = Field(None, gt=0, description="stop once the validation EER gain per "
+                                                                          "kJ over the last stop_window_epochs falls "
+                                                                          "below this; unset = off")
+    stop_window_epochs: int = Field(2, ge=1, description="epochs the stop rule's gain is measured over")
 
 
 class EvalConfig(_Section):
@@ -337,9 +347,14 @@ def _format_validation_error(err: ValidationError) -> str:
 
 def build_config(data: dict) -> Config:
     try:
-        return Config.model_validate(data)
+        cfg = Config.model_validate(data)
     except ValidationError as err:
         raise BenchError(_format_validation_error(err)) from None
+    needs_val = [k for k, on in (("train.eer_targets", cfg.train.eer_targets),
+                                 ("train.stop_gain_pct_per_kj", cfg.train.stop_gain_pct_per_kj)) if on]
+    if needs_val and not cfg.data.val_speakers:
+        raise BenchError(f"{needs_val[0]} needs a validation list: set data.val_speakers (e.g. 0.05)")
+    return cfg
 
 
 def load_config(preset: str = "demo", overrides: list[str] | dict | None = None) -> Config:

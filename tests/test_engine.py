@@ -3,6 +3,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -25,8 +26,16 @@ def _weights(path):
     return ckpt.load(path)["model"]
 
 
-def test_same_seed_same_result(tiny_corpus, tmp_path):
-    a = run_variant(_cfg(tiny_corpus), tmp_path / "a", progress=False)
+@pytest.fixture(scope="module")
+def reference(tiny_corpus, tmp_path_factory):
+    """One uninterrupted run of the COMMON settings: the same-seed and the resume tests compare against it."""
+    out = tmp_path_factory.mktemp("reference") / "ref"
+    return run_variant(_cfg(tiny_corpus), out, progress=False)
+
+
+def test_same_seed_same_result(tiny_corpus, tmp_path, reference):
+    shutil.copytree(reference.out_dir, tmp_path / "a")  # this test replaces its checkpoints below
+    a = reference
     b = run_variant(_cfg(tiny_corpus), tmp_path / "b", progress=False)
     assert a.metrics["synth"].eer_pct == b.metrics["synth"].eer_pct
     wa, wb = _weights(tmp_path / "a" / "model.pt"), _weights(tmp_path / "b" / "model.pt")
@@ -49,8 +58,8 @@ def test_same_seed_same_result(tiny_corpus, tmp_path):
     assert ckpt.load(tmp_path / "a" / "model.pt")["averaged_epochs"] == 2
 
 
-def test_sigkill_mid_epoch_then_resume_is_exact(tiny_corpus, tmp_path):
-    ref = run_variant(_cfg(tiny_corpus), tmp_path / "ref", progress=False)
+def test_sigkill_mid_epoch_then_resume_is_exact(tiny_corpus, tmp_path, reference):
+    ref = reference
     out = tmp_path / "killed"
     args = [sys.executable, "-m", "bench", "train", "--preset", "tiny", "--data.root", str(tiny_corpus), *COMMON,
             "--out", str(out)]
@@ -62,7 +71,7 @@ def test_sigkill_mid_epoch_then_resume_is_exact(tiny_corpus, tmp_path):
     assert not (out / "result.json").exists()
     done = run_cli("train", "--preset", "tiny", "--data.root", tiny_corpus, *COMMON, "--out", out, "--resume")
     assert done.returncode == 0, done.stderr
-    wr, wk = _weights(tmp_path / "ref" / "model.pt"), _weights(out / "model.pt")
+    wr, wk = _weights(Path(ref.out_dir) / "model.pt"), _weights(out / "model.pt")
     assert all(torch.equal(wr[k], wk[k]) for k in wr), killed_at
     res = json.loads((out / "result.json").read_text())
     assert res["metrics"]["synth"]["eer_pct"] == ref.metrics["synth"].eer_pct

@@ -40,6 +40,12 @@ def cmd_train(args, extra) -> int:
             print(m.summary(name))
         print(f"train: {result.train.steps} steps in {result.train.time_s:.1f} s; result: "
               f"{Path(args.out) / 'result.json'}")
+        if result.train.stop_reason not in ("epochs", "max_steps"):
+            print(f"stopped after epoch {result.train.epochs}: {result.train.stop_reason}")
+        for t in result.train.to_target:
+            reached = (f"after {t.energy_j if t.energy_j is not None else float('nan'):.1f} J of training, "
+                       f"{t.time_s:.1f} s (epoch {t.epoch:.2f})" if t.reached else "not reached")
+            print(f"validation EER {t.target_eer_pct:g}%: {reached}")
     return 0
 
 

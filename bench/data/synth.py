@@ -15,6 +15,7 @@ whatever the number of processes.
 
 from __future__ import annotations
 
+import functools
 import multiprocessing as mp
 import os
 import re
@@ -185,11 +186,17 @@ def _voiced(rng: np.random.Generator, tr: dict, n: int, f0_base: float) -> np.nd
     return out / (np.std(out) + 1e-9)
 
 
+@functools.lru_cache(maxsize=4096)
+def _bandpass(lo: float, hi: float) -> np.ndarray:
+    """A speaker has a few fricative bands: each filter is designed once (the same coefficients as before)."""
+    return signal.butter(2, [lo, hi], btype="bandpass", fs=SR, output="sos")
+
+
 def _fricative(rng: np.random.Generator, tr: dict, n: int) -> np.ndarray:
     k = rng.choice(len(FRICATIVES), p=tr["fric_pref"])
     centre, bw = FRICATIVES[k] * np.array([tr["fric_shift"], 1.0])
     lo, hi = max(100.0, centre - bw / 2), min(0.48 * SR, centre + bw / 2)
-    sos = signal.butter(2, [lo, hi], btype="bandpass", fs=SR, output="sos")
+    sos = _bandpass(float(lo), float(hi)).copy()
     out = signal.sosfilt(sos, rng.standard_normal(n))
     return out / (np.std(out) + 1e-9) * rng.uniform(0.15, 0.5)
 

@@ -31,11 +31,12 @@ def gather_ranks(reading: EnergyReading, dist_info) -> EnergyReading:
     return sum_ranks([reading_from_state(s) for _, s in items], [h for h, _ in items])
 
 
-def train_reading_from_history(history: list[dict]) -> EnergyReading | None:
-    states = [h["energy"] for h in history if h.get("energy")]
+def train_reading_from_history(history: list[dict], key: str = "energy", name: str = "train") -> EnergyReading | None:
+    """The sum of a trainer history's epoch windows: training (``energy``) or validation (``val_energy``)."""
+    states = [h[key] for h in history if h.get(key)]
     if not states:
         return None
-    return sum_windows([reading_from_state(s) for s in states], "train")
+    return sum_windows([reading_from_state(s) for s in states], name)
 
 
 def summarise(prefix: str, reading: EnergyReading | None, energy_cfg, series: HourlySeries | None) -> tuple[dict, dict]:

@@ -22,7 +22,7 @@ from bench.models import spec_from_config
 from bench.orchestration import seeds, slurm
 from bench.tracking import naming, store
 from bench.tracking.runlog import RunLog
-from bench.training.trainer import check_fresh_out
+from bench.training.checkpoint import check_fresh_out
 
 GRID_DIR = PRESET_DIR / "grids"
 

@@ -10,7 +10,7 @@ from bench.models import spec_from_config
 from bench.orchestration.variant import run_variant
 from bench.tracking.artifacts import environment_tags, log_artifacts, log_datasets
 from bench.tracking.callbacks import EpochLogger
-from bench.tracking.naming import PARENT, TAG_KIND, TAG_OUT, TAG_VARIANT, result_metrics, variant_params
+from bench.tracking.naming import PARENT, TAG_KIND, TAG_OUT, TAG_VARIANT, result_metrics, result_tags, variant_params
 from bench.tracking.runlog import RunLog, unlogged_params
 from bench.tracking.spool import PENDING
 
@@ -43,7 +43,7 @@ def run_tracked(cfg: Config, out_dir: str | Path, run_id: str | None = None, par
         result = run_variant(cfg, out_dir, resume=resume, callbacks=[EpochLogger(log, rid), *(callbacks or [])],
                              progress=progress, meters=meters, force=force)
         if result is not None:
-            log.log_batch(rid, metrics=result_metrics(result), tags=result.energy_tags)
+            log.log_batch(rid, metrics=result_metrics(result), tags=result_tags(result))
             log_artifacts(log, rid, result, cfg, Path(out_dir) / "model.pt", cfg.tracking.log_model)
     except BaseException:
         log.set_terminated(rid, "FAILED")

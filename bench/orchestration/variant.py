@@ -8,6 +8,7 @@ forecast error is recorded.
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,12 +24,15 @@ from bench.energy.plan import CPU_TIME_SHARE, measurement_plan
 from bench.eval.inference import measure_inference
 from bench.eval.results import BackendResult, ListResult
 from bench.eval.scoring import load_model, statistics_for
+from bench.eval.validation import validation_eer
 from bench.models import spec_from_config
 from bench.models.profile import ModelProfile, profile_model
 from bench.orchestration.forecast import Forecast, probe
 from bench.training import checkpoint as ckpt
 from bench.training.distributed import barrier, init_distributed, shutdown
-from bench.training.trainer import check_fresh_out, select_device, steps_per_epoch, train
+from bench.training.checkpoint import check_fresh_out
+from bench.training.curves import TargetReached, curve_points, energy_to_target
+from bench.training.trainer import select_device, steps_per_epoch, train
 
 
 @dataclass
@@ -41,6 +45,8 @@ class TrainSummary:
     world: int  # DDP ranks
     device: str
     torch_threads: int
+    stop_reason: str = "epochs"  # "epochs", "max_steps" or the energy-aware stop's reason
+    to_target: list[TargetReached] = field(default_factory=list)  # train.eer_targets on the validation curve
 
 
 @dataclass
@@ -93,8 +99,8 @@ def run_variant(cfg: Config, out_dir: str | Path, resume: bool = False, callback
         if cfg.energy.forecast and not dist_info.enabled and not resume:
             total = steps_per_epoch(cfg) * cfg.train.epochs
             forecast = probe(cfg, meters, min(total, cfg.train.max_steps or total))
-        tr = train(cfg, out_dir, resume=resume, callbacks=callbacks, epoch_window=meters.window, progress=progress)
-        train_reading = train_reading_from_history(tr.history)  # epochs already summed over ranks
+        tr = train(cfg, out_dir, resume=resume, callbacks=callbacks, epoch_window=meters.window, progress=progress,
+                   validate=functools.partial(validation_eer, cfg=cfg, device=device))
         if not dist_info.is_main:
             return None
         model = load_model(tr.model_path, device, cfg.eval.channels_last, cfg.eval.compile)
@@ -110,16 +116,7 @@ def run_variant(cfg: Config, out_dir: str | Path, resume: bool = False, callback
         spec = spec_from_config(cfg.model, n_mels=cfg.features.n_mels)
         n_classes = len(model.payload["speakers"]) * (3 if cfg.data.augment.speed_perturb else 1)
         prof = profile_model(spec, num_classes=n_classes)
-        energy_metrics, energy_tags = summarise("train", train_reading, cfg.energy, series)
-        eval_reading = next(r for r in reversed(meters.readings) if r.name == "infer/fp32")
-        em, et = summarise("eval", eval_reading, cfg.energy, series)
-        energy_metrics.update(em)
-        energy_tags.update(et)
-        energy_tags.update(carbon_tags(cfg.energy, series))
-        # the run's labels are its training energy's
-        energy_tags.update({k.removeprefix("train."): v for k, v in energy_tags.items()
-                            if k.startswith("train.energy.")})
-        energy_tags["energy.meters"] = meters.describe()
+        energy_metrics, energy_tags = energy_summary(cfg, series, tr.history, meters)
         if forecast is not None and forecast.energy_j and energy_metrics.get("train/energy_j"):
             measured_j = energy_metrics["train/energy_j"]
             forecast.error_pct = 100.0 * (forecast.energy_j - measured_j) / measured_j
@@ -127,8 +124,12 @@ def run_variant(cfg: Config, out_dir: str | Path, resume: bool = False, callback
         result = VariantResult(
             name=cfg.name, out_dir=str(out_dir), spec=spec.to_dict(), profile=prof, metrics=metrics,
             train=TrainSummary(steps=tr.steps, epochs=tr.epochs, time_s=tr.time_s, skipped_files=tr.skipped_files,
-                               history=[{k: v for k, v in h.items() if k != "energy"} for h in tr.history],
-                               world=dist_info.world, device=str(device), torch_threads=torch.get_num_threads()),
+                               history=[{k: v for k, v in h.items() if k not in ("energy", "val_energy")}
+                                        for h in tr.history],
+                               world=dist_info.world, device=str(device), torch_threads=torch.get_num_threads(),
+                               stop_reason=tr.stop_reason,
+                               to_target=[energy_to_target(curve_points(tr.history), t)
+                                          for t in cfg.train.eer_targets]),
             config=flat_params(cfg), energy_metrics=energy_metrics, energy_tags=energy_tags, inference=inference,
             forecast=forecast,
             cohort={"speakers": int(stats["cohort"].shape[0]), "utts": cohort_utts},
@@ -139,3 +140,25 @@ def run_variant(cfg: Config, out_dir: str | Path, resume: bool = False, callback
         if own_meters:
             meters.close()
         shutdown(dist_info)
+
+
+def energy_summary(cfg: Config, series, history: list[dict], meters) -> tuple[dict, dict]:
+    """(metrics, tags) of the run's energy: training and validation from the trainer's history (epochs already
+    summed over ranks), evaluation from its fp32 window, and ``run/energy_j``, everything the run measured."""
+    train_reading = train_reading_from_history(history)
+    val_reading = train_reading_from_history(history, "val_energy", "val")
+    eval_reading = next(r for r in reversed(meters.readings) if r.name == "infer/fp32")
+    metrics, tags = {}, {}
+    for prefix, reading in (("train", train_reading), ("eval", eval_reading), ("val", val_reading)):
+        if reading is not None or prefix != "val":
+            m, t = summarise(prefix, reading, cfg.energy, series)
+            metrics.update(m)
+            tags.update(t)
+    others = [r for r in meters.readings if not r.name.startswith(("train/", "val/"))]
+    parts = [r.total_j for r in (train_reading, val_reading, *others) if r is not None]
+    metrics["run/energy_j"] = None if not parts or any(p is None for p in parts) else float(sum(parts))
+    tags.update(carbon_tags(cfg.energy, series))
+    # the run's labels are its training energy's
+    tags.update({k.removeprefix("train."): v for k, v in tags.items() if k.startswith("train.energy.")})
+    tags["energy.meters"] = meters.describe()
+    return metrics, tags

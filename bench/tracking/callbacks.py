@@ -12,7 +12,8 @@ class EpochLogger:
 
     KEYS = {"loss": "train/epoch_loss", "accuracy": "train/epoch_accuracy", "lr": "train/epoch_lr",
             "margin": "train/epoch_margin", "energy_j": "train/epoch_energy_j", "time_s": "train/epoch_time_s",
-            "skipped_files": "train/epoch_skipped_files"}
+            "skipped_files": "train/epoch_skipped_files", "energy_j_cum": "train/energy_j_cum",
+            "val_eer_pct": "val/eer_pct", "val_energy_j": "val/epoch_energy_j", "val_time_s": "val/epoch_time_s"}
 
     def __init__(self, log: RunLog, run_id: str):
         self.log = log

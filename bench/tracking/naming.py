@@ -55,6 +55,16 @@ def list_metrics(name: str, r: ListResult) -> dict[str, float]:
     return m
 
 
+def result_tags(result) -> dict[str, str]:
+    """The run's tags from a ``VariantResult``: its energy labels, why training stopped, and each validation
+    EER target it never reached (never logged as a 0 metric)."""
+    tags = {**result.energy_tags, "train.stop_reason": result.train.stop_reason}
+    for t in result.train.to_target:
+        if not t.reached:
+            tags[f"train.energy_to_val_eer/{t.target_eer_pct:g}"] = "not reached"
+    return tags
+
+
 def result_metrics(result) -> dict[str, float]:
     """Every metric of a ``VariantResult`` (bench.orchestration.variant)."""
     m: dict[str, float] = {}
@@ -66,6 +76,11 @@ def result_metrics(result) -> dict[str, float]:
     m["model/params_with_head_m"] = result.profile.params_with_head / 1e6
     m["model/gmacs_per_s_audio"] = result.profile.gmacs_per_s_audio
     m["train/steps"] = result.train.steps
+    for t in result.train.to_target:
+        if t.reached:
+            m[f"train/time_to_val_eer/{t.target_eer_pct:g}"] = t.time_s
+            if t.energy_j is not None:
+                m[f"train/energy_to_val_eer/{t.target_eer_pct:g}"] = t.energy_j
     for key, value in result.cohort.items():
         m[f"eval/cohort_{key}"] = value
     if result.forecast:

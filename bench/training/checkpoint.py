@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -55,3 +56,19 @@ def average_state_dicts(paths: list[Path]) -> dict:
         else:
             out[key] = last.clone()
     return out
+
+
+def check_fresh_out(out_dir: str | Path, force: bool, clear: bool = True) -> None:
+    """A new run (not ``--resume``) in a folder that holds another run's checkpoints: a one-line error, or with
+    ``force`` those checkpoints removed (by the caller that ``clear``s: rank 0 under torchrun)."""
+    ck_dir = Path(out_dir) / "checkpoints"
+    old = sorted(ck_dir.glob("*.pt")) if ck_dir.is_dir() else []
+    if not old:
+        return
+    if not force:
+        raise BenchError(f"{out_dir} holds {len(old)} checkpoint(s) of an earlier run; pass --resume to continue "
+                         "it, --force to replace it, or a new --out")
+    if clear:
+        shutil.rmtree(ck_dir)
+        for name in ("model.pt", "result.json"):
+            (Path(out_dir) / name).unlink(missing_ok=True)

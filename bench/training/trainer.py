@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable, ContextManager
 
 import numpy as np
+import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
@@ -25,6 +26,7 @@ from bench.config import Config, config_to_yaml
 from bench.data.features import Fbank
 from bench.data.loader import EpochBatchSampler, TrainCrops, collate_crops
 from bench.data.manifest import TRAIN_MANIFEST, data_root, read_manifest
+from bench.data.validation import ValidationSplit, split_validation
 from bench.energy.accounting import gather_ranks
 from bench.energy.reading import reading_from_state, reading_to_state, sum_windows
 from bench.errors import BenchError
@@ -32,6 +34,7 @@ from bench.models import build_model, spec_from_config
 from bench.models.heads import MarginHead
 from bench.training import checkpoint as ckpt
 from bench.training.distributed import all_reduce_sum, barrier, init_distributed
+from bench.training.curves import curve_points, stop_reason
 from bench.training.precision import autocast
 from bench.training.schedule import lr_at, margin_at
 
@@ -71,6 +74,7 @@ class TrainResult:
     time_s: float
     skipped_files: int
     history: list[dict] = field(default_factory=list)
+    stop_reason: str = "epochs"  # "epochs", "max_steps", or the energy-aware rule's reason
 
 
 def _call(callbacks, name: str, *args) -> None:
@@ -80,20 +84,35 @@ def _call(callbacks, name: str, *args) -> None:
             fn(*args)
 
 
+Validator = Callable[[torch.nn.Module, ValidationSplit], float]
+
+
 def train(cfg: Config, out_dir: str | Path, resume: bool = False, callbacks: list | None = None,
-          epoch_window: Callable[[str], ContextManager] | None = None, progress: bool = True) -> TrainResult:
-    """Train one variant into ``out_dir`` (checkpoints/, model.pt); returns a summary."""
-    return Trainer(cfg, out_dir, callbacks, epoch_window, progress).run(resume)
+          epoch_window: Callable[[str], ContextManager] | None = None, progress: bool = True,
+          validate: Validator | None = None) -> TrainResult:
+    """Train one variant into ``out_dir`` (checkpoints/, model.pt); returns a summary. ``validate(embedder,
+    split)`` gives the validation EER (%) after every ``train.val_every_epochs`` epochs when
+    ``data.val_speakers`` holds speakers out."""
+    return Trainer(cfg, out_dir, callbacks, epoch_window, progress, validate).run(resume)
+
+
+def training_split(cfg: Config) -> tuple[pd.DataFrame, ValidationSplit | None]:
+    """The training manifest without the validation speakers, and the validation split (None without one)."""
+    manifest = read_manifest(data_root(cfg.data.root) / TRAIN_MANIFEST)
+    split = split_validation(manifest, cfg.data.val_speakers, cfg.data.val_speakers_max)
+    return (split.train if split else manifest), split
 
 
 class Trainer:
     """One training run. Its steps, in order: ``__init__`` (device, data, model, optimizer, schedule),
     ``restore`` (a checkpoint's exact state), then per epoch ``run_epoch`` (its energy windows and steps,
-    ``train_step`` each) and ``end_epoch`` (metrics, epoch checkpoint), and at the end ``average`` (model.pt)."""
+    ``train_step`` each), ``validation`` (its own energy window) and ``end_epoch`` (metrics, epoch checkpoint,
+    the stop rule), and at the end ``average`` (model.pt)."""
 
     def __init__(self, cfg: Config, out_dir: str | Path, callbacks: list | None = None,
-                 epoch_window: Callable[[str], ContextManager] | None = None, progress: bool = True):
-        self.cfg, self.callbacks, self.progress = cfg, callbacks or [], progress
+                 epoch_window: Callable[[str], ContextManager] | None = None, progress: bool = True,
+                 validate: Validator | None = None):
+        self.cfg, self.callbacks, self.progress, self.validate = cfg, callbacks or [], progress, validate
         self.epoch_window = epoch_window or (lambda name: contextlib.nullcontext())
         self.out_dir = Path(out_dir)
         self.ck_dir = self.out_dir / "checkpoints"
@@ -106,8 +125,8 @@ class Trainer:
             torch.set_num_threads(cfg.train.threads)
         root = data_root(cfg.data.root)
         seed_everything(cfg.train.seed)
-        self.dataset = TrainCrops(read_manifest(root / TRAIN_MANIFEST), root, cfg.data, seed=cfg.train.seed,
-                                  sample_rate=cfg.features.sample_rate)
+        manifest, self.val = training_split(cfg)
+        self.dataset = TrainCrops(manifest, root, cfg.data, seed=cfg.train.seed, sample_rate=cfg.features.sample_rate)
         self.spec = spec_from_config(cfg.model, n_mels=cfg.features.n_mels)
         self.net = SpeakerNet(self.spec, self.dataset.num_classes, cfg.head).to(self.device)
         if cfg.train.channels_last and self.device.type == "cuda":
@@ -132,6 +151,7 @@ class Trainer:
         self.resumed_mid_epoch = False
         self.history: list[dict] = []
         self.skipped_total = 0
+        self.stopped: str | None = None
 
     def run(self, resume: bool) -> TrainResult:
         if resume:
@@ -146,15 +166,16 @@ class Trainer:
             "history": list(self.history) if self.dist.is_main else []})
         t_start = time.perf_counter()
         self.net.train()
-        while self.epoch < self.cfg.train.epochs and self.step < self.total_steps:
+        while self.epoch < self.cfg.train.epochs and self.step < self.total_steps and not self.stopped:
             self.end_epoch(self.run_epoch())
         barrier(self.dist)
+        reason = self.stopped or ("epochs" if self.epoch >= self.cfg.train.epochs else "max_steps")
         time_s = time.perf_counter() - t_start
         model_path = self.out_dir / "model.pt"
         if self.dist.is_main:
             self.average(model_path)
         result = TrainResult(self.out_dir, model_path, self.step, self.epoch, time_s, self.skipped_total,
-                             self.history)
+                             self.history, reason)
         _call(self.callbacks, "on_train_end", result)
         return result
 
@@ -174,6 +195,7 @@ class Trainer:
         self.resumed_mid_epoch = self.batch_in_epoch > 0
         self.history = list(state["history"])
         self.skipped_total = int(state["skipped_total"])
+        self.stopped = self.stop_rule()  # a run killed after its rule said stop does not train on
         torch.set_rng_state(state["rng_torch"])
         if self.device.type == "cuda" and "rng_cuda" in state:
             torch.cuda.set_rng_state(state["rng_cuda"], self.device)
@@ -279,6 +301,10 @@ class Trainer:
                                                          "was not measured (it was redone and measured)")
             metrics["energy_j"] = reading.total_j
             metrics["energy"] = reading_to_state(reading)
+        before = self.history[-1].get("energy_j_cum", 0.0) if self.history else 0.0
+        metrics["energy_j_cum"] = None if metrics.get("energy_j") is None or before is None else (
+            before + metrics["energy_j"])
+        metrics.update(self.validation(self.epoch + 1))
         self.resumed_mid_epoch = False
         self.history.append({"epoch": self.epoch + 1, **metrics})
         self.epoch += 1
@@ -287,8 +313,34 @@ class Trainer:
         if dist.is_main:
             ckpt.save({"model": self.net.embedder.state_dict(), "epoch": self.epoch},
                       self.ck_dir / f"epoch_{self.epoch:03d}.pt")
+        self.stopped = self.stop_rule()
         self.save_state(self.epoch, 0)
         _call(self.callbacks, "on_epoch_end", self.epoch, metrics)
+
+    def validation(self, epoch: int) -> dict:
+        """The validation EER after ``epoch`` (every ``train.val_every_epochs`` and after the last), in its own
+        energy window ``val/epoch_<n>`` (not training energy); rank 0 scores, every rank gets the figure."""
+        t = self.cfg.train
+        if self.val is None or self.validate is None or (epoch % t.val_every_epochs and epoch < t.epochs):
+            return {}
+        rng = torch.get_rng_state()
+        self.net.embedder.eval()
+        t0 = time.perf_counter()
+        with self.epoch_window(f"val/epoch_{epoch}") as window:
+            eer_pct = self.validate(self.net.embedder, self.val) if self.dist.is_main else 0.0
+            barrier(self.dist)
+        out = {"val_eer_pct": all_reduce_sum(eer_pct, self.dist, self.device), "val_time_s": time.perf_counter() - t0}
+        self.net.embedder.train()
+        torch.set_rng_state(rng)
+        reading = getattr(window, "reading", None)
+        if reading is not None:
+            reading = gather_ranks(reading, self.dist)
+            out.update(val_energy_j=reading.total_j, val_energy=reading_to_state(reading))
+        return out
+
+    def stop_rule(self) -> str | None:
+        t = self.cfg.train
+        return stop_reason(curve_points(self.history), t.stop_gain_pct_per_kj, t.stop_window_epochs)
 
     def average(self, model_path: Path) -> None:
         """``model.pt``: the mean of this run's last ``train.average_last`` epoch weights (never an earlier
@@ -300,24 +352,6 @@ class Trainer:
         ckpt.save({"model": state_dict, "spec": self.spec.to_dict(), "speakers": list(self.dataset.speakers),
                    "config_yaml": config_to_yaml(self.cfg), "averaged_epochs": len(epoch_files) if averaged else 1},
                   model_path)
-
-
-def check_fresh_out(out_dir: str | Path, force: bool, clear: bool = True) -> None:
-    """A new run (not ``--resume``) in a folder that holds another run's checkpoints: a one-line error, or with
-    ``force`` those checkpoints removed (by the caller that ``clear``s: rank 0 under torchrun)."""
-    import shutil
-
-    ck_dir = Path(out_dir) / "checkpoints"
-    old = sorted(ck_dir.glob("*.pt")) if ck_dir.is_dir() else []
-    if not old:
-        return
-    if not force:
-        raise BenchError(f"{out_dir} holds {len(old)} checkpoint(s) of an earlier run; pass --resume to continue "
-                         "it, --force to replace it, or a new --out")
-    if clear:
-        shutil.rmtree(ck_dir)
-        for name in ("model.pt", "result.json"):
-            (Path(out_dir) / name).unlink(missing_ok=True)
 
 
 def _new_accumulators() -> dict:
@@ -344,7 +378,7 @@ def _check_compatible(state: dict, spec, num_classes: int, path: Path) -> None:
 
 def steps_per_epoch(cfg: Config, world: int = 1) -> int:
     """Optimizer steps per epoch for this config's training manifest (the sampler's own count)."""
-    n = len(read_manifest(data_root(cfg.data.root) / TRAIN_MANIFEST))
+    n = len(training_split(cfg)[0])
     return EpochBatchSampler(n, cfg.train.batch_size, cfg.train.seed, world=world).batches_per_epoch()
 
 
