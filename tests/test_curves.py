@@ -85,3 +85,22 @@ def test_a_tracked_run_logs_its_validation_curve_energy_apart_and_why_it_stopped
     speakers = set(torch.load(out / "model.pt", weights_only=True)["speakers"])
     val = training_split(load_config("tiny", {"data.root": str(tiny_corpus), "data.val_speakers": 0.25}))[1]
     assert speakers and not speakers & set(val.speakers)
+
+
+def test_the_report_lists_energy_to_target_and_not_reached():
+    import pandas as pd
+
+    from bench.report.build import energy_to_target_table
+
+    runs = pd.DataFrame({"tags.svbench.variant": ["b", "a"],
+                         "metrics.train/energy_to_val_eer/10": [1234.5, float("nan")],
+                         "metrics.train/energy_to_val_eer/2.5": [float("nan"), float("nan")],
+                         "tags.train.energy_to_val_eer/10": [None, "not reached"],
+                         "tags.train.energy_to_val_eer/2.5": ["not reached", None],
+                         "tags.train.stop_reason": ["epochs", "energy gain: ..."]})
+    t = energy_to_target_table(runs)
+    assert list(t.columns) == ["variant", "j_to_val_eer_2.5", "j_to_val_eer_10", "stop_reason"]
+    assert t.to_dict("records") == [
+        {"variant": "a", "j_to_val_eer_2.5": "", "j_to_val_eer_10": "not reached", "stop_reason": "energy gain: ..."},
+        {"variant": "b", "j_to_val_eer_2.5": "not reached", "j_to_val_eer_10": "1234", "stop_reason": "epochs"}]
+    assert energy_to_target_table(runs[["tags.svbench.variant"]]).empty

@@ -233,6 +233,24 @@ def _fig_deployment(d: pd.DataFrame, trials: str, path: Path) -> None:
     plt.close(fig)
 
 
+TO_TARGET = "train/energy_to_val_eer/"
+
+
+def energy_to_target_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per variant, the training energy (J) at which validation EER first reached each logged target
+    (``train.eer_targets``), "not reached" where it never did, and why training stopped; empty without targets."""
+    targets = sorted({c.split(TO_TARGET, 1)[1] for c in runs.columns if TO_TARGET in c}, key=float)
+    if not targets:
+        return pd.DataFrame()
+    t = pd.DataFrame({"variant": runs["tags.svbench.variant"]})
+    for x in targets:
+        j = pd.to_numeric(runs.get(f"metrics.{TO_TARGET}{x}"), errors="coerce")
+        missed = runs.get(f"tags.train.energy_to_val_eer/{x}", pd.Series([None] * len(runs))) == "not reached"
+        t[f"j_to_val_eer_{x}"] = [("not reached" if m else "") if pd.isna(v) else f"{v:.4g}" for v, m in zip(j, missed)]
+    t["stop_reason"] = runs.get("tags.train.stop_reason", pd.Series([""] * len(runs))).fillna("")
+    return t.sort_values("variant").reset_index(drop=True)
+
+
 def _md(df: pd.DataFrame) -> str:
     return df.to_markdown(index=False, floatfmt=".4g")
 
@@ -272,7 +290,13 @@ def build_report(runs: pd.DataFrame, out_dir: str | Path, title: str, trials: st
              _md(t[["variant", "stages", "width", "params_m", "gmacs_per_s", "eer_pct", "eer_ci_low", "eer_ci_high",
                     "eer_std", "min_dcf_p01", "train_energy_j", "train_energy_j_std", "train_co2_g",
                     "infer_j_per_1k_trials", "pareto"]].dropna(axis=1, how="all")), "",
-             "![EER vs energy](eer_vs_energy.png)", "", "## Diminishing returns along the front", ""]
+             "![EER vs energy](eer_vs_energy.png)", ""]
+    to_target = energy_to_target_table(runs)
+    if len(to_target):
+        lines += ["## Training energy to a validation EER", "", "Cumulative training energy (J, validation not "
+                  "included) when the validation EER first reached each target, interpolated between epochs.", "",
+                  _md(to_target), ""]
+    lines += ["## Diminishing returns along the front", ""]
     if len(gains) > 1:
         cols = ["variant", "train_energy_j", "eer_pct", "extra_kwh", "eer_gain_pct_points", "eer_gain_per_kwh"]
         lines += [_md(gains[cols]), ""]
