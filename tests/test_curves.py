@@ -1,6 +1,7 @@
 """Learning curves against energy: the validation list held out of training, energy-to-target interpolation,
 the energy-aware stop rule, and a tracked run that logs its curve with validation energy labelled apart."""
 
+import pandas as pd
 import pytest
 import torch
 from conftest import run_cli
@@ -82,14 +83,21 @@ def test_a_tracked_run_logs_its_validation_curve_energy_apart_and_why_it_stopped
     assert tags["train.stop_reason"].startswith("energy gain") and len(train_epochs) == 2  # of 6: stopped
     assert m["train/energy_to_val_eer/99"] == pytest.approx(train_epochs[0])  # reached at epoch 1
     assert tags["train.energy_to_val_eer/0.01"] == "not reached" and "train/energy_to_val_eer/0.01" not in m
+    report = run_cli("report", "--experiment", "curves", "--out", tmp_path / "report",
+                     env={"MLFLOW_TRACKING_URI": uri})
+    assert report.returncode == 0, report.stderr[-2000:]
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "## Learning curves" in md and (tmp_path / "report" / "validation_curves.png").stat().st_size > 1000
+    assert "## Training energy to a validation EER" in md and "not reached" in md
+    curve = pd.read_csv(tmp_path / "report" / "validation_curves.csv")
+    assert list(curve["epoch"]) == [1, 2] and list(curve["train_energy_j_cum"]) == pytest.approx(
+        [train_epochs[0], sum(train_epochs)])
     speakers = set(torch.load(out / "model.pt", weights_only=True)["speakers"])
     val = training_split(load_config("tiny", {"data.root": str(tiny_corpus), "data.val_speakers": 0.25}))[1]
     assert speakers and not speakers & set(val.speakers)
 
 
 def test_the_report_lists_energy_to_target_and_not_reached():
-    import pandas as pd
-
     from bench.report.build import energy_to_target_table
 
     runs = pd.DataFrame({"tags.svbench.variant": ["b", "a"],

@@ -19,6 +19,7 @@ from bench.atomic import write_text_atomic  # noqa: E402
 from bench.data.trials import AVERAGE
 from bench.errors import BenchError  # noqa: E402
 from bench.report.compare import Comparisons, comparisons_markdown, compare_variants, report_variants
+from bench.report.curves import fig_validation_curves, validation_curves
 from bench.report.pareto import knee_index, marginal_gains, pareto_mask  # noqa: E402
 from bench.tracking import naming, store
 
@@ -239,13 +240,14 @@ TO_TARGET = "train/energy_to_val_eer/"
 def energy_to_target_table(runs: pd.DataFrame) -> pd.DataFrame:
     """Per variant, the training energy (J) at which validation EER first reached each logged target
     (``train.eer_targets``), "not reached" where it never did, and why training stopped; empty without targets."""
-    targets = sorted({c.split(TO_TARGET, 1)[1] for c in runs.columns if TO_TARGET in c}, key=float)
+    prefixes = (f"metrics.{TO_TARGET}", f"tags.{TO_TARGET.replace('/', '.', 1)}")  # reached, not reached
+    targets = sorted({c.removeprefix(p) for c in runs.columns for p in prefixes if c.startswith(p)}, key=float)
     if not targets:
         return pd.DataFrame()
     t = pd.DataFrame({"variant": runs["tags.svbench.variant"]})
     for x in targets:
-        j = pd.to_numeric(runs.get(f"metrics.{TO_TARGET}{x}"), errors="coerce")
-        missed = runs.get(f"tags.train.energy_to_val_eer/{x}", pd.Series([None] * len(runs))) == "not reached"
+        j = pd.to_numeric(runs.get(f"{prefixes[0]}{x}", pd.Series([None] * len(runs))), errors="coerce")
+        missed = runs.get(f"{prefixes[1]}{x}", pd.Series([None] * len(runs))) == "not reached"
         t[f"j_to_val_eer_{x}"] = [("not reached" if m else "") if pd.isna(v) else f"{v:.4g}" for v, m in zip(j, missed)]
     t["stop_reason"] = runs.get("tags.train.stop_reason", pd.Series([""] * len(runs))).fillna("")
     return t.sort_values("variant").reset_index(drop=True)
@@ -296,6 +298,14 @@ def build_report(runs: pd.DataFrame, out_dir: str | Path, title: str, trials: st
         lines += ["## Training energy to a validation EER", "", "Cumulative training energy (J, validation not "
                   "included) when the validation EER first reached each target, interpolated between epochs.", "",
                   _md(to_target), ""]
+    curves = validation_curves(runs)
+    if len(curves):
+        fig_validation_curves(curves, out / "validation_curves.png")
+        curves.to_csv(out / "validation_curves.csv", index=False)
+        lines += ["## Learning curves: validation EER against training energy", "",
+                  "![validation curves](validation_curves.png)", "", "Per validated epoch, the gain from the "
+                  "previous one in EER points per kJ of training energy (diminishing returns inside a training):",
+                  "", _md(curves), ""]
     lines += ["## Diminishing returns along the front", ""]
     if len(gains) > 1:
         cols = ["variant", "train_energy_j", "eer_pct", "extra_kwh", "eer_gain_pct_points", "eer_gain_per_kwh"]
