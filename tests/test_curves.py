@@ -92,6 +92,8 @@ def test_a_tracked_run_logs_its_validation_curve_energy_apart_and_why_it_stopped
     curve = pd.read_csv(tmp_path / "report" / "validation_curves.csv")
     assert list(curve["epoch"]) == [1, 2] and list(curve["train_energy_j_cum"]) == pytest.approx(
         [train_epochs[0], sum(train_epochs)])
+    contexts = {(d.dataset.name, d.tags[0].value) for d in run.inputs.dataset_inputs}
+    assert contexts == {("tiny/train", "training"), ("tiny/val", "validation"), ("tiny/synth", "evaluation")}
     speakers = set(torch.load(out / "model.pt", weights_only=True)["speakers"])
     val = training_split(load_config("tiny", {"data.root": str(tiny_corpus), "data.val_speakers": 0.25}))[1]
     assert speakers and not speakers & set(val.speakers)

@@ -17,11 +17,12 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from bench.config import Config, config_to_yaml
-from bench.data.manifest import TRAIN_MANIFEST, data_root, read_manifest
+from bench.data.manifest import TRAIN_MANIFEST, data_root
 from bench.data.trials import find_trial_lists, read_trials
 from bench.eval.metrics import det_points
 from bench.eval.scoring import load_model
 from bench.machine import cpu_model
+from bench.training.trainer import training_split
 from bench.tracking.runlog import RunLog
 
 
@@ -44,11 +45,17 @@ def _git_commit() -> str:
 
 
 def log_datasets(log: RunLog, run: str, cfg: Config) -> None:
-    """The training manifest and each trial list as MLflow datasets of ``run`` (name, digest, source): the
-    runs table's Datasets column shows what each run used."""
+    """The training manifest (without validation speakers), the validation list (with ``data.val_speakers``) and
+    each trial list as MLflow datasets of ``run`` (name, digest, source, context): the runs table's Datasets
+    column shows what each run used."""
     root = data_root(cfg.data.root)
     name = root.resolve().name
-    tables = [(read_manifest(root / TRAIN_MANIFEST), root / TRAIN_MANIFEST, "train", "training")]
+    train, val = training_split(cfg)
+    tables = [(train, root / TRAIN_MANIFEST, "train", "training")]
+    if val is not None:  # the held-out speakers' list, built from the same manifest
+        t = val.trials
+        tables.append((pd.DataFrame({"label": t.labels, "enroll": t.enroll, "test": t.test}), root / TRAIN_MANIFEST,
+                       t.name, "validation"))
     for path in find_trial_lists(root, cfg.data.trials):
         t = read_trials(path)
         tables.append((pd.DataFrame({"label": t.labels, "enroll": t.enroll, "test": t.test}), path, t.name,
