@@ -114,3 +114,21 @@ def test_the_report_lists_energy_to_target_and_not_reached():
         {"variant": "a", "j_to_val_eer_2.5": "", "j_to_val_eer_10": "not reached", "stop_reason": "energy gain: ..."},
         {"variant": "b", "j_to_val_eer_2.5": "not reached", "j_to_val_eer_10": "1234", "stop_reason": "epochs"}]
     assert energy_to_target_table(runs[["tags.svbench.variant"]]).empty
+
+
+def test_a_speaker_with_many_utterances_gets_drawn_cross_session_pairs():
+    """200 utterances a speaker (19,900 pairs each) are drawn from, not listed; every target pair still crosses
+    sessions, and none is drawn twice."""
+    from bench.data.validation import ENUMERATED_PAIRS, TARGETS_PER_SPEAKER, split_validation
+
+    rows = [(f"s{k}/v{u % 20}/{u:03d}.wav", f"s{k}") for k in range(8) for u in range(200)]
+    assert 200 * 199 // 2 > ENUMERATED_PAIRS
+    manifest = pd.DataFrame({"utt_id": [u for u, _ in rows], "speaker": [s for _, s in rows]})
+    manifest = manifest.assign(path=manifest["utt_id"], num_samples=16000, sample_rate=16000, duration_s=1.0)
+    split = split_validation(manifest, 0.25, 100)
+    t = split.trials
+    assert len(split.speakers) == 2 and t.labels.sum() == 2 * TARGETS_PER_SPEAKER
+    for spk in split.speakers:
+        pairs = [(e, s) for e, s, lab in zip(t.enroll, t.test, t.labels) if lab and e.startswith(f"{spk}/")]
+        assert len(set(pairs)) == len(pairs) == TARGETS_PER_SPEAKER
+        assert all(e.rsplit("/", 1)[0] != s.rsplit("/", 1)[0] for e, s in pairs)

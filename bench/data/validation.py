@@ -23,6 +23,7 @@ from bench.errors import BenchError
 VAL_LIST = "val"
 SPLIT_SEED = 20240  # the hold-out does not change with train.seed
 TARGETS_PER_SPEAKER = 10
+ENUMERATED_PAIRS = 5000  # a speaker's pairs are listed up to this many, drawn beyond it
 
 
 @dataclass
@@ -78,9 +79,25 @@ def split_validation(manifest: pd.DataFrame, share: float, cap: int) -> Validati
 
 def _target_pairs(utts: list[str], rng: np.random.Generator) -> list[tuple[str, str]]:
     session = {u: str(PurePosixPath(u).parent) for u in utts}
+    if len(utts) * (len(utts) - 1) // 2 > ENUMERATED_PAIRS:
+        return _drawn_pairs(utts, session, rng)
     pairs = list(combinations(utts, 2))
     across = [p for p in pairs if session[p[0]] != session[p[1]]]
     pool = across or pairs
     if len(pool) <= TARGETS_PER_SPEAKER:
         return pool
     return [pool[i] for i in sorted(rng.choice(len(pool), size=TARGETS_PER_SPEAKER, replace=False))]
+
+
+def _drawn_pairs(utts: list[str], session: dict[str, str], rng: np.random.Generator) -> list[tuple[str, str]]:
+    """A speaker with many utterances (VoxCeleb2 has speakers with a thousand): pairs drawn instead of listed,
+    cross-session ones first, then any when too few cross sessions."""
+    picked: set[tuple[int, int]] = set()
+    for cross in (True, False):
+        for _ in range(100 * TARGETS_PER_SPEAKER):
+            if len(picked) == TARGETS_PER_SPEAKER:
+                break
+            i, j = sorted(int(k) for k in rng.choice(len(utts), size=2, replace=False))
+            if not cross or session[utts[i]] != session[utts[j]]:
+                picked.add((i, j))
+    return [(utts[i], utts[j]) for i, j in sorted(picked)]

@@ -79,6 +79,11 @@ def default_trials(runs: pd.DataFrame, logged: list[str]) -> str:
     return first if first in logged else sorted(logged)[0]
 
 
+def column(runs: pd.DataFrame, name: str) -> pd.Series:
+    """A column of the runs table, or NaN for every run when no run logged it."""
+    return runs[name] if name in runs.columns else pd.Series([np.nan] * len(runs), index=runs.index)
+
+
 def variant_table(runs: pd.DataFrame, trials: str | None = None) -> tuple[pd.DataFrame, str]:
     eer_cols = sorted(c for c in runs.columns if c.startswith("metrics.eer_pct/") and c.count("/") == 1)
     if not eer_cols:
@@ -88,7 +93,7 @@ def variant_table(runs: pd.DataFrame, trials: str | None = None) -> tuple[pd.Dat
         why = "; an average needs two or more trial lists" if trials == AVERAGE else ""
         raise BenchError(f"the runs logged no eer_pct/{trials} (they have {', '.join(sorted(logged))}){why}")
     trials = trials or default_trials(runs, logged)
-    col = lambda name: runs[name] if name in runs.columns else pd.Series([np.nan] * len(runs))  # noqa: E731
+    col = lambda name: column(runs, name)  # noqa: E731
     t = pd.DataFrame({
         "variant": runs["tags.svbench.variant"],
         "series": col("tags.svbench.series").fillna(""),
@@ -246,10 +251,10 @@ def energy_to_target_table(runs: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame()
     t = pd.DataFrame({"variant": runs["tags.svbench.variant"]})
     for x in targets:
-        j = pd.to_numeric(runs.get(f"{prefixes[0]}{x}", pd.Series([None] * len(runs))), errors="coerce")
-        missed = runs.get(f"{prefixes[1]}{x}", pd.Series([None] * len(runs))) == "not reached"
+        j = pd.to_numeric(column(runs, f"{prefixes[0]}{x}"), errors="coerce")
+        missed = column(runs, f"{prefixes[1]}{x}") == "not reached"
         t[f"j_to_val_eer_{x}"] = [("not reached" if m else "") if pd.isna(v) else f"{v:.4g}" for v, m in zip(j, missed)]
-    t["stop_reason"] = runs.get("tags.train.stop_reason", pd.Series([""] * len(runs))).fillna("")
+    t["stop_reason"] = column(runs, "tags.train.stop_reason").fillna("")
     return t.sort_values("variant").reset_index(drop=True)
 
 

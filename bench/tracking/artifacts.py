@@ -51,15 +51,11 @@ def log_datasets(log: RunLog, run: str, cfg: Config) -> None:
     root = data_root(cfg.data.root)
     name = root.resolve().name
     train, val = training_split(cfg)
+    lists = [(val.trials, root / TRAIN_MANIFEST, "validation")] if val is not None else []  # from the manifest
+    lists += [(read_trials(path), path, "evaluation") for path in find_trial_lists(root, cfg.data.trials)]
     tables = [(train, root / TRAIN_MANIFEST, "train", "training")]
-    if val is not None:  # the held-out speakers' list, built from the same manifest
-        t = val.trials
-        tables.append((pd.DataFrame({"label": t.labels, "enroll": t.enroll, "test": t.test}), root / TRAIN_MANIFEST,
-                       t.name, "validation"))
-    for path in find_trial_lists(root, cfg.data.trials):
-        t = read_trials(path)
-        tables.append((pd.DataFrame({"label": t.labels, "enroll": t.enroll, "test": t.test}), path, t.name,
-                       "evaluation"))
+    tables += [(pd.DataFrame({"label": t.labels, "enroll": t.enroll, "test": t.test}), path, t.name, context)
+               for t, path, context in lists]
     with warnings.catch_warnings():  # MLflow's hints (integer schema, local source kinds) are not for datasets
         warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")
         warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways")

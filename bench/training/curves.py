@@ -35,15 +35,21 @@ class TargetReached:
         return self.time_s is not None
 
 
-def curve_points(history: list[dict]) -> list[CurvePoint]:
-    """The validated epochs of a trainer history, with cumulative training energy and time."""
-    points, energy, time_s = [], 0.0, 0.0
+def cumulative(history: list[dict]) -> list[tuple[float | None, float]]:
+    """(training energy J, training time s) summed up to each epoch of a trainer history; the energy is None from
+    the first epoch without one (no meter) on."""
+    out, energy, time_s = [], 0.0, 0.0
     for h in history:
         energy = None if energy is None or h.get("energy_j") is None else energy + h["energy_j"]
         time_s += h["time_s"]
-        if h.get("val_eer_pct") is not None:
-            points.append(CurvePoint(h["epoch"], energy, time_s, h["val_eer_pct"]))
-    return points
+        out.append((energy, time_s))
+    return out
+
+
+def curve_points(history: list[dict]) -> list[CurvePoint]:
+    """The validated epochs of a trainer history, with cumulative training energy and time."""
+    return [CurvePoint(h["epoch"], energy, time_s, h["val_eer_pct"])
+            for h, (energy, time_s) in zip(history, cumulative(history)) if h.get("val_eer_pct") is not None]
 
 
 def energy_to_target(points: list[CurvePoint], target_eer_pct: float) -> TargetReached:

@@ -34,7 +34,7 @@ from bench.models import build_model, spec_from_config
 from bench.models.heads import MarginHead
 from bench.training import checkpoint as ckpt
 from bench.training.distributed import all_reduce_sum, barrier, init_distributed
-from bench.training.curves import curve_points, stop_reason
+from bench.training.curves import cumulative, curve_points, stop_reason
 from bench.training.precision import autocast
 from bench.training.schedule import lr_at, margin_at
 
@@ -301,9 +301,7 @@ class Trainer:
                                                          "was not measured (it was redone and measured)")
             metrics["energy_j"] = reading.total_j
             metrics["energy"] = reading_to_state(reading)
-        before = self.history[-1].get("energy_j_cum", 0.0) if self.history else 0.0
-        metrics["energy_j_cum"] = None if metrics.get("energy_j") is None or before is None else (
-            before + metrics["energy_j"])
+        metrics["energy_j_cum"] = cumulative([*self.history, metrics])[-1][0]
         metrics.update(self.validation(self.epoch + 1))
         self.resumed_mid_epoch = False
         self.history.append({"epoch": self.epoch + 1, **metrics})
