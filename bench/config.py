@@ -192,6 +192,12 @@ class SearchConfig(_Section):
     carbon_budget_g: Optional[float] = Field(None, gt=0)
     max_params_m: Optional[float] = Field(None, gt=0)
     forecast_pruning: bool = True
+    curve_pruning: bool = Field(False, description="prune a trial whose validation curve, extrapolated to its last "
+                                                   "epoch, is dominated by the front even at its optimistic end "
+                                                   "(needs data.val_speakers)")
+    curve_min_epochs: int = Field(2, ge=2, description="validated epochs before a trial's curve is judged")
+    curve_confidence: float = Field(0.9, gt=0.5, lt=1.0, description="one-sided confidence of the curve's "
+                                                                     "optimistic end")
     prune_margin: float = Field(0.1, ge=0.0, description="prune when the forecast exceeds the budget by this fraction")
     enqueue_study_variants: bool = False
     heartbeat_s: int = Field(30, ge=1, description="RDB storages: trial heartbeat interval")
@@ -351,7 +357,8 @@ def build_config(data: dict) -> Config:
     except ValidationError as err:
         raise BenchError(_format_validation_error(err)) from None
     needs_val = [k for k, on in (("train.eer_targets", cfg.train.eer_targets),
-                                 ("train.stop_gain_pct_per_kj", cfg.train.stop_gain_pct_per_kj)) if on]
+                                 ("train.stop_gain_pct_per_kj", cfg.train.stop_gain_pct_per_kj),
+                                 ("search.curve_pruning", cfg.search.curve_pruning)) if on]
     if needs_val and not cfg.data.val_speakers:
         raise BenchError(f"{needs_val[0]} needs a validation list: set data.val_speakers (e.g. 0.05)")
     return cfg

@@ -22,6 +22,9 @@ TAG_SERIES = "svbench.series"
 TAG_OUT = "svbench.out_dir"
 
 
+TAG_PRUNE_REASON = "svbench.prune_reason"  # on a pruned trial's run: the energy forecast, or a dominated curve
+
+
 PARENT = "mlflow.parentRunId"
 
 

@@ -8,11 +8,23 @@ training energy and time spent to reach it (validation's own energy not included
 * ``stop_reason``: the energy-aware stop. Over the last ``window`` validated epochs, the gain is the fall in
   validation EER (percentage points) per kJ of training energy spent meanwhile; below ``min_gain`` training
   stops. A rising EER is a negative gain and stops too.
+* ``fit_power_law`` / ``predict``: the curve's forecast, for the search's learning-curve pruning. The model is a
+  power law in cumulative training energy, ``EER = b * E^-c`` (a straight line in log-log; no floor, so it never
+  predicts a plateau the curve has not shown: an optimistic model). It is fitted by weighted least squares on
+  (ln E, ln EER), each point weighted by its sampling error: the binomial standard error of an error rate over
+  the validation list's target trials, ``sqrt(p (1 - p) / n)``, on the log scale ``/ p``. The interval of the
+  prediction at a later energy propagates those errors through the fit (extrapolating further widens it) and,
+  with three points or more, is widened by the fit's reduced chi-square when the points scatter more than
+  their errors say.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from statistics import NormalDist
+
+import numpy as np
 
 
 @dataclass
@@ -87,3 +99,49 @@ def stop_reason(points: list[CurvePoint], min_gain: float | None, window: int) -
         return None
     return (f"energy gain: validation EER fell {gain:.4g} points per kJ over the last {window} validated "
             f"epoch(s), below train.stop_gain_pct_per_kj {min_gain:g}")
+
+
+@dataclass
+class PowerLawFit:
+    log_b: float  # ln EER(%) at E = 1 J
+    slope: float  # d ln EER / d ln E (-c; negative on a falling curve)
+    cov: np.ndarray  # 2x2 covariance of (log_b, slope)
+    points: int
+
+
+@dataclass
+class Prediction:
+    energy_j: float  # where on the curve (cumulative training J)
+    eer_pct: float
+    low_eer_pct: float  # the optimistic end of the interval
+    high_eer_pct: float
+    confidence: float  # one-sided, for each end
+
+
+def log_sd(eer_pct: float, target_trials: int) -> float:
+    """The sampling error of a validation EER on the log scale (the binomial error over the target trials)."""
+    p = min(max(eer_pct / 100.0, 0.5 / target_trials), 1 - 0.5 / target_trials)
+    return math.sqrt(p * (1 - p) / target_trials) / p
+
+
+def fit_power_law(points: list[CurvePoint], target_trials: int) -> PowerLawFit | None:
+    """The power law through the validated points (None with fewer than two points with energy)."""
+    pts = [p for p in points if p.energy_j is not None and p.energy_j > 0]
+    if len({p.energy_j for p in pts}) < 2:
+        return None
+    x = np.array([[1.0, math.log(p.energy_j)] for p in pts])
+    y = np.array([math.log(max(p.eer_pct, 50.0 / target_trials)) for p in pts])
+    w = np.array([log_sd(p.eer_pct, target_trials) ** -2 for p in pts])
+    cov = np.linalg.inv(x.T @ (w[:, None] * x))
+    beta = cov @ x.T @ (w * y)
+    if len(pts) > 2:  # more scatter than the sampling errors explain widens the interval
+        chi2 = float(np.sum(w * (y - x @ beta) ** 2)) / (len(pts) - 2)
+        cov = cov * max(1.0, chi2)
+    return PowerLawFit(float(beta[0]), float(beta[1]), cov, len(pts))
+
+
+def predict(fit: PowerLawFit, energy_j: float, confidence: float) -> Prediction:
+    g = np.array([1.0, math.log(energy_j)])
+    mu, sd = float(g @ [fit.log_b, fit.slope]), math.sqrt(float(g @ fit.cov @ g))
+    z = NormalDist().inv_cdf(confidence)
+    return Prediction(energy_j, math.exp(mu), math.exp(mu - z * sd), math.exp(mu + z * sd), confidence)

@@ -327,7 +327,8 @@ class Trainer:
         with self.epoch_window(f"val/epoch_{epoch}") as window:
             eer_pct = self.validate(self.net.embedder, self.val) if self.dist.is_main else 0.0
             barrier(self.dist)
-        out = {"val_eer_pct": all_reduce_sum(eer_pct, self.dist, self.device), "val_time_s": time.perf_counter() - t0}
+        out = {"val_eer_pct": all_reduce_sum(eer_pct, self.dist, self.device), "val_time_s": time.perf_counter() - t0,
+               "val_target_trials": int(self.val.trials.labels.sum())}
         self.net.embedder.train()
         torch.set_rng_state(rng)
         reading = getattr(window, "reading", None)

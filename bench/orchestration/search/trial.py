@@ -22,6 +22,7 @@ from bench.models.profile import profile_model
 from bench.orchestration import seeds, slurm
 from bench.orchestration.forecast import probe
 from bench.orchestration.search.cost import cost_entry
+from bench.orchestration.search.curve_pruning import ATTR_FINAL_VAL, ATTR_PREDICTION, ATTR_PRUNE_REASON, CurvePruner
 from bench.orchestration.search.study import (ATTR_EXPERIMENT, ATTR_PARENT, ATTR_RUN, ATTR_SPENT_SO_FAR, ATTR_WORKER,
                                               STARTED, load_study, make_storage, objective_keys, started_trials,
                                               suggest_overrides)
@@ -91,7 +92,8 @@ def objective(trial: optuna.Trial, ctx: TrialContext) -> tuple[float, float]:
         return values
     except optuna.TrialPruned:
         _record_spent(trial, ctx, rid, handle.reading)  # measured; only its forecast/* are extrapolations
-        log.set_tag(rid, "optuna.state", "PRUNED")
+        log.log_batch(rid, metrics=_prediction_metrics(trial), tags={"optuna.state": "PRUNED", naming.TAG_PRUNE_REASON:
+                                                                     trial.user_attrs.get(ATTR_PRUNE_REASON, "")})
         log.set_terminated(rid, "FINISHED")
         raise
     except BaseException as exc:
@@ -145,13 +147,18 @@ def _trial_body(trial: optuna.Trial, ctx: TrialContext, rid: str, tags: dict) ->
         if over_energy or over_carbon:
             cons = _constraint_values(cfg, fc.energy_j, fc_co2, params_m)
             trial.set_user_attr("constraints", cons)
+            reason = f"energy forecast: {fc.energy_j:.4g} J exceeds the budget"
+            trial.set_user_attr(ATTR_PRUNE_REASON, reason)
             log.log_batch(rid, metrics={f"constraint/{i}": c for i, c in enumerate(cons)},
                           tags={"optuna.feasible": "false"})
-            raise optuna.TrialPruned(f"forecast {fc.energy_j:.4g} J exceeds the budget")
+            raise optuna.TrialPruned(reason)
+    curve = CurvePruner(trial, cfg, lambda j: j if s.objective == "energy" else _co2(cfg, j, ctx))
     _, metrics = seeds.run_tracked_seeds(cfg, ctx.out_root / f"trial-{trial.number}", run_id=rid,
                                             experiment_id=ctx.experiment_id, run_name=f"trial-{trial.number}",
-                                            extra_tags=tags, progress=False,
-                                            meters=ctx.meters, callbacks=[SpentSoFar(trial, ctx)])
+                                            extra_tags=tags, progress=False, meters=ctx.meters,
+                                            callbacks=[SpentSoFar(trial, ctx), curve])
+    if curve.final_val_eer_pct() is not None:
+        trial.set_user_attr(ATTR_FINAL_VAL, curve.final_val_eer_pct())
     eer_key, _ = objective_keys(cfg)
     if eer_key not in metrics:
         lists = [k.split("/", 1)[1] for k in metrics if k.startswith("eer_pct/")]
@@ -166,6 +173,16 @@ def _trial_body(trial: optuna.Trial, ctx: TrialContext, rid: str, tags: dict) ->
     log.log_batch(rid, metrics={f"constraint/{i}": c for i, c in enumerate(cons)},
                   tags={"optuna.feasible": str(all(c <= 0 for c in cons)).lower(), "optuna.state": "COMPLETE"})
     return eer, (energy_j if cfg.search.objective == "energy" else co2_g)
+
+
+def _prediction_metrics(trial: optuna.Trial) -> dict:
+    """A curve-pruned trial's forecast as metrics of its run (``curve/*``: extrapolations, not measurements)."""
+    p = trial.user_attrs.get(ATTR_PREDICTION)
+    if not p:
+        return {}
+    return {"curve/eer_pct": p["eer_pct"], "curve/low_eer_pct": p["low_eer_pct"],
+            "curve/high_eer_pct": p["high_eer_pct"], "curve/final_energy_j": p["final_energy_j"],
+            "curve/at_epoch": p["epoch"]}
 
 
 def _nan_if_none(value: float | None) -> float:
