@@ -19,6 +19,7 @@ measure on this machine (an estimate on a machine without RAPL/NVML, labelled so
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import tempfile
 import time
@@ -39,8 +40,8 @@ from bench.tracking import store
 MODES = {  # corpus, synth size, trials, settings of both sides, the pruning switch
     "curve": ("data/demo", "demo", 12,
               ["--data.val_speakers", "0.1", "--data.crop_frames", "50", "--train.epochs", "6",
-               "--eval.latency", "false", "--eval.bootstrap_resamples", "0",
-               "--search.stage_blocks_max", "[2,2,2,2]", "--search.width_mults", "[0.25,0.5,1.0]"],
+               "--eval.latency", "false", "--eval.bootstrap_resamples", "0", "--eval.stats_max_utts", "100",
+               "--search.stage_blocks_max", "[2,2,2,2]", "--search.width_mults", "[0.25,0.5]"],
               "--search.curve_pruning"),
     "forecast": ("data/bench-small", "40x8:6x6", 8,
                  ["--train.epochs", "2", "--train.batch_size", "16",
@@ -92,6 +93,8 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=None, help="default: 12 (curve), 8 (forecast)")
     ap.add_argument("--budget-j", type=float, default=180.0, help="forecast mode: the search's energy budget")
     ap.add_argument("--data", default=None, help="corpus root (default: the mode's)")
+    ap.add_argument("--results", default=None, help="a JSON-lines file each seed's figures are appended to; the "
+                                                    "summary is over every seed in it (runs in several parts)")
     args = ap.parse_args()
     root, size, trials, _, _ = MODES[args.mode]
     args.trials = args.trials or trials
@@ -101,7 +104,7 @@ def main() -> None:
         generate_corpus(root, seed=0, size=size, progress=False)
     print(f"{args.mode} pruning, {args.trials} trials, seeds {args.first_seed}..{args.first_seed + args.seeds - 1}, "
           f"workers 1, CPU {cpu_model()}", flush=True)
-    rows = {"baseline": [], "ours": []}
+    results = Path(args.results or tempfile.mkstemp(suffix=".jsonl")[1])
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/mlflow.db"
         store.setup_tracking()
@@ -113,10 +116,20 @@ def main() -> None:
             for label in order:
                 s = sides[label]
                 hv = hypervolume_2d(s.front, ref) / (ref[0] * ref[1])  # share of the reference box
-                rows[label].append((s.spent_j, hv))
+                with open(results, "a") as fh:
+                    fh.write(json.dumps({"mode": args.mode, "trials": args.trials, "seed": seed, "side": label,
+                                         "spent_j": s.spent_j, "hypervolume": hv, "wall_s": s.wall_s,
+                                         "states": s.states, "cpu": cpu_model()}) + "\n")
                 print(f"seed {seed} {label:8s} spent {s.spent_j:8.1f} J  wall {s.wall_s:6.1f} s  front {len(s.front)}"
                       f"  hypervolume {hv:.4f}  ({s.states})", flush=True)
-    base, ours = np.array(rows["baseline"]), np.array(rows["ours"])
+    rows = [r for r in map(json.loads, results.read_text().splitlines())
+            if r["mode"] == args.mode and r["trials"] == args.trials]
+    seeds = sorted({r["seed"] for r in rows if r["side"] == "ours"}
+                   & {r["seed"] for r in rows if r["side"] == "baseline"})
+    pick = lambda side: np.array([[r["spent_j"], r["hypervolume"]] for s in seeds  # noqa: E731
+                                  for r in rows if r["seed"] == s and r["side"] == side])
+    base, ours = pick("baseline"), pick("ours")
+    print(f"over seeds {seeds} ({results})")
     for label, r in (("baseline", base), ("ours", ours)):
         print(f"{label:8s} mean spent J {mean_ci(r[:, 0])}   mean hypervolume {mean_ci(r[:, 1])}")
     print(f"ratio ours/baseline   energy {mean_ci(ours[:, 0] / base[:, 0])}   "

@@ -197,8 +197,9 @@ def fake_machine(tmp_path):
 
     ``fake_machine(gpu_w=[200, 300], rapl_w=50)`` returns the environment for a child process: every Python
     process started with it (workers, torchrun ranks, Zeus's own helpers) sees those fake GPUs in
-    ``zeus.device.gpu`` and reads a powercap tree driven here at ``rapl_w`` (package) + 5 W (dram)."""
-    from energy_helpers import FakeRapl
+    ``zeus.device.gpu`` and reads a powercap tree at ``rapl_w`` (package) + 5 W (dram), advanced by a process of
+    its own (``FakeRaplProcess``)."""
+    from energy_helpers import FakeRaplProcess
 
     started = []
 
@@ -208,7 +209,7 @@ def fake_machine(tmp_path):
         if gpu_w:
             env["FAKE_ZEUS_GPU_W"] = ",".join(str(w) for w in gpu_w)
         if rapl_w is not None:
-            rapl = FakeRapl(tmp_path / "powercap", rapl_w, 5.0, max_uj=1e12).__enter__()
+            rapl = FakeRaplProcess(tmp_path / "powercap", rapl_w, 5.0, max_uj=1e12).__enter__()
             started.append(rapl)
             env["FAKE_ZEUS_RAPL_DIR"] = str(tmp_path / "powercap")
         return env

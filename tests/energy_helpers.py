@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -54,3 +56,31 @@ class FakeRapl:
     def __exit__(self, *exc):
         self._stop.set()
         self._thread.join()
+
+
+class FakeRaplProcess:
+    """A ``FakeRapl`` ticking in a process of its own: its counters never wait for the test's process (a test
+    that polls checkpoints with ``torch.load`` holds its GIL for tens of ms, and a counter read while its
+    ticker waits reads short)."""
+
+    def __init__(self, root: Path, package_w: float, dram_w: float, max_uj: float = 2e8):
+        self.root, self.args = Path(root), [str(root), str(package_w), str(dram_w), str(max_uj)]
+        self.proc = None
+
+    def __enter__(self):
+        self.proc = subprocess.Popen([sys.executable, __file__, *self.args], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True)
+        if self.proc.stdout.readline().strip() != "ticking":  # the tree exists before anyone reads it
+            raise RuntimeError("the fake RAPL process did not start")
+        return self
+
+    def __exit__(self, *exc):
+        self.proc.stdin.close()  # the ticker ends at the end of its stdin
+        self.proc.wait(timeout=10)
+
+
+if __name__ == "__main__":
+    root, package_w, dram_w, max_uj = sys.argv[1], *(float(a) for a in sys.argv[2:5])
+    with FakeRapl(Path(root), package_w, dram_w, max_uj=max_uj):
+        print("ticking", flush=True)
+        sys.stdin.read()
