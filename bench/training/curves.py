@@ -106,7 +106,6 @@ class PowerLawFit:
     log_b: float  # ln EER(%) at E = 1 J
     slope: float  # d ln EER / d ln E (-c; negative on a falling curve)
     cov: np.ndarray  # 2x2 covariance of (log_b, slope)
-    points: int
 
 
 @dataclass
@@ -118,9 +117,14 @@ class Prediction:
     confidence: float  # one-sided, for each end
 
 
+def _rate(eer_pct: float, target_trials: int) -> float:
+    """A validation EER as a rate, kept half a trial away from 0 and 1 (a 0% point has a logarithm and an error)."""
+    return min(max(eer_pct / 100.0, 0.5 / target_trials), 1 - 0.5 / target_trials)
+
+
 def log_sd(eer_pct: float, target_trials: int) -> float:
     """The sampling error of a validation EER on the log scale (the binomial error over the target trials)."""
-    p = min(max(eer_pct / 100.0, 0.5 / target_trials), 1 - 0.5 / target_trials)
+    p = _rate(eer_pct, target_trials)
     return math.sqrt(p * (1 - p) / target_trials) / p
 
 
@@ -130,14 +134,14 @@ def fit_power_law(points: list[CurvePoint], target_trials: int) -> PowerLawFit |
     if len({p.energy_j for p in pts}) < 2:
         return None
     x = np.array([[1.0, math.log(p.energy_j)] for p in pts])
-    y = np.array([math.log(max(p.eer_pct, 50.0 / target_trials)) for p in pts])
+    y = np.array([math.log(100.0 * _rate(p.eer_pct, target_trials)) for p in pts])
     w = np.array([log_sd(p.eer_pct, target_trials) ** -2 for p in pts])
     cov = np.linalg.inv(x.T @ (w[:, None] * x))
     beta = cov @ x.T @ (w * y)
     if len(pts) > 2:  # more scatter than the sampling errors explain widens the interval
         chi2 = float(np.sum(w * (y - x @ beta) ** 2)) / (len(pts) - 2)
         cov = cov * max(1.0, chi2)
-    return PowerLawFit(float(beta[0]), float(beta[1]), cov, len(pts))
+    return PowerLawFit(float(beta[0]), float(beta[1]), cov)
 
 
 def predict(fit: PowerLawFit, energy_j: float, confidence: float) -> Prediction:
