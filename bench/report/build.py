@@ -84,6 +84,12 @@ def column(runs: pd.DataFrame, name: str) -> pd.Series:
     return runs[name] if name in runs.columns else pd.Series([np.nan] * len(runs), index=runs.index)
 
 
+def text_column(runs: pd.DataFrame, name: str, default: str) -> pd.Series:
+    """A tag or parameter column as text, ``default`` where a run did not log it (an all-missing column is
+    float NaN, which pandas will not fill with a string)."""
+    return column(runs, name).astype(object).fillna(default)
+
+
 def variant_table(runs: pd.DataFrame, trials: str | None = None) -> tuple[pd.DataFrame, str]:
     eer_cols = sorted(c for c in runs.columns if c.startswith("metrics.eer_pct/") and c.count("/") == 1)
     if not eer_cols:
@@ -96,7 +102,7 @@ def variant_table(runs: pd.DataFrame, trials: str | None = None) -> tuple[pd.Dat
     col = lambda name: column(runs, name)  # noqa: E731
     t = pd.DataFrame({
         "variant": runs["tags.svbench.variant"],
-        "series": col("tags.svbench.series").fillna(""),
+        "series": text_column(runs, "tags.svbench.series", ""),
         "stages": col("params.model.stages"),
         "width": pd.to_numeric(col("params.model.width_mult"), errors="coerce"),
         "depth": pd.to_numeric(col("params.model.depth"), errors="coerce"),
@@ -116,8 +122,8 @@ def variant_table(runs: pd.DataFrame, trials: str | None = None) -> tuple[pd.Dat
         "infer_j_per_1k_trials": col("metrics.infer/energy_j_per_1k_trials"),
         "infer_bf16_j_per_1k_trials": col("metrics.infer_bf16/energy_j_per_1k_trials"),
         "energy_source": col("tags.energy.source"),
-        "data_root": col("params.data.root").fillna(""),
-        "feasible": col("tags.optuna.feasible").fillna("true") != "false",  # search trials over budget are not
+        "data_root": text_column(runs, "params.data.root", ""),
+        "feasible": text_column(runs, "tags.optuna.feasible", "true") != "false",  # search trials over budget are not
         "run_id": runs["run_id"],
     })
     t = t.sort_values("train_energy_j").reset_index(drop=True)
@@ -254,7 +260,7 @@ def energy_to_target_table(runs: pd.DataFrame) -> pd.DataFrame:
         j = pd.to_numeric(column(runs, f"{prefixes[0]}{x}"), errors="coerce")
         missed = column(runs, f"{prefixes[1]}{x}") == "not reached"
         t[f"j_to_val_eer_{x}"] = [("not reached" if m else "") if pd.isna(v) else f"{v:.4g}" for v, m in zip(j, missed)]
-    t["stop_reason"] = column(runs, "tags.train.stop_reason").fillna("")
+    t["stop_reason"] = text_column(runs, "tags.train.stop_reason", "")
     return t.sort_values("variant").reset_index(drop=True)
 
 
