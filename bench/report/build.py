@@ -123,7 +123,8 @@ def variant_table(runs: pd.DataFrame, trials: str | None = None) -> tuple[pd.Dat
         "infer_bf16_j_per_1k_trials": col("metrics.infer_bf16/energy_j_per_1k_trials"),
         "energy_source": col("tags.energy.source"),
         "data_root": text_column(runs, "params.data.root", ""),
-        "feasible": text_column(runs, "tags.optuna.feasible", "true") != "false",  # search trials over budget are not
+        # search trials over budget are not feasible
+        "feasible": text_column(runs, "tags.optuna.feasible", "true") != "false",
         "run_id": runs["run_id"],
     })
     t = t.sort_values("train_energy_j").reset_index(drop=True)
