@@ -34,19 +34,24 @@ class FakeRapl:
         self.max_uj = max_uj
         self.period_s = period_s
         self.t0 = time.time()
-        self._tick()
+        self._lock = threading.Lock()
+        self.tick()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _tick(self) -> None:
-        dt = time.time() - self.t0
-        for zone, watts in self.rates.items():
-            value = (self.start[zone] + watts * dt * 1e6) % self.max_uj
-            _write(zone / "energy_uj", f"{int(value)}\n")
+    def tick(self) -> None:
+        """Write the counters for now. Under a lock, so a value computed earlier never lands after a later one:
+        a caller that ticks right before a read reads the counters of that instant, however late the ticker
+        thread is scheduled."""
+        with self._lock:
+            dt = time.time() - self.t0
+            for zone, watts in self.rates.items():
+                value = (self.start[zone] + watts * dt * 1e6) % self.max_uj
+                _write(zone / "energy_uj", f"{int(value)}\n")
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self._tick()
+            self.tick()
             time.sleep(self.period_s)
 
     def __enter__(self):
