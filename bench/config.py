@@ -360,7 +360,8 @@ def build_config(data: dict) -> Config:
                                  ("train.stop_gain_pct_per_kj", cfg.train.stop_gain_pct_per_kj),
                                  ("search.curve_pruning", cfg.search.curve_pruning)) if on]
     if needs_val and not cfg.data.val_speakers:
-        raise BenchError(f"{needs_val[0]} needs a validation list: set data.val_speakers (e.g. 0.05)")
+        raise BenchError(f"{needs_val[0]} needs a validation list: set data.val_speakers (e.g. 0.05), or turn "
+                         f"{needs_val[0]} off")
     return cfg
 
 

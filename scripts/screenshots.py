@@ -11,6 +11,7 @@ It starts `mlflow ui` and optuna-dashboard on free local ports, then writes into
 * ``mlflow_compare.png``: the Compare page of the demo sweep's variants, scatter plot of EER against
   training energy;
 * ``mlflow_datasets.png``: the experiment's runs table with its Datasets column;
+* ``mlflow_val_curves.png``: the metric history of ``val/eer_pct`` (validation EER per epoch) of the variants;
 * ``optuna_dashboard.png``: the search study's Pareto front in optuna-dashboard.
 """
 
@@ -101,6 +102,14 @@ def mlflow_shots(driver, base: str, experiment: str) -> None:
     pick(driver, "Y-axis:", "eer_pct/synth")
     time.sleep(2)
     driver.save_screenshot(str(OUT / "mlflow_compare.png"))
+    curve = urllib.parse.quote(json.dumps(["val/eer_pct"]))
+    driver.get(f"{base}/#/metric?runs={ids}&metric={urllib.parse.quote(json.dumps('val/eer_pct'))}"
+               f"&experiments={urllib.parse.quote(json.dumps([exp.experiment_id]))}&plot_metric_keys={curve}"
+               "&plot_layout={}&x_axis=step&y_axis_scale=linear&line_smoothness=1&show_point=true"
+               "&deselected_curves=[]&last_linear_y_axis_range=[]")
+    time.sleep(6)
+    close_assistant(driver)
+    driver.save_screenshot(str(OUT / "mlflow_val_curves.png"))
     driver.get(f"{base}/#/experiments/{exp.experiment_id}/runs")
     time.sleep(6)
     close_assistant(driver)
