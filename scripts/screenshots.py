@@ -93,7 +93,8 @@ def mlflow_shots(driver, base: str, experiment: str) -> None:
     runs = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("svbench.kind") == "variant"
             and r.info.status == "FINISHED"]
     ids = urllib.parse.quote(json.dumps([r.info.run_id for r in runs]))
-    driver.get(f"{base}/#/compare-runs?runs={ids}&experiments={urllib.parse.quote(json.dumps([exp.experiment_id]))}")
+    experiments = urllib.parse.quote(json.dumps([exp.experiment_id]))
+    driver.get(f"{base}/#/compare-runs?runs={ids}&experiments={experiments}")
     time.sleep(6)
     close_assistant(driver)
     driver.find_element(By.XPATH, "//*[normalize-space(text())='Scatter Plot']").click()
@@ -104,7 +105,7 @@ def mlflow_shots(driver, base: str, experiment: str) -> None:
     driver.save_screenshot(str(OUT / "mlflow_compare.png"))
     curve = urllib.parse.quote(json.dumps(["val/eer_pct"]))
     driver.get(f"{base}/#/metric?runs={ids}&metric={urllib.parse.quote(json.dumps('val/eer_pct'))}"
-               f"&experiments={urllib.parse.quote(json.dumps([exp.experiment_id]))}&plot_metric_keys={curve}"
+               f"&experiments={experiments}&plot_metric_keys={curve}"
                "&plot_layout={}&x_axis=step&y_axis_scale=linear&line_smoothness=1&show_point=true"
                "&deselected_curves=[]&last_linear_y_axis_range=[]")
     time.sleep(6)
