@@ -34,7 +34,8 @@ demo: $(STAMP)
 
 # The GPU check (benchmarks/gpu_check.py) on a GPU node that has torch but no package registry:
 # `make gpu-check-bundle` here fetches the wheels it lacks (for GPU_PY, the versions of .venv) into
-# gpu_bundle/site (26 MB), which travels with the checkout; `make gpu-check` there runs the check within the node's time limit.
+# gpu_bundle/site (26 MB), which travels with the checkout; `make gpu-check` there runs the check within the node's
+# time limit.
 GPU_PY ?= 3.12
 GPU_WHEELS = zeus pydantic pydantic-core annotated-types typing-inspection typing-extensions soundfile \
   cffi pycparser rich markdown-it-py mdurl pygments tyro docstring-parser typeguard httpx httpcore anyio \
