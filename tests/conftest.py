@@ -157,12 +157,18 @@ def mlflow_server(tmp_path: Path, dbname: str):
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config, items):
     """Under ``--dist loadgroup`` the tests of one ``xdist_group`` must reach one worker (they share the Slurm
-    cluster and the session's ``mlflow server``): fail at once if pytest-xdist did not group them."""
+    cluster and the session's ``mlflow server``): fail at once if pytest-xdist did not group them.
+
+    On pytest-xdist's workers the ``slow`` tests (a minute or more on a 2-core machine) come first: loadgroup hands
+    out the group first (its largest unit), then single tests in collection order, so a long test collected late
+    (``test_tracking.py``'s ``mlflow run``) would leave one worker running it while the other has ended. The order
+    is the same on every worker, as pytest-xdist requires."""
     if os.environ.get("PYTEST_XDIST_WORKER") and getattr(config.option, "loadgroup", False):
         lost = [i.nodeid for i in items if i.get_closest_marker("xdist_group") and "@" not in i.nodeid]
         if lost:
             raise pytest.UsageError(f"pytest-xdist's loadgroup did not group {lost[0]} (pytest and pytest-xdist "
                                     "versions that do not fit; see pyproject.toml)")
+        items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: slow ones first
 
 
 @pytest.fixture(scope="session")

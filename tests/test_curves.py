@@ -58,6 +58,7 @@ def test_the_stop_rule_triggers_on_a_flat_curve_and_not_on_a_falling_one():
     assert stop_reason(flat, None, 2) is None  # off by default
 
 
+@pytest.mark.slow
 def test_a_tracked_run_logs_its_validation_curve_energy_apart_and_why_it_stopped(tiny_corpus, tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     out = tmp_path / "run"

@@ -130,6 +130,7 @@ def test_onnx_back_ends_never_run_on_another_device_than_the_model():
             execution_provider(torch.device("cuda"))
 
 
+@pytest.mark.slow
 def test_compiled_inference_compiles_only_in_its_warm_up(tiny_model, tiny_corpus, tmp_path):
     """Back ends are measured in alternating order. `eval.compile`: torch.compile with dynamic shapes over
     every bucket shape of the trial list gives the eager scores to float rounding; every compile (fp32, and

@@ -58,6 +58,7 @@ def test_same_seed_same_result(tiny_corpus, tmp_path, reference):
     assert ckpt.load(tmp_path / "a" / "model.pt")["averaged_epochs"] == 2
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_is_exact(tiny_corpus, tmp_path, reference):
     ref = reference
     out = tmp_path / "killed"
@@ -149,6 +150,7 @@ def test_empty_trial_list(tiny_corpus, tmp_path):
                                   tmp_path / "m" / "model.pt", "--trials", "empty"), "empty")
 
 
+@pytest.mark.slow
 def test_energy_in_result_and_infer_cli(tiny_corpus, tmp_path):
     cfg = _cfg(tiny_corpus, "--train.epochs", "2", "--energy.forecast", "true",
                "--eval.infer_precisions", "[fp32,bf16]")

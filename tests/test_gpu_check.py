@@ -5,9 +5,11 @@ import json
 import subprocess
 import sys
 
+import pytest
 from conftest import REPO
 
 
+@pytest.mark.slow
 def test_gpu_check_quick_on_cpu_runs_every_step(tiny_corpus, tmp_path, fake_machine):
     env = fake_machine(gpu_w=[250])
     proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "--device", "cpu", "--quick",

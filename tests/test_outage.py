@@ -135,6 +135,7 @@ def _train_args(corpus: Path, out: Path, epochs: int, *extra) -> list:
             "--energy.share_period_s", "0.2", *extra]
 
 
+@pytest.mark.slow
 def test_outage_longer_than_the_client_retries_costs_nothing(tiny_corpus, tmp_path, server):
     out, epochs = tmp_path / "run", 14
     proc = _svbench(_train_args(tiny_corpus, out, epochs), server.url)
@@ -161,6 +162,7 @@ def test_outage_longer_than_the_client_retries_costs_nothing(tiny_corpus, tmp_pa
     _check_complete_run(client, run.info.run_id, epochs)
 
 
+@pytest.mark.slow
 def test_server_never_back_then_sync_killed_mid_replay_then_sync(tiny_corpus, tmp_path, server):
     out, epochs = tmp_path / "run", 4
     proc = _svbench(_train_args(tiny_corpus, out, epochs, "--tracking.outage_wait_s", "2"), server.url)
@@ -199,6 +201,7 @@ def test_server_never_back_then_sync_killed_mid_replay_then_sync(tiny_corpus, tm
     assert _svbench(["sync", out], server.url).communicate()[0].startswith("sync: nothing to send")
 
 
+@pytest.mark.slow
 def test_sweep_across_an_outage_completes_both_variants_under_one_parent(tiny_corpus, tmp_path, server):
     grid = tmp_path / "grid.yaml"
     grid.write_text("name: outage\npreset: tiny\nvariants:\n"
@@ -225,6 +228,7 @@ def test_sweep_across_an_outage_completes_both_variants_under_one_parent(tiny_co
     _check_complete_run(client, children["b"].info.run_id, 3)
 
 
+@pytest.mark.slow
 def test_training_killed_during_an_outage_resumes_with_every_epoch_once(tiny_corpus, tmp_path, server):
     out, epochs = tmp_path / "run", 6
     proc = _svbench(_train_args(tiny_corpus, out, epochs), server.url)

@@ -35,6 +35,7 @@ def _kill_at_step(args, last: Path, step: int, env) -> int:
     return state["step"] if state is not None else -1
 
 
+@pytest.mark.slow
 def test_three_sigkills_then_resume_match_uninterrupted_and_mlflow_is_clean(tiny_corpus, tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     env = fresh_env(MLFLOW_TRACKING_URI=uri)
@@ -299,6 +300,7 @@ def test_search_worker_killed_mid_trial_is_failed_by_heartbeat(tiny_corpus, tmp_
     assert "killed" in parent.data.tags["energy.incomplete"]
 
 
+@pytest.mark.slow
 def test_interrupted_sweep_rerun_skips_finished_and_resumes(tiny_corpus, tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     env = fresh_env(MLFLOW_TRACKING_URI=uri)

@@ -30,6 +30,7 @@ def _children(cfg, parent):
                               max_results=1000)
 
 
+@pytest.mark.slow
 def test_two_workers_eight_trials_none_lost_and_a_failure_continues(tiny_corpus, tmp_path):
     cfg = _cfg(tiny_corpus, tmp_path, "two-workers", "--search.n_trials", "8")
     storage = make_storage(cfg.search.storage)

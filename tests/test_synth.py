@@ -2,6 +2,7 @@ import hashlib
 from pathlib import Path
 
 import numpy as np
+import pytest
 import soundfile as sf
 from conftest import run_cli
 
@@ -49,6 +50,7 @@ def test_layout_and_trials(tiny_corpus):
             assert e.split("/")[0] != t.split("/")[0]
 
 
+@pytest.mark.slow
 def test_demo_corpus_summary_and_hard_baseline(tmp_path):
     proc = run_cli("data", "synth", "--out", tmp_path / "demo", "--size", "demo", "--seed", "0")
     assert proc.returncode == 0, proc.stderr

@@ -20,6 +20,7 @@ variants:
 """
 
 
+@pytest.mark.slow
 def test_mlflow_run_train_entry(tiny_corpus, tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     proc = subprocess.run(["mlflow", "run", str(REPO), "--env-manager", "local", "-e", "train",
@@ -235,6 +236,7 @@ def test_wheel_carries_presets_grids_and_carbon_table(tmp_path):
         assert module.relative_to(REPO).as_posix() in names
 
 
+@pytest.mark.slow
 def test_mlflow_run_search_entry_with_a_budget_and_empty_parameters(tiny_corpus, tmp_path):
     """The budget reaches the search through `mlflow run -P`; parameters left empty are unset."""
     uri = f"sqlite:///{tmp_path}/mlflow.db"
