@@ -95,6 +95,28 @@ def test_estimate_is_labelled_and_used_only_when_nothing_measures():
         assert not w.reading.estimated
 
 
+def test_without_gpu_or_rapl_zeus_monitor_is_not_even_imported(tmp_path):
+    """Zeus's device layer finds no GPU and no RAPL tree (its path pointed at an empty folder, as the fake machine
+    does): `auto` measures with the labelled estimate without importing ``zeus.monitor`` (and scikit-learn with
+    it), and `zeus` alone is the one-line error, as when a monitor finds nothing."""
+    code = ("import json, sys\nimport zeus.device.cpu.rapl as rapl\n"
+            f"rapl.RAPL_DIR = rapl.CONTAINER_RAPL_DIR = {str(tmp_path / 'no-powercap')!r}\n"
+            "from bench.config import EnergyConfig\nfrom bench.energy.meters import create_meters\n"
+            "from bench.energy.plan import measurement_plan\nfrom bench.errors import BenchError\n"
+            "ms = create_meters(EnergyConfig(meters=['auto']), measurement_plan('cpu'))\n"
+            "with ms.window('w') as w:\n    sum(i * i for i in range(100000))\nms.close()\n"
+            "try:\n    create_meters(EnergyConfig(meters=['zeus']), measurement_plan('cpu'))\n    error = None\n"
+            "except BenchError as exc:\n    error = str(exc)\n"
+            "print(json.dumps({'source': w.reading.source_tag, 'estimated': w.reading.estimated, 'error': error,\n"
+            "                  'imported': sorted(m for m in ('zeus.monitor', 'sklearn') if m in sys.modules)}))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["source"] == "cpu:estimate,dram:estimate" and out["estimated"] is True
+    assert out["imported"] == []
+    assert "Zeus finds no NVML GPU and no RAPL counters" in out["error"]
+
+
 def test_total_rule_node_wins_and_missing_is_absent():
     r = EnergyReading("w", 0.0, 10.0, {"gpu:0": 100.0, "cpu:0": 50.0, "node": 400.0},
                       {"gpu:0": "nvml", "cpu:0": "rapl", "node": "command"})

@@ -165,8 +165,10 @@ def create_meters(energy_cfg, plan: MeasurePlan, machine_meters: bool = True) ->
 
 
 def _zeus(plan: MeasurePlan, required: bool):
-    from bench.energy.zeus_meter import ZeusMeter
+    from bench.energy.zeus_meter import ZeusMeter, zeus_reads_rapl
 
+    if not plan.gpu_indices and not zeus_reads_rapl():
+        return _zeus_measures_nothing(required)
     try:
         zm = ZeusMeter(gpu_indices=list(plan.gpu_indices), sync_cuda=plan.sync_cuda)
     except Exception as exc:
@@ -178,7 +180,11 @@ def _zeus(plan: MeasurePlan, required: bool):
         return None
     if not zm.measures_anything:
         zm.close()
-        if required:
-            raise BenchError("Zeus finds no NVML GPU and no RAPL counters here; use energy.meters [auto] or [estimate]")
-        return None
+        return _zeus_measures_nothing(required)
     return zm
+
+
+def _zeus_measures_nothing(required: bool) -> None:
+    if required:
+        raise BenchError("Zeus finds no NVML GPU and no RAPL counters here; use energy.meters [auto] or [estimate]")
+    return None
