@@ -56,9 +56,8 @@ def count_macs_per_s(spec: ResNetSpec, model: torch.nn.Module | None = None) -> 
 
 def estimate_train_memory_mb(spec: ResNetSpec, batch_size: int, frames: int, num_classes: int) -> float:
     """Estimate (CPU) of peak training memory: fp32 weights + grads + momentum + saved activations."""
-    with torch.device("meta"):
-        model = build_model(spec).train()
-        x = torch.empty(2, frames, spec.n_mels)
+    model = meta_model(spec).train()
+    x = torch.empty(2, frames, spec.n_mels, device="meta")
     act_bytes = 0
 
     def hook(_m, _i, out):
