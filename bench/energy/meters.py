@@ -24,7 +24,7 @@ import warnings
 from dataclasses import dataclass
 
 from bench.energy.estimate_meter import EstimateMeter
-from bench.energy.plan import CPU_TIME_SHARE, EXCLUSIVE, MeasurePlan
+from bench.energy.plan import CPU_TIME_SHARE, EXCLUSIVE, MeasurePlan, zeus_reads_rapl
 from bench.energy.reading import MACHINE_SOURCES, EnergyReading
 from bench.energy.share import UsageSample, UsageSampler, attributed_fraction
 from bench.errors import BenchError
@@ -165,7 +165,7 @@ def create_meters(energy_cfg, plan: MeasurePlan, machine_meters: bool = True) ->
 
 
 def _zeus(plan: MeasurePlan, required: bool):
-    from bench.energy.zeus_meter import ZeusMeter, zeus_reads_rapl
+    from bench.energy.zeus_meter import ZeusMeter
 
     if not plan.gpu_indices and not zeus_reads_rapl():
         return _zeus_measures_nothing(required)

@@ -41,6 +41,19 @@ def visible_gpu_count() -> int:
         return 0
 
 
+def zeus_reads_rapl() -> bool:
+    """Whether Zeus's device layer (``zeus.device.get_cpus``) finds RAPL counters this process may read. Asked
+    before a ``ZeusMonitor`` is built for a process that measures no GPU: ``zeus.monitor`` imports scikit-learn
+    (0.7-2 s per process), paid for nothing where the monitor would find nothing to measure."""
+    from zeus.device import get_cpus
+    from zeus.device.cpu.common import ZeusCPUInitError, ZeusCPUNoPermissionError
+
+    try:
+        return len(get_cpus()) > 0
+    except (ZeusCPUInitError, ZeusCPUNoPermissionError):  # as ZeusMonitor takes them: no CPU to measure
+        return False
+
+
 def node_shared_with_other_jobs() -> bool:
     """Inside a Slurm job that does not hold its node exclusively (``scontrol show job`` says
     ``OverSubscribe=NO`` for ``--exclusive``): other jobs may run beside it. When Slurm cannot be asked,
