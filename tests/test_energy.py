@@ -56,11 +56,13 @@ def test_node_meter_integrates_real_subprocess():
     assert len(r.timeline["node"]) >= 5
 
 
-def test_node_meter_failing_midrun_marks_incomplete(tmp_path):
+def test_node_meter_failing_past_its_gap_limit_is_labelled_never_dropped(tmp_path):
+    """Reads that fail for longer than energy.node_max_gap_s: the node figure bridges the gap (80 W held) and
+    is labelled incomplete with the seconds and the reason; the total stays the node's, never a component sum."""
     flag = tmp_path / "watts"
     flag.write_text("80")
     script = "import sys, pathlib; p = pathlib.Path(sys.argv[1]); print(p.read_text() + ' W')"
-    meter = NodeMeter([sys.executable, "-c", script, str(flag)], period_s=0.1)
+    meter = NodeMeter([sys.executable, "-c", script, str(flag)], period_s=0.1, max_gap_s=0.2)
     ms = MeterSet([meter])
     with ms.window("ok") as good:
         time.sleep(0.5)
@@ -72,8 +74,10 @@ def test_node_meter_failing_midrun_marks_incomplete(tmp_path):
     ms.close()
     assert not good.reading.incomplete and good.reading.total_j == pytest.approx(80 * good.reading.time_s, rel=0.05)
     assert "node" in bad.reading.incomplete and "exit code 1" in bad.reading.incomplete["node"]
-    assert bad.reading.total_j is None and bad.reading.node_j is None  # never a silent 0
-    assert any("incomplete" in str(c.message) for c in caught)
+    assert "interpolated" in bad.reading.incomplete["node"] and bad.reading.gap_s["node"] > 0.2
+    assert bad.reading.total_j == pytest.approx(80 * bad.reading.time_s, rel=0.05)
+    assert bad.reading.tags()["energy.incomplete"] == "node"
+    assert any("failed" in str(c.message) for c in caught)
 
 
 def test_node_meter_command_that_never_works():
@@ -121,8 +125,19 @@ def test_total_rule_node_wins_and_missing_is_absent():
     r = EnergyReading("w", 0.0, 10.0, {"gpu:0": 100.0, "cpu:0": 50.0, "node": 400.0},
                       {"gpu:0": "nvml", "cpu:0": "rapl", "node": "command"})
     assert r.total_j == 400.0 and r.source_tag == "gpu:nvml,cpu:rapl,node:command"
-    r.incomplete["node"] = "failed"
-    assert r.total_j == 150.0 and r.node_j is None and r.dram_j is None
+    r.incomplete["node"] = "interpolated over 90 s"  # labelled, and still the total: never the GPUs alone
+    assert r.total_j == 400.0 and r.dram_j is None
+    r.joules["node"] = float("nan")  # read nothing at all: no total, never a sum of the other components
+    assert r.total_j is None and r.node_j is None
+
+
+def test_node_without_its_gpus_adds_the_process_gpus():
+    """CEEMS's rule on a GPU node: the node's rest (node minus GPUs) plus the job's own GPUs."""
+    r = EnergyReading("w", 0.0, 10.0, {"gpu:0": 4000.0, "node": 1200.0}, {"gpu:0": "nvml", "node": "command"},
+                      node_excludes_gpus=True, node_gpus="command")
+    assert r.total_j == 5200.0 and r.tags()["energy.node_gpus"] == "command"
+    two = sum_windows([r, r], "train")
+    assert two.total_j == 10400.0 and two.node_excludes_gpus
 
 
 def test_idle_baseline_gives_dynamic_energy():
@@ -185,3 +200,59 @@ def pd_ts(s):
     import pandas as pd
 
     return pd.Timestamp(s).timestamp()
+
+
+def test_a_run_across_three_hours_is_charged_each_hour_and_past_the_series_the_table(tmp_path):
+    """Three 1-hour epochs of 1 kWh each over a stored series of 100, 300 and 50 g/kWh: 450 g, each epoch at its
+    own hour (the span of their summed times would be the same here, but not their order). A fourth epoch past
+    the series' last hour is charged the region's yearly average and labelled: no exception after the work."""
+    from bench.energy.accounting import summarise
+
+    csv = tmp_path / "ci.csv"
+    csv.write_text("timestamp,g_per_kwh\n2026-01-01T10:00:00Z,100\n2026-01-01T11:00:00Z,300\n"
+                   "2026-01-01T12:00:00Z,50\n")
+    series = HourlySeries.from_csv(csv)
+    t0 = pd_ts("2026-01-01T10:00:00Z")
+    epochs = [EnergyReading(f"train/epoch_{i}", t0 + 3600 * i, 3600.0, {"node": 3.6e6}, {"node": "command"})
+              for i in range(3)]
+    cfg = EnergyConfig(region="DEU")
+    metrics, tags = summarise("train", epochs, cfg, series)
+    assert metrics["train/co2_g"] == pytest.approx(450.0) and metrics["train/energy_kwh"] == pytest.approx(3.0)
+    assert tags["train.carbon.intensity_source"] == "csv:ci.csv"
+    # out of order in time, the same hours: the same carbon (each window keeps its own hours)
+    assert summarise("train", epochs[::-1], cfg, series)[0]["train/co2_g"] == pytest.approx(450.0)
+    late = EnergyReading("train/epoch_3", t0 + 3600 * 4, 3600.0, {"node": 3.6e6}, {"node": "command"})
+    metrics, tags = summarise("train", [*epochs, late], cfg, series)
+    assert metrics["train/co2_g"] == pytest.approx(450.0 + lookup("DEU").g_per_kwh)
+    assert "1 of 4 window(s) outside it: DEU" in tags["train.carbon.intensity_source"]
+
+
+def test_carbon_tags_name_the_factor_and_an_unset_region():
+    from bench.energy.accounting import carbon_tags
+
+    unset = carbon_tags(EnergyConfig(), None)
+    assert unset["carbon.region"] == "FRA (default: energy.region unset)" and unset["carbon.factor"] == "lifecycle"
+    assert carbon_tags(EnergyConfig(region="DEU"), None)["carbon.region"] == "DEU"
+
+
+def test_run_total_counts_every_joule_once_and_no_idle_on_a_shared_node():
+    """A probe window with its measured steps nested inside, and the training after it: the run's total is the
+    outer windows' sum. On a shared node the idle baseline is not measured (a neighbour would be in it)."""
+    from bench.energy.accounting import run_total_j
+    from bench.energy.plan import CPU_TIME_SHARE, MeasurePlan
+
+    meter = NodeMeter(["echo", "100 W"], period_s=0.05)
+    ms = MeterSet([meter])
+    with ms.window("probe") as outer:
+        time.sleep(0.2)
+        with ms.window("probe/steps") as inner:
+            time.sleep(0.2)
+    with ms.window("train/epoch_0") as epoch:
+        time.sleep(0.2)
+    ms.close()
+    assert inner.reading.within == ("probe",)
+    assert run_total_j(ms.readings) == pytest.approx(outer.reading.total_j + epoch.reading.total_j)
+    shared = create_meters(EnergyConfig(meters=["node"], node_command=["echo", "100 W"], node_period_s=0.05,
+                                        idle_baseline_s=0.5, cgroup="none"), MeasurePlan((), CPU_TIME_SHARE))
+    shared.close()
+    assert shared.idle_power_w == {} and "shared" in shared.idle_note and shared.readings == []

@@ -10,7 +10,23 @@ import pytest
 
 from conftest import REPO
 
-from bench.energy.share import UsageSample, attributed_fraction
+from bench.energy.share import UsageSample, attribute, interval_share
+
+
+def _node(energy_j):
+    """interval_energy_j of a node whose meter counted ``energy_j(t0, t1)`` joules over [t0, t1]."""
+    return lambda a, b: {"node": energy_j(a.time_s, b.time_s)}
+
+
+def _piecewise(powers_w, step_s):
+    """Cumulative energy of a node drawing powers_w[i] watts over [i*step_s, (i+1)*step_s)."""
+    def energy(t0, t1):
+        total = 0.0
+        for i, w in enumerate(powers_w):
+            lo, hi = max(t0, i * step_s), min(t1, (i + 1) * step_s)
+            total += w * max(0.0, hi - lo)
+        return total
+    return energy
 
 
 def test_out_of_step_windows_are_never_given_more_than_the_machine_drew():
@@ -18,25 +34,69 @@ def test_out_of_step_windows_are_never_given_more_than_the_machine_drew():
     busy throughout). Window A covers 0-20 s and is busy in its second half; window B covers 0-10 s, busy
     throughout. One share per window gives A 550 J and B 1000 J (1550 J of 1100 J drawn); per interval, 100 J
     and 1000 J."""
-    machine = [(0.0, 0.0, 0.0), (10.0, 10.0, 1000.0), (20.0, 20.0, 1100.0)]  # t, busy CPU s, energy J
-    cpu_a = [0.0, 0.0, 10.0]
-    cpu_b = [0.0, 10.0]
-    a = [UsageSample(t, c, busy, e) for (t, busy, e), c in zip(machine, cpu_a)]
-    b = [UsageSample(t, c, busy, e) for (t, busy, e), c in zip(machine[:2], cpu_b)]
-    drawn_a, drawn_b = 1100.0, 1000.0  # what the meter counted over each window
-    given_a, given_b = attributed_fraction(a) * drawn_a, attributed_fraction(b) * drawn_b
-    assert given_a == 100.0 and given_b == 1000.0
-    assert given_a + given_b <= 1100.0
-    # the once-per-window rule this replaces
-    once_a = (cpu_a[-1] - cpu_a[0]) / (machine[-1][1] - machine[0][1]) * drawn_a
-    assert once_a + given_b == 1550.0
+    energy = _node(_piecewise([100.0, 10.0], 10.0))
+    machine = [(0.0, 0.0), (10.0, 10.0), (20.0, 20.0)]  # grid instants, busy CPU s
+    a = [UsageSample(t, c, busy) for (t, busy), c in zip(machine, [0.0, 0.0, 10.0])]
+    b = [UsageSample(t, c, busy) for (t, busy), c in zip(machine[:2], [0.0, 10.0])]
+    given_a, given_b = attribute(a, 0.0, 20.0, energy), attribute(b, 0.0, 10.0, energy)
+    assert given_a.given_j["node"] == 100.0 and given_b.given_j["node"] == 1000.0
+    assert given_a.drawn_j["node"] == 1100.0
+    once_a = (10.0 - 0.0) / (20.0 - 0.0) * 1100.0  # the once-per-window rule this replaces
+    assert once_a + given_b.given_j["node"] == 1550.0
+
+
+def _edge_rule(cpu, busy, energy, start, end, grid):
+    """The rule this replaces: samples at the window's own (off-grid) edges and the grid instants between."""
+    times = [start, *[g for g in grid if start < g < end], end]
+    return sum((cpu(t1) - cpu(t0)) / (busy(t1) - busy(t0)) * energy(t0, t1)
+               for t0, t1 in zip(times, times[1:]) if busy(t1) > busy(t0))
+
+
+def test_windows_ending_off_the_grid_out_of_step_never_sum_above_the_draw():
+    """A node meter and two processes on a 1 s grid, each busy on one core for 0.5 s: A over 0-0.5 s in a
+    window 0-1.5 s, B over 0.5-1.0 s in a window 0.5-2.0 s. The node draws 10 W, but 200 W over 0.5-1.0 s: 115 J
+    over 0-2 s. Shares taken at each window's own edges (as before, when 198 J were given of 119 J drawn) give A
+    52.5 J and B 100 J: 152.5 J of 115 J. On the shared grid, edge intervals pro-rated by time, never more."""
+    energy_j = _piecewise([10.0, 200.0, 10.0, 10.0], 0.5)
+    drawn = energy_j(0.0, 2.0)
+
+    def cpu_a(t):
+        return min(t, 0.5)
+
+    def cpu_b(t):
+        return min(max(t - 0.5, 0.0), 0.5)
+
+    def busy(t):
+        return min(t, 1.0) + 1e-9 * t  # one core busy over 0-1 s; nothing after
+
+    old = (_edge_rule(cpu_a, busy, energy_j, 0.0, 1.5, [1.0]) + _edge_rule(cpu_b, busy, energy_j, 0.5, 2.0, [1.0]))
+    assert old > drawn  # the case the grid fixes: 152.5 J of 115 J
+
+    grid = [0.0, 1.0, 2.0]
+    given = 0.0
+    for cpu, start, end in ((cpu_a, 0.0, 1.5), (cpu_b, 0.5, 2.0)):
+        samples = [UsageSample(t, cpu(t), busy(t)) for t in grid]
+        given += attribute(samples, start, end, _node(energy_j)).given_j["node"]
+    assert given <= drawn, (given, drawn)
+
+
+def test_each_component_is_split_by_its_own_energy():
+    """RAPL's CPU and DRAM and the node's rest are each weighted by their own interval energies: a process busy
+    only while the package draws little is given little of the package, whatever the node meter did."""
+    samples = [UsageSample(0.0, 0.0, 0.0, {"cpu:0": 0.0}), UsageSample(1.0, 1.0, 1.0, {"cpu:0": 10.0}),
+               UsageSample(2.0, 1.0, 2.0, {"cpu:0": 110.0})]
+
+    def energy(a, b):
+        return {"cpu:0": b.counters_j["cpu:0"] - a.counters_j["cpu:0"], "node": 300.0 if a.time_s == 0 else 30.0}
+
+    got = attribute(samples, 0.0, 2.0, energy)
+    assert got.given_j["cpu:0"] == 10.0 and got.given_j["node"] == 300.0
+    assert got.fraction("cpu:0") == pytest.approx(10.0 / 110.0)
 
 
 def test_idle_intervals_give_nothing_and_shares_are_capped():
-    idle = [UsageSample(0.0, 0.0, 5.0, 0.0), UsageSample(1.0, 0.0, 5.0, 50.0)]  # no busy CPU: no share, never 1
-    assert attributed_fraction(idle) == 0.0
-    over = [UsageSample(0.0, 0.0, 0.0, None), UsageSample(1.0, 3.0, 2.0, None)]  # children counted late: cap 1
-    assert attributed_fraction(over) == 1.0
+    assert interval_share(UsageSample(0.0, 0.0, 5.0), UsageSample(1.0, 0.0, 5.0)) == 0.0  # no busy CPU: no share
+    assert interval_share(UsageSample(0.0, 0.0, 0.0), UsageSample(1.0, 3.0, 2.0)) == 1.0  # children late: cap 1
 
 
 CHILD = textwrap.dedent("""

@@ -1,19 +1,25 @@
-"""Accounting: from window readings to the figures a run reports (DESIGN.md names and units)."""
+"""Accounting: from window readings to the figures a run reports (``train/energy_j``, ``train/co2_g`` ...)."""
 
 from __future__ import annotations
 
 import csv
+import logging
 import socket
 from pathlib import Path
 
 from bench.atomic import atomic_open
-from bench.energy.carbon import HourlySeries, carbon_of, electricitymaps_series, lookup
+from bench.energy.carbon import TABLE_FACTOR, HourlySeries, carbon_of, electricitymaps_series, lookup
 from bench.energy.reading import EnergyReading, reading_from_state, reading_to_state, sum_ranks, sum_windows
 
 
+LOG = logging.getLogger(__name__)
+_said_default_region = False
+
+
 def intensity_series(energy_cfg) -> HourlySeries | None:
+    """The hourly intensity the windows are charged: read (or fetched) after the work, so that it covers it."""
     if energy_cfg.intensity_csv:
-        return HourlySeries.from_csv(energy_cfg.intensity_csv)
+        return HourlySeries.from_csv(energy_cfg.intensity_csv, energy_cfg.intensity_factor)
     if energy_cfg.electricitymaps_location:
         lat, lon = energy_cfg.electricitymaps_location
         return electricitymaps_series(lat, lon)
@@ -31,39 +37,63 @@ def gather_ranks(reading: EnergyReading, dist_info) -> EnergyReading:
     return sum_ranks([reading_from_state(s) for _, s in items], [h for h, _ in items])
 
 
-def train_reading_from_history(history: list[dict], key: str = "energy", name: str = "train") -> EnergyReading | None:
-    """The sum of a trainer history's epoch windows: training (``energy``) or validation (``val_energy``)."""
-    states = [h[key] for h in history if h.get(key)]
-    if not states:
-        return None
-    return sum_windows([reading_from_state(s) for s in states], name)
+def history_readings(history: list[dict], key: str = "energy") -> list[EnergyReading]:
+    """A trainer history's epoch windows: training (``energy``) or validation (``val_energy``)."""
+    return [reading_from_state(h[key]) for h in history if h.get(key)]
 
 
-def summarise(prefix: str, reading: EnergyReading | None, energy_cfg, series: HourlySeries | None) -> tuple[dict, dict]:
-    """(metrics, tags) for one phase, e.g. prefix ``train``: ``train/energy_j`` ... ``train/co2_g``."""
-    if reading is None:
+def run_total_j(readings: list[EnergyReading]) -> float | None:
+    """Every joule a run's windows measured, once: a window nested in another of ``readings`` is inside its
+    figure already. None when any window has no total."""
+    names = {r.name for r in readings}
+    outer = [r for r in readings if not set(r.within) & names]
+    totals = [r.total_j for r in outer]
+    return None if not totals or any(t is None for t in totals) else float(sum(totals))
+
+
+def summarise(prefix: str, readings: list[EnergyReading], energy_cfg,
+              series: HourlySeries | None) -> tuple[dict, dict]:
+    """(metrics, tags) for one phase made of sequential windows (epochs), e.g. prefix ``train``:
+    ``train/energy_j`` ... ``train/co2_g``, each window charged the intensity of its own hours."""
+    if not readings:
         return {}, {f"{prefix}.energy.source": "none"}
+    reading = sum_windows(readings, prefix)
     metrics: dict[str, float] = {f"{prefix}/time_s": reading.time_s}
+    tags = reading.tags(f"{prefix}.energy")
     total = reading.total_j
     if total is not None:
-        carbon = carbon_of([reading], energy_cfg.pue, energy_cfg.region, series)
+        carbon = carbon_of(readings, energy_cfg.pue, energy_cfg.grid_region, series)
         metrics.update({f"{prefix}/energy_j": total, f"{prefix}/energy_kwh": total / 3.6e6,
                         f"{prefix}/facility_energy_kwh": carbon.facility_kwh, f"{prefix}/co2_g": carbon.co2_g})
-        if reading.dynamic_j is not None:
-            metrics[f"{prefix}/dynamic_energy_j"] = reading.dynamic_j
+        tags[f"{prefix}.carbon.intensity_source"] = carbon.source
+        dynamic = reading.dynamic_j
+        if dynamic is not None and dynamic >= 0:
+            metrics[f"{prefix}/dynamic_energy_j"] = dynamic
+        elif dynamic is not None:  # a baseline above the draw is no baseline of this work: never a figure
+            tags[f"{prefix}.energy.dynamic"] = f"negative ({dynamic:.0f} J): the idle baseline is above the draw"
     for kind in ("gpu", "cpu", "dram", "node"):
         v = reading.kind_j(kind)
         if v is not None:
             metrics[f"{prefix}/energy_{kind}_j"] = v
-    return metrics, reading.tags(f"{prefix}.energy")
+    return metrics, tags
 
 
 def carbon_tags(energy_cfg, series: HourlySeries | None) -> dict:
+    """What the carbon figures were charged: region (and whether it is the default), intensity, factor type."""
+    global _said_default_region
+    default = energy_cfg.region is None
+    if default and not _said_default_region:
+        LOG.warning("energy.region is not set: carbon is charged at %s's grid intensity; set energy.region",
+                    energy_cfg.grid_region)
+        _said_default_region = True
+    inten = lookup(energy_cfg.grid_region)
+    tags = {"carbon.region": inten.region + (" (default: energy.region unset)" if default else ""),
+            "pue": str(energy_cfg.pue)}
     if series is not None:
-        return {"carbon.region": "series", "carbon.intensity_source": series.source, "pue": str(energy_cfg.pue)}
-    inten = lookup(energy_cfg.region)
-    return {"carbon.region": inten.region, "carbon.intensity_g_per_kwh": f"{inten.g_per_kwh:.3f}",
-            "carbon.intensity_source": f"{inten.source} ({inten.year})", "pue": str(energy_cfg.pue)}
+        return {**tags, "carbon.intensity_source": series.source, "carbon.factor": series.factor,
+                "carbon.fallback": f"{inten.region} table, for windows outside the series"}
+    return {**tags, "carbon.intensity_g_per_kwh": f"{inten.g_per_kwh:.3f}",
+            "carbon.intensity_source": f"{inten.source} ({inten.year})", "carbon.factor": TABLE_FACTOR}
 
 
 def write_timeline_csv(readings: list[EnergyReading], path: str | Path) -> bool:

@@ -1,6 +1,6 @@
 """Estimate meter, used only when nothing can be measured (no NVML GPU, no RAPL, no node meter).
 
-CPU energy = CPU time of this process and its children (user + system seconds, from psutil) x a
+CPU energy = CPU time of this process tree (user + system seconds, ``bench.energy.cpu_time``) x a
 per-core power (``energy.cpu_w_per_core``, default 10 W: a server core's share of a ~150 W TDP,
 16-core package under load). DRAM energy = resident memory (GB, mean of window start and end) x
 ``energy.dram_w_per_gb`` (default 0.375 W/GB, the figure CodeCarbon and Green Algorithms use) x wall
@@ -13,6 +13,9 @@ import time
 
 import psutil
 
+from bench.energy.cpu_time import process_tree_cpu_seconds
+from bench.energy.reading import WindowPart
+
 
 def _tree():
     me = psutil.Process()
@@ -22,21 +25,6 @@ def _tree():
     except psutil.Error:
         pass
     return me, procs
-
-
-def process_cpu_seconds() -> float:
-    """User + system CPU seconds of this process and its children (live and reaped)."""
-    me, procs = _tree()
-    total = 0.0
-    for p in procs:
-        try:
-            ct = p.cpu_times()
-            total += ct.user + ct.system
-            if p is me:
-                total += ct.children_user + ct.children_system
-        except psutil.Error:
-            continue
-    return total
 
 
 def _rss_gb() -> float:
@@ -63,14 +51,13 @@ class EstimateMeter:
         return f"estimate({self.cpu_w_per_core} W/core, {self.dram_w_per_gb} W/GB)"
 
     def begin(self, window: str) -> None:
-        self._start[window] = (time.time(), process_cpu_seconds(), _rss_gb())
+        self._start[window] = (time.time(), process_tree_cpu_seconds(), _rss_gb())
 
-    def end(self, window: str) -> dict:
+    def end(self, window: str) -> WindowPart:
         t0, c0, r0 = self._start.pop(window)
-        dt, cpu_s, rss = time.time() - t0, max(0.0, process_cpu_seconds() - c0), (r0 + _rss_gb()) / 2
-        return {"joules": {"cpu:process": cpu_s * self.cpu_w_per_core, "dram:process": rss * self.dram_w_per_gb * dt},
-                "sources": {"cpu:process": "estimate", "dram:process": "estimate"},
-                "incomplete": {}, "timeline": {}}
+        dt, cpu_s, rss = time.time() - t0, max(0.0, process_tree_cpu_seconds() - c0), (r0 + _rss_gb()) / 2
+        return WindowPart({"cpu:process": cpu_s * self.cpu_w_per_core, "dram:process": rss * self.dram_w_per_gb * dt},
+                          {"cpu:process": "estimate", "dram:process": "estimate"})
 
     def close(self) -> None:
         pass

@@ -10,23 +10,26 @@ component) and ``close()``. ``auto`` uses Zeus where it measures something (NVML
 meter when a command is configured, and the labelled estimate only when nothing can be measured, or
 for the CPU and DRAM when only GPUs can be measured (no RAPL, or RAPL unreadable without root).
 
-Attribution (``bench.energy.plan``): under ``cpu-time-share`` a window's machine-level components
-(RAPL packages and DRAM, the node command) are multiplied by the process tree's share of the machine,
-taken per sampling interval (``bench.energy.share``), so processes whose windows are out of step are
-never given more than the machine drew. GPUs and estimates are per-process already and are never scaled.
+Attribution (``bench.energy.plan``): under ``cpu-time-share`` each machine-level component of a window
+(RAPL packages and DRAM, the node command less every GPU of the node) is the work's CPU-time share of it,
+taken per interval of a wall-clock grid (``bench.energy.share``), so processes whose windows are out of
+step are never given more than the machine drew. The process's own GPUs and estimates are per-process
+already: they are counted whole and never scaled. On a node held exclusively the node is everything.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 import warnings
 from dataclasses import dataclass
 
+from bench.energy.cpu_time import WorkCpuTime
 from bench.energy.estimate_meter import EstimateMeter
 from bench.energy.plan import CPU_TIME_SHARE, EXCLUSIVE, MeasurePlan, zeus_reads_rapl
 from bench.energy.reading import MACHINE_SOURCES, EnergyReading
-from bench.energy.share import UsageSample, UsageSampler, attributed_fraction
+from bench.energy.share import UsageSample, UsageSampler, attribute, counter_delta_j
 from bench.errors import BenchError
 
 
@@ -38,53 +41,105 @@ class WindowHandle:
 
 class MeterSet:
     def __init__(self, meters: list, idle_power_w: dict[str, float] | None = None, attribution: str = EXCLUSIVE,
-                 share_period_s: float = 1.0, unreadable_gpus: tuple[int, ...] = ()):
+                 share_period_s: float = 1.0, unreadable_gpus: tuple[int, ...] = (), node_gpus=None,
+                 work_cpu: WorkCpuTime | None = None):
         self.meters = meters
         self.unreadable_gpus = unreadable_gpus
         self.readings: list[EnergyReading] = []
-        self.idle_power_w = dict(idle_power_w or {})  # the whole machine's, for machine-level components
+        self.idle_power_w = dict(idle_power_w or {})  # this process's part, per component
+        self.idle_note = "not measured (energy.idle_baseline_s 0)"
         self.attribution = attribution
+        self.node_gpus = node_gpus  # a polled meter of every GPU of the node (energy.node_gpu_command), or None
         self.sampler: UsageSampler | None = None
-        counters = {m.kind: m.machine_energy_j for m in meters if getattr(m, "machine_level", False)}
-        if attribution == CPU_TIME_SHARE and counters:  # the node meter, which holds everything, weighs first
-            self.sampler = UsageSampler(share_period_s, counters.get("node") or counters.get("zeus"))
-        self._open: dict[str, UsageSample] = {}
+        self.zeus = next((m for m in meters if m.kind == "zeus"), None)
+        self.node = next((m for m in meters if m.kind == "node"), None)
+        if attribution == CPU_TIME_SHARE and any(getattr(m, "machine_level", False) for m in meters):
+            work_cpu = work_cpu or WorkCpuTime("none")
+            self.sampler = UsageSampler(share_period_s, self.zeus.counters_j if self.zeus else None, work_cpu.seconds)
+        self._open: dict[str, float] = {}
 
     def describe(self) -> str:
-        return ", ".join(m.describe() for m in self.meters)
+        parts = [m.describe() for m in self.meters]
+        if self.node_gpus is not None:
+            parts.append(f"node GPUs({' '.join(self.node_gpus.argv)})")
+        return ", ".join(parts)
 
     def reset(self) -> None:
         """Forget the readings so far (a search worker starts each trial fresh)."""
         self.readings = []
 
     def begin(self, name: str) -> float:
-        if self.sampler is not None:
-            self._open[name] = self.sampler.sample()
+        start = time.time()
+        self._open[name] = start
         for m in self.meters:
             m.begin(name)
-        return time.time()
+        return start
 
-    def end(self, name: str, start: float, shared: bool = True) -> EnergyReading:
+    def end(self, name: str, start: float) -> EnergyReading:
         end = time.time()
-        r = EnergyReading(name, start, end - start, attribution=self.attribution)
+        self._open.pop(name, None)
+        within = tuple(n for n, t in self._open.items() if t <= start)
+        r = EnergyReading(name, start, end - start, attribution=self.attribution, within=within)
         for m in reversed(self.meters):
-            part = m.end(name)
-            r.joules.update(part["joules"])
-            r.sources.update(part["sources"])
-            r.incomplete.update(part["incomplete"])
-            r.timeline.update(part["timeline"])
+            m.end(name).merge_into(r)
         for i in self.unreadable_gpus:  # never a silent no-GPU total
             r.joules[f"gpu:{i}"], r.sources[f"gpu:{i}"] = float("nan"), "nvml"
             r.incomplete[f"gpu:{i}"] = "torch computes on this GPU but Zeus cannot read it (NVML missing or failing)"
         r.idle_power_w = {c: w for c, w in self.idle_power_w.items() if c in r.joules}
-        first = self._open.pop(name, None)
-        if first is not None:
-            fraction = attributed_fraction(self.sampler.samples_between(first, self.sampler.sample())) if shared \
-                else 1.0
-            _scale_machine_components(r, fraction)
-            self.sampler.forget_before(min([s.time_s for s in self._open.values()], default=end))
+        if self.sampler is not None:
+            self._share(r, start, end)
+            self.sampler.forget_before(min(self._open.values(), default=end))
+        elif "node" in r.joules:
+            self._node_without_own_gpus(r)
         self.readings.append(r)
         return r
+
+    def _node_without_own_gpus(self, r: EnergyReading) -> None:
+        """A node held exclusively: every joule is this process's; the node is kept as its rest beside the GPUs
+        (so that the total, rest + GPUs, is the node)."""
+        gpus = [j for c, j in r.joules.items() if c.startswith("gpu:") and math.isfinite(j)]
+        if not gpus or not math.isfinite(r.joules["node"]):
+            return
+        rest = r.joules["node"] - sum(gpus)
+        if rest < 0:
+            r.incomplete["node-below-gpus"] = f"the node meter read {-rest:.0f} J less than the GPUs alone"
+        r.joules["node"] = max(0.0, rest)
+        r.idle_power_w.pop("node", None)  # an idle node reading holds the GPUs' idle power too
+        r.node_excludes_gpus, r.node_gpus = True, "own"
+
+    def _share(self, r: EnergyReading, start: float, end: float) -> None:
+        """This process's part of the machine-level components, per grid interval (``bench.energy.share``)."""
+        samples = self.sampler.covering(start, end)
+        for polled in (self.node, self.node_gpus):
+            if polled is not None:
+                polled.wait_past(samples[-1].time_s)
+        own_gpus = [c for c in r.joules if c.startswith("gpu:")]
+        machine = [c for c, src in r.sources.items() if src in MACHINE_SOURCES and c in r.joules]
+
+        def interval_energy_j(a: UsageSample, b: UsageSample) -> dict[str, float]:
+            out = {c: counter_delta_j(a, b, c) for c in machine if c != "node"}
+            if "node" in machine:
+                node = self.node.energy_between_j(a.time_s, b.time_s)
+                gpus = (self.node_gpus.energy_between_j(a.time_s, b.time_s) if self.node_gpus is not None
+                        else sum(counter_delta_j(a, b, c) for c in own_gpus))
+                out["node"] = float("nan") if node is None or gpus is None else node - gpus
+            return out
+
+        given = attribute(samples, start, end, interval_energy_j)
+        for comp in machine:
+            if not math.isfinite(r.joules[comp]):
+                continue
+            fraction = given.fraction(comp)
+            r.joules[comp] = given.given_j.get(comp, 0.0)
+            if comp in r.idle_power_w:
+                r.idle_power_w[comp] *= fraction
+            if comp in r.timeline:
+                r.timeline[comp] = [(t, w * fraction) for t, w in r.timeline[comp]]
+        if "node" in machine and (own_gpus or self.node_gpus is not None):
+            r.node_excludes_gpus = True
+            r.node_gpus = "command" if self.node_gpus is not None else "own"
+            if self.node_gpus is not None and self.node_gpus.failures_between(start, end):
+                r.incomplete["node-gpus"] = "the node's GPUs could not be read for part of the window"
 
     @contextlib.contextmanager
     def window(self, name: str):
@@ -96,13 +151,20 @@ class MeterSet:
             handle.reading = self.end(name, start)
 
     def measure_idle(self, seconds: float) -> dict[str, float]:
-        """Idle power per component over ``seconds`` of sleep; later readings get dynamic energy."""
+        """Idle power per component over ``seconds`` of sleep; later readings get dynamic energy. Only on a node
+        held exclusively: on a shared one the reading would hold the neighbours' work (a baseline above the
+        job's own draw, and a negative dynamic figure)."""
         if seconds <= 0:
+            return {}
+        if self.attribution != EXCLUSIVE:
+            self.idle_note = "not measured: the node is shared (an idle reading would hold the other jobs' work)"
             return {}
         start = self.begin("idle")
         time.sleep(seconds)
-        r = self.end("idle", start, shared=False)  # the whole machine's idle power; each window scales it once
-        self.idle_power_w = {c: j / r.time_s for c, j in r.joules.items() if c not in r.incomplete}
+        r = self.end("idle", start)
+        self.readings.remove(r)  # the baseline is not part of the work
+        self.idle_power_w = {c: j / r.time_s for c, j in r.joules.items() if math.isfinite(j) and c not in r.incomplete}
+        self.idle_note = f"measured over {r.time_s:.0f} s at {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(start))}"
         return self.idle_power_w
 
     def close(self) -> None:
@@ -110,17 +172,8 @@ class MeterSet:
             self.sampler.close()
         for m in self.meters:
             m.close()
-
-
-def _scale_machine_components(r: EnergyReading, fraction: float) -> None:
-    """The process's part of the machine-level components (and of their idle power) in one window."""
-    for comp, src in r.sources.items():
-        if src in MACHINE_SOURCES and comp in r.joules:
-            r.joules[comp] *= fraction
-            if comp in r.idle_power_w:
-                r.idle_power_w[comp] *= fraction
-            if comp in r.timeline:
-                r.timeline[comp] = [(t, w * fraction) for t, w in r.timeline[comp]]
+        if self.node_gpus is not None:
+            self.node_gpus.close()
 
 
 def create_meters(energy_cfg, plan: MeasurePlan, machine_meters: bool = True) -> MeterSet:
@@ -145,7 +198,8 @@ def create_meters(energy_cfg, plan: MeasurePlan, machine_meters: bool = True) ->
         from bench.energy.node_meter import NodeMeter
 
         if machine_meters:
-            meters.append(NodeMeter(energy_cfg.node_command, energy_cfg.node_regex, energy_cfg.node_period_s))
+            meters.append(NodeMeter(energy_cfg.node_command, energy_cfg.node_regex, energy_cfg.node_period_s,
+                                    max_gap_s=energy_cfg.node_max_gap_s))
     node = any(m.kind == "node" for m in meters)
     # nothing measures, or GPUs only: the CPU and DRAM are the labelled estimate, never silently left out
     if "estimate" in wanted or ("auto" in wanted and not node and not zeus_cpu):
@@ -156,9 +210,17 @@ def create_meters(energy_cfg, plan: MeasurePlan, machine_meters: bool = True) ->
     # counters read last at a window's start and first at its end, right beside its timestamps; the slower
     # meters (process-tree scans, polling threads) around them
     meters.sort(key=lambda m: m.kind == "zeus")
+    shared = plan.attribution == CPU_TIME_SHARE
+    node_gpus = None
+    if shared and node and energy_cfg.node_gpu_command:  # every GPU of the node, taken out before the split
+        from bench.energy.node_meter import NodeMeter
+
+        node_gpus = NodeMeter(energy_cfg.node_gpu_command, energy_cfg.node_gpu_regex, energy_cfg.node_period_s,
+                              sum_matches=True, key="energy.node_gpu_command")
     ms = MeterSet(
         meters, attribution=plan.attribution, share_period_s=energy_cfg.share_period_s,
-        unreadable_gpus=plan.unreadable_gpus)
+        unreadable_gpus=plan.unreadable_gpus, node_gpus=node_gpus,
+        work_cpu=WorkCpuTime(energy_cfg.cgroup) if shared else None)
     if energy_cfg.idle_baseline_s > 0:
         ms.measure_idle(energy_cfg.idle_baseline_s)
     return ms

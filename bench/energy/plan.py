@@ -54,18 +54,41 @@ def zeus_reads_rapl() -> bool:
         return False
 
 
+def _scontrol(*args: str) -> str | None:
+    try:
+        proc = subprocess.run(["scontrol", "show", *args], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return proc.stdout if proc.returncode == 0 else None
+
+
+def _field(record: str, key: str) -> str | None:
+    """A ``Key=value`` field of one ``scontrol show -o`` record."""
+    return next((part.split("=", 1)[1] for part in record.split() if part.startswith(f"{key}=")), None)
+
+
+def holds_node_exclusively(job_record: str, partition_record: str | None) -> bool:
+    """Whether a Slurm job has its node to itself: the job asked for it (``--exclusive``: the job says
+    ``OverSubscribe=NO``), or its partition hands out whole nodes (``OverSubscribe=EXCLUSIVE``; its jobs then
+    say ``OverSubscribe=OK``). A partition's ``OverSubscribe=NO`` only keeps jobs off each other's cores: they
+    still share the node."""
+    if _field(job_record, "OverSubscribe") == "NO":
+        return True
+    return partition_record is not None and _field(partition_record, "OverSubscribe") == "EXCLUSIVE"
+
+
 def node_shared_with_other_jobs() -> bool:
-    """Inside a Slurm job that does not hold its node exclusively (``scontrol show job`` says
-    ``OverSubscribe=NO`` for ``--exclusive``): other jobs may run beside it. When Slurm cannot be asked,
-    the job is taken as shared, the side on which no job is ever given more than its node drew."""
+    """Inside a Slurm job that does not hold its node exclusively (``holds_node_exclusively``): other jobs may
+    run beside it. When Slurm cannot be asked, the job is taken as shared, the side on which no job is ever
+    given more than its node drew."""
     job = os.environ.get("SLURM_JOB_ID")
     if not job:
         return False
-    try:
-        out = subprocess.run(["scontrol", "show", "job", "-o", job], capture_output=True, text=True, timeout=30).stdout
-    except (OSError, subprocess.SubprocessError):
+    record = _scontrol("job", "-o", job)
+    if record is None:
         return True
-    return "OverSubscribe=NO" not in out
+    partition = _field(record, "Partition")
+    return not holds_node_exclusively(record, _scontrol("partition", "-o", partition) if partition else None)
 
 
 def measurement_plan(train_device: str, local_rank: int = 0, shared: bool | None = None) -> MeasurePlan:

@@ -1,16 +1,21 @@
 """``EnergyReading``: what one named window measured, component by component, and from where.
 
 Components are named ``gpu:<index>``, ``cpu:<package>``, ``dram:<package>`` and ``node``. Each has a
-source (``nvml``, ``rapl``, ``command``, ``estimate``). A component whose meter failed during the
-window is listed in ``incomplete`` with the reason and is left out of every total: a missing
-component is absent, never 0.
+source (``nvml``, ``nvml-power``, ``amdsmi``, ``rapl``, ``command``, ``estimate``). A component whose meter
+could not be read has no number (NaN) and is left out of every total; a component whose figure is
+known to be short or interpolated past the meter's limit keeps its number. Both are listed in
+``incomplete`` with the reason, so the figure is labelled, never silently smaller.
 
-Total rule (DESIGN.md): with a node-level meter, node energy is the total (it already contains CPU,
-GPU and DRAM); otherwise the total is the sum of the measured components.
+Total rule: with a node-level meter, the node is the total. When the GPUs' power was taken out of the
+node's before it was split between jobs (``node_excludes_gpus``: the rule CEEMS applies on a GPU node),
+the ``node`` component holds the rest of the node and the total is that rest plus the process's own GPUs.
+A node meter that read nothing gives no total at all: never a sum of the other components in its place.
+Without a node meter the total is the sum of the measured components.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 
 J_PER_KWH = 3.6e6
@@ -33,13 +38,17 @@ class EnergyReading:
     timeline: dict[str, list[tuple[float, float]]] = field(default_factory=dict)  # component -> (unix t, W)
     idle_power_w: dict[str, float] = field(default_factory=dict)
     attribution: str = "exclusive"  # how machine-level components were attributed (bench.energy.plan)
+    gap_s: dict[str, float] = field(default_factory=dict)  # component -> seconds interpolated over failed reads
+    node_excludes_gpus: bool = False  # ``node`` is the node minus its GPUs: the total adds this process's GPUs
+    node_gpus: str = ""  # what was taken out of the node: "" nothing, "own" this process's GPUs, "command" all
+    within: tuple[str, ...] = ()  # windows that were open when this one began (it is nested in them)
 
     @property
     def end_time(self) -> float:
         return self.start_time + self.time_s
 
     def _valid(self) -> dict[str, float]:
-        return {k: v for k, v in self.joules.items() if k not in self.incomplete}
+        return {k: v for k, v in self.joules.items() if math.isfinite(v)}
 
     def kind_j(self, kind: str) -> float | None:
         vals = [v for k, v in self._valid().items() if _kind(k) == kind]
@@ -61,10 +70,16 @@ class EnergyReading:
     def node_j(self) -> float | None:
         return self.kind_j("node")
 
-    def _total_components(self) -> list[str]:
+    def _total_components(self) -> list[str] | None:
+        """The components the total adds up; None when a node meter read nothing (there is no total)."""
         valid = self._valid()
-        nodes = [k for k in valid if _kind(k) == "node"]
-        return nodes if nodes else list(valid)
+        nodes = [k for k in self.joules if _kind(k) == "node"]
+        if not nodes:
+            return list(valid)
+        if any(k not in valid for k in nodes):
+            return None
+        gpus = [k for k in valid if _kind(k) == "gpu"] if self.node_excludes_gpus else []
+        return nodes + gpus
 
     @property
     def total_j(self) -> float | None:
@@ -89,20 +104,26 @@ class EnergyReading:
         """e.g. ``gpu:nvml,cpu:rapl,dram:rapl`` or ``node:command`` or ``cpu:estimate,dram:estimate``."""
         pairs = []
         for kind in KINDS:
-            srcs = sorted({s for k, s in self.sources.items() if _kind(k) == kind and k not in self.incomplete})
+            srcs = sorted({s for k, s in self.sources.items() if _kind(k) == kind and k in self._valid()})
             pairs += [f"{kind}:{s}" for s in srcs]
         return ",".join(pairs) if pairs else "none"
 
     @property
     def estimated(self) -> bool:
-        return any(self.sources.get(c) == "estimate" for c in self._total_components())
+        return any(self.sources.get(c) == "estimate" for c in self._total_components() or [])
 
     def tags(self, prefix: str = "energy") -> dict[str, str]:
-        """The labels every figure carries: source, estimated, incomplete (what the total leaves out, e.g.
-        ``cpu`` or ``node``, else ``none``), attribution."""
-        return {f"{prefix}.source": self.source_tag, f"{prefix}.estimated": str(self.estimated).lower(),
+        """The labels every figure carries: source, estimated, incomplete (what the total leaves out or holds
+        only in part, e.g. ``cpu`` or ``node``, else ``none``), attribution; where they apply, the seconds a
+        meter was interpolated over (``interpolated_s``) and what was taken out of the node (``node_gpus``)."""
+        tags = {f"{prefix}.source": self.source_tag, f"{prefix}.estimated": str(self.estimated).lower(),
                 f"{prefix}.incomplete": ",".join(sorted(self.incomplete)) or "none",
                 f"{prefix}.attribution": self.attribution}
+        if self.gap_s:
+            tags[f"{prefix}.interpolated_s"] = f"{sum(self.gap_s.values()):.1f}"
+        if self.node_gpus:
+            tags[f"{prefix}.node_gpus"] = self.node_gpus
+        return tags
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -111,8 +132,27 @@ class EnergyReading:
         return d
 
 
+@dataclass
+class WindowPart:
+    """What one meter measured over one window (``MeterSet`` merges them into an ``EnergyReading``)."""
+    joules: dict[str, float] = field(default_factory=dict)
+    sources: dict[str, str] = field(default_factory=dict)
+    incomplete: dict[str, str] = field(default_factory=dict)
+    timeline: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+    gap_s: dict[str, float] = field(default_factory=dict)
+
+    def merge_into(self, r: EnergyReading) -> None:
+        r.joules.update(self.joules)
+        r.sources.update(self.sources)
+        r.incomplete.update(self.incomplete)
+        r.timeline.update(self.timeline)
+        r.gap_s.update(self.gap_s)
+
+
 def _add(out: EnergyReading, r: EnergyReading, comp: str, key: str) -> None:
     out.joules[key] = out.joules.get(key, 0.0) + r.joules[comp]
+    if comp in r.gap_s:
+        out.gap_s[key] = out.gap_s.get(key, 0.0) + r.gap_s[comp]
     out.sources[key] = r.sources[comp]
     if comp in r.incomplete:
         out.incomplete[key] = r.incomplete[comp]
@@ -141,8 +181,14 @@ def sum_windows(readings: list[EnergyReading], name: str) -> EnergyReading:
             idle_j[comp] = idle_j.get(comp, 0.0) + watts * r.time_s
     # a power: the time-weighted mean (a shared process's idle part differs from window to window)
     out.idle_power_w = {c: j / out.time_s for c, j in idle_j.items()} if out.time_s > 0 else {}
-    out.attribution = readings[0].attribution
+    _carry_node_scope(out, readings)
     return out
+
+
+def _carry_node_scope(out: EnergyReading, readings: list[EnergyReading]) -> None:
+    out.attribution = readings[0].attribution
+    out.node_excludes_gpus = any(r.node_excludes_gpus for r in readings)
+    out.node_gpus = ",".join(sorted({r.node_gpus for r in readings} - {""}))
 
 
 def sum_ranks(readings: list[EnergyReading], hosts: list[str]) -> EnergyReading:
@@ -168,6 +214,7 @@ def sum_ranks(readings: list[EnergyReading], hosts: list[str]) -> EnergyReading:
                 seen.add((host, comp))
             _add(out, r, comp, f"{comp}@{host}" if multi else comp)
         out.incomplete.update(_notes(r))
+    _carry_node_scope(out, readings)
     return out
 
 
@@ -175,9 +222,12 @@ def reading_to_state(r: EnergyReading) -> dict:
     """Plain dict (floats, strings) for checkpoints and JSON; the timeline is left out."""
     return {"name": r.name, "start_time": r.start_time, "time_s": r.time_s, "joules": dict(r.joules),
             "sources": dict(r.sources), "incomplete": dict(r.incomplete), "idle_power_w": dict(r.idle_power_w),
-            "attribution": r.attribution}
+            "attribution": r.attribution, "gap_s": dict(r.gap_s), "node_excludes_gpus": r.node_excludes_gpus,
+            "node_gpus": r.node_gpus, "within": list(r.within)}
 
 
 def reading_from_state(d: dict) -> EnergyReading:
     return EnergyReading(d["name"], float(d["start_time"]), float(d["time_s"]), dict(d["joules"]), dict(d["sources"]),
-                         dict(d["incomplete"]), {}, dict(d.get("idle_power_w", {})), d.get("attribution", "exclusive"))
+                         dict(d["incomplete"]), {}, dict(d.get("idle_power_w", {})), d.get("attribution", "exclusive"),
+                         dict(d.get("gap_s", {})), bool(d.get("node_excludes_gpus", False)), d.get("node_gpus", ""),
+                         tuple(d.get("within", ())))

@@ -17,7 +17,7 @@ import torch
 
 from bench.atomic import write_text_atomic
 from bench.config import Config, config_to_yaml, flat_params
-from bench.energy.accounting import (carbon_tags, intensity_series, summarise, train_reading_from_history,
+from bench.energy.accounting import (carbon_tags, history_readings, intensity_series, run_total_j, summarise,
                                      write_timeline_csv)
 from bench.energy.meters import create_meters
 from bench.energy.plan import CPU_TIME_SHARE, measurement_plan
@@ -91,7 +91,7 @@ def run_variant(cfg: Config, out_dir: str | Path, resume: bool = False, callback
         # one node meter per host, unless each rank is given its own CPU-time share of the node
         own_node_meter = dist_info.local_rank == 0 or plan.attribution == CPU_TIME_SHARE
         meters = create_meters(cfg.energy, plan, machine_meters=own_node_meter)
-    series = intensity_series(cfg.energy)
+    series = intensity_series(cfg.energy)  # read now, so that a bad series stops the run before any work
     try:
         forecast = None
         if cfg.energy.forecast and dist_info.enabled and dist_info.is_main:
@@ -116,7 +116,7 @@ def run_variant(cfg: Config, out_dir: str | Path, resume: bool = False, callback
         spec = spec_from_config(cfg.model, n_mels=cfg.features.n_mels)
         n_classes = len(model.payload["speakers"]) * (3 if cfg.data.augment.speed_perturb else 1)
         prof = profile_model(spec, num_classes=n_classes)
-        energy_metrics, energy_tags = energy_summary(cfg, series, tr.history, meters)
+        energy_metrics, energy_tags = energy_summary(cfg, tr.history, meters)
         if forecast is not None and forecast.energy_j and energy_metrics.get("train/energy_j"):
             measured_j = energy_metrics["train/energy_j"]
             forecast.error_pct = 100.0 * (forecast.energy_j - measured_j) / measured_j
@@ -142,23 +142,25 @@ def run_variant(cfg: Config, out_dir: str | Path, resume: bool = False, callback
         shutdown(dist_info)
 
 
-def energy_summary(cfg: Config, series, history: list[dict], meters) -> tuple[dict, dict]:
+def energy_summary(cfg: Config, history: list[dict], meters) -> tuple[dict, dict]:
     """(metrics, tags) of the run's energy: training and validation from the trainer's history (epochs already
-    summed over ranks), evaluation from its fp32 window, and ``run/energy_j``, everything the run measured."""
-    train_reading = train_reading_from_history(history)
-    val_reading = train_reading_from_history(history, "val_energy", "val")
+    summed over ranks), evaluation from its fp32 window, and ``run/energy_j``, every joule the run measured once.
+    The intensity series is read after the work, so that it covers its hours."""
+    series = intensity_series(cfg.energy)
+    train_readings = history_readings(history)
+    val_readings = history_readings(history, "val_energy")
     eval_reading = next(r for r in reversed(meters.readings) if r.name == "infer/fp32")
     metrics, tags = {}, {}
-    for prefix, reading in (("train", train_reading), ("eval", eval_reading), ("val", val_reading)):
-        if reading is not None or prefix != "val":
-            m, t = summarise(prefix, reading, cfg.energy, series)
+    for prefix, readings in (("train", train_readings), ("eval", [eval_reading]), ("val", val_readings)):
+        if readings or prefix != "val":
+            m, t = summarise(prefix, readings, cfg.energy, series)
             metrics.update(m)
             tags.update(t)
     others = [r for r in meters.readings if not r.name.startswith(("train/", "val/"))]
-    parts = [r.total_j for r in (train_reading, val_reading, *others) if r is not None]
-    metrics["run/energy_j"] = None if not parts or any(p is None for p in parts) else float(sum(parts))
+    metrics["run/energy_j"] = run_total_j([*train_readings, *val_readings, *others])
     tags.update(carbon_tags(cfg.energy, series))
     # the run's labels are its training energy's
     tags.update({k.removeprefix("train."): v for k, v in tags.items() if k.startswith("train.energy.")})
     tags["energy.meters"] = meters.describe()
+    tags["energy.idle"] = meters.idle_note
     return metrics, tags

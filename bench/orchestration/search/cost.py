@@ -10,15 +10,18 @@ from bench.config import Config
 from bench.energy import accounting
 from bench.energy.carbon import grams
 from bench.energy.meters import create_meters
-from bench.energy.plan import MeasurePlan, measurement_plan, visible_gpu_count
+from bench.energy.plan import (CPU_TIME_SHARE, EXCLUSIVE, MeasurePlan, measurement_plan,
+                               node_shared_with_other_jobs, visible_gpu_count)
 from bench.energy.reading import EnergyReading
 from bench.orchestration.search.study import ATTR_COST, ATTR_SPENT_SO_FAR
 
 
 def study_plan(cfg: Config, gpu_sets) -> MeasurePlan:
-    """What the search's own window measures: every GPU its workers use, and the machine-level meters."""
+    """What the search's own window measures: every GPU its workers use, and the machine-level meters, shared
+    with other jobs as its trials' are (a Slurm job without the node to itself gets its CPU-time share)."""
     if gpu_sets is not None:
-        return MeasurePlan(tuple(range(visible_gpu_count())))
+        shared = node_shared_with_other_jobs()
+        return MeasurePlan(tuple(range(visible_gpu_count())), CPU_TIME_SHARE if shared else EXCLUSIVE)
     return measurement_plan(cfg.train.device)
 
 
@@ -43,7 +46,7 @@ class SearchCost:
 
 def cost_entry(reading: EnergyReading, cfg: Config, series) -> dict:
     total = reading.total_j
-    co2 = None if total is None else grams(total, cfg.energy.pue, cfg.energy.region, series, reading.start_time,
+    co2 = None if total is None else grams(total, cfg.energy.pue, cfg.energy.grid_region, series, reading.start_time,
                                            reading.end_time)
     return {"energy_j": total, "co2_g": co2, "time_s": reading.time_s, **reading.tags()}
 

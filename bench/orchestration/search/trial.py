@@ -191,7 +191,7 @@ def _nan_if_none(value: float | None) -> float:
 
 def _co2(cfg: Config, energy_j: float | None, ctx: TrialContext) -> float | None:
     """Carbon of a forecast energy at the current intensity."""
-    return None if energy_j is None else grams(energy_j, cfg.energy.pue, cfg.energy.region, ctx.series)
+    return None if energy_j is None else grams(energy_j, cfg.energy.pue, cfg.energy.grid_region, ctx.series)
 
 
 # ------------------------------------------------------------------ workers
