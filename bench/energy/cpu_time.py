@@ -58,11 +58,18 @@ def own_cgroup_dir() -> Path | None:
     path = next((line[3:] for line in lines if line.startswith("0::")), None)
     if path is None:
         return None  # cgroup v1 only: no unified cpu.stat to read
-    slurm = _SLURM_JOB.match(path)
-    if slurm:
-        return CGROUP_ROOT / slurm.group(1).lstrip("/")
+    job = slurm_job_cgroup(path)
+    if job is not None:
+        return CGROUP_ROOT / job
     in_container = Path("/.dockerenv").exists() or Path("/run/.containerenv").exists() or "container" in os.environ
     return CGROUP_ROOT if path == "/" and in_container else None
+
+
+def slurm_job_cgroup(path: str) -> str | None:
+    """The job-level folder (relative to the cgroup root) of a Slurm job's cgroup path, e.g.
+    ``system.slice/slurmstepd.scope/job_42`` for ``.../job_42/step_0/user/task_0``; None for any other path."""
+    match = _SLURM_JOB.match(path)
+    return match.group(1).lstrip("/") if match else None
 
 
 def cgroup_cpu_seconds(folder: Path) -> float:
