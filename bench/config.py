@@ -158,38 +158,24 @@ class EnergyConfig(_Section):
     node_command: list[str] = Field(default_factory=list, description="argv printing node watts")
     node_regex: str = r"([0-9]+(?:\.[0-9]+)?)\s*W"
     node_period_s: float = Field(1.0, gt=0)
-    node_max_gap_s: float = Field(60.0, ge=0, description="seconds of failed node reads a window may bridge by "
-                                                           "interpolation before its figure is labelled incomplete")
-    node_gpu_command: list[str] = Field(
-        default_factory=list, description="argv printing the watts of every GPU of the node, one match per GPU "
-                                          "(e.g. nvidia-smi --query-gpu=power.draw --format=csv,noheader); on a shared "
-                                          "node they are taken out of the node meter before the CPU-time split")
+    node_max_gap_s: float = Field(60.0, ge=0, description="failed node reads bridged before 'incomplete', s")
+    node_gpu_command: list[str] = Field(default_factory=list, description="argv printing each GPU's watts of the "
+                                                                          "node (nvidia-smi): out before the split")
     node_gpu_regex: str = r"([0-9]+(?:\.[0-9]+)?)\s*W"
-    cgroup: str = Field("auto", description="CPU time of the work on a shared node: auto (the Slurm job's or "
-                                            "container's own cgroup v2, else the process tree), none (the process "
-                                            "tree) or a cgroup v2 folder")
+    cgroup: str = Field("auto", description="job CPU time: auto (Slurm/container cgroup v2), none, or a folder")
     cpu_w_per_core: float = Field(10.0, gt=0)
     dram_w_per_gb: float = Field(0.375, ge=0)
     idle_baseline_s: float = Field(0.0, ge=0)
     share_period_s: float = Field(1.0, gt=0, description="sampling interval of a shared machine's CPU-time share, s")
     pue: float = Field(1.0, ge=1.0)
-    region: Optional[str] = Field(None, description="ISO alpha-3 country of the grid (e.g. FRA); unset: FRA, the "
-                                                    "reference study's grid, and every run says so")
+    region: Optional[str] = Field(None, description="ISO alpha-3 grid, e.g. FRA (unset: FRA, said once)")
     intensity_csv: Optional[str] = None
-    intensity_factor: Literal["lifecycle", "direct"] = Field(
-        "lifecycle", description="what the intensity_csv series holds: lifecycle or direct emission factors")
+    intensity_factor: Literal["lifecycle", "direct"] = Field("lifecycle", description="the factor type of the CSV")
     electricitymaps_location: Optional[tuple[float, float]] = Field(
         None, description="(lat, lon): fetch the last 24 h from ElectricityMaps through Zeus (network; off by default)")
     forecast: bool = Field(False, description="probe J/step before training and record the forecast error")
     probe_steps: int = Field(5, ge=1)
     probe_warmup_steps: int = Field(2, ge=0)
-
-    @property
-    def grid_region(self) -> str:
-        """The region whose yearly intensity is charged: energy.region, or the default when it is unset."""
-        from bench.energy.carbon import DEFAULT_REGION
-
-        return self.region or DEFAULT_REGION
 
 
 class SearchConfig(_Section):

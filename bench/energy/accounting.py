@@ -8,7 +8,8 @@ import socket
 from pathlib import Path
 
 from bench.atomic import atomic_open
-from bench.energy.carbon import TABLE_FACTOR, HourlySeries, carbon_of, electricitymaps_series, lookup
+from bench.energy.carbon import (TABLE_FACTOR, HourlySeries, carbon_of, electricitymaps_series, grid_region,
+                                 lookup)
 from bench.energy.reading import EnergyReading, reading_from_state, reading_to_state, sum_ranks, sum_windows
 
 
@@ -62,7 +63,7 @@ def summarise(prefix: str, readings: list[EnergyReading], energy_cfg,
     tags = reading.tags(f"{prefix}.energy")
     total = reading.total_j
     if total is not None:
-        carbon = carbon_of(readings, energy_cfg.pue, energy_cfg.grid_region, series)
+        carbon = carbon_of(readings, energy_cfg.pue, grid_region(energy_cfg), series)
         metrics.update({f"{prefix}/energy_j": total, f"{prefix}/energy_kwh": total / 3.6e6,
                         f"{prefix}/facility_energy_kwh": carbon.facility_kwh, f"{prefix}/co2_g": carbon.co2_g})
         tags[f"{prefix}.carbon.intensity_source"] = carbon.source
@@ -84,9 +85,9 @@ def carbon_tags(energy_cfg, series: HourlySeries | None) -> dict:
     default = energy_cfg.region is None
     if default and not _said_default_region:
         LOG.warning("energy.region is not set: carbon is charged at %s's grid intensity; set energy.region",
-                    energy_cfg.grid_region)
+                    grid_region(energy_cfg))
         _said_default_region = True
-    inten = lookup(energy_cfg.grid_region)
+    inten = lookup(grid_region(energy_cfg))
     tags = {"carbon.region": inten.region + (" (default: energy.region unset)" if default else ""),
             "pue": str(energy_cfg.pue)}
     if series is not None:

@@ -34,6 +34,11 @@ TABLE_FACTOR = "lifecycle"  # Our World in Data's carbon intensity of electricit
 DEFAULT_REGION = "FRA"  # the reference study's grid, used (and said) when energy.region is unset
 
 
+def grid_region(energy_cfg) -> str:
+    """The region whose yearly intensity is charged: ``energy.region``, or the default when it is unset."""
+    return energy_cfg.region or DEFAULT_REGION
+
+
 @dataclass(frozen=True)
 class Intensity:
     region: str

@@ -79,7 +79,8 @@ class NodeMeter:
         with self._lock:
             self.failures.append((t, reason))
         if not self._warned and self.samples:
-            warnings.warn(f"node power command failed ({reason}); affected windows bridge the gap and record its seconds", stacklevel=2)
+            warnings.warn(f"node power command failed ({reason}); affected windows bridge the gap and record its "
+                          "seconds", stacklevel=2)
             self._warned = True
         return reason
 

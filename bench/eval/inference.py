@@ -28,7 +28,7 @@ import torch
 
 from bench.config import Config
 from bench.energy.accounting import intensity_series
-from bench.energy.carbon import carbon_of
+from bench.energy.carbon import carbon_of, grid_region
 from bench.energy.meters import MeterSet
 from bench.energy.reading import sum_windows
 from bench.eval.deploy import Backend, prepare_backends
@@ -117,7 +117,7 @@ def _add_energy(row: BackendResult, windows: list, cfg: Config, series) -> None:
     row.time_s, row.energy_labels = r.time_s / n, r.tags()
     row.utt_per_s = row.n_utts / row.time_s if row.time_s > 0 else None
     if r.total_j is not None:
-        carbon = carbon_of(windows, cfg.energy.pue, cfg.energy.grid_region, series)
+        carbon = carbon_of(windows, cfg.energy.pue, grid_region(cfg.energy), series)
         row.energy_j = r.total_j / n
         row.energy_j_per_utt = row.energy_j / row.n_utts
         row.energy_j_per_1k_trials = row.energy_j / row.n_trials * 1000.0

@@ -8,7 +8,7 @@ import optuna
 
 from bench.config import Config
 from bench.energy import accounting
-from bench.energy.carbon import grams
+from bench.energy.carbon import grams, grid_region
 from bench.energy.meters import create_meters
 from bench.energy.plan import (CPU_TIME_SHARE, EXCLUSIVE, MeasurePlan, measurement_plan,
                                node_shared_with_other_jobs, visible_gpu_count)
@@ -46,8 +46,8 @@ class SearchCost:
 
 def cost_entry(reading: EnergyReading, cfg: Config, series) -> dict:
     total = reading.total_j
-    co2 = None if total is None else grams(total, cfg.energy.pue, cfg.energy.grid_region, series, reading.start_time,
-                                           reading.end_time)
+    co2 = None if total is None else grams(total, cfg.energy.pue, grid_region(cfg.energy), series,
+                                           reading.start_time, reading.end_time)
     return {"energy_j": total, "co2_g": co2, "time_s": reading.time_s, **reading.tags()}
 
 

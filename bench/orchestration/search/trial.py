@@ -12,7 +12,7 @@ import optuna
 
 from bench.config import Config, apply_overrides, build_config
 from bench.energy.accounting import intensity_series
-from bench.energy.carbon import grams
+from bench.energy.carbon import grams, grid_region
 from bench.energy.meters import create_meters
 from bench.energy.plan import measurement_plan
 from bench.energy.reading import EnergyReading, reading_from_state, sum_windows
@@ -191,7 +191,7 @@ def _nan_if_none(value: float | None) -> float:
 
 def _co2(cfg: Config, energy_j: float | None, ctx: TrialContext) -> float | None:
     """Carbon of a forecast energy at the current intensity."""
-    return None if energy_j is None else grams(energy_j, cfg.energy.pue, cfg.energy.grid_region, ctx.series)
+    return None if energy_j is None else grams(energy_j, cfg.energy.pue, grid_region(cfg.energy), ctx.series)
 
 
 # ------------------------------------------------------------------ workers
