@@ -173,3 +173,49 @@ def test_a_tracked_training_on_several_lists_logs_their_average(exported, tmp_pa
     assert m["eer_pct/avg"] == pytest.approx((m["eer_pct/synth"] + m["eer_pct/cn"]) / 2)
     assert m["eer_pct/avg/ci_low"] <= m["eer_pct/avg"] <= m["eer_pct/avg/ci_high"]
     assert {a.path for a in client.list_artifacts(run.info.run_id, "scores")} == {"scores/synth.txt", "scores/cn.txt"}
+
+
+def _cnceleb_flac_release(folder, rng):
+    """CN-Celeb_flac as released (and as WeSpeaker's and Kaldi's CN-Celeb recipes read it): ``eval/lists``
+    name ``.wav`` files, while ``eval/enroll`` and ``eval/test`` hold ``.flac`` files, 16 kHz mono."""
+    import soundfile as sf
+
+    lists = folder / "eval" / "lists"
+    lists.mkdir(parents=True)
+    enroll, trials = [], []
+    for spk in ("id00800", "id00801"):
+        (folder / "eval" / "enroll").mkdir(exist_ok=True)
+        sf.write(folder / "eval" / "enroll" / f"{spk}-enroll.flac", rng.standard_normal(16000) * 0.1, 16000)
+        enroll.append(f"{spk}-enroll enroll/{spk}-enroll.wav")
+        for k in range(2):
+            (folder / "eval" / "test").mkdir(exist_ok=True)
+            name = f"{spk}-singing-01-00{k}"
+            sf.write(folder / "eval" / "test" / f"{name}.flac", rng.standard_normal(16000) * 0.1, 16000)
+            for other in ("id00800", "id00801"):
+                trials.append(f"{other}-enroll test/{name}.wav {int(other == spk)}")
+    (lists / "enroll.lst").write_text("\n".join(enroll) + "\n")
+    (lists / "trials.lst").write_text("\n".join(trials) + "\n")
+
+
+def test_the_cnceleb_flac_release_is_added_with_its_wav_names_found_by_stem(tmp_path):
+    from bench.errors import BenchError
+
+    import pandas as pd
+
+    from bench.data.manifest import COLUMNS, write_manifest
+
+    release, root = tmp_path / "CN-Celeb_flac", tmp_path / "root"
+    root.mkdir()
+    write_manifest(pd.DataFrame(columns=COLUMNS), root / "train.csv")  # a data root that holds no test set yet
+    _cnceleb_flac_release(release, np.random.default_rng(0))
+    summary = add_eval_set("cnceleb", release, "cnceleb", root)
+    assert summary["found_by_stem"] == 6 and summary["trials"] == 8 and summary["converted"] == 0
+    paths = read_manifest(root / "eval.csv")["path"]
+    assert len(paths) == 6 and all(p.endswith(".flac") for p in paths)
+    # a second file with the same stem: ambiguous, one line naming both, the manifest untouched
+    before = (root / "eval.csv").read_bytes()
+    shutil.copy(release / "eval" / "test" / "id00800-singing-01-000.flac",
+                release / "eval" / "test" / "id00800-singing-01-000.m4a")
+    with pytest.raises(BenchError, match=r"ambiguous \(id00800-singing-01-000.flac, id00800-singing-01-000.m4a\)"):
+        add_eval_set("cnceleb2", release, "cnceleb", root)
+    assert (root / "eval.csv").read_bytes() == before

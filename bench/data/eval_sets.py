@@ -14,6 +14,10 @@ Forms (``--format``):
 * ``kaldi``: ``wav.scp`` (``utt path``), ``utt2spk`` and ``trials`` (``enroll_utt test_utt target|nontarget``),
   the form Kaldi and WeSpeaker recipes produce.
 
+A listed file that is not on disk is found by its stem with any extension the suite decodes: CN-Celeb_flac's
+lists name ``.wav`` files that ship as ``.flac``. Every such substitution is counted in the summary; two files
+with that stem are a one-line error naming them.
+
 Utterance ids are ``<name>:<speaker>/<key>``: unique across sets, and their first component is the
 speaker, as the speaker bootstrap expects. Files already 16 kHz mono WAV/FLAC are used in place; any other
 (other rates, stereo, m4a, mp3, ...) is decoded with PyAV to ``eval_sets/<name>/`` under the data root.
@@ -116,6 +120,26 @@ def read_kaldi(folder: Path) -> EvalSet:
     return s
 
 
+AUDIO_SUFFIXES = (".wav", ".flac", ".m4a", ".mp3", ".ogg", ".opus", ".aac")
+
+
+def resolve_by_stem(files: dict[str, tuple[Path, str]]) -> tuple[dict[str, tuple[Path, str]], int]:
+    """Each listed file that does not exist replaced by the one file beside it with the same stem and an audio
+    suffix (CN-Celeb_flac: ``.wav`` in the lists, ``.flac`` on disk); (files, how many were replaced)."""
+    out, replaced = {}, 0
+    for key, (src, spk) in files.items():
+        if not src.is_file() and src.parent.is_dir():
+            found = sorted(c for c in src.parent.glob(f"{src.stem}.*")
+                           if c.suffix.lower() in AUDIO_SUFFIXES and c.is_file())
+            if len(found) > 1:
+                raise BenchError(f"{src} is not on disk and its stem is ambiguous ({', '.join(c.name for c in found)})"
+                                 "; keep one of them or fix the list")
+            if found:
+                src, replaced = found[0], replaced + 1
+        out[key] = (src, spk)
+    return out, replaced
+
+
 def _probe(src: Path) -> tuple[int, int, int] | None:
     """(samples, rate, channels) of a WAV/FLAC file; None for any other file or one soundfile cannot read."""
     if src.suffix.lower() not in (".wav", ".flac"):
@@ -173,6 +197,7 @@ def add_eval_set(name: str, folder: str | Path, form: str, out: str | Path, tria
     if not s.trials:
         raise BenchError(f"the {form} set under {folder} holds no trials")
     workers = workers or max(1, os.cpu_count() or 1)
+    s.files, by_stem = resolve_by_stem(s.files)
     plan = _audio_plan(s.files, root / "eval_sets" / name, workers)
     _convert(plan, workers)
     ids = {key: f"{name}:{spk}/{key}" for key, (_, spk) in s.files.items()}
@@ -198,6 +223,7 @@ def add_eval_set(name: str, folder: str | Path, form: str, out: str | Path, tria
         enroll_file.unlink()
     write_trials(listed, root / TRIALS_DIR / f"{name}.txt")
     return {"root": str(root), "name": name, "format": form, "utterances": len(new),
-            "converted": sum(dst is not None for _, dst, _ in plan.values()), "trials": len(listed),
+            "converted": sum(dst is not None for _, dst, _ in plan.values()), "found_by_stem": by_stem,
+            "trials": len(listed),
             "target_trials": int(listed.labels.sum()), "enrolments_of_several_files": len(multi),
             "hours": float(new["duration_s"].sum() / 3600.0)}
