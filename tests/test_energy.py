@@ -256,3 +256,13 @@ def test_run_total_counts_every_joule_once_and_no_idle_on_a_shared_node():
                                         idle_baseline_s=0.5, cgroup="none"), MeasurePlan((), CPU_TIME_SHARE))
     shared.close()
     assert shared.idle_power_w == {} and "shared" in shared.idle_note and shared.readings == []
+
+
+def test_a_negative_dynamic_figure_is_flagged_not_reported():
+    """An idle baseline above the window's draw (taken while something else ran) is no baseline of this work."""
+    from bench.energy.accounting import summarise
+
+    r = EnergyReading("train/epoch_0", 0.0, 10.0, {"node": 1000.0}, {"node": "command"}, idle_power_w={"node": 150.0})
+    metrics, tags = summarise("train", [r], EnergyConfig(region="FRA"), None)
+    assert "train/dynamic_energy_j" not in metrics and metrics["train/energy_j"] == 1000.0
+    assert tags["train.energy.dynamic"].startswith("negative (-500 J)")

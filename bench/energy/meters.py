@@ -104,7 +104,6 @@ class MeterSet:
         if rest < 0:
             r.incomplete["node-below-gpus"] = f"the node meter read {-rest:.0f} J less than the GPUs alone"
         r.joules["node"] = max(0.0, rest)
-        r.idle_power_w.pop("node", None)  # an idle node reading holds the GPUs' idle power too
         r.node_excludes_gpus, r.node_gpus = True, "own"
 
     def _share(self, r: EnergyReading, start: float, end: float) -> None:
