@@ -159,13 +159,13 @@ class EnergyConfig(_Section):
     node_regex: str = r"([0-9]+(?:\.[0-9]+)?)\s*W"
     node_period_s: float = Field(1.0, gt=0)
     node_max_gap_s: float = Field(60.0, ge=0, description="failed node reads bridged before 'incomplete', s")
-    node_gpu_command: list[str] = Field(default_factory=list, description="argv printing each GPU's watts of the "
-                                                                          "node (nvidia-smi): out before the split")
+    node_gpu_command: list[str] = Field(default_factory=list, description="argv printing each node GPU's watts")
     node_gpu_regex: str = r"([0-9]+(?:\.[0-9]+)?)\s*W"
     cgroup: str = Field("auto", description="job CPU time: auto (Slurm/container cgroup v2), none, or a folder")
     cpu_w_per_core: float = Field(10.0, gt=0)
     dram_w_per_gb: float = Field(0.375, ge=0)
     idle_baseline_s: float = Field(0.0, ge=0)
+    idle_profile: Optional[str] = Field(None, description="idle powers from `svbench energy idle` (shared nodes)")
     share_period_s: float = Field(1.0, gt=0, description="sampling interval of a shared machine's CPU-time share, s")
     pue: float = Field(1.0, ge=1.0)
     region: Optional[str] = Field(None, description="ISO alpha-3 grid, e.g. FRA (unset: FRA, said once)")

@@ -266,3 +266,39 @@ def test_a_negative_dynamic_figure_is_flagged_not_reported():
     metrics, tags = summarise("train", [r], EnergyConfig(region="FRA"), None)
     assert "train/dynamic_energy_j" not in metrics and metrics["train/energy_j"] == 1000.0
     assert tags["train.energy.dynamic"].startswith("negative (-500 J)")
+
+
+def test_an_idle_profile_is_stored_on_a_held_node_and_gives_a_shared_run_its_share(tmp_path):
+    """`svbench energy idle` measures the idle power while the node is held and stores it with how and when; a run
+    on a shared node uses it (a baseline read at its start would hold the neighbours' work), given its share of it
+    window by window: its dynamic figure is never negative. On a shared node the command refuses to profile."""
+    from conftest import assert_one_line_error, run_cli
+
+    from bench.energy.plan import CPU_TIME_SHARE, MeasurePlan
+
+    profile = tmp_path / "idle.json"
+    node = ["--energy.meters", "[node]", "--energy.node_command", "[echo,60 W]", "--energy.node_period_s", "0.1"]
+    proc = run_cli("energy", "idle", "--seconds", "0.5", "--out", profile, *node)
+    assert proc.returncode == 0, proc.stderr
+    stored = json.loads(profile.read_text())
+    assert stored["idle_power_w"]["node"] == pytest.approx(60.0, rel=0.02) and stored["seconds"] == 0.5
+    assert {"host", "measured_at", "meters"} <= set(stored)
+    shared = run_cli("energy", "idle", "--seconds", "0.5", "--out", tmp_path / "other.json", *node,
+                     env={"SLURM_JOB_ID": "999999999"})  # a job Slurm does not know: taken as shared
+    assert_one_line_error(shared, "the node is shared", "sbatch --exclusive")
+    assert not (tmp_path / "other.json").exists()
+
+    ms = create_meters(EnergyConfig(meters=["node"], node_command=["echo", "100 W"], node_period_s=0.1,
+                                    share_period_s=0.25, idle_profile=str(profile), cgroup="none"),
+                       MeasurePlan((), CPU_TIME_SHARE))
+    with ms.window("w") as w:
+        end = time.time() + 1.5
+        while time.time() < end:
+            sum(i * i for i in range(1000))
+    ms.close()
+    r = w.reading
+    assert ms.idle_note.startswith("profile idle.json: measured on")
+    fraction = r.joules["node"] / (100.0 * r.time_s)
+    assert 0.0 < fraction <= 1.0  # whatever else runs beside it: the idle power follows its share
+    assert r.idle_power_w["node"] == pytest.approx(stored["idle_power_w"]["node"] * fraction, rel=0.05)
+    assert r.dynamic_j is not None and r.dynamic_j >= 0

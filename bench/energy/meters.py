@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 from bench.energy.cpu_time import WorkCpuTime
 from bench.energy.estimate_meter import EstimateMeter
+from bench.energy.idle import IdleProfile, read_profile
 from bench.energy.plan import CPU_TIME_SHARE, EXCLUSIVE, MeasurePlan, zeus_reads_rapl
 from bench.energy.reading import MACHINE_SOURCES, EnergyReading
 from bench.energy.share import UsageSample, UsageSampler, attribute, counter_delta_j
@@ -156,7 +157,8 @@ class MeterSet:
         if seconds <= 0:
             return {}
         if self.attribution != EXCLUSIVE:
-            self.idle_note = "not measured: the node is shared (an idle reading would hold the other jobs' work)"
+            self.idle_note = ("not measured: the node is shared (an idle reading would hold the other jobs' work); "
+                              "give energy.idle_profile")
             return {}
         start = self.begin("idle")
         time.sleep(seconds)
@@ -165,6 +167,11 @@ class MeterSet:
         self.idle_power_w = {c: j / r.time_s for c, j in r.joules.items() if math.isfinite(j) and c not in r.incomplete}
         self.idle_note = f"measured over {r.time_s:.0f} s at {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(start))}"
         return self.idle_power_w
+
+    def use_idle_profile(self, profile: IdleProfile, path: str) -> None:
+        """Idle power from a stored profile (each shared window is given its share of it)."""
+        self.idle_power_w = dict(profile.idle_power_w)
+        self.idle_note = profile.label(path)
 
     def close(self) -> None:
         if self.sampler is not None:
@@ -220,7 +227,9 @@ def create_meters(energy_cfg, plan: MeasurePlan, machine_meters: bool = True) ->
         meters, attribution=plan.attribution, share_period_s=energy_cfg.share_period_s,
         unreadable_gpus=plan.unreadable_gpus, node_gpus=node_gpus,
         work_cpu=WorkCpuTime(energy_cfg.cgroup) if shared else None)
-    if energy_cfg.idle_baseline_s > 0:
+    if energy_cfg.idle_profile:
+        ms.use_idle_profile(read_profile(energy_cfg.idle_profile), energy_cfg.idle_profile)
+    elif energy_cfg.idle_baseline_s > 0:
         ms.measure_idle(energy_cfg.idle_baseline_s)
     return ms
 
