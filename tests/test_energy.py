@@ -231,8 +231,10 @@ def test_carbon_tags_name_the_factor_and_an_unset_region():
     from bench.energy.accounting import carbon_tags
 
     unset = carbon_tags(EnergyConfig(), None)
-    assert unset["carbon.region"] == "FRA (default: energy.region unset)" and unset["carbon.factor"] == "lifecycle"
-    assert carbon_tags(EnergyConfig(region="DEU"), None)["carbon.region"] == "DEU"
+    assert unset["carbon.region"] == "FRA" and unset["carbon.factor"] == "lifecycle"
+    assert "energy.region is not set" in unset["carbon.region_unset"]
+    chosen = carbon_tags(EnergyConfig(region="DEU"), None)
+    assert chosen["carbon.region"] == "DEU" and "carbon.region_unset" not in chosen
 
 
 def test_run_total_counts_every_joule_once_and_no_idle_on_a_shared_node():

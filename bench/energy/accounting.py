@@ -88,8 +88,9 @@ def carbon_tags(energy_cfg, series: HourlySeries | None) -> dict:
                     grid_region(energy_cfg))
         _said_default_region = True
     inten = lookup(grid_region(energy_cfg))
-    tags = {"carbon.region": inten.region + (" (default: energy.region unset)" if default else ""),
-            "pue": str(energy_cfg.pue)}
+    tags = {"carbon.region": inten.region, "pue": str(energy_cfg.pue)}
+    if default:
+        tags["carbon.region_unset"] = f"energy.region is not set: {inten.region}, the default, was charged"
     if series is not None:
         return {**tags, "carbon.intensity_source": series.source, "carbon.factor": series.factor,
                 "carbon.fallback": f"{inten.region} table, for windows outside the series"}
