@@ -124,9 +124,8 @@ class EvalConfig(_Section):
     cohort_speakers: int = Field(6000, ge=1, description="AS-norm cohort: most training speakers (seeded choice)")
     as_norm: bool = False
     as_norm_top_n: int = Field(100, ge=1)
-    length_tolerance: float = Field(0.02, ge=0.0, le=0.5, description="a length bucket's longest utterance may exceed "
-                                                                      "its shortest by this fraction (the batch is "
-                                                                      "cut to the shortest)")
+    length_tolerance: float = Field(0.02, ge=0.0, le=0.5, description="most of an utterance's frames cut to batch it")
+    batch_utts: int = Field(16, ge=1, description="rows of an evaluation batch at most (fixed per length)")
     channels_last: bool = Field(True, description="channels-last model for embedding extraction (see README "
                                                   "Performance)")
     compile: bool = Field(False, description="torch.compile the extraction model (dynamic shapes): a one-off compile "
@@ -161,7 +160,7 @@ class EnergyConfig(_Section):
     node_max_gap_s: float = Field(60.0, ge=0, description="failed node reads bridged before 'incomplete', s")
     node_gpu_command: list[str] = Field(default_factory=list, description="argv printing each node GPU's watts")
     node_gpu_regex: str = r"([0-9]+(?:\.[0-9]+)?)\s*W"
-    cgroup: str = Field("auto", description="job CPU time: auto (Slurm/container cgroup v2), none, or a folder")
+    cgroup: str = Field("auto", description="job CPU time: auto (a Slurm job's cgroup v2), none, or a folder")
     cpu_w_per_core: float = Field(10.0, gt=0)
     dram_w_per_gb: float = Field(0.375, ge=0)
     idle_baseline_s: float = Field(0.0, ge=0)

@@ -219,3 +219,34 @@ def test_the_cnceleb_flac_release_is_added_with_its_wav_names_found_by_stem(tmp_
     with pytest.raises(BenchError, match=r"ambiguous \(id00800-singing-01-000.flac, id00800-singing-01-000.m4a\)"):
         add_eval_set("cnceleb2", release, "cnceleb", root)
     assert (root / "eval.csv").read_bytes() == before
+
+
+def test_an_embedding_depends_on_its_utterance_alone(exported, tiny_model):
+    """A list's embeddings are bit-identical whether it is extracted alone or with other sets of the data root
+    (each utterance is cut by its own length and batched in a shape fixed by that length); batched embeddings
+    equal batch-1 embeddings of the whole utterance when no frame is cut."""
+    from bench.data.audio import load_audio
+    from bench.eval.scoring import extract_embeddings, make_fbank
+
+    _, root = exported
+    manifest = read_manifest(root / "eval.csv")
+    model = load_model(tiny_model, torch.device("cpu"))
+    cfg = load_config("tiny", {"data.root": str(root)})
+    fbank, cpu = make_fbank(cfg, torch.device("cpu")), torch.device("cpu")
+    mine = manifest[manifest["utt_id"].str.startswith("vx:")]
+    everything = manifest.sample(frac=1.0, random_state=1)  # other sets, and another order
+
+    def embed(rows, tolerance=0.02):
+        return extract_embeddings(model.list_extractor, fbank, rows["utt_id"].tolist(),
+                                  [root / p for p in rows["path"]], rows["num_samples"].tolist(), 60000, cpu,
+                                  tolerance=tolerance)
+
+    alone, together = embed(mine), embed(everything)
+    index = {u: i for i, u in enumerate(everything["utt_id"])}
+    assert np.array_equal(alone, together[[index[u] for u in mine["utt_id"]]])
+    exact = embed(mine.head(24), tolerance=0.0)
+    with torch.no_grad():
+        one = np.stack([model.list_extractor(fbank(torch.from_numpy(load_audio(root / p)).unsqueeze(0)))[0].numpy()
+                        for p in mine.head(24)["path"]])
+    cos = np.sum(exact * one, 1) / (np.linalg.norm(exact, axis=1) * np.linalg.norm(one, axis=1))
+    assert cos.min() >= 1 - 1e-5, cos.min()

@@ -122,41 +122,58 @@ class EpochBatchSampler(Sampler):
 
 @dataclass
 class EvalBatch:
-    utt_ids: list[str]
-    wav: torch.Tensor  # (B, max_samples), zero padded
-    lengths: torch.Tensor  # samples
+    utt_ids: list[str]  # the utterances of the batch's first len(utt_ids) rows
+    wav: torch.Tensor  # (rows, samples): every row cut to the same length; rows past utt_ids repeat the first
 
 
 LENGTH_TOLERANCE = 0.02
+BATCH_UTTS = 16
+
+
+def cut_frames(frames: int, tolerance: float = LENGTH_TOLERANCE) -> int:
+    """The frames an utterance of ``frames`` frames is cut to for batching: the largest point at or below it of
+    the geometric grid ``floor((1 + tolerance)^k)``, so at most ``tolerance`` of its frames are left out
+    (none with ``tolerance=0``). It depends on the utterance's own length alone."""
+    if tolerance <= 0 or frames <= 1:
+        return frames
+    k = int(math.floor(math.log(frames) / math.log1p(tolerance)))
+    while math.floor((1 + tolerance) ** (k + 1)) <= frames:  # float error at the edge
+        k += 1
+    while math.floor((1 + tolerance) ** k) > frames:
+        k -= 1
+    return int(math.floor((1 + tolerance) ** k))
 
 
 def eval_batches(utt_ids: list[str], paths: list[Path], num_samples: list[int], batch_frames: int,
-                 hop: int = 160, sample_rate: int = 16000, min_samples: int = 400,
-                 tolerance: float = LENGTH_TOLERANCE):
-    """Whole utterances sorted by length and bucketed: B x longest frames <= batch_frames and the
-    longest is at most ``tolerance`` longer than the shortest (the batch is cut to the shortest, so
-    at most 2% of an utterance's trailing frames are left out; ``tolerance=0`` keeps every frame)."""
-    order = np.argsort(np.asarray(num_samples), kind="stable")
-    batch: list[int] = []
-    for i in order:
-        frames = int(num_samples[i]) // hop + 1
-        shortest = int(num_samples[batch[0]]) if batch else 0
-        if batch and ((len(batch) + 1) * frames > batch_frames or int(num_samples[i]) > shortest * (1 + tolerance)):
-            yield _load_eval(batch, utt_ids, paths, sample_rate, min_samples)
-            batch = []
-        batch.append(int(i))
-    if batch:
-        yield _load_eval(batch, utt_ids, paths, sample_rate, min_samples)
+                 hop: int = 160, win: int = 400, sample_rate: int = 16000, min_samples: int = 400,
+                 tolerance: float = LENGTH_TOLERANCE, batch_utts: int = BATCH_UTTS):
+    """Whole utterances, each cut to ``cut_frames`` of its own frame count and batched only with utterances cut
+    to the same length, in batches whose number of rows is fixed for that length
+    (``min(batch_utts, batch_frames // frames)``; a last batch short of it repeats its first utterance). A batch's
+    shape depends on the length alone, and a row's result on its own input alone: an utterance's embedding does
+    not depend on which other utterances are extracted with it (other lists, other sets of the data root)."""
+    by_frames: dict[int, list[int]] = {}
+    for i, n in enumerate(num_samples):
+        frames = max(1, (int(n) - win) // hop + 1)
+        by_frames.setdefault(cut_frames(frames, tolerance), []).append(i)
+    for frames in sorted(by_frames):
+        members = by_frames[frames]
+        rows = max(1, min(batch_utts, batch_frames // frames))
+        samples = (frames - 1) * hop + win
+        for j in range(0, len(members), rows):
+            yield _load_eval(members[j:j + rows], rows, samples, utt_ids, paths, sample_rate, min_samples)
 
 
-def _load_eval(batch, utt_ids, paths, sample_rate, min_samples) -> EvalBatch:
+def _load_eval(batch, rows, samples, utt_ids, paths, sample_rate, min_samples) -> EvalBatch:
     wavs = []
     for i in batch:
         w = torch.from_numpy(load_audio(paths[i], sample_rate))
         if w.shape[0] < min_samples:
             raise BenchError(f"utterance {utt_ids[i]} has {w.shape[0]} samples, shorter than the {min_samples} an "
                              "evaluation needs")
-        wavs.append(w)
-    lengths = torch.tensor([w.shape[0] for w in wavs])
-    padded = torch.nn.utils.rnn.pad_sequence(wavs, batch_first=True)
-    return EvalBatch([utt_ids[i] for i in batch], padded, lengths)
+        if w.shape[0] < samples:
+            raise BenchError(f"utterance {utt_ids[i]} has {w.shape[0]} samples, fewer than its manifest row says; "
+                             "prepare the data root again")
+        wavs.append(w[:samples])
+    wavs += [wavs[0]] * (rows - len(wavs))
+    return EvalBatch([utt_ids[i] for i in batch], torch.stack(wavs))

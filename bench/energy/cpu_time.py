@@ -1,9 +1,12 @@
 """CPU time: of the work being measured (a job's cgroup, or this process tree) and of the whole machine.
 
-- **A job's own cgroup (v2).** Where this process runs in a Slurm job's cgroup (``.../job_<id>/...`` in
-  ``/proc/self/cgroup``) or in a container's own cgroup namespace, the job's CPU time is ``usage_usec`` of
-  the job's ``cpu.stat``: what CEEMS reads. It holds every process of the job, those already ended included.
-  ``energy.cgroup`` names the folder to read instead (``auto``: found as above; ``none``: the process tree).
+- **A job's own cgroup (v2).** Where this process is the one measuring process of a Slurm job (one task, not a
+  worker beside others of the same search) and runs in the job's cgroup (``.../job_<id>/...`` in
+  ``/proc/self/cgroup``), the job's CPU time is ``usage_usec`` of the job's ``cpu.stat``: what CEEMS reads. It
+  holds every process of the job, those already ended included. ``energy.cgroup`` names a folder to read instead
+  (a container's own cgroup, when the container is the job), or ``none`` for the process tree; processes that
+  measure side by side in one cgroup (the workers of one search, DDP ranks) always use their process trees,
+  which add up where one cgroup read by each would count it once per process.
 - **The process tree.** User + system seconds of this process and of every live descendant, each with the
   CPU time of the children it has reaped: a compile worker or forkserver DataLoader worker that a live child
   waited for still counts; a process that ended is counted by whoever reaped it.
@@ -50,19 +53,16 @@ def process_tree_cpu_seconds() -> float:
 
 
 def own_cgroup_dir() -> Path | None:
-    """The cgroup v2 folder of this process's Slurm job, or of its container; None elsewhere."""
+    """The cgroup v2 folder of this process's Slurm job, when it is the job's one task; None elsewhere."""
+    if os.environ.get("SLURM_NTASKS", "1") != "1":
+        return None  # several tasks measure themselves: each its process tree
     try:
         lines = Path("/proc/self/cgroup").read_text().splitlines()
     except OSError:
         return None
     path = next((line[3:] for line in lines if line.startswith("0::")), None)
-    if path is None:
-        return None  # cgroup v1 only: no unified cpu.stat to read
-    job = slurm_job_cgroup(path)
-    if job is not None:
-        return CGROUP_ROOT / job
-    in_container = Path("/.dockerenv").exists() or Path("/run/.containerenv").exists() or "container" in os.environ
-    return CGROUP_ROOT if path == "/" and in_container else None
+    job = slurm_job_cgroup(path) if path is not None else None  # None: cgroup v1 only, or not a Slurm job
+    return CGROUP_ROOT / job if job is not None else None
 
 
 def slurm_job_cgroup(path: str) -> str | None:
@@ -87,9 +87,9 @@ def cgroup_cpu_seconds(folder: Path) -> float:
 class WorkCpuTime:
     """The CPU seconds of the measured work: a cgroup's when there is one to read, else the process tree's."""
 
-    def __init__(self, cgroup: str = "auto"):
-        if cgroup == "none" or (cgroup == "auto" and os.environ.get("WORLD_SIZE", "1") != "1"):
-            self.folder = None  # DDP ranks each report their own tree (a job's cgroup holds all of them)
+    def __init__(self, cgroup: str = "auto", beside_siblings: bool = False):
+        if cgroup == "none" or beside_siblings:
+            self.folder = None  # processes side by side each report their own tree (a cgroup holds all of them)
         elif cgroup == "auto":
             self.folder = own_cgroup_dir()
             try:

@@ -226,7 +226,7 @@ def create_meters(energy_cfg, plan: MeasurePlan, machine_meters: bool = True) ->
     ms = MeterSet(
         meters, attribution=plan.attribution, share_period_s=energy_cfg.share_period_s,
         unreadable_gpus=plan.unreadable_gpus, node_gpus=node_gpus,
-        work_cpu=WorkCpuTime(energy_cfg.cgroup) if shared else None)
+        work_cpu=WorkCpuTime(energy_cfg.cgroup, plan.beside_siblings) if shared else None)
     if energy_cfg.idle_profile:
         ms.use_idle_profile(read_profile(energy_cfg.idle_profile), energy_cfg.idle_profile)
     elif energy_cfg.idle_baseline_s > 0:

@@ -29,6 +29,7 @@ class MeasurePlan:
     attribution: str = EXCLUSIVE  # how machine-level meters are attributed to this process
     sync_cuda: bool = False  # synchronise torch's CUDA stream at window edges (only when computing there)
     unreadable_gpus: tuple[int, ...] = ()  # GPUs torch computes on that Zeus cannot read: listed as incomplete
+    beside_siblings: bool = False  # other processes of the same work measure beside it (search workers, ranks)
 
 
 def visible_gpu_count() -> int:
@@ -98,11 +99,12 @@ def measurement_plan(train_device: str, local_rank: int = 0, shared: bool | None
     # process Zeus spawns (power monitor, RAPL tracker), which must start within Zeus's 10 s limit
     import torch
 
+    siblings = bool(shared) or os.environ.get("WORLD_SIZE", "1") != "1"  # a caller's True: workers of one study
     if shared is None:
         shared = node_shared_with_other_jobs()
     attribution = CPU_TIME_SHARE if shared else EXCLUSIVE
     if train_device == "cpu":
-        return MeasurePlan((), attribution)
+        return MeasurePlan((), attribution, beside_siblings=siblings)
     if train_device.startswith("cuda:"):
         index = int(train_device.split(":", 1)[1])
     else:  # "cuda" or "auto": the local rank's GPU
@@ -111,7 +113,8 @@ def measurement_plan(train_device: str, local_rank: int = 0, shared: bool | None
     gpus = (index,) if index < n else ()
     computes_there = torch.cuda.is_available() and index < torch.cuda.device_count()
     unreadable = (index,) if computes_there and not gpus else ()  # NVML failing, or seeing fewer GPUs than torch
-    return MeasurePlan(gpus, attribution, sync_cuda=bool(gpus) and computes_there, unreadable_gpus=unreadable)
+    return MeasurePlan(gpus, attribution, sync_cuda=bool(gpus) and computes_there, unreadable_gpus=unreadable,
+                       beside_siblings=siblings)
 
 
 def worker_gpu_sets(workers: int) -> list[list[str]] | None:

@@ -138,7 +138,7 @@ def _warm_up(extractor, cfg: Config, device: torch.device, precision: str, root:
     t0 = time.perf_counter()
     extract_embeddings(extractor, make_fbank(cfg, device), sub.index.tolist(), [root / p for p in sub["path"]],
                        sub["num_samples"].tolist(), cfg.eval.batch_frames, device, precision,
-                       cfg.eval.length_tolerance)
+                       cfg.eval.length_tolerance, cfg.eval.batch_utts)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return time.perf_counter() - t0

@@ -16,7 +16,7 @@ import torch
 
 from bench.config import Config
 from bench.data.features import Fbank
-from bench.data.loader import LENGTH_TOLERANCE, eval_batches
+from bench.data.loader import BATCH_UTTS, LENGTH_TOLERANCE, eval_batches
 from bench.data.manifest import EVAL_MANIFEST, TRAIN_MANIFEST, data_root, read_manifest
 from bench.data.trials import AVERAGE, TrialList, check_against, find_trial_lists, read_trials, write_scores
 from bench.errors import BenchError
@@ -63,18 +63,19 @@ def load_model(path: str | Path, device: torch.device, channels_last: bool = Fal
 @torch.no_grad()
 def extract_embeddings(embedder: torch.nn.Module, fbank: Fbank, utt_ids: list[str], paths: list[Path],
                        num_samples: list[int], batch_frames: int, device: torch.device,
-                       precision: str = "fp32", tolerance: float = LENGTH_TOLERANCE) -> np.ndarray:
-    """(N, D) float32 embeddings in the order of ``utt_ids``."""
+                       precision: str = "fp32", tolerance: float = LENGTH_TOLERANCE,
+                       batch_utts: int = BATCH_UTTS) -> np.ndarray:
+    """(N, D) float32 embeddings in the order of ``utt_ids``; each depends on its utterance alone
+    (``bench.data.loader.eval_batches``)."""
     index = {u: i for i, u in enumerate(utt_ids)}
     out = None
-    for batch in eval_batches(utt_ids, paths, num_samples, batch_frames, hop=fbank.hop,
+    for batch in eval_batches(utt_ids, paths, num_samples, batch_frames, hop=fbank.hop, win=fbank.win,
                               sample_rate=fbank.sample_rate, min_samples=min_samples(fbank.hop, fbank.win),
-                              tolerance=tolerance):
-        shortest = int(batch.lengths.min())  # a bucket is cut to its shortest member (<= 2% shorter)
-        feats = fbank(batch.wav[:, :shortest].to(device))
+                              tolerance=tolerance, batch_utts=batch_utts):
+        feats = fbank(batch.wav.to(device))
         with autocast(device, precision, inference=True):
             emb = embedder(feats)
-        emb = emb.float().cpu().numpy()
+        emb = emb[:len(batch.utt_ids)].float().cpu().numpy()
         if out is None:
             out = np.zeros((len(utt_ids), emb.shape[1]), dtype=np.float32)
         for u, e in zip(batch.utt_ids, emb):
@@ -214,7 +215,8 @@ def evaluate(model: LoadedModel, cfg: Config, device: torch.device, out_dir: Pat
     with measured if measured is not None else contextlib.nullcontext():
         fbank = make_fbank(cfg, device)
         emb = extract_embeddings(model.list_extractor, fbank, needed, paths, rows["num_samples"].tolist(),
-                                 cfg.eval.batch_frames, device, precision, cfg.eval.length_tolerance)
+                                 cfg.eval.batch_frames, device, precision, cfg.eval.length_tolerance,
+                                 cfg.eval.batch_utts)
         scorer = Scorer.build(emb, needed, mean, cohort.numpy() if cohort is not None else None,
                               cfg.eval.as_norm_top_n, {m: u for t in lists for m, u in t.enrolments.items()})
         all_scores = [scorer.scores(t) for t in lists]

@@ -20,6 +20,7 @@ def validation_eer(embedder: torch.nn.Module, split: ValidationSplit, cfg: Confi
     root = data_root(cfg.data.root)
     utts = rows["utt_id"].tolist()
     emb = extract_embeddings(embedder, make_fbank(cfg, device), utts, [root / p for p in rows["path"]],
-                             rows["num_samples"].tolist(), cfg.eval.batch_frames, device)
+                             rows["num_samples"].tolist(), cfg.eval.batch_frames, device,
+                             tolerance=cfg.eval.length_tolerance, batch_utts=cfg.eval.batch_utts)
     scores = Scorer.build(emb, utts, mean=emb.mean(axis=0)).scores(split.trials)
     return 100.0 * eer(*error_rates(scores, np.asarray(split.trials.labels)))[0]
