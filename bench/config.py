@@ -125,7 +125,7 @@ class EvalConfig(_Section):
     as_norm: bool = False
     as_norm_top_n: int = Field(100, ge=1)
     length_tolerance: float = Field(0.02, ge=0.0, le=0.5, description="most of an utterance's frames cut to batch it")
-    batch_utts: int = Field(16, ge=1, description="rows of an evaluation batch at most (fixed per length)")
+    batch_utts: int = Field(4, ge=1, description="rows of an evaluation batch at most (fixed per length)")
     channels_last: bool = Field(True, description="channels-last model for embedding extraction (see README "
                                                   "Performance)")
     compile: bool = Field(False, description="torch.compile the extraction model (dynamic shapes): a one-off compile "

@@ -65,6 +65,7 @@ def main() -> None:
     ap.add_argument("--utts", type=int, default=480)
     ap.add_argument("--batch-frames", type=int, default=60000)
     ap.add_argument("--tolerance", type=float, default=0.02, help="eval.length_tolerance")
+    ap.add_argument("--batch-utts", type=int, default=4, help="eval.batch_utts")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--compile", action="store_true", help="also time eval.compile")
     args = ap.parse_args()
@@ -84,7 +85,7 @@ def main() -> None:
 
     def ours(model):
         return lambda: extract_embeddings(model, fbank, ids, paths, lengths, args.batch_frames, dev,
-                                          tolerance=args.tolerance)
+                                          tolerance=args.tolerance, batch_utts=args.batch_utts)
 
     def baseline():
         return batch_one(base_model, fbank, paths)

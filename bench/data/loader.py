@@ -127,7 +127,7 @@ class EvalBatch:
 
 
 LENGTH_TOLERANCE = 0.02
-BATCH_UTTS = 16
+BATCH_UTTS = 4
 
 
 def cut_frames(frames: int, tolerance: float = LENGTH_TOLERANCE) -> int:
