@@ -176,47 +176,61 @@ def test_a_tracked_training_on_several_lists_logs_their_average(exported, tmp_pa
 
 
 def _cnceleb_flac_release(folder, rng):
-    """CN-Celeb_flac as released (and as WeSpeaker's and Kaldi's CN-Celeb recipes read it): ``eval/lists``
-    name ``.wav`` files, while ``eval/enroll`` and ``eval/test`` hold ``.flac`` files, 16 kHz mono."""
+    """CN-Celeb_flac as released (and as WeSpeaker's and Kaldi's CN-Celeb recipes read it): ``eval/lists`` name
+    ``.wav`` files, while ``data/<spk>``, ``eval/enroll`` and ``eval/test`` hold ``.flac`` files, 16 kHz mono;
+    each enrolment file is its speaker's segments concatenated, and ``eval/lists/enroll.map`` lists them,
+    relative to ``data/``. Trial labels are 1/0."""
     import soundfile as sf
 
     lists = folder / "eval" / "lists"
-    lists.mkdir(parents=True)
-    enroll, trials = [], []
+    for sub in ("lists", "enroll", "test"):
+        (folder / "eval" / sub).mkdir(parents=True, exist_ok=True)
+    enroll, enroll_map, trials = [], [], []
     for spk in ("id00800", "id00801"):
-        (folder / "eval" / "enroll").mkdir(exist_ok=True)
-        sf.write(folder / "eval" / "enroll" / f"{spk}-enroll.flac", rng.standard_normal(16000) * 0.1, 16000)
+        (folder / "data" / spk).mkdir(parents=True)
+        segments = []
+        for k in range(1, 4):
+            audio = rng.standard_normal(8000 + 2000 * k) * 0.1
+            sf.write(folder / "data" / spk / f"singing-01-00{k}.flac", audio, 16000)
+            segments.append(audio)
+        sf.write(folder / "eval" / "enroll" / f"{spk}-enroll.flac", np.concatenate(segments), 16000)
         enroll.append(f"{spk}-enroll enroll/{spk}-enroll.wav")
+        enroll_map.append(f"{spk}-enroll " + " ".join(f"{spk}/singing-01-00{k}.wav" for k in range(1, 4)))
         for k in range(2):
-            (folder / "eval" / "test").mkdir(exist_ok=True)
-            name = f"{spk}-singing-01-00{k}"
+            name = f"{spk}-singing-01-00{k + 5}"
             sf.write(folder / "eval" / "test" / f"{name}.flac", rng.standard_normal(16000) * 0.1, 16000)
             for other in ("id00800", "id00801"):
                 trials.append(f"{other}-enroll test/{name}.wav {int(other == spk)}")
     (lists / "enroll.lst").write_text("\n".join(enroll) + "\n")
+    (lists / "enroll.map").write_text("\n".join(enroll_map) + "\n")
     (lists / "trials.lst").write_text("\n".join(trials) + "\n")
+
+
+def _empty_root(root):
+    import pandas as pd
+
+    from bench.data.manifest import COLUMNS, write_manifest
+
+    root.mkdir()
+    write_manifest(pd.DataFrame(columns=COLUMNS), root / "train.csv")  # a data root that holds no test set yet
 
 
 def test_the_cnceleb_flac_release_is_added_with_its_wav_names_found_by_stem(tmp_path):
     from bench.errors import BenchError
 
-    import pandas as pd
-
-    from bench.data.manifest import COLUMNS, write_manifest
-
     release, root = tmp_path / "CN-Celeb_flac", tmp_path / "root"
-    root.mkdir()
-    write_manifest(pd.DataFrame(columns=COLUMNS), root / "train.csv")  # a data root that holds no test set yet
+    _empty_root(root)
     _cnceleb_flac_release(release, np.random.default_rng(0))
     summary = add_eval_set("cnceleb", release, "cnceleb", root)
     assert summary["found_by_stem"] == 6 and summary["trials"] == 8 and summary["converted"] == 0
     paths = read_manifest(root / "eval.csv")["path"]
     assert len(paths) == 6 and all(p.endswith(".flac") for p in paths)
+    assert read_trials(root / "trials" / "cnceleb.txt").labels.tolist() == [1, 0, 1, 0, 0, 1, 0, 1]
     # a second file with the same stem: ambiguous, one line naming both, the manifest untouched
     before = (root / "eval.csv").read_bytes()
-    shutil.copy(release / "eval" / "test" / "id00800-singing-01-000.flac",
-                release / "eval" / "test" / "id00800-singing-01-000.m4a")
-    with pytest.raises(BenchError, match=r"ambiguous \(id00800-singing-01-000.flac, id00800-singing-01-000.m4a\)"):
+    shutil.copy(release / "eval" / "test" / "id00800-singing-01-005.flac",
+                release / "eval" / "test" / "id00800-singing-01-005.m4a")
+    with pytest.raises(BenchError, match=r"ambiguous \(id00800-singing-01-005.flac, id00800-singing-01-005.m4a\)"):
         add_eval_set("cnceleb2", release, "cnceleb", root)
     assert (root / "eval.csv").read_bytes() == before
 
@@ -250,3 +264,81 @@ def test_an_embedding_depends_on_its_utterance_alone(exported, tiny_model):
                         for p in mine.head(24)["path"]])
     cos = np.sum(exact * one, 1) / (np.linalg.norm(exact, axis=1) * np.linalg.norm(one, axis=1))
     assert cos.min() >= 1 - 1e-5, cos.min()
+
+
+def test_cnceleb_avg_protocol_scores_the_mean_of_the_enroll_map_segments(tmp_path, tiny_model):
+    """WeSpeaker's CNC-Eval-Avg: each enrolment is the mean of the length-normalised embeddings of the segments
+    enroll.map lists (found by stem: .wav names, .flac files), checked by hand against the scores."""
+    from bench.data.trials import read_trials
+    from bench.eval.scoring import extract_embeddings, make_fbank
+
+    release, root = tmp_path / "CN-Celeb_flac", tmp_path / "root"
+    _empty_root(root)
+    _cnceleb_flac_release(release, np.random.default_rng(1))
+    summary = add_eval_set("cnavg", release, "cnceleb", root, protocol="avg")
+    assert summary["found_by_stem"] == 10 and summary["enrolments_of_several_files"] == 2
+    listed = read_trials(root / "trials" / "cnavg.txt")
+    assert {len(m) for m in listed.enrolments.values()} == {3}
+    model = load_model(tiny_model, torch.device("cpu"))
+    cfg = load_config("tiny", {"data.root": str(root), "data.trials": ["cnavg"], "eval.subtract_mean": False,
+                               "eval.bootstrap_resamples": 0, "eval.length_tolerance": 0.0})
+    evaluate(model, cfg, torch.device("cpu"), tmp_path / "out")
+    got = [float(line.split()[1]) for line in (tmp_path / "out" / "scores" / "cnavg.txt").read_text().splitlines()]
+    manifest = read_manifest(root / "eval.csv").set_index("utt_id")
+
+    def embedding(utt):
+        e = extract_embeddings(model.list_extractor, make_fbank(cfg, torch.device("cpu")), [utt],
+                               [manifest.loc[utt, "path"]], [int(manifest.loc[utt, "num_samples"])], 60000,
+                               torch.device("cpu"), tolerance=0.0)[0]
+        return e / np.linalg.norm(e)
+
+    by_hand = []
+    for enroll, test in zip(listed.enroll, listed.test):
+        mean = np.mean([embedding(u) for u in listed.enrolments[enroll]], axis=0)
+        by_hand.append(float(mean / np.linalg.norm(mean) @ embedding(test)))
+    np.testing.assert_allclose(got, by_hand, atol=1e-5)
+
+
+def test_a_kaldi_dir_with_a_trials_folder_spk2utt_enrolment_and_word_labels(tmp_path):
+    """A WeSpeaker-style eval dir (wav.scp, utt2spk, trials/ with two lists) and a Kaldi enrolment dir whose
+    spk2utt names the models the trials enrol: every list is added, named by its file's stem."""
+    import soundfile as sf
+
+    rng = np.random.default_rng(2)
+    test_dir, enroll_dir, root = tmp_path / "eval", tmp_path / "eval_enroll", tmp_path / "root"
+    _empty_root(root)
+    for d in (test_dir, enroll_dir):
+        (d / "wav").mkdir(parents=True)
+    scp, u2s, e_scp, e_u2s, spk2utt = [], [], [], [], []
+    for spk in ("spkA", "spkB"):
+        utts = []
+        for k in range(2):
+            utt = f"{spk}-e{k}"
+            sf.write(enroll_dir / "wav" / f"{utt}.wav", rng.standard_normal(12000) * 0.1, 16000)
+            e_scp.append(f"{utt} {enroll_dir / 'wav' / utt}.wav")
+            e_u2s.append(f"{utt} {spk}")
+            utts.append(utt)
+        spk2utt.append(f"{spk}-model {' '.join(utts)}")
+        utt = f"{spk}-t0"
+        sf.write(test_dir / "wav" / f"{utt}.wav", rng.standard_normal(12000) * 0.1, 16000)
+        scp.append(f"{utt} wav/{utt}.wav")  # relative to the dir
+        u2s.append(f"{utt} {spk}")
+    for d, a, b in ((test_dir, scp, u2s), (enroll_dir, e_scp, e_u2s)):
+        (d / "wav.scp").write_text("\n".join(a) + "\n")
+        (d / "utt2spk").write_text("\n".join(b) + "\n")
+    (enroll_dir / "spk2utt").write_text("\n".join(spk2utt) + "\n")
+    (test_dir / "trials").mkdir()
+    (test_dir / "trials" / "vox_like.kaldi").write_text("spkA-model spkA-t0 target\nspkA-model spkB-t0 nontarget\n")
+    (test_dir / "trials" / "other_list.lst").write_text("spkB-model spkB-t0 true\nspkB-model spkA-t0 false\n")
+    proc = run_cli("data", "add-eval", "--name", "kd", "--root", test_dir, "--format", "kaldi", "--out", root,
+                   "--enroll-dir", enroll_dir)
+    assert proc.returncode == 0, proc.stderr
+    assert "score it with --data.trials other_list vox_like" in proc.stdout
+    for name, labels in (("vox_like", [1, 0]), ("other_list", [1, 0])):
+        t = read_trials(root / "trials" / f"{name}.txt")
+        assert t.labels.tolist() == labels and len(t.enrolments) == 1
+        (members,) = t.enrolments.values()
+        assert len(members) == 2
+    (test_dir / "trials" / "other_list.lst").write_text("spkB-model spkB-t0 maybe\n")
+    assert_one_line_error(run_cli("data", "add-eval", "--name", "kd", "--root", test_dir, "--format", "kaldi",
+                                  "--out", root, "--enroll-dir", enroll_dir), "label 'maybe'", "true/false")

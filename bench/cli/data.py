@@ -46,9 +46,11 @@ def cmd_data_add_eval(args, extra) -> int:
     from bench.data.eval_sets import add_eval_set
 
     no_extra(extra)
-    summary = add_eval_set(args.name, args.root, args.format, args.out, args.trials, args.workers)
+    summary = add_eval_set(args.name, args.root, args.format, args.out, args.trials, args.workers, args.protocol,
+                           args.enroll_dir)
     _print_summary(f"evaluation set {args.name}", summary)
-    print(f"score it with --data.trials {args.name} (or every list under {summary['root']}/trials by default)")
+    print(f"score it with --data.trials {summary['lists'].replace(',', ' ')} (or every list under {summary['root']}"
+          "/trials by default)")
     return 0
 
 
@@ -99,7 +101,14 @@ def register(sub) -> None:
     a.add_argument("--root", required=True, help="the set's folder")
     a.add_argument("--format", required=True, choices=EVAL_FORMATS)
     a.add_argument("--out", default="data/demo", help="the data root to add it to (default: data/demo)")
-    a.add_argument("--trials", default=None, help="voxceleb form: the list (default: ROOT/trials.txt)")
+    a.add_argument("--trials", default=None, help="a trial list, or a folder whose every file is a list named by its "
+                                                  "stem (default: the form's own: ROOT/trials.txt, "
+                                                  "eval/lists/trials.lst, ROOT/trials)")
+    a.add_argument("--protocol", default="concat", choices=("concat", "avg"),
+                   help="cnceleb: enrol with the release's concatenated file (concat) or the mean of the "
+                        "enroll.map segments (avg)")
+    a.add_argument("--enroll-dir", default=None, help="kaldi: the enrolment data dir whose spk2utt the trials' "
+                                                      "model ids name")
     a.add_argument("--workers", type=int, default=None)
     a.set_defaults(func=cmd_data_add_eval)
     x = dsub.add_parser("export-eval", help="write a prepared trial list and its audio in another form "
