@@ -114,6 +114,9 @@ def read_cnceleb(folder: Path, trials: Path | None = None, protocol: str = "conc
 
 def _data_dir(folder: Path, s: EvalSet, prefix: str = "") -> None:
     """A Kaldi dir's ``wav.scp`` and ``utt2spk`` into ``s.files`` (keys prefixed, to keep two dirs apart)."""
+    if (folder / "segments").is_file():
+        raise BenchError(f"{folder / 'segments'}: segments of recordings are not read by this version; cut them to "
+                         "files and list those in wav.scp")
     speakers = {utt: spk for _, (utt, spk) in lines(folder / "utt2spk", 2, "utt2spk", "kaldi")}
     scp = folder / "wav.scp"
     for lineno, parts in lines(scp, None, "wav.scp", "kaldi"):
