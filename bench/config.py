@@ -142,9 +142,8 @@ class EvalConfig(_Section):
     average_lists: list[str] = Field(default_factory=list, description="trial lists whose macro average is logged "
                                                                       "as eer_pct/avg (the study's headline); "
                                                                       "empty = every evaluated list, when 2 or more")
-    infer_repeats: int = Field(2, ge=1, description="passes over two or more back ends, in alternating order (A B, "
-                                                    "then B A) so that order does not decide; figures are the "
-                                                    "mean over passes")
+    infer_repeats: int = Field(2, ge=1, description="passes over two or more back ends in alternating order (A B, "
+                                                    "B A): figures are the mean over passes")
     infer_precisions: list[Literal[INFER_BACKENDS]] = Field(
         default_factory=lambda: ["fp32"], description="back ends whose inference energy is measured")
     threads: int = Field(0, ge=0, description="intra-op threads of inference, PyTorch and ONNX Runtime alike; 0 = "
@@ -185,7 +184,9 @@ class SearchConfig(_Section):
                                                      "file; default runs/search/<study>.journal")
     n_trials: int = Field(8, ge=1)
     objective: Literal["energy", "carbon"] = "energy"
-    trial_list: Optional[str] = Field(None, description="trial list whose EER is minimised; default: the first")
+    trial_list: Optional[str] = Field(None, description="the test list whose EER is reported; default: the first")
+    select_on: Literal["validation", "test"] = Field("validation", description="EER the search minimises: "
+                                                                              "the hold-out's or the test list's")
     sampler: Literal["nsga2", "tpe", "gp"] = "nsga2"
     seed: int = 0
     stage_blocks_min: list[int] = Field(default_factory=lambda: [1, 1, 1, 1])

@@ -91,7 +91,8 @@ def test_two_worker_search_on_two_gpus_attributes_and_exits(tiny_corpus, tmp_pat
     env = fake_machine(gpu_w=[200, 300], rapl_w=50)
     db = tmp_path / "mlflow.db"
     env["MLFLOW_TRACKING_URI"] = f"sqlite:///{db}"
-    args = ["search", *TINY, "--data.root", str(tiny_corpus), "--train.epochs", "1", "--n-trials", "4",
+    args = ["search", *TINY, "--data.root", str(tiny_corpus), "--val-speakers", "0.25", "--train.epochs", "1",
+            "--n-trials", "4",
             "--workers", "2", "--study", "fakehw", "--storage", str(tmp_path / "s.journal"),
             "--out", str(tmp_path / "runs"), "--tracking.experiment", "fakehw",
             "--search.stage_blocks_min", "[1,1,1,1]", "--search.stage_blocks_max", "[1,1,1,1]",
@@ -137,7 +138,8 @@ def test_two_worker_search_on_two_gpus_attributes_and_exits(tiny_corpus, tmp_pat
 def test_one_worker_search_with_forecast_and_infer_on_a_fake_gpu(tiny_corpus, tmp_path, fake_machine):
     env = fake_machine(gpu_w=[200], rapl_w=50)
     env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    proc = run_cli("search", *TINY, "--data.root", tiny_corpus, "--train.epochs", "1", "--n-trials", "1",
+    proc = run_cli("search", *TINY, "--data.root", tiny_corpus, "--val-speakers", "0.25", "--train.epochs", "1",
+                   "--n-trials", "1",
                    "--study", "one", "--storage", tmp_path / "s.journal", "--out", tmp_path / "runs",
                    "--tracking.experiment", "one", "--search.stage_blocks_min", "[1,1,1,1]",
                    "--search.stage_blocks_max", "[1,1,1,1]", "--search.width_mults", "[0.25]",

@@ -259,6 +259,7 @@ def test_search_worker_killed_mid_trial_is_failed_by_heartbeat(tiny_corpus, tmp_
     storage = f"sqlite:///{tmp_path}/optuna.db"
     env = fresh_env(MLFLOW_TRACKING_URI=uri)
     args = [sys.executable, "-m", "bench", "search", "--preset", "tiny", "--data.root", str(tiny_corpus),
+            "--val-speakers", "0.25",
             "--train.epochs", "3", "--train.batch_size", "4", "--tracking.log_model", "false", "--study", "hb",
             "--storage", storage, "--n-trials", "3", "--search.heartbeat_s", "1", "--search.stage_blocks_max",
             "[1,1,1,1]",

@@ -16,7 +16,8 @@ from bench.orchestration.search.study import create_study, make_storage
 
 
 def _cfg(root, tmp_path, study, *extra):
-    return load_config("tiny", ["--data.root", str(root), "--train.epochs", "1", "--train.batch_size", "8",
+    return load_config("tiny", ["--data.root", str(root), "--data.val_speakers", "0.25", "--train.epochs", "1",
+                                "--train.batch_size", "8",
                                 "--tracking.log_model", "false", "--tracking.experiment", f"exp-{study}",
                                 "--search.study_name", study, "--search.storage", str(tmp_path / f"{study}.journal"),
                                 "--search.stage_blocks_min", "[1,1,1,1]", "--search.stage_blocks_max", "[2,2,2,2]",
@@ -55,6 +56,14 @@ def test_two_workers_eight_trials_none_lost_and_a_failure_continues(tiny_corpus,
     assert by_state[str(failed.number)].info.status == "FAILED"
     ok = [r for r in children if r.info.status == "FINISHED"]
     assert len(ok) == 7 and all("eer_pct/synth" in r.data.metrics and "constraint/0" in r.data.metrics for r in ok)
+    # selected on validation: Optuna saw each trial's final validation EER; its test EER is in its MLflow run only
+    assert res.study.metric_names == ["val/eer_pct", "train/energy_j"]
+    runs = {int(r.data.tags["optuna.trial"]): r for r in ok}
+    for t in (t for t in trials if t.state == optuna.trial.TrialState.COMPLETE):
+        assert t.values[0] == pytest.approx(t.user_attrs["final_val_eer_pct"])
+        assert runs[t.number].data.metrics["val/final_eer_pct"] == pytest.approx(t.values[0])
+    assert any(runs[t.number].data.metrics["eer_pct/synth"] != pytest.approx(t.values[0])
+               for t in trials if t.state == optuna.trial.TrialState.COMPLETE)
     assert res.spent_energy_j > 0
     parent = MlflowClient().get_run(res.parent_run_id)
     assert parent.data.metrics["search/energy_j"] == pytest.approx(res.spent_energy_j)
@@ -65,11 +74,22 @@ def test_two_workers_eight_trials_none_lost_and_a_failure_continues(tiny_corpus,
     again = run_search(cfg, workers=1, out_root=tmp_path / "runs")
     assert len(again.study.trials) == 8
     assert MlflowClient().get_run(res.parent_run_id).info.status == "FINISHED"
+    # the study's report: the front chosen on validation, with each member's test EER, interval and gap
+    from bench.cli.report import print_report
+
+    rep = print_report(parent=res.parent_run_id, out=tmp_path / "report", title="two workers")
+    assert rep.select_on == "validation" and parent.data.tags["search.select_on"] == "validation"
+    front = rep.table[rep.table["pareto"]]
+    best = {t.number for t in res.best}
+    assert {int(v.split("-")[1]) for v in front["variant"]} == best  # the front Optuna chose, on validation
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert "## The front, chosen on validation" in text and "selection_gap_pct" in text
+    assert "unbiased only because nothing was selected on them" in text
 
 
 def test_impossible_budget_is_infeasible_everywhere(tiny_corpus, tmp_path):
     study = "impossible"
-    args = ["search", "--preset", "tiny", "--data.root", tiny_corpus, "--train.epochs", "1",
+    args = ["search", "--preset", "tiny", "--data.root", tiny_corpus, "--train.epochs", "1", "--val-speakers", "0.25",
             "--tracking.log_model", "false",
             "--tracking.experiment", f"exp-{study}", "--study", study, "--storage", tmp_path / f"{study}.journal",
             "--search.stage_blocks_max", "[2,2,2,2]", "--search.energy_budget_j", "1e-9", "--n-trials", "3",
@@ -142,10 +162,36 @@ def test_a_continued_study_with_another_objective_or_budget_is_a_one_line_error(
 
     cfg = _cfg(tiny_corpus, tmp_path, "same-search", "--search.energy_budget_j", "500")
     create_study(cfg, make_storage(cfg.search.storage))
-    base = ["search", "--preset", "tiny", "--data.root", tiny_corpus, "--storage", cfg.search.storage,
+    base = ["search", "--preset", "tiny", "--data.root", tiny_corpus, "--val-speakers", "0.25",
+            "--storage", cfg.search.storage,
             "--search.study_name", "same-search", "--experiment", cfg.tracking.experiment, "--out", tmp_path / "runs"]
     proc = run_cli(*base, "--objective", "carbon", "--search.energy_budget_j", "500", cwd=tmp_path)
     assert_one_line_error(proc, "same-search", "'objective': 'energy'", "'objective': 'carbon'")
     proc = run_cli(*base, "--search.energy_budget_j", "900", cwd=tmp_path)
     assert_one_line_error(proc, "500", "900", "--study NAME")
     assert not (tmp_path / "runs" / "same-search").exists()
+
+
+def test_a_search_without_a_hold_out_is_refused_and_selecting_on_test_is_labelled(tiny_corpus, tmp_path):
+    from conftest import assert_one_line_error
+
+    from bench.orchestration.search.study import SELECTED_ON_TEST
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    base = ["search", "--preset", "tiny", "--data.root", tiny_corpus, "--train.epochs", "1", "--n-trials", "1",
+            "--tracking.log_model", "false", "--study", "on-test", "--storage", tmp_path / "s.journal",
+            "--search.stage_blocks_max", "[1,1,1,1]", "--search.width_mults", "[0.25]",
+            "--search.enqueue_study_variants", "false", "--eval.latency", "false", "--out", tmp_path / "runs"]
+    refused = run_cli(*base, env={"MLFLOW_TRACKING_URI": uri}, cwd=tmp_path)
+    assert_one_line_error(refused, "data.val_speakers", "--select-on test")
+    assert not (tmp_path / "s.journal").exists() and not (tmp_path / "runs").exists()
+    proc = run_cli(*base, "--select-on", "test", "--report", "--reports", tmp_path / "reports",
+                   env={"MLFLOW_TRACKING_URI": uri}, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert SELECTED_ON_TEST in proc.stdout and "chosen on eer_pct/synth" in proc.stdout
+    client = MlflowClient(tracking_uri=uri)
+    (parent,) = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])
+                 if r.data.tags.get("svbench.kind") == "study"]
+    assert parent.data.tags["search.select_on"] == "test" and parent.data.tags["search.selection_note"] == \
+        SELECTED_ON_TEST
+    assert SELECTED_ON_TEST in (tmp_path / "reports" / "on-test" / "report.md").read_text()

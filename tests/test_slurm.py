@@ -113,7 +113,8 @@ def test_search_array_on_slurm_with_postgres_storage(slurm_cluster, tiny_corpus,
     if storage is None:
         pytest.skip("no PostgreSQL on 127.0.0.1:5432")
     base = tracking_server
-    proc = run_cli("search", "--preset", "tiny", "--data.root", tiny_corpus, "--n-trials", "3", "--workers", "2",
+    proc = run_cli("search", "--preset", "tiny", "--data.root", tiny_corpus, "--val-speakers", "0.25",
+                   "--n-trials", "3", "--workers", "2",
                    "--launcher", "slurm", "--storage", storage, "--slurm.poll_s", "1", "--slurm.folder",
                    tmp_path / "slurm", "--experiment", "slsearch", "--train.epochs", "1",
                    "--tracking.log_model", "false", "--out", tmp_path / "search",
@@ -231,7 +232,8 @@ def test_packed_jobs_share_the_node_exclusive_jobs_own_it_and_a_two_task_job_fin
 
 
 def _search_args(tiny_corpus, tmp_path, storage, experiment, n_trials, epochs):
-    return ["search", "--preset", "tiny", "--data.root", tiny_corpus, "--n-trials", str(n_trials), "--workers", "1",
+    return ["search", "--preset", "tiny", "--data.root", tiny_corpus, "--val-speakers", "0.25",
+            "--n-trials", str(n_trials), "--workers", "1",
             "--launcher", "slurm", "--storage", storage, "--slurm.poll_s", "1", "--slurm.folder", tmp_path / "slurm",
             "--experiment", experiment, "--train.epochs", str(epochs), "--tracking.log_model", "false",
             "--eval.infer_precisions", "[fp32]", "--out", tmp_path / "search", "--search.study_name", experiment]

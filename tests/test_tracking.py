@@ -244,7 +244,7 @@ def test_mlflow_run_search_entry_with_a_budget_and_empty_parameters(tiny_corpus,
     def search(trials: int) -> subprocess.CompletedProcess:
         proc = subprocess.run(["mlflow", "run", str(REPO), "--env-manager", "local", "-e", "search",
                                "--experiment-name", "ci-search", "-P", "preset=tiny", "-P", f"data_root={tiny_corpus}",
-                               "-P", f"trials={trials}", "-P", "energy_budget_j=1e-9",
+                               "-P", f"trials={trials}", "-P", "energy_budget_j=1e-9", "-P", "val_speakers=0.25",
                                "-P", f"storage={tmp_path / 's.journal'}", "-P", f"out={tmp_path / 'search'}"],
                               capture_output=True, text=True, env=fresh_env(MLFLOW_TRACKING_URI=uri), cwd=tmp_path,
                               timeout=600)

@@ -9,15 +9,18 @@ from bench.errors import BenchError
 
 
 def print_report(sweep_key=None, parent=None, out=None, title="report", experiment=None, trials=None):
+    from bench.orchestration.search.study import SELECTED_ON_TEST
     from bench.report.build import build_report, load_runs, log_report, terminal_table
+    from bench.report.selection import selection_of
 
     runs = load_runs(experiment=experiment, sweep_key=sweep_key, parent_run_id=parent)
-    rep = build_report(runs, out, title, trials)
+    rep = build_report(runs, out, title, trials, selection_of(parent))
     if parent:
         log_report(rep, parent)
     print(f"\n{title}: {len(rep.table)} variants, trial list {rep.trials}")
     print(terminal_table(rep))
-    print(f"Pareto-optimal: {', '.join(rep.table[rep.table['pareto']]['variant'])}; knee: {rep.knee}")
+    chosen = {"validation": " (chosen on the validation EER)", "test": f" ({SELECTED_ON_TEST})"}.get(rep.select_on, "")
+    print(f"Pareto-optimal{chosen}: {', '.join(rep.table[rep.table['pareto']]['variant'])}; knee: {rep.knee}")
     print("eer_ci: bootstrap interval over speakers; report.md judges each pair by a paired bootstrap of their "
           "difference.")
     print(f"report: {Path(rep.dir) / 'report.md'}")

@@ -14,14 +14,15 @@ def cmd_search(args, extra) -> int:
 
     from bench.config import load_config, parse_overrides
     from bench.orchestration.search.run import run_search
-    from bench.orchestration.search.study import study_folder
+    from bench.orchestration.search.study import SELECTED_ON_TEST, study_folder
     from bench.tracking import store
 
     overrides = parse_overrides(extra)
     named = {"search.n_trials": args.n_trials, "search.storage": args.storage, "search.study_name": args.study,
              "seeds": args.seeds, "search.energy_budget_j": args.energy_budget_j,
              "search.carbon_budget_g": args.carbon_budget_g, "search.objective": args.objective,
-             "search.sampler": args.sampler}
+             "search.sampler": args.sampler, "data.val_speakers": args.val_speakers,
+             "search.select_on": args.select_on}
     if args.experiment:
         named["tracking.experiment"] = args.experiment
     overrides.update({k: v for k, v in named.items() if v is not None})  # empty = unset: the preset's value
@@ -46,10 +47,13 @@ def cmd_search(args, extra) -> int:
         print(f"no feasible trial: all {len(finished)} finished trials violate the budget ({budget}); "
               "raise search.energy_budget_j / carbon_budget_g / max_params_m or shrink the search space")
     else:
-        print("Pareto-optimal feasible trials:")
+        names = study.metric_names or ["EER %", "objective 2"]
+        print(f"Pareto-optimal feasible trials (chosen on {names[0]}):")
+        if s.select_on == "test":
+            print(f"  {SELECTED_ON_TEST}")
         for t in sorted(best, key=lambda t: t.values[1]):
-            print(f"  trial {t.number}: EER {t.values[0]:.2f}%  "
-                  f"{study.metric_names[1] if study.metric_names else 'objective 2'} {t.values[1]:.4g}  "
+            print(f"  trial {t.number}: {names[0]} {t.values[0]:.2f}%  "
+                  f"{names[1]} {t.values[1]:.4g}  "
                   f"stages {'-'.join(str(v) for k, v in sorted(t.params.items()) if k.startswith('blocks_'))} width "
                   f"{t.params.get('width_mult')}")
     if args.report and study.trials and not sent:
@@ -111,6 +115,10 @@ def register(sub) -> None:
     s.add_argument("--out", default="runs/search")
     s.add_argument("--seeds", type=empty_as_none(int), default=None,
                    help="train each trial over N seeds; objectives use the mean")
+    s.add_argument("--val-speakers", type=empty_as_none(float), default=None, metavar="SHARE",
+                   help="training speakers held out as the validation list the search selects on (data.val_speakers)")
+    s.add_argument("--select-on", type=empty_as_none(str), default=None, metavar="{validation,test}",
+                   help="what the EER objective reads (search.select_on; test: the front's EERs are optimistic)")
     s.add_argument("--report", action="store_true")
     s.add_argument("--reports", default="reports")
     s.set_defaults(func=cmd_search)

@@ -21,6 +21,7 @@ from bench.errors import BenchError  # noqa: E402
 from bench.report.compare import Comparisons, comparisons_markdown, compare_variants, report_variants
 from bench.report.curves import fig_validation_curves, validation_curves
 from bench.report.pareto import knee_index, marginal_gains, pareto_mask  # noqa: E402
+from bench.report.selection import mark_front_on_validation, selection_markdown, validation_eer
 from bench.tracking import naming, store
 
 
@@ -90,7 +91,10 @@ def text_column(runs: pd.DataFrame, name: str, default: str) -> pd.Series:
     return column(runs, name).astype(object).fillna(default)
 
 
-def variant_table(runs: pd.DataFrame, trials: str | None = None) -> tuple[pd.DataFrame, str]:
+def variant_table(runs: pd.DataFrame, trials: str | None = None,
+                  select_on: str | None = None) -> tuple[pd.DataFrame, str]:
+    """One row per variant; ``pareto`` marks the front on the test EER, or, for a search that selected on
+    validation, the front it chose (``bench.report.selection``)."""
     eer_cols = sorted(c for c in runs.columns if c.startswith("metrics.eer_pct/") and c.count("/") == 1)
     if not eer_cols:
         raise BenchError("the runs have no eer_pct metrics")
@@ -109,6 +113,7 @@ def variant_table(runs: pd.DataFrame, trials: str | None = None) -> tuple[pd.Dat
         "params_m": col("metrics.model/params_m"),
         "gmacs_per_s": col("metrics.model/gmacs_per_s_audio"),
         "eer_pct": col(f"metrics.eer_pct/{trials}"),
+        "val_eer_pct": validation_eer(runs),
         "eer_ci_low": col(f"metrics.eer_pct/{trials}/ci_low"),
         "eer_ci_high": col(f"metrics.eer_pct/{trials}/ci_high"),
         "eer_std": col(f"metrics.eer_pct/{trials}/std"),
@@ -128,6 +133,9 @@ def variant_table(runs: pd.DataFrame, trials: str | None = None) -> tuple[pd.Dat
         "run_id": runs["run_id"],
     })
     t = t.sort_values("train_energy_j").reset_index(drop=True)
+    if select_on == "validation":
+        mark_front_on_validation(t)
+        return t, trials
     ok = t["train_energy_j"].notna() & t["eer_pct"].notna() & t["feasible"]
     t["pareto"] = False
     if ok.any():
@@ -277,15 +285,18 @@ class Report:
     table: pd.DataFrame
     knee: str | None
     trials: str
+    select_on: str | None = None  # a search's: what its front was chosen on
 
 
-def build_report(runs: pd.DataFrame, out_dir: str | Path, title: str, trials: str | None = None) -> Report:
-    """Write report.md, report.csv and figures into ``out_dir``; returns paths and the table."""
+def build_report(runs: pd.DataFrame, out_dir: str | Path, title: str, trials: str | None = None,
+                 select_on: str | None = None) -> Report:
+    """Write report.md, report.csv and figures into ``out_dir``; returns paths and the table. ``select_on``: a
+    search's (``validation`` or ``test``), what its front was chosen on."""
     if runs.empty:
         raise BenchError("no finished runs to report on; run a sweep or search first")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    t, trials = variant_table(runs, trials)
+    t, trials = variant_table(runs, trials, select_on)
     front = t[t["pareto"]]
     k = knee_index(front, "train_energy_j", "eer_pct") if len(front) else None
     knee = front.sort_values("train_energy_j").reset_index(drop=True).iloc[k]["variant"] if k is not None else None
@@ -299,7 +310,7 @@ def build_report(runs: pd.DataFrame, out_dir: str | Path, title: str, trials: st
     sources = ", ".join(sorted(set(t["energy_source"].dropna())))
     estimated = " (**estimates**, not measurements)" if "estimate" in sources else ""
     lines = [f"# {title}", "", f"Trial list: `{trials}`. Energy source: `{sources}`{estimated}.", "",
-             noise_note(t, comparisons), "",
+             noise_note(t, comparisons), "", *selection_markdown(t, select_on, trials, _md),
              "## All variants (sorted by training energy; `pareto` marks the front)", "",
              _md(t[["variant", "stages", "width", "params_m", "gmacs_per_s", "eer_pct", "eer_ci_low", "eer_ci_high",
                     "eer_std", "min_dcf_p01", "train_energy_j", "train_energy_j_std", "train_co2_g",
@@ -343,10 +354,10 @@ def build_report(runs: pd.DataFrame, out_dir: str | Path, title: str, trials: st
                                                   "infer_j_per_1k_trials"]]), ""]
     lines += ["## Which differences are real?", "", comparisons_markdown(comparisons), ""]
     write_text_atomic(out / "report.md", "\n".join(lines))
-    return Report(out, t, knee, trials)
+    return Report(out, t, knee, trials, select_on)
 
 
-def log_report(report: dict, run_id: str) -> None:
+def log_report(report: Report, run_id: str) -> None:
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient()
@@ -354,7 +365,7 @@ def log_report(report: dict, run_id: str) -> None:
         client.log_artifact(run_id, str(p), "report")
 
 
-def terminal_table(report: dict) -> str:
+def terminal_table(report: Report) -> str:
     t = report.table.copy()
     cols = ["variant", "params_m", "eer_pct", "eer_ci", "min_dcf_p01", "train_energy_j", "train_co2_g",
             "infer_j_per_1k_trials", "pareto"]
@@ -362,4 +373,6 @@ def terminal_table(report: dict) -> str:
                    for lo, hi in zip(t["eer_ci_low"], t["eer_ci_high"])]
     if t["eer_std"].notna().any():
         cols.insert(4, "eer_std")
+    if report.select_on == "validation":  # the EER the front was chosen on, beside the test EER
+        cols.insert(2, "val_eer_pct")
     return t[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}")

@@ -17,8 +17,8 @@ from bench.orchestration.search.cost import (cost_entries, cost_entry, measured_
                                              sum_entries)
 from bench.orchestration.search.recovery import (close_runs_of_failed_trials, fail_orphans, recover_killed_runs,
                                                  recover_lost_workers)
-from bench.orchestration.search.study import (ATTR_PARENT, create_study, load_study, make_storage, search_params,
-                                              started_trials, storage_url, study_folder)
+from bench.orchestration.search.study import (ATTR_PARENT, check_selection, create_study, load_study, make_storage,
+                                              search_params, started_trials, storage_url, study_folder)
 from bench.orchestration.search.workers import run_all_workers, run_slurm_workers
 from bench.tracking import store
 from bench.tracking.runlog import RunLog
@@ -52,6 +52,7 @@ def run_search(cfg: Config, workers: int = 1, out_root: str | Path = "runs/searc
                              "task: set slurm.gpus_per_node 1 (or train.device cpu)")
     elif workers > 1 and cfg.train.device != "cpu":
         worker_gpu_sets(workers)  # more workers than GPUs: the one-line error before anything is created
+    check_selection(cfg)
     store.setup_tracking()
     folder = study_folder(cfg, out_root)
     storage = make_storage(url, cfg.search.heartbeat_s)

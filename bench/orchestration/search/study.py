@@ -85,7 +85,7 @@ def create_study(cfg: Config, storage, outer_run: str | None = None) -> optuna.S
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names(list(objective_keys(cfg)))
     client = MlflowClient()
-    tags = {naming.TAG_KIND: "study", "optuna.study": cfg.search.study_name}
+    tags = {naming.TAG_KIND: "study", "optuna.study": cfg.search.study_name, **selection_tags(cfg)}
     if ATTR_PARENT in study.user_attrs:
         if outer_run:
             client.set_tag(outer_run, naming.TAG_KIND, "search")
@@ -104,6 +104,7 @@ def create_study(cfg: Config, storage, outer_run: str | None = None) -> optuna.S
     study.set_user_attr(ATTR_EXPERIMENT, exp_id)
     study.set_user_attr("budgets", _budgets(cfg))
     study.set_user_attr("objective", cfg.search.objective)
+    study.set_user_attr("select_on", cfg.search.select_on)
     if cfg.search.enqueue_study_variants:
         for layout in STUDY_VARIANT_LAYOUTS:
             params = _layout_params(cfg, layout)
@@ -121,23 +122,52 @@ def _check_same_search(cfg: Config, study: optuna.Study) -> None:
     """A continued study keeps its objective and budgets: mixing joules and grams in one front, or trials
     judged against other budgets, is an error before anything runs."""
     before = {"objective": study.user_attrs.get("objective", cfg.search.objective),
-              "budgets": study.user_attrs.get("budgets", _budgets(cfg))}
-    now = {"objective": cfg.search.objective, "budgets": _budgets(cfg)}
+              "budgets": study.user_attrs.get("budgets", _budgets(cfg)),
+              "select_on": study.user_attrs.get("select_on", "test")}  # studies from before the choice: test
+    now = {"objective": cfg.search.objective, "budgets": _budgets(cfg), "select_on": cfg.search.select_on}
     if before != now:
         raise BenchError(f"study '{cfg.search.study_name}' was run with {before}, not {now}; continue it with the "
                          "same --objective and budgets, or start another study with --study NAME")
 
 
-def objective_keys(cfg: Config) -> tuple[str, str]:
-    """The two objectives under their MLflow metric keys (also the study's Optuna metric names)."""
-    second = "train/energy_j" if cfg.search.objective == "energy" else "train/co2_g"
+SELECTED_ON_TEST = "selected on the test list: EERs are optimistic"
+VAL_EER_KEY = "val/eer_pct"
+VAL_FINAL_EER_KEY = "val/final_eer_pct"  # a completed trial's last validation EER, the mean over its seeds
 
+
+def check_selection(cfg: Config) -> None:
+    """Selecting on validation (the default) needs a validation hold-out: a one-line error before anything runs."""
+    if cfg.search.select_on == "validation" and not cfg.data.val_speakers:
+        raise BenchError("svbench search selects models on a validation list held out of the training speakers: "
+                         "set data.val_speakers (e.g. 0.1, or --val-speakers 0.1), or --select-on test to select on "
+                         "the test list (its EERs are then optimistic)")
+
+
+def selection_tags(cfg: Config) -> dict[str, str]:
+    """The study parent's label of what its front was chosen on."""
+    tags = {"search.select_on": cfg.search.select_on}
+    if cfg.search.select_on == "test":
+        tags["search.selection_note"] = SELECTED_ON_TEST
+    return tags
+
+
+def reported_eer_key(cfg: Config) -> str:
+    """The reported test list's EER key (``search.trial_list``, or the first evaluated list)."""
     root = data_root(cfg.data.root)
     name = cfg.search.trial_list or default_trial_list(root, cfg.data.trials)
     if name == AVERAGE and not average_lists(cfg, [p.stem for p in find_trial_lists(root, cfg.data.trials)]):
         raise BenchError("search.trial_list avg needs two or more evaluated trial lists (data.trials, or the lists "
                          f"under {root}/trials); add one with `svbench data add-eval` or name one list")
-    return f"eer_pct/{name}", second
+    return f"eer_pct/{name}"
+
+
+def objective_keys(cfg: Config) -> tuple[str, str]:
+    """The two objectives Optuna minimises, under their MLflow metric keys (also the study's metric names, which
+    optuna-dashboard shows): the final validation EER (or, with ``search.select_on test``, the test list's), and
+    the training energy or carbon."""
+    second = "train/energy_j" if cfg.search.objective == "energy" else "train/co2_g"
+    first = VAL_EER_KEY if cfg.search.select_on == "validation" else reported_eer_key(cfg)
+    return first, second
 
 
 def search_params(cfg: Config) -> dict:

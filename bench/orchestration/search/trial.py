@@ -24,8 +24,8 @@ from bench.orchestration.forecast import probe
 from bench.orchestration.search.cost import cost_entry
 from bench.orchestration.search.curve_pruning import ATTR_FINAL_VAL, ATTR_PREDICTION, ATTR_PRUNE_REASON, CurvePruner
 from bench.orchestration.search.study import (ATTR_EXPERIMENT, ATTR_PARENT, ATTR_RUN, ATTR_SPENT_SO_FAR, ATTR_WORKER,
-                                              STARTED, load_study, make_storage, objective_keys, started_trials,
-                                              suggest_overrides)
+                                              STARTED, VAL_FINAL_EER_KEY, load_study, make_storage, reported_eer_key,
+                                              started_trials, suggest_overrides)
 from bench.tracking import naming, store
 from bench.tracking.runlog import RunLog
 from bench.training.trainer import steps_per_epoch
@@ -157,20 +157,27 @@ def _trial_body(trial: optuna.Trial, ctx: TrialContext, rid: str, tags: dict) ->
                                             experiment_id=ctx.experiment_id, run_name=f"trial-{trial.number}",
                                             extra_tags=tags, progress=False, meters=ctx.meters,
                                             callbacks=[SpentSoFar(trial, ctx), curve])
-    if curve.final_val_eer_pct() is not None:
-        trial.set_user_attr(ATTR_FINAL_VAL, curve.final_val_eer_pct())
-    eer_key, _ = objective_keys(cfg)
-    if eer_key not in metrics:
+    final_val = curve.final_val_eer_pct()  # the mean over seeds when cfg.seeds > 1
+    if final_val is not None:
+        trial.set_user_attr(ATTR_FINAL_VAL, final_val)
+    test_key = reported_eer_key(cfg)
+    if test_key not in metrics:
         lists = [k.split("/", 1)[1] for k in metrics if k.startswith("eer_pct/")]
-        raise BenchError(f"search.trial_list '{eer_key.split('/', 1)[1]}' is not among the evaluated lists {lists}")
-    eer = metrics[eer_key]  # the mean over seeds when cfg.seeds > 1
+        raise BenchError(f"search.trial_list '{test_key.split('/', 1)[1]}' is not among the evaluated lists {lists}")
+    if cfg.search.select_on == "validation":  # the test EER is logged to the trial's run, never fed back
+        if final_val is None:
+            raise BenchError("no validation EER was measured for this trial; check data.val_speakers")
+        eer = final_val
+    else:
+        eer = metrics[test_key]  # the mean over seeds when cfg.seeds > 1
     energy_j = metrics.get("train/energy_j")
     co2_g = metrics.get("train/co2_g")
     if energy_j is None:
         raise BenchError("no training energy was measured for this trial; check energy.meters")
     cons = _constraint_values(cfg, energy_j, co2_g, params_m)
     trial.set_user_attr("constraints", cons)
-    log.log_batch(rid, metrics={f"constraint/{i}": c for i, c in enumerate(cons)},
+    selected = {VAL_FINAL_EER_KEY: final_val} if final_val is not None else {}
+    log.log_batch(rid, metrics={**{f"constraint/{i}": c for i, c in enumerate(cons)}, **selected},
                   tags={"optuna.feasible": str(all(c <= 0 for c in cons)).lower(), "optuna.state": "COMPLETE"})
     return eer, (energy_j if cfg.search.objective == "energy" else co2_g)
 
