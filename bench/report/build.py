@@ -312,7 +312,8 @@ def build_report(runs: pd.DataFrame, out_dir: str | Path, title: str, trials: st
     lines = [f"# {title}", "", f"Trial list: `{trials}`. Energy source: `{sources}`{estimated}.", "",
              noise_note(t, comparisons), "", *selection_markdown(t, select_on, trials, _md),
              "## All variants (sorted by training energy; `pareto` marks the front)", "",
-             _md(t[["variant", "stages", "width", "params_m", "gmacs_per_s", "eer_pct", "eer_ci_low", "eer_ci_high",
+             _md(t[["variant", "stages", "width", "params_m", "gmacs_per_s", "val_eer_pct", "eer_pct", "eer_ci_low",
+                    "eer_ci_high",
                     "eer_std", "min_dcf_p01", "train_energy_j", "train_energy_j_std", "train_co2_g",
                     "infer_j_per_1k_trials", "pareto"]].dropna(axis=1, how="all")), "",
              "![EER vs energy](eer_vs_energy.png)", ""]

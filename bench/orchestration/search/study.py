@@ -132,6 +132,7 @@ def _check_same_search(cfg: Config, study: optuna.Study) -> None:
 
 SELECTED_ON_TEST = "selected on the test list: EERs are optimistic"
 VAL_EER_KEY = "val/eer_pct"
+ATTR_TEST_EER = "test_eer_pct"  # a completed trial's EER on the reported test list (the seed mean)
 VAL_FINAL_EER_KEY = "val/final_eer_pct"  # a completed trial's last validation EER, the mean over its seeds
 
 

@@ -23,9 +23,9 @@ from bench.orchestration import seeds, slurm
 from bench.orchestration.forecast import probe
 from bench.orchestration.search.cost import cost_entry
 from bench.orchestration.search.curve_pruning import ATTR_FINAL_VAL, ATTR_PREDICTION, ATTR_PRUNE_REASON, CurvePruner
-from bench.orchestration.search.study import (ATTR_EXPERIMENT, ATTR_PARENT, ATTR_RUN, ATTR_SPENT_SO_FAR, ATTR_WORKER,
-                                              STARTED, VAL_FINAL_EER_KEY, load_study, make_storage, reported_eer_key,
-                                              started_trials, suggest_overrides)
+from bench.orchestration.search.study import (ATTR_EXPERIMENT, ATTR_PARENT, ATTR_RUN, ATTR_SPENT_SO_FAR,
+                                              ATTR_TEST_EER, ATTR_WORKER, STARTED, VAL_FINAL_EER_KEY, load_study,
+                                              make_storage, reported_eer_key, started_trials, suggest_overrides)
 from bench.tracking import naming, store
 from bench.tracking.runlog import RunLog
 from bench.training.trainer import steps_per_epoch
@@ -164,6 +164,7 @@ def _trial_body(trial: optuna.Trial, ctx: TrialContext, rid: str, tags: dict) ->
     if test_key not in metrics:
         lists = [k.split("/", 1)[1] for k in metrics if k.startswith("eer_pct/")]
         raise BenchError(f"search.trial_list '{test_key.split('/', 1)[1]}' is not among the evaluated lists {lists}")
+    trial.set_user_attr(ATTR_TEST_EER, metrics[test_key])  # for reports on the front: never an objective
     if cfg.search.select_on == "validation":  # the test EER is logged to the trial's run, never fed back
         if final_val is None:
             raise BenchError("no validation EER was measured for this trial; check data.val_speakers")
