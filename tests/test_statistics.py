@@ -141,7 +141,7 @@ def test_one_default_trial_list(tmp_path):
     """The first of data.trials everywhere (search objective, report); sorted order only when none is set."""
     from bench.config import load_config
     from bench.data.trials import default_trial_list
-    from bench.orchestration.search.study import objective_keys
+    from bench.orchestration.search.study import objective_keys, reported_eer_key
 
     root = tmp_path / "d"
     (root / "trials").mkdir(parents=True)
@@ -151,15 +151,19 @@ def test_one_default_trial_list(tmp_path):
     assert default_trial_list(root, ["vox1-O", "vox1-E"]) == "vox1-O"
     assert default_trial_list(root, []) == "vox1-E"
     cfg = load_config("tiny", {"data.root": str(root), "data.trials": ["vox1-O", "vox1-E"], "seeds": 3})
-    assert objective_keys(cfg) == ("eer_pct/vox1-O", "train/energy_j")
+    assert reported_eer_key(cfg) == "eer_pct/vox1-O"  # the reported test list
+    assert objective_keys(cfg) == ("val/eer_pct", "train/energy_j")  # what the search selects on
+    on_test = load_config("tiny", {"data.root": str(root), "data.trials": ["vox1-O", "vox1-E"],
+                                   "search.select_on": "test"})
+    assert objective_keys(on_test) == ("eer_pct/vox1-O", "train/energy_j")
     runs = pd.DataFrame({"params.data.trials": ["vox1-O,vox1-E"]})
     assert default_trials(runs, ["vox1-E", "vox1-O"]) == "vox1-O"
     assert default_trials(pd.DataFrame({"params.data.trials": [""]}), ["vox1-O", "vox1-E"]) == "vox1-E"
     avg = load_config("tiny", {"data.root": str(root), "search.trial_list": "avg"})
-    assert objective_keys(avg) == ("eer_pct/avg", "train/energy_j")  # the macro average of both lists
+    assert reported_eer_key(avg) == "eer_pct/avg"  # the macro average of both lists
     one = load_config("tiny", {"data.root": str(root), "data.trials": ["vox1-O"], "search.trial_list": "avg"})
     with pytest.raises(BenchError, match="needs two or more"):
-        objective_keys(one)
+        reported_eer_key(one)
 
 
 def test_sweep_with_seeds_logs_mean_and_std(tiny_corpus, tmp_path, fake_machine):

@@ -270,7 +270,7 @@ def test_mlflow_run_search_entry_with_a_budget_and_empty_parameters(tiny_corpus,
     from bench.orchestration.search.study import make_storage
 
     loaded = optuna.load_study(study_name="svbench-search", storage=make_storage(str(tmp_path / "s.journal")))
-    assert loaded.metric_names == ["eer_pct/synth", "train/energy_j"]  # the MLflow keys
+    assert loaded.metric_names == ["val/eer_pct", "train/energy_j"]  # the MLflow keys (selected on validation)
     # running it again continues the study; the new MLflow run links to the study's first parent
     search(3)
     runs = client.search_runs([exp_id])
