@@ -342,3 +342,35 @@ def test_a_kaldi_dir_with_a_trials_folder_spk2utt_enrolment_and_word_labels(tmp_
     (test_dir / "trials" / "other_list.lst").write_text("spkB-model spkB-t0 maybe\n")
     assert_one_line_error(run_cli("data", "add-eval", "--name", "kd", "--root", test_dir, "--format", "kaldi",
                                   "--out", root, "--enroll-dir", enroll_dir), "label 'maybe'", "true/false")
+
+
+def test_a_kaldi_dir_with_segments_and_a_piped_wav_scp_entry(tmp_path):
+    """Kaldi's VoxCeleb2 / SITW / SRE dirs: ``segments`` cut recordings, and a ``wav.scp`` entry may be a command
+    whose output is the audio (``sox in.sph -t wav - |``; here ``cat``, sox not being installed). Without
+    --allow-pipes that is a one-line error naming the flag; with it the command runs and its output is cut."""
+    import soundfile as sf
+
+    from bench.data.audio import load_audio
+
+    rng = np.random.default_rng(3)
+    d, root = tmp_path / "sre", tmp_path / "root"
+    _empty_root(root)
+    d.mkdir()
+    rec1, rec2 = rng.standard_normal(40000) * 0.1, rng.standard_normal(32000) * 0.1
+    sf.write(d / "rec1.wav", rec1, 16000, subtype="FLOAT")
+    sf.write(d / "rec2.flac", rec2, 16000)
+    (d / "wav.scp").write_text(f"rec1 cat {d / 'rec1.wav'} |\nrec2 rec2.flac\n")
+    (d / "segments").write_text("spkA-s0 rec1 0.0 1.0\nspkA-s1 rec1 1.0 2.25\nspkB-s0 rec2 0.5 1.5\n")
+    (d / "utt2spk").write_text("spkA-s0 spkA\nspkA-s1 spkA\nspkB-s0 spkB\n")
+    (d / "trials").write_text("spkA-s0 spkA-s1 1\nspkA-s0 spkB-s0 0\n")
+    args = ["data", "add-eval", "--name", "sre", "--root", d, "--format", "kaldi", "--out", root]
+    assert_one_line_error(run_cli(*args), "--allow-pipes", "line 1", "cat ")
+    assert not (root / "eval.csv").exists()
+    proc = run_cli(*args, "--allow-pipes")
+    assert proc.returncode == 0, proc.stderr
+    rows = read_manifest(root / "eval.csv").set_index("utt_id")
+    assert rows["num_samples"].sort_index().tolist() == [16000, 20000, 16000]  # spkA-s0, spkA-s1, spkB-s0
+    cut = load_audio(rows.loc["sre:spkB/spkB-s0", "path"])
+    np.testing.assert_allclose(cut, rec2[8000:24000], atol=1e-3)  # PCM16 on both sides
+    first = load_audio(rows.loc["sre:spkA/spkA-s0", "path"])
+    np.testing.assert_allclose(first, rec1[:16000], atol=1e-3)

@@ -47,7 +47,7 @@ def cmd_data_add_eval(args, extra) -> int:
 
     no_extra(extra)
     summary = add_eval_set(args.name, args.root, args.format, args.out, args.trials, args.workers, args.protocol,
-                           args.enroll_dir)
+                           args.enroll_dir, args.allow_pipes)
     _print_summary(f"evaluation set {args.name}", summary)
     print(f"score it with --data.trials {summary['lists'].replace(',', ' ')} (or every list under {summary['root']}"
           "/trials by default)")
@@ -107,6 +107,8 @@ def register(sub) -> None:
     a.add_argument("--protocol", default="concat", choices=("concat", "avg"),
                    help="cnceleb: enrol with the release's concatenated file (concat) or the mean of the "
                         "enroll.map segments (avg)")
+    a.add_argument("--allow-pipes", action="store_true", help="kaldi: executes the commands in wav.scp (piped "
+                                                                "entries such as 'sox in.sph -t wav - |')")
     a.add_argument("--enroll-dir", default=None, help="kaldi: the enrolment data dir whose spk2utt the trials' "
                                                       "model ids name")
     a.add_argument("--workers", type=int, default=None)

@@ -12,7 +12,10 @@
 * ``kaldi``: a Kaldi / WeSpeaker data dir: ``wav.scp`` (``utt path``), ``utt2spk``, and trials
   (``enroll test label``) in a file named ``trials`` or in a ``trials/`` folder (``vox1_O.kaldi``,
   ``CNC-Eval-Avg.lst``). With ``--enroll-dir``, the first field of a trial is a model id of that dir's
-  ``spk2utt`` (its own ``wav.scp``), enrolled with the mean of its utterances.
+  ``spk2utt`` (its own ``wav.scp``), enrolled with the mean of its utterances. A ``segments`` file
+  (``utt recording start_s end_s``) makes the utterances cuts of ``wav.scp``'s recordings. A piped
+  ``wav.scp`` entry (``rec sox in.sph -t wav - |``, Kaldi's VoxCeleb2, SITW and SRE dirs) is a command whose
+  output is the audio: run only with ``--allow-pipes``, which executes the commands in that file.
 
 ``--trials`` names the list for any form: a file, or a folder whose every file is one list named by its stem.
 Labels may be ``1/0``, ``target/nontarget`` or ``true/false``.
@@ -29,12 +32,29 @@ LABELS = {"1": 1, "0": 0, "target": 1, "nontarget": 0, "true": 1, "false": 0}
 PROTOCOLS = ("concat", "avg")
 
 
+@dataclass(frozen=True)
+class Command:
+    """A piped ``wav.scp`` entry: a shell command whose standard output is the audio."""
+    text: str
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A cut of a recording (a file or a command), from ``start_s`` to ``end_s`` seconds."""
+    recording: Path | Command
+    start_s: float
+    end_s: float
+
+
+Source = Path | Command | Segment
+
+
 @dataclass
 class EvalSet:
     """One set as read from its form: utterance key -> (audio file, speaker); enrolment id -> keys of its files;
     trial lists (name -> trials as (label, enrolment id or utterance key, test key)); the name None is the list
     named by ``--name``."""
-    files: dict[str, tuple[Path, str]] = field(default_factory=dict)
+    files: dict[str, tuple[Source, str]] = field(default_factory=dict)
     enrolments: dict[str, list[str]] = field(default_factory=dict)
     lists: dict[str | None, list[tuple[int, str, str]]] = field(default_factory=dict)
 
@@ -112,31 +132,49 @@ def read_cnceleb(folder: Path, trials: Path | None = None, protocol: str = "conc
     return s
 
 
-def _data_dir(folder: Path, s: EvalSet, prefix: str = "") -> None:
-    """A Kaldi dir's ``wav.scp`` and ``utt2spk`` into ``s.files`` (keys prefixed, to keep two dirs apart)."""
-    if (folder / "segments").is_file():
-        raise BenchError(f"{folder / 'segments'}: segments of recordings are not read by this version; cut them to "
-                         "files and list those in wav.scp")
+def _data_dir(folder: Path, s: EvalSet, prefix: str = "", allow_pipes: bool = False) -> None:
+    """A Kaldi dir's ``wav.scp``, ``utt2spk`` and ``segments`` into ``s.files`` (keys prefixed, to keep two dirs
+    apart)."""
     speakers = {utt: spk for _, (utt, spk) in lines(folder / "utt2spk", 2, "utt2spk", "kaldi")}
     scp = folder / "wav.scp"
+    sources: dict[str, Path | Command] = {}
     for lineno, parts in lines(scp, None, "wav.scp", "kaldi"):
-        utt, rest = parts[0], parts[1:]
+        key, rest = parts[0], parts[1:]
         if rest[-1].endswith("|"):
-            raise BenchError(f"wav.scp {scp} line {lineno} is a command ('{' '.join(rest)[:60]}'); this version "
-                             "reads files only: write the audio out and point wav.scp at it")
+            if not allow_pipes:
+                raise BenchError(f"wav.scp {scp} line {lineno} is a command ('{' '.join(rest)[:60]}'): add "
+                                 "--allow-pipes to execute the commands in this file, or point wav.scp at files")
+            sources[key] = Command(" ".join(rest).rstrip("|").strip())
+            continue
         if len(rest) != 1:
-            raise BenchError(f"wav.scp {scp} line {lineno} is malformed; expected 'utt path'")
-        if utt not in speakers:
-            raise BenchError(f"wav.scp {scp} line {lineno}: utterance '{utt}' has no speaker in utt2spk")
+            raise BenchError(f"wav.scp {scp} line {lineno} is malformed; expected 'utt path' or 'utt command |'")
         path = Path(rest[0])
-        s.files[prefix + utt] = (path if path.is_absolute() else folder / path, speakers[utt])
+        sources[key] = path if path.is_absolute() else folder / path
+    segments = folder / "segments"
+    if segments.is_file():
+        cut = {}
+        for lineno, (utt, rec, start, end) in lines(segments, 4, "segments", "kaldi"):
+            try:
+                start_s, end_s = float(start), float(end)
+            except ValueError:
+                start_s = end_s = -1.0
+            if rec not in sources or not 0 <= start_s < end_s:
+                raise BenchError(f"segments {segments} line {lineno}: '{rec}' is not in wav.scp or {start}-{end} is "
+                                 "not a span of seconds")
+            cut[utt] = Segment(sources[rec], start_s, end_s)
+        sources = cut
+    for utt, source in sources.items():
+        if utt not in speakers:
+            raise BenchError(f"{folder}: utterance '{utt}' has no speaker in utt2spk")
+        s.files[prefix + utt] = (source, speakers[utt])
 
 
-def read_kaldi(folder: Path, trials: Path | None = None, enroll_dir: Path | None = None) -> EvalSet:
+def read_kaldi(folder: Path, trials: Path | None = None, enroll_dir: Path | None = None,
+               allow_pipes: bool = False) -> EvalSet:
     s = EvalSet()
-    _data_dir(folder, s)
+    _data_dir(folder, s, allow_pipes=allow_pipes)
     if enroll_dir is not None:
-        _data_dir(enroll_dir, s, prefix="enroll/")
+        _data_dir(enroll_dir, s, prefix="enroll/", allow_pipes=allow_pipes)
         spk2utt = enroll_dir / "spk2utt"
         for lineno, (model, *utts) in lines(spk2utt, None, "spk2utt", "kaldi"):
             missing = [u for u in utts if f"enroll/{u}" not in s.files]

@@ -19,16 +19,19 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import soundfile as sf
 from tqdm import tqdm
 
 from bench.atomic import atomic_open
-from bench.data.audio import SAMPLE_RATE, audio_info
-from bench.data.eval_forms import read_cnceleb, read_kaldi, read_voxceleb
+from bench.data.audio import SAMPLE_RATE, audio_info, load_audio
+from bench.data.eval_forms import Command, Segment, Source, read_cnceleb, read_kaldi, read_voxceleb
 from bench.data.manifest import COLUMNS, EVAL_MANIFEST, TRIALS_DIR, data_root, read_manifest, write_manifest
 from bench.data.trials import AVERAGE, ENROLL_DIR, EVAL_FORMATS, TrialList, write_trials
 from bench.data.voxceleb import decode_to_wav
@@ -40,12 +43,12 @@ NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 AUDIO_SUFFIXES = (".wav", ".flac", ".m4a", ".mp3", ".ogg", ".opus", ".aac")
 
 
-def resolve_by_stem(files: dict[str, tuple[Path, str]]) -> tuple[dict[str, tuple[Path, str]], int]:
+def resolve_by_stem(files: dict[str, tuple[Source, str]]) -> tuple[dict[str, tuple[Source, str]], int]:
     """Each listed file that does not exist replaced by the one file beside it with the same stem and an audio
     suffix (CN-Celeb_flac: ``.wav`` in the lists, ``.flac`` on disk); (files, how many were replaced)."""
     out, replaced = {}, 0
     for key, (src, spk) in files.items():
-        if not src.is_file() and src.parent.is_dir():
+        if isinstance(src, Path) and not src.is_file() and src.parent.is_dir():
             found = sorted(c for c in src.parent.glob(f"{src.stem}.*")
                            if c.suffix.lower() in AUDIO_SUFFIXES and c.is_file())
             if len(found) > 1:
@@ -57,9 +60,9 @@ def resolve_by_stem(files: dict[str, tuple[Path, str]]) -> tuple[dict[str, tuple
     return out, replaced
 
 
-def _probe(src: Path) -> tuple[int, int, int] | None:
-    """(samples, rate, channels) of a WAV/FLAC file; None for any other file or one soundfile cannot read."""
-    if src.suffix.lower() not in (".wav", ".flac"):
+def _probe(src: Source) -> tuple[int, int, int] | None:
+    """(samples, rate, channels) of a WAV/FLAC file; None for anything else or a file soundfile cannot read."""
+    if not isinstance(src, Path) or src.suffix.lower() not in (".wav", ".flac"):
         return None
     try:
         return audio_info(src)
@@ -67,12 +70,13 @@ def _probe(src: Path) -> tuple[int, int, int] | None:
         return None
 
 
-def _audio_plan(files: dict[str, tuple[Path, str]], dst_base: Path, workers: int) -> dict[str, tuple]:
+def _audio_plan(files: dict[str, tuple[Source, str]], dst_base: Path, workers: int) -> dict[str, tuple]:
     """key -> (source, converted file or None when the source is used in place, its samples when in place),
     every file probed once, in parallel. The first missing file is a one-line error."""
     for key, (src, _) in files.items():
-        if not src.is_file():
-            raise BenchError(f"audio file {src} (named by the set's lists) does not exist; fix the list or --root")
+        file = src.recording if isinstance(src, Segment) else src
+        if isinstance(file, Path) and not file.is_file():
+            raise BenchError(f"audio file {file} (named by the set's lists) does not exist; fix the list or --root")
     with ThreadPoolExecutor(max_workers=workers) as pool:
         infos = list(pool.map(_probe, [src for src, _ in files.values()]))
     plan = {}
@@ -84,21 +88,60 @@ def _audio_plan(files: dict[str, tuple[Path, str]], dst_base: Path, workers: int
     return plan
 
 
-def _convert(plan: dict[str, tuple], workers: int) -> None:
-    todo = [(src, dst) for src, dst, _ in plan.values() if dst is not None and not dst.exists()]
+def _recording_to_wav(recording: Path | Command, dst: Path) -> None:
+    """A file, or a command's standard output, decoded to 16 kHz mono WAV at ``dst``."""
+    if isinstance(recording, Path):
+        decode_to_wav(recording, dst)
+        return
+    proc = subprocess.run(recording.text, shell=True, capture_output=True, timeout=3600)
+    if proc.returncode != 0 or not proc.stdout:
+        why = proc.stderr.decode(errors="replace").strip().splitlines()[-1:] or [f"exit code {proc.returncode}"]
+        raise BenchError(f"wav.scp command '{recording.text[:80]}' failed ({why[0][:100]}); fix it or the file")
+    raw = dst.with_name(dst.name + ".piped")
+    try:
+        raw.write_bytes(proc.stdout)
+        decode_to_wav(raw, dst)
+    finally:
+        raw.unlink(missing_ok=True)
 
-    def one(pair):
-        src, dst = pair
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        decode_to_wav(src, dst)
+
+def _convert(plan: dict[str, tuple], workers: int) -> None:
+    """Decode what is not used in place (resumably: a converted file is kept); a recording that several segments
+    cut is decoded once."""
+    todo: dict[Path | Command, list[tuple[Segment | None, Path]]] = {}
+    for src, dst, _ in plan.values():
+        if dst is not None and not dst.exists():
+            whole = src.recording if isinstance(src, Segment) else src
+            todo.setdefault(whole, []).append((src if isinstance(src, Segment) else None, dst))
+
+    def one(item):
+        recording, outs = item
+        for _, dst in outs:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+        if all(seg is None for seg, _ in outs):
+            _recording_to_wav(recording, outs[0][1])
+            return
+        with tempfile.TemporaryDirectory(dir=outs[0][1].parent) as tmp:
+            whole = Path(tmp) / "recording.wav"
+            _recording_to_wav(recording, whole)
+            audio = load_audio(whole, SAMPLE_RATE)
+            for seg, dst in outs:
+                cut = audio[int(seg.start_s * SAMPLE_RATE):int(seg.end_s * SAMPLE_RATE)]
+                if not len(cut):
+                    raise BenchError(f"a segment starts at {seg.start_s} s, past the end of its recording "
+                                     f"({len(audio) / SAMPLE_RATE:.2f} s); fix segments")
+                part = Path(tmp) / "segment.wav"
+                sf.write(part, cut, SAMPLE_RATE, subtype="PCM_16")
+                os.replace(part, dst)
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        list(tqdm(pool.map(one, todo), total=len(todo), desc="audio -> 16 kHz mono (PyAV)", unit="file",
+        list(tqdm(pool.map(one, todo.items()), total=len(todo), desc="audio -> 16 kHz mono (PyAV)", unit="file",
                   leave=False, disable=None))
 
 
 def add_eval_set(name: str, folder: str | Path, form: str, out: str | Path, trials: str | Path | None = None,
-                 workers: int | None = None, protocol: str = "concat", enroll_dir: str | Path | None = None) -> dict:
+                 workers: int | None = None, protocol: str = "concat", enroll_dir: str | Path | None = None,
+                 allow_pipes: bool = False) -> dict:
     """Read the set, convert what needs it, then write its manifest rows, trial lists and enrolments."""
     if not NAME.match(name) or name == AVERAGE:
         raise BenchError(f"--name '{name}' must be letters, digits, '_', '.' or '-' (and not 'avg')")
@@ -117,7 +160,7 @@ def add_eval_set(name: str, folder: str | Path, form: str, out: str | Path, tria
     elif form == "cnceleb":
         s = read_cnceleb(folder, trials_path, protocol)
     else:
-        s = read_kaldi(folder, trials_path, Path(enroll_dir) if enroll_dir is not None else None)
+        s = read_kaldi(folder, trials_path, Path(enroll_dir) if enroll_dir is not None else None, allow_pipes)
     names = {key: key or name for key in s.lists}
     bad = [n for n in names.values() if not NAME.match(n) or n == AVERAGE]
     if bad:
