@@ -93,7 +93,8 @@ def _recording_to_wav(recording: Path | Command, dst: Path) -> None:
     if isinstance(recording, Path):
         decode_to_wav(recording, dst)
         return
-    proc = subprocess.run(recording.text, shell=True, capture_output=True, timeout=3600)
+    # a piped wav.scp entry is shell syntax (Kaldi runs it with sh); run only under --allow-pipes, which says so
+    proc = subprocess.run(["sh", "-c", recording.text], capture_output=True, timeout=3600)
     if proc.returncode != 0 or not proc.stdout:
         why = proc.stderr.decode(errors="replace").strip().splitlines()[-1:] or [f"exit code {proc.returncode}"]
         raise BenchError(f"wav.scp command '{recording.text[:80]}' failed ({why[0][:100]}); fix it or the file")
