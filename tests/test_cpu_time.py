@@ -1,6 +1,7 @@
 """CPU time of the measured work (bench.energy.cpu_time): a job's cgroup v2 cpu.stat as CEEMS reads it, or the
 whole process tree, reaped descendants included; the node's busy time without steal and without guest twice."""
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -85,3 +86,29 @@ def test_whole_node_partitions_hold_their_node_exclusively():
     assert not holds_node_exclusively(job, "PartitionName=gpu AllowGroups=ALL OverSubscribe=NO State=UP")
     assert not holds_node_exclusively(job, None)
     assert holds_node_exclusively(job.replace("OverSubscribe=OK", "OverSubscribe=NO"), None)
+
+
+def test_the_search_cost_is_shared_as_its_trials_on_a_packed_node(tmp_path, monkeypatch):
+    """The search's own window follows the node's sharing, as its trials do: inside a Slurm job that does not hold
+    its node, the study cost is its CPU-time share; with --exclusive (OverSubscribe=NO) it is the whole node.
+    ``scontrol`` here is a stand-in printing the one-line records Slurm prints for ``show job -o`` / ``show
+    partition -o``."""
+    from bench.config import load_config
+    from bench.orchestration.search.cost import study_plan
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    scontrol = bin_dir / "scontrol"
+    scontrol.write_text('#!/bin/sh\ncase "$2" in\n'
+                        '  job) echo "JobId=$4 JobName=svbench Partition=gpu OverSubscribe=${JOB_OVERSUBSCRIBE} '
+                        'NumNodes=1" ;;\n'
+                        '  partition) echo "PartitionName=gpu AllowGroups=ALL OverSubscribe=NO State=UP" ;;\n'
+                        'esac\n')
+    scontrol.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    cfg = load_config("tiny", {})
+    monkeypatch.setenv("JOB_OVERSUBSCRIBE", "OK")
+    assert study_plan(cfg, [["0"], ["1"]]).attribution == "cpu-time-share"
+    monkeypatch.setenv("JOB_OVERSUBSCRIBE", "NO")
+    assert study_plan(cfg, [["0"], ["1"]]).attribution == "exclusive"

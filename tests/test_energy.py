@@ -1,6 +1,7 @@
 import json
 import subprocess
 import sys
+import textwrap
 import time
 import warnings
 from pathlib import Path
@@ -304,3 +305,37 @@ def test_an_idle_profile_is_stored_on_a_held_node_and_gives_a_shared_run_its_sha
     assert 0.0 < fraction <= 1.0  # whatever else runs beside it: the idle power follows its share
     assert r.idle_power_w["node"] == pytest.approx(stored["idle_power_w"]["node"] * fraction, rel=0.05)
     assert r.dynamic_j is not None and r.dynamic_j >= 0
+
+
+def test_a_gpu_without_an_energy_counter_is_measured_from_its_power_and_says_so(tmp_path, fake_machine):
+    """A pre-Volta board (no energy counter), simulated in Zeus's device layer: Zeus integrates its polled power,
+    and the label says so (``gpu:nvml-power``), never the counter's ``gpu:nvml``. Constant fake power: not
+    sensitive to load, so not a solo test."""
+    script = tmp_path / "probe.py"
+    script.write_text(textwrap.dedent("""
+        import json, time
+        from bench.config import EnergyConfig
+        from bench.energy.meters import create_meters
+        from bench.energy.plan import measurement_plan
+
+
+        def main():
+            meters = create_meters(EnergyConfig(meters=["zeus"]), measurement_plan("cuda:0", shared=False))
+            with meters.window("w") as w:
+                time.sleep(2.0)
+            meters.close()
+            r = w.reading
+            print(json.dumps({"gpu_j": r.gpu_j, "time_s": r.time_s, "tags": r.tags()}))
+
+
+        if __name__ == "__main__":  # Zeus's power monitor is a spawned process that imports this file
+            main()
+    """))
+    env = fake_machine(gpu_w=[150], FAKE_ZEUS_GPU_NO_COUNTER="1")
+    proc = subprocess.run([sys.executable, str(script)], env=env, cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert r["tags"]["energy.source"] == "gpu:nvml-power"
+    assert r["tags"]["energy.incomplete"] == "cpu"  # this fake machine has no RAPL: the CPU is listed missing
+    assert r["gpu_j"] == pytest.approx(150.0 * r["time_s"], rel=0.05)

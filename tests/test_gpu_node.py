@@ -126,3 +126,4 @@ def test_one_failed_node_read_mid_run_keeps_the_total_and_records_the_gap(tmp_pa
     assert r["gap_s"]["node"] > 0 and float(r["tags"]["energy.interpolated_s"]) > 0
     assert r["tags"]["energy.incomplete"] == "none" and "node:command" in r["tags"]["energy.source"]
     assert r["tags"]["energy.node_gpus"] == "own"  # exclusive: the node's rest beside our GPU, the total the node's
+

@@ -8,6 +8,7 @@ Zeus's NVIDIA layer does, so a process that is given GPU 1 sees it as its index 
 Installed by ``sitecustomize.py`` beside this file in every Python process whose environment has
 ``FAKE_ZEUS_GPU_W`` (comma-separated watts per physical GPU) and ``PYTHONPATH`` naming this folder;
 ``FAKE_ZEUS_RAPL_DIR`` points Zeus's RAPL reader at a powercap tree a test drives.
+``FAKE_ZEUS_GPU_NO_COUNTER=1`` makes the boards pre-Volta: no energy counter, power readings only.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ class FakeGPU(GPU):
         return int(self.watts * 1000)
 
     def supports_get_total_energy_consumption(self) -> bool:
-        return True
+        return os.environ.get("FAKE_ZEUS_GPU_NO_COUNTER") != "1"
 
     def get_total_energy_consumption(self) -> int:
         return int(self.watts * (time.time() - self.t0) * 1000)  # mJ
