@@ -144,7 +144,8 @@ class Scorer:
 @torch.no_grad()
 def training_statistics(embedder, fbank, root: Path, batch_frames: int, device: torch.device,
                         max_utts: int = 2000, seed: int = 0, cohort_utts_per_speaker: int = 3,
-                        cohort_speakers: int = 6000, precision: str = "fp32") -> dict:
+                        cohort_speakers: int = 6000, precision: str = "fp32", tolerance: float = LENGTH_TOLERANCE,
+                        batch_utts: int = BATCH_UTTS) -> dict:
     """Mean embedding over a seeded sample of ``max_utts`` training utterances, and the AS-norm cohort as
     WeSpeaker builds it: one mean embedding per training speaker (up to ``cohort_speakers`` speakers, a
     seeded choice when there are more), each over up to ``cohort_utts_per_speaker`` of its utterances."""
@@ -158,7 +159,7 @@ def training_statistics(embedder, fbank, root: Path, batch_frames: int, device: 
     rows = pd.concat([mean_rows, cohort_rows]).drop_duplicates("utt_id").reset_index(drop=True)
     ids = rows["utt_id"].tolist()
     emb = extract_embeddings(embedder, fbank, ids, [root / p for p in rows["path"]], rows["num_samples"].tolist(),
-                             batch_frames, device, precision)
+                             batch_frames, device, precision, tolerance, batch_utts)
     index = {u: i for i, u in enumerate(ids)}
     mean = emb[[index[u] for u in mean_rows["utt_id"]]].mean(axis=0)
     by_speaker = cohort_rows.groupby("speaker", sort=True)["utt_id"]
@@ -172,7 +173,8 @@ def statistics_for(extractor, cfg: Config, device: torch.device, precision: str 
     return training_statistics(extractor, make_fbank(cfg, device), data_root(cfg.data.root), cfg.eval.batch_frames,
                                device, max_utts=cfg.eval.stats_max_utts, seed=cfg.train.seed,
                                cohort_utts_per_speaker=cfg.eval.cohort_utts_per_speaker,
-                               cohort_speakers=cfg.eval.cohort_speakers, precision=precision)
+                               cohort_speakers=cfg.eval.cohort_speakers, precision=precision,
+                               tolerance=cfg.eval.length_tolerance, batch_utts=cfg.eval.batch_utts)
 
 
 def make_fbank(cfg: Config, device: torch.device) -> Fbank:
