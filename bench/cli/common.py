@@ -12,6 +12,13 @@ class Parser(argparse.ArgumentParser):
         raise BenchError(f"{self.prog}: {message} (see --help)")
 
 
+def subcommands(p: argparse.ArgumentParser, dest: str):
+    """The required sub-commands of ``p`` (``svbench data synth``...), whose errors are one line too."""
+    sub = p.add_subparsers(dest=dest, parser_class=Parser)
+    sub.required = True
+    return sub
+
+
 def add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="demo", help="preset name or YAML file (default: demo)")
 

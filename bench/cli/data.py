@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bench.cli.common import Parser, no_extra
+from bench.cli.common import no_extra, subcommands
 from bench.data.trials import EVAL_FORMATS
 
 
@@ -74,9 +74,7 @@ def _print_summary(title: str, summary: dict) -> None:
 
 
 def register(sub) -> None:
-    data = sub.add_parser("data", help="generate or prepare data")
-    dsub = data.add_subparsers(dest="data_cmd", parser_class=Parser)
-    dsub.required = True
+    dsub = subcommands(sub.add_parser("data", help="generate or prepare data"), "data_cmd")
     s = dsub.add_parser("synth", help="generate the synthetic speaker corpus")
     s.add_argument("--out", required=True)
     s.add_argument("--seed", type=int, default=0)

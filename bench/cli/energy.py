@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bench.cli.common import Parser, add_config_args, config_from_args
+from bench.cli.common import add_config_args, config_from_args, subcommands
 
 
 def cmd_idle(args, extra) -> int:
@@ -28,9 +28,8 @@ def cmd_idle(args, extra) -> int:
 
 
 def register(sub) -> None:
-    e = sub.add_parser("energy", help="the machine's idle profile (for runs on a shared node)")
-    esub = e.add_subparsers(dest="energy_cmd", parser_class=Parser)
-    esub.required = True
+    esub = subcommands(sub.add_parser("energy", help="the machine's idle profile (for runs on a shared node)"),
+                       "energy_cmd")
     idle = esub.add_parser("idle", help="measure the idle power of every meter while holding the node, and store it")
     add_config_args(idle)
     idle.add_argument("--seconds", type=float, default=30.0, help="how long to measure (default %(default)s s)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from bench.cli import data, deploy, energy, jobs, models, report, search, sweep, sync, train
-from bench.cli.common import Parser, add_config_args
+from bench.cli.common import Parser, add_config_args, subcommands
 from bench.errors import BenchError
 
 COMMAND_MODULES = (data, models, train, deploy, sweep, jobs, report, search, sync, energy)
@@ -20,8 +20,7 @@ def cmd_config(args, extra) -> int:
 
 def build_parser() -> Parser:
     p = Parser(prog="svbench", description="Speaker-verification energy benchmark")
-    sub = p.add_subparsers(dest="cmd", parser_class=Parser)
-    sub.required = True
+    sub = subcommands(p, "cmd")
     c = sub.add_parser("config", help="print the resolved config (preset + --section.key overrides)")
     add_config_args(c)
     c.set_defaults(func=cmd_config)

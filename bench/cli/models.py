@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from bench.cli.common import Parser, no_extra
+from bench.cli.common import no_extra, subcommands
 
 
 def cmd_models_list(args, extra) -> int:
@@ -42,9 +42,7 @@ def cmd_models_show(args, extra) -> int:
 
 
 def register(sub) -> None:
-    models = sub.add_parser("models", help="list and inspect model presets")
-    msub = models.add_subparsers(dest="models_cmd", parser_class=Parser)
-    msub.required = True
+    msub = subcommands(sub.add_parser("models", help="list and inspect model presets"), "models_cmd")
     ml = msub.add_parser("list", help="every preset with depth, parameters and GMACs per second of audio")
     ml.add_argument("--format", choices=["table", "csv"], default="table")
     ml.add_argument("--num-classes", type=int, default=5994, help="classes of the margin head (default: VoxCeleb2 dev)")

@@ -82,12 +82,11 @@ def summarise(prefix: str, readings: list[EnergyReading], energy_cfg,
 def carbon_tags(energy_cfg, series: HourlySeries | None) -> dict:
     """What the carbon figures were charged: region (and whether it is the default), intensity, factor type."""
     global _said_default_region
-    default = energy_cfg.region is None
+    default, region = energy_cfg.region is None, grid_region(energy_cfg)
     if default and not _said_default_region:
-        LOG.warning("energy.region is not set: carbon is charged at %s's grid intensity; set energy.region",
-                    grid_region(energy_cfg))
+        LOG.warning("energy.region is not set: carbon is charged at %s's grid intensity; set energy.region", region)
         _said_default_region = True
-    inten = lookup(grid_region(energy_cfg))
+    inten = lookup(region)
     tags = {"carbon.region": inten.region, "pue": str(energy_cfg.pue)}
     if default:
         tags["carbon.region_unset"] = f"energy.region is not set: {inten.region}, the default, was charged"

@@ -144,8 +144,6 @@ class CarbonResult:
     region: str
     source: str
     pue: float
-    factor: str = TABLE_FACTOR  # lifecycle or direct (of the series; the table's where it stood in)
-    table_windows: int = 0  # windows a series did not cover, charged the region's yearly average instead
 
 
 def carbon_of(readings: list[EnergyReading], pue: float, region: str = DEFAULT_REGION,
@@ -158,8 +156,7 @@ def carbon_of(readings: list[EnergyReading], pue: float, region: str = DEFAULT_R
     if any(t is None for _, t in totals) or not totals:
         return CarbonResult(None, None, inten.g_per_kwh if series is None else float("nan"),
                             inten.region if series is None else "series",
-                            table_source if series is None else series.source, pue,
-                            TABLE_FACTOR if series is None else series.factor)
+                            table_source if series is None else series.source, pue)
     kwh = sum(t for _, t in totals) / J_PER_KWH
     facility_kwh = kwh * pue
     if series is None:
@@ -171,5 +168,4 @@ def carbon_of(readings: list[EnergyReading], pue: float, region: str = DEFAULT_R
     source = series.source
     if uncovered:
         source += f"; {len(uncovered)} of {len(totals)} window(s) outside it: {inten.region} {table_source}"
-    factor = series.factor if not uncovered or series.factor == TABLE_FACTOR else f"{series.factor}+{TABLE_FACTOR}"
-    return CarbonResult(co2, facility_kwh, mean_int, "series", source, pue, factor, len(uncovered))
+    return CarbonResult(co2, facility_kwh, mean_int, "series", source, pue)

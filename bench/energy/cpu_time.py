@@ -35,15 +35,19 @@ def machine_busy_cpu_seconds() -> float:
     return t.user + t.nice + t.system + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0)
 
 
-def process_tree_cpu_seconds() -> float:
-    """User + system CPU seconds of this process and its live descendants, with what each has reaped."""
+def process_tree() -> list[psutil.Process]:
+    """This process and its live descendants."""
     me = psutil.Process()
     try:
-        procs = [me, *me.children(recursive=True)]
+        return [me, *me.children(recursive=True)]
     except psutil.Error:
-        procs = [me]
+        return [me]
+
+
+def process_tree_cpu_seconds() -> float:
+    """User + system CPU seconds of this process and its live descendants, with what each has reaped."""
     total = 0.0
-    for p in procs:
+    for p in process_tree():
         try:
             ct = p.cpu_times()
         except psutil.Error:

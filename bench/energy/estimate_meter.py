@@ -13,24 +13,13 @@ import time
 
 import psutil
 
-from bench.energy.cpu_time import process_tree_cpu_seconds
+from bench.energy.cpu_time import process_tree, process_tree_cpu_seconds
 from bench.energy.reading import WindowPart
 
 
-def _tree():
-    me = psutil.Process()
-    procs = [me]
-    try:
-        procs += me.children(recursive=True)
-    except psutil.Error:
-        pass
-    return me, procs
-
-
 def _rss_gb() -> float:
-    _, procs = _tree()
     total = 0
-    for p in procs:
+    for p in process_tree():
         try:
             total += p.memory_info().rss
         except psutil.Error:

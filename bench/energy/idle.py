@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from bench.atomic import write_text_atomic
+from bench.energy.plan import EXCLUSIVE
 from bench.errors import BenchError
 
 
@@ -35,7 +36,7 @@ class IdleProfile:
 
 def measure_profile(meters, seconds: float) -> IdleProfile:
     """Sleep ``seconds`` inside the meters (which must hold the node exclusively) and keep the mean powers."""
-    if meters.attribution != "exclusive":
+    if meters.attribution != EXCLUSIVE:
         raise BenchError("the node is shared with other jobs: an idle profile would hold their work; run "
                          "`svbench energy idle` in a job that holds the node (sbatch --exclusive)")
     power = meters.measure_idle(seconds)

@@ -52,11 +52,11 @@ class MeterSet:
         self.attribution = attribution
         self.node_gpus = node_gpus  # a polled meter of every GPU of the node (energy.node_gpu_command), or None
         self.sampler: UsageSampler | None = None
-        self.zeus = next((m for m in meters if m.kind == "zeus"), None)
         self.node = next((m for m in meters if m.kind == "node"), None)
         if attribution == CPU_TIME_SHARE and any(getattr(m, "machine_level", False) for m in meters):
+            zeus = next((m for m in meters if m.kind == "zeus"), None)
             work_cpu = work_cpu or WorkCpuTime("none")
-            self.sampler = UsageSampler(share_period_s, self.zeus.counters_j if self.zeus else None, work_cpu.seconds)
+            self.sampler = UsageSampler(share_period_s, zeus.counters_j if zeus else None, work_cpu.seconds)
         self._open: dict[str, float] = {}
 
     def describe(self) -> str:
@@ -197,6 +197,8 @@ def create_meters(energy_cfg, plan: MeasurePlan, machine_meters: bool = True) ->
         if zm is not None:
             meters.append(zm)
     zeus_cpu = any(getattr(m, "cpu_indices", None) for m in meters)
+    shared = plan.attribution == CPU_TIME_SHARE
+    node_gpus = None
     if "node" in wanted or ("auto" in wanted and energy_cfg.node_command):
         if not energy_cfg.node_command:
             raise BenchError("energy.meters has 'node' but energy.node_command is empty; give the argv that prints "
@@ -206,6 +208,9 @@ def create_meters(energy_cfg, plan: MeasurePlan, machine_meters: bool = True) ->
         if machine_meters:
             meters.append(NodeMeter(energy_cfg.node_command, energy_cfg.node_regex, energy_cfg.node_period_s,
                                     max_gap_s=energy_cfg.node_max_gap_s))
+            if shared and energy_cfg.node_gpu_command:  # every GPU of the node, taken out before the split
+                node_gpus = NodeMeter(energy_cfg.node_gpu_command, energy_cfg.node_gpu_regex,
+                                      energy_cfg.node_period_s, sum_matches=True, key="energy.node_gpu_command")
     node = any(m.kind == "node" for m in meters)
     # nothing measures, or GPUs only: the CPU and DRAM are the labelled estimate, never silently left out
     if "estimate" in wanted or ("auto" in wanted and not node and not zeus_cpu):
@@ -216,13 +221,6 @@ def create_meters(energy_cfg, plan: MeasurePlan, machine_meters: bool = True) ->
     # counters read last at a window's start and first at its end, right beside its timestamps; the slower
     # meters (process-tree scans, polling threads) around them
     meters.sort(key=lambda m: m.kind == "zeus")
-    shared = plan.attribution == CPU_TIME_SHARE
-    node_gpus = None
-    if shared and node and energy_cfg.node_gpu_command:  # every GPU of the node, taken out before the split
-        from bench.energy.node_meter import NodeMeter
-
-        node_gpus = NodeMeter(energy_cfg.node_gpu_command, energy_cfg.node_gpu_regex, energy_cfg.node_period_s,
-                              sum_matches=True, key="energy.node_gpu_command")
     ms = MeterSet(
         meters, attribution=plan.attribution, share_period_s=energy_cfg.share_period_s,
         unreadable_gpus=plan.unreadable_gpus, node_gpus=node_gpus,

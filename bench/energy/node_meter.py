@@ -67,7 +67,8 @@ class NodeMeter:
             return self._fail(t, f"{type(exc).__name__}: {exc}")
         if proc.returncode != 0:
             return self._fail(t, f"exit code {proc.returncode}")
-        found = self.pattern.findall(proc.stdout) if self.sum_matches else self.pattern.findall(proc.stdout)[:1]
+        found = self.pattern.findall(proc.stdout)
+        found = found if self.sum_matches else found[:1]
         if not found:
             return self._fail(t, f"no watts matching {self.pattern.pattern!r} in {proc.stdout.strip()[:60]!r}")
         watts = float(sum(float(m if isinstance(m, str) else m[0]) for m in found))
