@@ -218,9 +218,11 @@ def test_compare_checks_pairing_by_list_content_and_data_root(tmp_path):
     client = MlflowClient()
     exp = client.create_experiment("compare-pairing")
 
-    def run(name, trials, scores, root):
+    def run(name, trials, scores, root, skipped=0):
         rid = client.create_run(exp, tags={"svbench.variant": name}).info.run_id
         client.log_param(rid, "data.root", root)
+        if skipped:  # a list `data add-eval --skip-missing` reduced: the same trials left, others dropped
+            client.log_param(rid, "data.skipped_trials.synth", skipped)
         path = tmp_path / name / "synth.txt"
         path.parent.mkdir()
         write_scores(path, trials, scores)
@@ -232,11 +234,13 @@ def test_compare_checks_pairing_by_list_content_and_data_root(tmp_path):
     b = run("b", full, s, "/data/x")
     c = run("c", short, s[:-50], "/data/x")
     d = run("d", full, s + rng.normal(0, 0.05, len(s)), "/data/y")
+    e = run("e", full, s, "/data/x", skipped=3)
     ok = run_cli("compare", a, b, "--trials", "synth")
     assert ok.returncode == 0, ok.stderr
     assert "verdict: A better than B (these trained models, 1 seed)" in ok.stdout, ok.stdout
     assert_one_line_error(run_cli("compare", a, c), "refusing to compare", "differs in content")
     assert_one_line_error(run_cli("compare", a, d), "refusing to compare", "different data roots")
+    assert_one_line_error(run_cli("compare", a, e), "refusing to compare", "differs in content")
     variants = [scored_variant(n, r, 1, "synth", root, 200)
                 for n, r, root in (("a", a, "/data/x"), ("b", b, "/data/x"), ("c", c, "/data/x"))]
     comparisons = compare_variants(variants, "synth")

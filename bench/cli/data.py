@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 from bench.cli.common import no_extra, subcommands
-from bench.data.trials import EVAL_FORMATS
+from bench.data.trials import EVAL_FORMATS, EXPORT_FORMATS
 
 
 def cmd_data_synth(args, extra) -> int:
@@ -47,8 +47,11 @@ def cmd_data_add_eval(args, extra) -> int:
 
     no_extra(extra)
     summary = add_eval_set(args.name, args.root, args.format, args.out, args.trials, args.workers, args.protocol,
-                           args.enroll_dir, args.allow_pipes)
+                           args.enroll_dir, args.allow_pipes, args.skip_missing, args.no_copy)
     _print_summary(f"evaluation set {args.name}", summary)
+    if summary["skipped_trials"]:
+        print(f"{summary['skipped_trials']} trial(s) needed absent files and were dropped (--skip-missing); the "
+              "count is recorded with the list and logged with every run scored on it")
     print(f"score it with --data.trials {summary['lists'].replace(',', ' ')} (or every list under {summary['root']}"
           "/trials by default)")
     return 0
@@ -81,7 +84,7 @@ def register(sub) -> None:
     s.add_argument("--size", default="demo", help="tiny, demo or TRAINxUTTS:TESTxUTTS")
     s.add_argument("--workers", type=int, default=None)
     s.add_argument("--force", action="store_true", help="replace an existing output folder")
-    s.add_argument("--eval-forms", nargs="*", default=[], choices=EVAL_FORMATS, metavar="FORM",
+    s.add_argument("--eval-forms", nargs="*", default=[], choices=EXPORT_FORMATS, metavar="FORM",
                    help="also write the test half in these forms (voxceleb, cnceleb, kaldi) under OUT/forms/, "
                         "as CN-Celeb or a Kaldi data dir would come, for `data add-eval`")
     s.set_defaults(func=cmd_data_synth)
@@ -93,8 +96,8 @@ def register(sub) -> None:
     pr.add_argument("--out", required=True)
     pr.add_argument("--workers", type=int, default=None)
     pr.set_defaults(func=cmd_data_prepare)
-    a = dsub.add_parser("add-eval", help="add a test set (CN-Celeb, Kaldi/WeSpeaker data dir, VoxCeleb-style list) "
-                                         "to a prepared data root")
+    a = dsub.add_parser("add-eval", help="add a test set (CN-Celeb, Kaldi/WeSpeaker data dir, VoxCeleb-style list, "
+                                         "Common Voice / CommonBench) to a prepared data root")
     a.add_argument("--name", required=True, help="the trial list's name (eer_pct/<name>)")
     a.add_argument("--root", required=True, help="the set's folder")
     a.add_argument("--format", required=True, choices=EVAL_FORMATS)
@@ -109,12 +112,22 @@ def register(sub) -> None:
                                                                 "entries such as 'sox in.sph -t wav - |')")
     a.add_argument("--enroll-dir", default=None, help="kaldi: the enrolment data dir whose spk2utt the trials' "
                                                       "model ids name")
+    a.add_argument("--skip-missing", action="store_true",
+                   help="drop the trials that need absent files (counted, recorded with the list, logged) instead of "
+                        "refusing the set")
+    copy = a.add_mutually_exclusive_group()
+    copy.add_argument("--no-copy", dest="no_copy", action="store_true", default=None,
+                      help="keep MP3/m4a/... files where they are and decode them when embeddings are extracted "
+                           "(no WAV written; the default of commonvoice)")
+    copy.add_argument("--copy", dest="no_copy", action="store_false",
+                      help="decode files that are not 16 kHz mono WAV/FLAC to WAV under the data root (the default "
+                           "of the other forms)")
     a.add_argument("--workers", type=int, default=None)
     a.set_defaults(func=cmd_data_add_eval)
     x = dsub.add_parser("export-eval", help="write a prepared trial list and its audio in another form "
                                             "(cnceleb: FLAC; kaldi; voxceleb)")
     x.add_argument("--root", required=True, help="a prepared data root (e.g. from `data synth`)")
     x.add_argument("--trials", default="synth", help="its trial list to export")
-    x.add_argument("--format", required=True, choices=EVAL_FORMATS)
+    x.add_argument("--format", required=True, choices=EXPORT_FORMATS)
     x.add_argument("--out", required=True, help="a new folder")
     x.set_defaults(func=cmd_data_export_eval)

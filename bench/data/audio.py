@@ -1,4 +1,6 @@
-"""Reading and checking audio files (16 kHz mono PCM expected)."""
+"""Reading and checking audio files: 16 kHz mono WAV/FLAC read as they are; any other container (MP3, m4a,
+Ogg, ...) decoded with PyAV (FFmpeg inside its wheels) to 16 kHz mono PCM16 when it is read, so a set kept in
+its release's format (``svbench data add-eval --no-copy``) gives the samples a decoded WAV copy would hold."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import soundfile as sf
 from bench.errors import BenchError
 
 SAMPLE_RATE = 16000
+READ_AS_IS = (".wav", ".flac")  # read with soundfile; every other suffix is decoded with PyAV (decode_audio)
 
 
 def _unreadable(path: str | Path, exc: Exception) -> BenchError:
@@ -38,9 +41,34 @@ def check_format(path: str | Path, num_samples: int, sample_rate: int, channels:
         raise BenchError(f"audio file {path} is empty; remove it from the data set")
 
 
+def decode_audio(src: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Any file FFmpeg reads, decoded with PyAV and resampled to ``sample_rate`` Hz mono PCM16 (int16 samples)."""
+    import av
+
+    resampler = av.AudioResampler(format="s16", layout="mono", rate=sample_rate)
+    chunks = []
+    try:
+        with av.open(str(src)) as container:
+            for frame in container.decode(audio=0):
+                chunks.extend(f.to_ndarray().reshape(-1) for f in resampler.resample(frame))
+            chunks.extend(f.to_ndarray().reshape(-1) for f in resampler.resample(None))  # flush
+    except (av.error.FFmpegError, IndexError, ValueError) as exc:
+        why = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        raise BenchError(f"cannot decode {src} ({why}); re-download the file or drop it") from None
+    if not chunks:
+        raise BenchError(f"{src} holds no audio; re-download the file or drop it")
+    return np.concatenate(chunks).astype(np.int16, copy=False)
+
+
 def load_audio(path: str | Path, expected_rate: int = SAMPLE_RATE, start: int = 0,
                frames: int = -1) -> np.ndarray:
-    """Load a mono file as float32 in [-1, 1]; BenchError for corrupt, stereo or wrong-rate files."""
+    """Load a mono file as float32 in [-1, 1]; BenchError for corrupt, stereo or wrong-rate WAV/FLAC files. A file
+    of another format is decoded (``decode_audio``) to the same values a PCM16 WAV of it reads as."""
+    if Path(path).suffix.lower() not in READ_AS_IS:
+        if not Path(path).is_file():
+            raise _unreadable(path, FileNotFoundError(str(path)))
+        data = decode_audio(path, expected_rate)[start:None if frames < 0 else start + frames]
+        return data.astype(np.float32) / np.float32(32768.0)
     try:
         data, rate = sf.read(str(path), dtype="float32", start=start, frames=frames, always_2d=True)
     except (RuntimeError, sf.LibsndfileError) as exc:

@@ -17,6 +17,14 @@
   ``wav.scp`` entry (``rec sox in.sph -t wav - |``, Kaldi's VoxCeleb2, SITW and SRE dirs) is a command whose
   output is the audio: run only with ``--allow-pipes``, which executes the commands in that file.
 
+* ``commonvoice``: a Mozilla Common Voice release (CommonBench's source): ``<lang>/clips/*.mp3`` with the
+  speakers in the release's TSV files (``client_id`` and ``path`` columns of ``validated.tsv``, ``train.tsv``,
+  ...); ``--root`` is the release folder (``cv-corpus-*``, holding ``<lang>/``) or one ``<lang>/`` folder. The
+  comparison list (``--trials``, required) names clips by file name (``common_voice_fr_1.mp3``) or by a path
+  ending in it (``fr/clips/...``), in ``label enroll test`` or ``enroll test label`` order: the order is
+  detected from the list's first line (its first or its last field is a label) and every line must follow it.
+  A speaker is the first 16 hex digits of its ``client_id`` (the whole id if two donors share them).
+
 ``--trials`` names the list for any form: a file, or a folder whose every file is one list named by its stem.
 Labels may be ``1/0``, ``target/nontarget`` or ``true/false``.
 """
@@ -94,14 +102,83 @@ def trial_files(trials: Path) -> dict[str | None, Path]:
 
 
 def read_voxceleb(folder: Path, trials: Path) -> EvalSet:
+    """``folder`` is the corpus root or its ``wav/`` folder: the lists' paths are relative to the one that holds
+    their first file (VoxCeleb1's ``wav/id10270/...``)."""
     s = EvalSet()
     for name, path in trial_files(trials).items():
         listed = s.lists.setdefault(name, [])
         for lineno, (lab, enroll, test) in lines(path, 3, "trial list", "voxceleb"):
             value = label(lab, path, lineno)
+            if not s.files and not (folder / enroll).exists() and (folder / "wav" / enroll).exists():
+                folder = folder / "wav"
             for rel in (enroll, test):
                 s.files.setdefault(rel, (folder / rel, rel.split("/")[0]))
             listed.append((value, enroll, test))
+    return s
+
+
+def clip_speakers(folder: Path) -> dict[str, tuple[Path, str]]:
+    """Clip file name -> (its path, its donor's ``client_id``) from every TSV of a Common Voice release (the
+    release folder or one language folder)."""
+    import csv
+
+    langs = [folder] if (folder / "clips").is_dir() else sorted(p for p in folder.iterdir() if (p / "clips").is_dir())
+    if not langs:
+        raise BenchError(f"--root {folder} holds no clips/ folder; give the Common Voice release folder or its "
+                         "<lang>/ folder")
+    out: dict[str, tuple[Path, str]] = {}
+    for lang in langs:
+        for tsv in sorted(lang.glob("*.tsv")):
+            with open(tsv, encoding="utf-8", newline="") as fh:
+                rows = csv.DictReader(fh, delimiter="\t", quoting=csv.QUOTE_NONE)
+                if not {"client_id", "path"} <= set(rows.fieldnames or ()):
+                    continue  # clip_durations.tsv, reported.tsv, ...: no speakers
+                for lineno, row in enumerate(rows, 2):
+                    clip, client = row["path"], row["client_id"]
+                    if not clip or not client:
+                        raise BenchError(f"{tsv} line {lineno} has no path or client_id; re-extract the release")
+                    known = out.setdefault(clip, (lang / "clips" / clip, client))
+                    if known[1] != client:
+                        raise BenchError(f"clip {clip} has two client_ids in {lang}'s TSV files; re-extract the "
+                                         "release")
+    if not out:
+        raise BenchError(f"no TSV file under {folder} has client_id and path columns; give the release folder")
+    return out
+
+
+def _label_first(path: Path) -> bool:
+    """Whether a comparison list is ``label enroll test`` (True) or ``enroll test label`` (False), from its first
+    line."""
+    for lineno, parts in lines(path, 3, "comparison list", "commonvoice"):
+        if parts[0].lower() in LABELS and parts[2].lower() not in LABELS:
+            return True
+        if parts[2].lower() in LABELS:
+            return False
+        raise BenchError(f"comparison list {path} line {lineno} has no label first or last; expected 'label enroll "
+                         "test' or 'enroll test label'")
+    raise BenchError(f"comparison list {path} is empty")
+
+
+def read_commonvoice(folder: Path, trials: Path | None) -> EvalSet:
+    if trials is None:
+        raise BenchError("--format commonvoice needs --trials: the comparison list (a file or a folder of lists)")
+    clips = clip_speakers(folder)
+    ids = {client for _, client in clips.values()}
+    width = 16 if len({c[:16] for c in ids}) == len(ids) else max(map(len, ids))
+    s = EvalSet()
+    for name, path in trial_files(trials).items():
+        listed, first = s.lists.setdefault(name, []), _label_first(path)
+        for lineno, parts in lines(path, 3, "comparison list", "commonvoice"):
+            lab, enroll, test = parts if first else (parts[2], parts[0], parts[1])
+            for entry in (enroll, test):
+                clip = entry.rsplit("/", 1)[-1]
+                if clip not in s.files:
+                    where, client = clips.get(clip, (folder / entry, ""))
+                    if not client and where.exists():
+                        raise BenchError(f"comparison list {path} line {lineno}: {where} is in none of the release's "
+                                         "TSV files, so its speaker is unknown; give the release's TSVs")
+                    s.files[clip] = (where, client[:width] or "withdrawn")  # not in the TSVs: absent from disk too
+            listed.append((label(lab, path, lineno), enroll.rsplit("/", 1)[-1], test.rsplit("/", 1)[-1]))
     return s
 
 

@@ -9,6 +9,16 @@ A listed file that is not on disk is found by its stem with any extension the su
 lists name ``.wav`` files that ship as ``.flac``. Every such substitution is counted in the summary; two files
 with that stem are a one-line error naming them.
 
+With ``skip_missing`` (``--skip-missing``: Common Voice's lists outlive the clips of donors who withdrew), a trial
+that needs an absent file is dropped instead: the count is printed, written beside the list
+(``trials/<list>.reduced``, read back into ``TrialList.skipped_trials``, which enters the list's digest) and logged
+as a param of every run scored on it, so two runs on lists reduced differently are never paired.
+
+With ``no_copy`` (``--no-copy``, the default of ``commonvoice``), files of formats that are decoded when read
+(MP3, m4a, ...: ``bench.data.audio``) stay where they are: each is decoded once here to count its samples and
+again whenever it is extracted, and no WAV is written, so a list over 100k+ clips needs no disk beyond the
+release.
+
 Utterance ids are ``<name>:<speaker>/<key>``: unique across sets, and their first component is the
 speaker, as the speaker bootstrap expects. Files already 16 kHz mono WAV/FLAC are used in place; any other
 (other rates, stereo, m4a, mp3, ...) is decoded with PyAV to ``eval_sets/<name>/`` under the data root.
@@ -30,10 +40,11 @@ import soundfile as sf
 from tqdm import tqdm
 
 from bench.atomic import atomic_open
-from bench.data.audio import SAMPLE_RATE, audio_info, load_audio
-from bench.data.eval_forms import Command, Segment, Source, read_cnceleb, read_kaldi, read_voxceleb
+from bench.data.audio import READ_AS_IS, SAMPLE_RATE, audio_info, decode_audio, load_audio
+from bench.data.eval_forms import (Command, EvalSet, Segment, Source, read_cnceleb, read_commonvoice, read_kaldi,
+                                   read_voxceleb)
 from bench.data.manifest import COLUMNS, EVAL_MANIFEST, TRIALS_DIR, data_root, read_manifest, write_manifest
-from bench.data.trials import AVERAGE, ENROLL_DIR, EVAL_FORMATS, TrialList, write_trials
+from bench.data.trials import AVERAGE, ENROLL_DIR, EVAL_FORMATS, TrialList, write_reduction, write_trials
 from bench.data.voxceleb import decode_to_wav
 from bench.errors import BenchError
 
@@ -60,9 +71,33 @@ def resolve_by_stem(files: dict[str, tuple[Source, str]]) -> tuple[dict[str, tup
     return out, replaced
 
 
-def _probe(src: Source) -> tuple[int, int, int] | None:
-    """(samples, rate, channels) of a WAV/FLAC file; None for anything else or a file soundfile cannot read."""
-    if not isinstance(src, Path) or src.suffix.lower() not in (".wav", ".flac"):
+def _absent(src: Source) -> Path | None:
+    """The file a source needs that is not on disk (a command is never absent)."""
+    file = src.recording if isinstance(src, Segment) else src
+    return file if isinstance(file, Path) and not file.is_file() else None
+
+
+def drop_missing(s: EvalSet) -> dict[str | None, int]:
+    """Drop from ``s`` every trial that needs an absent file (its test file, or one of its enrolment's files)
+    and every file no trial needs any more; list -> how many trials were dropped."""
+    absent = {key for key, (src, _) in s.files.items() if _absent(src) is not None}
+    bad_enrol = {e for e, keys in s.enrolments.items() if absent & set(keys)}
+    dropped = {}
+    for name, trials in s.lists.items():
+        kept = [t for t in trials if t[2] not in absent and t[1] not in absent and t[1] not in bad_enrol]
+        dropped[name], s.lists[name] = len(trials) - len(kept), kept
+    s.enrolments = {e: keys for e, keys in s.enrolments.items() if e not in bad_enrol}
+    used = {k for trials in s.lists.values() for _, e, t in trials for k in (t, *s.enrolments.get(e, [e]))}
+    s.files = {k: v for k, v in s.files.items() if k in used}
+    return dropped
+
+
+def _probe(src: Source, no_copy: bool = False) -> tuple[int, int, int] | None:
+    """(samples, rate, channels) of a WAV/FLAC file, or of a file decoded when read (with ``no_copy``: decoded
+    once to count them); None for anything else or a WAV/FLAC file soundfile cannot read."""
+    if no_copy and isinstance(src, Path) and src.suffix.lower() not in READ_AS_IS:
+        return len(decode_audio(src, SAMPLE_RATE)), SAMPLE_RATE, 1
+    if not isinstance(src, Path) or src.suffix.lower() not in READ_AS_IS:
         return None
     try:
         return audio_info(src)
@@ -70,15 +105,17 @@ def _probe(src: Source) -> tuple[int, int, int] | None:
         return None
 
 
-def _audio_plan(files: dict[str, tuple[Source, str]], dst_base: Path, workers: int) -> dict[str, tuple]:
+def _audio_plan(files: dict[str, tuple[Source, str]], dst_base: Path, workers: int,
+                no_copy: bool = False) -> dict[str, tuple]:
     """key -> (source, converted file or None when the source is used in place, its samples when in place),
     every file probed once, in parallel. The first missing file is a one-line error."""
-    for key, (src, _) in files.items():
-        file = src.recording if isinstance(src, Segment) else src
-        if isinstance(file, Path) and not file.is_file():
-            raise BenchError(f"audio file {file} (named by the set's lists) does not exist; fix the list or --root")
+    absent = [f for f in (_absent(src) for src, _ in files.values()) if f is not None]
+    if absent:
+        raise BenchError(f"audio file {absent[0]} (named by the set's lists) does not exist, nor do {len(absent) - 1} "
+                         "more; fix the list or --root, or drop their trials with --skip-missing")
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        infos = list(pool.map(_probe, [src for src, _ in files.values()]))
+        infos = list(tqdm(pool.map(lambda src: _probe(src, no_copy), [src for src, _ in files.values()]),
+                          total=len(files), desc="reading the set's audio", unit="file", leave=False, disable=None))
     plan = {}
     for (key, (src, _)), info in zip(files.items(), infos):
         if info is not None and info[1:] == (SAMPLE_RATE, 1):
@@ -140,28 +177,35 @@ def _convert(plan: dict[str, tuple], workers: int) -> None:
                   leave=False, disable=None))
 
 
-def add_eval_set(name: str, folder: str | Path, form: str, out: str | Path, trials: str | Path | None = None,
-                 workers: int | None = None, protocol: str = "concat", enroll_dir: str | Path | None = None,
-                 allow_pipes: bool = False) -> dict:
-    """Read the set, convert what needs it, then write its manifest rows, trial lists and enrolments."""
+def read_set(name: str, folder: Path, form: str, trials: Path | None, protocol: str = "concat",
+             enroll_dir: str | Path | None = None, allow_pipes: bool = False) -> EvalSet:
+    """The set in its form, every argument checked first (one-line errors)."""
     if not NAME.match(name) or name == AVERAGE:
         raise BenchError(f"--name '{name}' must be letters, digits, '_', '.' or '-' (and not 'avg')")
     if form not in EVAL_FORMATS:
         raise BenchError(f"--format takes {', '.join(EVAL_FORMATS)} (got {form})")
-    folder, root = Path(folder), data_root(out)
     if not folder.is_dir():
         raise BenchError(f"--root {folder} is not a folder; give the set's extracted folder")
     if enroll_dir is not None and (form != "kaldi" or not Path(enroll_dir).is_dir()):
         raise BenchError("--enroll-dir takes the Kaldi data dir of the enrolments (with --format kaldi)")
     if protocol != "concat" and form != "cnceleb":
         raise BenchError("--protocol is CN-Celeb's (with --format cnceleb)")
-    trials_path = Path(trials) if trials else None
     if form == "voxceleb":
-        s = read_voxceleb(folder, trials_path or folder / "trials.txt")
-    elif form == "cnceleb":
-        s = read_cnceleb(folder, trials_path, protocol)
-    else:
-        s = read_kaldi(folder, trials_path, Path(enroll_dir) if enroll_dir is not None else None, allow_pipes)
+        return read_voxceleb(folder, trials or folder / "trials.txt")
+    if form == "cnceleb":
+        return read_cnceleb(folder, trials, protocol)
+    if form == "commonvoice":
+        return read_commonvoice(folder, trials)
+    return read_kaldi(folder, trials, Path(enroll_dir) if enroll_dir is not None else None, allow_pipes)
+
+
+def add_eval_set(name: str, folder: str | Path, form: str, out: str | Path, trials: str | Path | None = None,
+                 workers: int | None = None, protocol: str = "concat", enroll_dir: str | Path | None = None,
+                 allow_pipes: bool = False, skip_missing: bool = False, no_copy: bool | None = None) -> dict:
+    """Read the set, convert what needs it, then write its manifest rows, trial lists and enrolments.
+    ``no_copy=None`` is the form's default (True for ``commonvoice`` only)."""
+    folder, root = Path(folder), data_root(out)
+    s = read_set(name, folder, form, Path(trials) if trials else None, protocol, enroll_dir, allow_pipes)
     names = {key: key or name for key in s.lists}
     bad = [n for n in names.values() if not NAME.match(n) or n == AVERAGE]
     if bad:
@@ -170,7 +214,11 @@ def add_eval_set(name: str, folder: str | Path, form: str, out: str | Path, tria
         raise BenchError(f"the {form} set under {folder} holds no trials")
     workers = workers or max(1, os.cpu_count() or 1)
     s.files, by_stem = resolve_by_stem(s.files)
-    plan = _audio_plan(s.files, root / "eval_sets" / name, workers)
+    dropped = drop_missing(s) if skip_missing else {}
+    if dropped and not any(s.lists.values()):
+        raise BenchError(f"every trial of the {form} set under {folder} needs a missing file; check --root")
+    plan = _audio_plan(s.files, root / "eval_sets" / name, workers, form == "commonvoice" if no_copy is None
+                       else no_copy)
     _convert(plan, workers)
     ids = {key: f"{name}:{spk}/{key}" for key, (_, spk) in s.files.items()}
     rows = [(ids[key], f"{name}:{s.files[key][1]}", str((dst or src).resolve()),
@@ -180,7 +228,8 @@ def add_eval_set(name: str, folder: str | Path, form: str, out: str | Path, tria
     model = {e: (ids[keys[0]] if len(keys) == 1 else f"{name}:{s.files[keys[0]][1]}/{e}")
              for e, keys in s.enrolments.items()}
     listed = {names[key]: TrialList(names[key], np.asarray([t[0] for t in trials_], dtype=np.int8),
-                                    [model.get(e, ids.get(e)) for _, e, _ in trials_], [ids[t] for _, _, t in trials_])
+                                    [model.get(e, ids.get(e)) for _, e, _ in trials_], [ids[t] for _, _, t in trials_],
+                                    skipped_trials=dropped.get(key, 0))
               for key, trials_ in s.lists.items()}
     manifest = root / EVAL_MANIFEST
     old = read_manifest(manifest) if manifest.is_file() else pd.DataFrame(columns=COLUMNS)
@@ -192,8 +241,12 @@ def add_eval_set(name: str, folder: str | Path, form: str, out: str | Path, tria
                  if len(keys) > 1 and model[e] in used}
         _write_enrolments(root / ENROLL_DIR / f"{list_name}.txt", multi)
         write_trials(trial_list, root / TRIALS_DIR / f"{list_name}.txt")
+        write_reduction(trial_list, root / TRIALS_DIR / f"{list_name}.txt")
     return {"root": str(root), "name": name, "format": form, "lists": ",".join(listed), "utterances": len(new),
             "converted": sum(dst is not None for _, dst, _ in plan.values()), "found_by_stem": by_stem,
+            "decoded_when_read": sum(dst is None and src.suffix.lower() not in READ_AS_IS
+                                     for src, dst, _ in plan.values() if isinstance(src, Path)),
+            "skipped_trials": sum(dropped.values()),
             "trials": sum(len(t) for t in listed.values()),
             "target_trials": int(sum(t.labels.sum() for t in listed.values())),
             "enrolments_of_several_files": sum(len(k) > 1 for k in s.enrolments.values()),

@@ -17,15 +17,15 @@ import soundfile as sf
 from bench.atomic import atomic_open
 from bench.data.audio import load_audio
 from bench.data.manifest import EVAL_MANIFEST, TRIALS_DIR, data_root, read_manifest
-from bench.data.trials import EVAL_FORMATS, read_trials
+from bench.data.trials import EXPORT_FORMATS, read_trials
 from bench.errors import BenchError
 
 FORMS_DIR = "forms"  # `svbench data synth --eval-forms`: OUT/forms/<form>/
 
 
 def export_eval_set(root: str | Path, trials: str, form: str, out: str | Path) -> dict:
-    if form not in EVAL_FORMATS:
-        raise BenchError(f"--format takes {', '.join(EVAL_FORMATS)} (got {form})")
+    if form not in EXPORT_FORMATS:
+        raise BenchError(f"--format takes {', '.join(EXPORT_FORMATS)} (got {form})")
     root, out = data_root(root), Path(out)
     if out.exists() and any(out.iterdir()):
         raise BenchError(f"output folder {out} already exists and is not empty; give a new folder")

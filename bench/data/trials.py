@@ -13,7 +13,8 @@ from bench.errors import BenchError
 
 
 AVERAGE = "avg"  # reserved list name: the macro average over lists (eer_pct/avg), never a trial list of its own
-EVAL_FORMATS = ("voxceleb", "cnceleb", "kaldi")  # the forms `svbench data add-eval` reads (bench.data.eval_sets)
+EXPORT_FORMATS = ("voxceleb", "cnceleb", "kaldi")  # the forms `svbench data export-eval` writes
+EVAL_FORMATS = (*EXPORT_FORMATS, "commonvoice")  # the forms `svbench data add-eval` reads (bench.data.eval_sets)
 ENROLL_DIR = "enroll"  # <root>/enroll/<list>.txt: ``model_id utt1 utt2 ...`` for enrolments of several files
 
 
@@ -26,6 +27,7 @@ class TrialList:
     enroll: list[str]
     test: list[str]
     enrolments: dict[str, list[str]] = field(default_factory=dict)
+    skipped_trials: int = 0  # trials dropped from the list as released because they need absent files
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -45,6 +47,8 @@ class TrialList:
             h.update(b"\0")
         for model in sorted(self.enrolments):
             h.update(" ".join([model, *self.enrolments[model]]).encode() + b"\n")
+        if self.skipped_trials:
+            h.update(f"skipped {self.skipped_trials}".encode())
         return h.hexdigest()
 
 
@@ -71,7 +75,30 @@ def read_trials(path: str | Path, name: str | None = None) -> TrialList:
     if not labels:
         raise BenchError(f"trial list {path} is empty; give a list with target and non-target trials")
     return TrialList(name or path.stem, np.asarray(labels, dtype=np.int8), enroll, test,
-                     read_enrolments(path.parent.parent / ENROLL_DIR / f"{path.stem}.txt"))
+                     read_enrolments(path.parent.parent / ENROLL_DIR / f"{path.stem}.txt"), read_reduction(path))
+
+
+REDUCED_SUFFIX = ".reduced"  # beside a list: ``skipped_trials N``, the trials --skip-missing dropped from it
+
+
+def write_reduction(trials: TrialList, path: str | Path) -> None:
+    """Record beside the list at ``path`` how many trials were dropped from it (none: no file)."""
+    note = Path(path).with_suffix(REDUCED_SUFFIX)
+    if trials.skipped_trials:
+        with atomic_open(note, "w", encoding="utf-8") as fh:
+            fh.write(f"skipped_trials {trials.skipped_trials}\n")
+    elif note.exists():
+        note.unlink()
+
+
+def read_reduction(path: str | Path) -> int:
+    note = Path(path).with_suffix(REDUCED_SUFFIX)
+    if not note.is_file():
+        return 0
+    parts = note.read_text(encoding="utf-8").split()
+    if len(parts) != 2 or parts[0] != "skipped_trials" or not parts[1].isdigit():
+        raise BenchError(f"{note} is malformed; re-run `svbench data add-eval --skip-missing` for that list")
+    return int(parts[1])
 
 
 def read_enrolments(path: Path) -> dict[str, list[str]]:

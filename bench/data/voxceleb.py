@@ -21,7 +21,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from bench.atomic import atomic_path
-from bench.data.audio import audio_info, check_format
+from bench.data.audio import audio_info, check_format, decode_audio
 from bench.data.manifest import EVAL_MANIFEST, TRAIN_MANIFEST, TRIALS_DIR, write_manifest
 from bench.data.trials import check_against, read_trials, write_trials
 from bench.errors import BenchError
@@ -70,26 +70,13 @@ def _scan(base: Path, rels: list[str], workers: int) -> pd.DataFrame:
 
 
 def decode_to_wav(src: Path, dst: Path, sample_rate: int = 16000) -> None:
-    """Decode one audio file (VoxCeleb2's AAC in m4a) with PyAV, whose wheels carry FFmpeg, and write it as
-    ``sample_rate`` Hz mono PCM16 wav (through a temp file, so an interrupted run leaves no half file)."""
-    import av
-    import numpy as np
+    """Decode one audio file (VoxCeleb2's AAC in m4a) with PyAV (``decode_audio``) and write it as ``sample_rate``
+    Hz mono PCM16 wav (through a temp file, so an interrupted run leaves no half file)."""
     import soundfile as sf
 
-    resampler = av.AudioResampler(format="s16", layout="mono", rate=sample_rate)
-    chunks = []
-    try:
-        with av.open(str(src)) as container:
-            for frame in container.decode(audio=0):
-                chunks.extend(f.to_ndarray().reshape(-1) for f in resampler.resample(frame))
-            chunks.extend(f.to_ndarray().reshape(-1) for f in resampler.resample(None))  # flush
-    except (av.error.FFmpegError, IndexError, ValueError) as exc:
-        why = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
-        raise BenchError(f"cannot decode {src} ({why}); re-download the file or drop it") from None
-    if not chunks:
-        raise BenchError(f"{src} holds no audio; re-download the file or drop it")
+    samples = decode_audio(src, sample_rate)
     with atomic_path(dst, suffix=".wav") as tmp:
-        sf.write(tmp, np.concatenate(chunks), sample_rate, subtype="PCM_16", format="WAV")
+        sf.write(tmp, samples, sample_rate, subtype="PCM_16", format="WAV")
 
 
 def convert_m4a(src_base: Path, rels: list[str], dst_base: Path, workers: int) -> list[str]:

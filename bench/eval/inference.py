@@ -5,6 +5,11 @@ Back ends: the PyTorch precisions (fp32, bf16, fp16 where the device supports it
 trials, utterances/s, EER/minDCF, latency at batch size 1, size on disk, and for every back end but PyTorch
 fp32 the EER difference to it with its paired speaker-bootstrap interval (both on the same resamples).
 
+The trial lists of one data root are extracted in one window per back end: a file that several lists name
+(VoxCeleb1-O, -E and -H share theirs) is extracted once and its energy counted once (``n_utts`` counts files).
+The window's energy is split across the lists by their trials: each list's share is its trials times the J per 1k
+trials of the whole window.
+
 Like for like, per back end, before its energy and latency windows and outside them:
 
 * **its own scoring statistics**: the training mean embedding and the AS-norm cohort are extracted with the
@@ -35,7 +40,7 @@ from bench.eval.deploy import Backend, prepare_backends
 from bench.eval.latency import measure_latency
 from bench.eval.results import BackendResult
 from bench.eval.scoring import (LoadedModel, evaluate, extract_embeddings, load_trial_lists, make_fbank,
-                                statistics_for)
+                                statistics_for, unique_files)
 from bench.eval.statistics import paired_difference
 
 
@@ -45,7 +50,8 @@ def measure_inference(model: LoadedModel, cfg: Config, device: torch.device, met
                       onnx_path: str | Path | None = None) -> dict[str, BackendResult]:
     root, lists, df = load_trial_lists(cfg, trial_names)
     needed = df.set_index("utt_id").loc[sorted(set().union(*[set(t.utterances) for t in lists]))]
-    n_utts, n_trials = len(needed), sum(len(t) for t in lists)
+    n_utts = len(unique_files([root / p for p in needed["path"]])[1])  # files shared by lists: extracted once
+    n_trials = sum(len(t) for t in lists)
     series = series if series is not None else intensity_series(cfg.energy)
     backends = prepare_backends(model, cfg, precisions, checkpoint, onnx_path, device)
     out: dict[str, BackendResult] = {}

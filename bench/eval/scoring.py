@@ -6,6 +6,7 @@ several trial lists, score files ``label score enroll test``.
 from __future__ import annotations
 
 import contextlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ContextManager
@@ -66,10 +67,13 @@ def extract_embeddings(embedder: torch.nn.Module, fbank: Fbank, utt_ids: list[st
                        precision: str = "fp32", tolerance: float = LENGTH_TOLERANCE,
                        batch_utts: int = BATCH_UTTS) -> np.ndarray:
     """(N, D) float32 embeddings in the order of ``utt_ids``; each depends on its utterance alone
-    (``bench.data.loader.eval_batches``)."""
-    index = {u: i for i, u in enumerate(utt_ids)}
+    (``bench.data.loader.eval_batches``), so ids whose files are the same (``unique_files``: the sets of one root
+    that share files, VoxCeleb1-O/E/H) are extracted once and share it."""
+    first, unique = unique_files(paths)
+    index = {utt_ids[j]: k for k, j in enumerate(unique)}
     out = None
-    for batch in eval_batches(utt_ids, paths, num_samples, batch_frames, hop=fbank.hop, win=fbank.win,
+    for batch in eval_batches([utt_ids[i] for i in unique], [paths[i] for i in unique],
+                              [num_samples[i] for i in unique], batch_frames, hop=fbank.hop, win=fbank.win,
                               sample_rate=fbank.sample_rate, min_samples=min_samples(fbank.hop, fbank.win),
                               tolerance=tolerance, batch_utts=batch_utts):
         feats = fbank(batch.wav.to(device))
@@ -77,10 +81,18 @@ def extract_embeddings(embedder: torch.nn.Module, fbank: Fbank, utt_ids: list[st
             emb = embedder(feats)
         emb = emb[:len(batch.utt_ids)].float().cpu().numpy()
         if out is None:
-            out = np.zeros((len(utt_ids), emb.shape[1]), dtype=np.float32)
+            out = np.zeros((len(unique), emb.shape[1]), dtype=np.float32)
         for u, e in zip(batch.utt_ids, emb):
             out[index[u]] = e
-    return out
+    return out[[index[utt_ids[f]] for f in first]]
+
+
+def unique_files(paths: list[Path]) -> tuple[list[int], list[int]]:
+    """(for each path, the position of the first path naming the same file (resolved); the positions of those
+    firsts): what ``extract_embeddings`` extracts, once per file."""
+    seen: dict[str, int] = {}
+    first = [seen.setdefault(os.path.realpath(p), i) for i, p in enumerate(paths)]
+    return first, sorted(seen.values())
 
 
 def _normalise(x: np.ndarray) -> np.ndarray:

@@ -2,7 +2,9 @@
 
 * **Pairing checked.** Two variants are compared on a trial list only when both were scored on the same list
   content (``TrialList.digest``: labels, enrolment and test ids, read back from their score files) and on the
-  same data root (the logged ``data.root``). Otherwise the pair is refused and the reason is shown.
+  same data root (the logged ``data.root``); otherwise the pair is refused and the reason is shown. A list
+  reduced by ``data add-eval --skip-missing`` carries its dropped-trial count (``data.skipped_trials.<list>``)
+  into the digest, so lists reduced differently never pair.
 * **Paired bootstrap.** Both variants' metrics on the same speaker resamples (``bench.eval.statistics``); a
   variant with several seeds by the two-level bootstrap (seeds, then speakers).
 * **Holm.** A report judges all its pairs at once: the pairs of its table are one family, their two-sided
@@ -52,6 +54,7 @@ def scored_variant(name: str, run_id: str, seeds: float, trials: str, data_root:
         if path is None:
             return f"{name} logged no score file for '{trials}'"
         t, scores = read_scores(path, trials)
+        t.skipped_trials = int(mlflow.get_run(rid).data.params.get(f"{artifacts.SKIPPED_PARAM}.{trials}", 0))
         digests.add(t.digest())
         per_seed.append(bootstrap_list(t, scores, n_resamples))
     if not per_seed:

@@ -44,10 +44,13 @@ def _git_commit() -> str:
         return "unknown"
 
 
+SKIPPED_PARAM = "data.skipped_trials"  # .<list>: trials `data add-eval --skip-missing` dropped from it
+
+
 def log_datasets(log: RunLog, run: str, cfg: Config) -> None:
     """The training manifest (without validation speakers), the validation list (with ``data.val_speakers``) and
     each trial list as MLflow datasets of ``run`` (name, digest, source, context): the runs table's Datasets
-    column shows what each run used."""
+    column shows what each run used. A list that ``--skip-missing`` reduced logs ``data.skipped_trials.<list>``."""
     root = data_root(cfg.data.root)
     name = root.resolve().name
     train, val = training_split(cfg)
@@ -61,6 +64,9 @@ def log_datasets(log: RunLog, run: str, cfg: Config) -> None:
         warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways")
         log.log_inputs(run, [(mlflow.data.from_pandas(df, source=str(path.resolve()), name=f"{name}/{label}"), context)
                              for df, path, label, context in tables])
+    reduced = {f"{SKIPPED_PARAM}.{t.name}": t.skipped_trials for t, _, _ in lists if t.skipped_trials}
+    if reduced:
+        log.log_batch(run, params=reduced)
 
 
 # ---------------------------------------------------------------- artifacts
