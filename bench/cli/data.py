@@ -28,7 +28,8 @@ def cmd_data_synth(args, extra) -> int:
 
     outer = store.take_outer_run()
     if outer:  # launched by `mlflow run`: the corpus's figures go into its run
-        store.log_to_outer_run(outer, {"out": Path(args.out).resolve(), "size": args.size, "seed": args.seed},
+        store.log_to_outer_run(outer, args.out, {"out": Path(args.out).resolve(), "size": args.size,
+                                                  "seed": args.seed},
                                   {f"data/{k}": v for k, v in summary.items() if isinstance(v, (int, float))})
     return 0
 

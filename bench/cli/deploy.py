@@ -63,11 +63,13 @@ def cmd_infer(args, extra) -> int:
     if outer:  # launched by `mlflow run`: the figures go into its run
         backend_params = {f"{p}.{k}": v for p, r in rows.items() for k, v in r.details.items()
                           if k in ("engine", "device", "execution_provider", "mode", "threads", "calibration_utts")}
-        store.log_to_outer_run(outer, {"checkpoint": Path(args.checkpoint).resolve(), "precision": args.precision,
-                                          "data.root": cfg.data.root, "eval.batch_frames": cfg.eval.batch_frames,
-                                          **backend_params},
-                                  naming.inference_metrics(rows, fp32_eer=True),
-                                  accounting.combined_energy_tags([r.energy_labels for r in rows.values()]))
+        store.log_to_outer_run(outer, args.out or Path(args.checkpoint).resolve().parent,
+                               {"checkpoint": Path(args.checkpoint).resolve(), "precision": args.precision,
+                                "data.root": cfg.data.root, "eval.batch_frames": cfg.eval.batch_frames,
+                                **backend_params},
+                               naming.inference_metrics(rows, fp32_eer=True),
+                               accounting.combined_energy_tags([r.energy_labels for r in rows.values()]),
+                               wait_s=cfg.tracking.outage_wait_s)
     return 0
 
 

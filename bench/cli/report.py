@@ -10,13 +10,14 @@ from bench.errors import BenchError
 
 def print_report(sweep_key=None, parent=None, out=None, title="report", experiment=None, trials=None):
     from bench.orchestration.search.study import SELECTED_ON_TEST
-    from bench.report.build import build_report, load_runs, log_report, terminal_table
+    from bench.report.build import build_report, load_runs, terminal_table
     from bench.report.selection import selection_of
+    from bench.tracking import store
 
     runs = load_runs(experiment=experiment, sweep_key=sweep_key, parent_run_id=parent)
     rep = build_report(runs, out, title, trials, selection_of(parent))
-    if parent:
-        log_report(rep, parent)
+    if parent:  # into the sweep's or study's parent run, through the report folder's spool
+        store.log_files(parent, rep.dir, sorted(p for p in Path(rep.dir).iterdir() if p.is_file()), "report")
     print(f"\n{title}: {len(rep.table)} variants, trial list {rep.trials}")
     print(terminal_table(rep))
     chosen = {"validation": " (chosen on the validation EER)", "test": f" ({SELECTED_ON_TEST})"}.get(rep.select_on, "")
@@ -41,11 +42,10 @@ def cmd_report(args, extra) -> int:
                        experiment=args.experiment, trials=trials)
     outer = store.take_outer_run()
     if outer:  # launched by `mlflow run`: the report goes into its run
-        from bench.report.build import log_report
-
-        store.log_to_outer_run(outer, {"experiment": args.experiment or "", "parent_run": args.parent_run or "",
-                                          "trials": rep.trials}, {"report/variants": len(rep.table)})
-        log_report(rep, outer)
+        store.log_to_outer_run(outer, out, {"experiment": args.experiment or "", "parent_run": args.parent_run or "",
+                                            "trials": rep.trials}, {"report/variants": len(rep.table)},
+                               artifacts=sorted(p for p in Path(rep.dir).iterdir() if p.is_file()),
+                               artifact_dir="report")
     return 0
 
 

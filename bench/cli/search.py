@@ -31,9 +31,10 @@ def cmd_search(args, extra) -> int:
     if s.energy_budget_j is None and s.carbon_budget_g is None and s.max_params_m is None:
         print("search: no budget set (search.energy_budget_j / carbon_budget_g / max_params_m): every trial is "
               "feasible")
-    res = run_search(cfg, workers=1 if args.workers is None else args.workers, out_root=args.out,
-                     outer_run=store.take_outer_run(), launcher=args.launcher)
-    sent = store.finish(study_folder(cfg, args.out), cfg.tracking.outage_wait_s)
+    with store.finishing(study_folder(cfg, args.out), cfg.tracking.outage_wait_s) as finished:
+        res = run_search(cfg, workers=1 if args.workers is None else args.workers, out_root=args.out,
+                         outer_run=store.take_outer_run(), launcher=args.launcher)
+    sent = finished[0]
     study: optuna.Study = res.study
     print(f"study {s.study_name} in {res.storage}: {len(study.trials)} trials "
           + ", ".join(f"{n.lower()} {c}" for n, c in res.states.items() if c))

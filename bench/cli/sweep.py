@@ -38,8 +38,9 @@ def cmd_sweep(args, extra) -> int:
     root = grid.variants[0].config.data.root
     _ensure_synth(root, args.synth)
     out_root = Path(args.out) / grid.name
-    summary = run_sweep(grid, out_root, new=args.new, launcher=args.launcher)
-    sent = store.finish(out_root, grid.variants[0].config.tracking.outage_wait_s)
+    with store.finishing(out_root, grid.variants[0].config.tracking.outage_wait_s) as finished:
+        summary = run_sweep(grid, out_root, new=args.new, launcher=args.launcher)
+    sent = finished[0]
     print(f"sweep {grid.name}: ran {len(summary.ran)}, skipped {len(summary.skipped)}, failed "
           f"{len(summary.failed)} (parent run {summary.parent_run_id})")
     if args.report and not sent:

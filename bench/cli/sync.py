@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bench.errors import BenchError
-from bench.tracking.spool import DEFAULT_WAIT_S, unsent_under
+from bench.tracking.spool import DEFAULT_WAIT_S, spools_under, unsent_under
 
 
 def cmd_sync(args, extra) -> int:
@@ -19,6 +19,10 @@ def cmd_sync(args, extra) -> int:
         print(f"sync: nothing to send under {root}")
         return 0
     store.check_reachable()
+    for spool in spools_under(root):
+        if (writer := spool.live_writer()) is not None:
+            print(f"sync: {spool.dir} is being written by {writer}; sending what it holds so far, one record at a "
+                  "time with that process (nothing is sent twice)")
     runs = {r.run for r in todo}
     print(f"sync: sending {len(todo)} records of {len(runs)} runs under {root} to {store.setup_tracking()}")
     if not store.finish(root, args.wait_s):

@@ -31,9 +31,9 @@ def cmd_train(args, extra) -> int:
         if run_id is None and args.resume:
             run_id = _previous_run(exp_id, args.out)
         store.setup_tracking()
-        rid, result = tracked.run_tracked(cfg, args.out, run_id=run_id, experiment_id=exp_id, resume=args.resume,
-                                           force=args.force)
-        store.finish(args.out, cfg.tracking.outage_wait_s)
+        with store.finishing(args.out, cfg.tracking.outage_wait_s):
+            rid, result = tracked.run_tracked(cfg, args.out, run_id=run_id, experiment_id=exp_id,
+                                               resume=args.resume, force=args.force)
         print(f"MLflow run {rid} at {store.setup_tracking()}")
     if result is not None:
         for name, m in result.metrics.items():

@@ -16,7 +16,7 @@ from bench.tracking.artifacts import environment_tags, run_scores
 from bench.tracking.naming import (PARENT, STATS, TAG_KIND, TAG_OUT, TAG_VARIANT, result_metrics, stat_key,
                                    variant_params)
 from bench.tracking.runlog import RunLog, unlogged_params
-from bench.tracking.sender import transient
+from bench.tracking.faults import Fault, classify
 from bench.tracking.spool import PENDING
 from bench.tracking.store import find_child_runs
 
@@ -30,7 +30,7 @@ def _finished_seeds(run_id: str, exp_id: str) -> dict:
         return {r.data.tags.get("svbench.seed"): r for r in find_child_runs(run_id, exp_id)
                 if r.data.tags.get(TAG_KIND) == "seed"}
     except Exception as exc:  # noqa: BLE001
-        if transient(exc):
+        if classify(exc).fault is Fault.RETRY:
             return {}
         raise
 

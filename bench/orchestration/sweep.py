@@ -154,9 +154,9 @@ def run_sweep(grid: Grid, out_root: str | Path, progress: bool = True, new: bool
     run = _run_on_slurm if launcher == "slurm" else _run_here
     try:
         ran, failed = run(grid, todo, Path(out_root), parent_id, exp_id, unfinished, progress, new)
-    except BaseException:
+    except BaseException as exc:
         if not outer_run:
-            log.set_terminated(parent_id, "FAILED")
+            log.set_terminated(parent_id, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
         raise
     log.log_batch(parent_id, metrics={"sweep/variants": len(grid.variants), "sweep/failed": len(failed)})
     if not outer_run:

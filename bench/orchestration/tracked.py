@@ -45,6 +45,9 @@ def run_tracked(cfg: Config, out_dir: str | Path, run_id: str | None = None, par
         if result is not None:
             log.log_batch(rid, metrics=result_metrics(result), tags=result_tags(result))
             log_artifacts(log, rid, result, cfg, Path(out_dir) / "model.pt", cfg.tracking.log_model)
+    except KeyboardInterrupt:
+        log.set_terminated(rid, "KILLED")
+        raise
     except BaseException:
         log.set_terminated(rid, "FAILED")
         raise

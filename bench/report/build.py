@@ -358,14 +358,6 @@ def build_report(runs: pd.DataFrame, out_dir: str | Path, title: str, trials: st
     return Report(out, t, knee, trials, select_on)
 
 
-def log_report(report: Report, run_id: str) -> None:
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient()
-    for p in sorted(Path(report.dir).iterdir()):
-        client.log_artifact(run_id, str(p), "report")
-
-
 def terminal_table(report: Report) -> str:
     t = report.table.copy()
     cols = ["variant", "params_m", "eer_pct", "eer_ci", "min_dcf_p01", "train_energy_j", "train_co2_g",

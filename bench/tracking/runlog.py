@@ -7,7 +7,8 @@ import time
 import uuid
 from pathlib import Path
 
-from bench.tracking.sender import sender, transient
+from bench.tracking.faults import Fault, classify
+from bench.tracking.sender import sender
 from bench.tracking.spool import PENDING, TAG_SPOOL_RUN, Spool
 
 
@@ -38,6 +39,7 @@ class RunLog:
 
     def __init__(self, folder: str | Path):
         self.spool = Spool(folder)
+        self.spool.note_writer()
         self.sender = sender()
         self.sender.adopt(self.spool)
 
@@ -53,11 +55,10 @@ class RunLog:
         rec = self.spool.append("create_run", ref, args)
         if not self.sender.outage and not any(v.startswith(PENDING) for v in args["tags"].values() if v != ref):
             try:
-                self.sender.replayer.send(rec)
-                self.spool.mark_sent(rec)
+                self.sender.send_once(rec)
                 return self.sender.replayer.runs[ref]
             except Exception as exc:  # noqa: BLE001 - a server that does not answer: the sender creates it
-                if not transient(exc):
+                if classify(exc).fault is not Fault.RETRY:
                     raise
         self.sender.submit(rec)
         return ref

@@ -1,5 +1,13 @@
 """The sender: one background thread per process that sends spooled records to the tracking server in the order
-written, waits through outages, and replays idempotently."""
+written, waits through outages, and replays idempotently.
+
+Every record kind is looked up before it is created or attached, so a replay (after a kill between a send and
+its mark, a lost answer, or another process's send) changes nothing: a run by its ``svbench.spool_run`` tag,
+the logged model by its run and name (a READY one is left as it is; one whose upload broke is filled without
+linking it to the run again), metrics by their (key, value, timestamp, step), params and tags by value,
+artifacts by path, datasets by MLflow's own link. What a failed send means is ``bench.tracking.faults``'s
+table. MLflow's own HTTP retries are off in the sender's process (``MLFLOW_HTTP_REQUEST_MAX_RETRIES=0`` unless
+set): a create whose answer was lost is looked up again by the sender's loop, never posted blind."""
 from __future__ import annotations
 
 import os
@@ -18,15 +26,17 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
 from bench.eval.scoring import load_model
+from bench.tracking.faults import Fault, RunNotFound, classify
 from bench.tracking.model import log_embedder
-from bench.tracking.spool import DEFAULT_WAIT_S, PENDING, TAG_SPOOL_RUN, Record, Spool, spools_under
+from bench.tracking.spool import DEFAULT_WAIT_S, PENDING, TAG_SPOOL_RUN, Record, Spool, spools_under, unsent_under
 
 
 BACKOFF_S = (1, 2, 4, 8, 10)  # between tries at a server that does not answer
 
 
-# MLflow's own HTTP retries, shortened (a user's setting wins): a write waits in the spool, not in the client
-HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+# MLflow's own HTTP retries off (a user's setting wins): a write waits in the spool and is retried by the sender
+# after a look-up, never re-posted blind by the client
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
                  "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
 
 
@@ -36,19 +46,6 @@ def shorten_http_retries() -> None:
 
 
 # ---------------------------------------------------------------- sending one record
-class RunNotFound(Exception):
-    """The tracking server does not know the run: another server, or the run was deleted."""
-
-
-def transient(exc: BaseException) -> bool:
-    """An error that a later try can cure: no answer, a 5xx or 429, or a lost race on a unique key."""
-    if isinstance(exc, MlflowException):
-        text = str(exc).lower()
-        return (exc.get_http_status_code() >= 500 or exc.get_http_status_code() == 429
-                or any(w in text for w in ("unique", "duplicate", "integrity", "database is locked")))
-    return isinstance(exc, (ConnectionError, TimeoutError, requests.exceptions.RequestException))
-
-
 class Replayer:
     """Sends records with MLflow's public client API; knows the ids of the runs the spool created."""
 
@@ -116,15 +113,20 @@ class Replayer:
         self.client.log_inputs(self._run(rec), datasets=inputs)
 
     def _log_model(self, rec: Record) -> None:
-        """Into the logged model named ``model`` of the run (made here once, found again after a kill)."""
-        run = self._run(rec)
-        experiment = self.client.get_run(run).info.experiment_id
+        """Into the logged model named ``model`` of the run (made here once, found again after a kill or a
+        dropped upload): left alone when READY; otherwise its files are uploaded, and it is linked to the run's
+        outputs only when it is not linked yet (a second link is a unique-key error on the server)."""
+        run = self.client.get_run(self._run(rec))
+        experiment = run.info.experiment_id
         earlier = self.client.search_logged_models(
-            [experiment], filter_string=f"source_run_id = '{run}' AND name = 'model'", max_results=1)
+            [experiment], filter_string=f"source_run_id = '{run.info.run_id}' AND name = 'model'", max_results=1)
+        if earlier and str(earlier[0].status).endswith("READY"):
+            return
         model_id = earlier[0].model_id if earlier else mlflow.initialize_logged_model(
-            name="model", source_run_id=run, experiment_id=experiment).model_id
+            name="model", source_run_id=run.info.run_id, experiment_id=experiment).model_id
+        linked = any(o.model_id == model_id for o in (run.outputs.model_outputs if run.outputs else []))
         model = load_model(rec.spool.file(rec, "model.pt"), torch.device("cpu"))
-        log_embedder(model.embedder, model.spec.n_mels, run, model_id)
+        log_embedder(model.embedder, model.spec.n_mels, None if linked else run.info.run_id, model_id)
 
 
 # ---------------------------------------------------------------- the sender
@@ -138,7 +140,8 @@ class Sender:
         self.replayer = Replayer()
         self.outage = False
         self.busy = False
-        self.held: set[Path] = set()  # spools whose run the server does not know: kept on disk, not sent
+        self.held: set[Path] = set()  # spools with a held fault (faults.Fault.HOLD): kept on disk, not sent
+        self.dead: str | None = None  # why the thread stopped, if it did
         self.queued: set[str] = set()
         self.adopted: set[Path] = set()
         self.thread = threading.Thread(target=self._loop, name="svbench-mlflow-sender", daemon=True)
@@ -165,6 +168,16 @@ class Sender:
         return len(records)
 
     def _loop(self) -> None:
+        try:
+            self._send_all()
+        except BaseException as exc:  # noqa: BLE001 - told once; every wait then returns at once
+            with self.cond:
+                self.dead = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+                self.cond.notify_all()
+            print(f"svbench: the MLflow sender stopped ({self.dead}); the records stay in their spools; send them "
+                  "with `svbench sync OUT`", file=sys.stderr, flush=True)
+
+    def _send_all(self) -> None:
         tries = 0
         while True:
             with self.cond:
@@ -178,27 +191,23 @@ class Sender:
                 self._pop(rec)
                 continue
             try:
-                self.replayer.send(rec)
-            except RunNotFound as exc:
-                self._hold(rec, str(exc))
-                continue
-            except Exception as exc:  # noqa: BLE001 - what is not transient is told and skipped, never raised
-                if transient(exc):
-                    self._down(rec, exc)
+                self.send_once(rec)
+            except Exception as exc:  # noqa: BLE001 - classified: retried, held or set aside, never raised
+                c = classify(exc)
+                if c.fault is Fault.RETRY:
+                    self._down(rec, c.why)
                     time.sleep(BACKOFF_S[min(tries, len(BACKOFF_S) - 1)])
                     tries += 1
                     continue
-                if isinstance(exc, MlflowException) and exc.error_code == "RESOURCE_DOES_NOT_EXIST":
-                    self._hold(rec, str(exc).splitlines()[0][:200])
+                if c.fault is Fault.HOLD:
+                    self._hold(rec, c.why)
                     continue
-                message = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
-                print(f"svbench: MLflow rejected {rec.op} of run {rec.run} ({message}); skipped, noted in "
-                      f"{rec.spool.sent_path}", file=sys.stderr, flush=True)
-                rec.spool.mark_sent(rec, error=message)
+                kept = rec.spool.set_aside(rec, c.why)
+                print(f"svbench: MLflow refused {rec.op} of run {rec.run}: {c.why}; set aside (files kept in "
+                      f"{kept}), the other records go on", file=sys.stderr, flush=True)
                 self._pop(rec)
                 continue
             tries = 0
-            rec.spool.mark_sent(rec)
             self._pop(rec)
             if self.outage:
                 with self.cond:
@@ -207,26 +216,36 @@ class Sender:
                 print(f"svbench: MLflow tracking at {self.uri} is back; sending {left} kept records",
                       file=sys.stderr, flush=True)
 
+    def send_once(self, rec: Record) -> None:
+        """Send ``rec`` in this process's turn on its spool, unless a process marked it sent meanwhile; then mark
+        it. Raises what the send raised."""
+        with rec.spool.sending() as sent:
+            if rec.id in sent:
+                self.replayer.learn(rec.spool)  # a run another process created
+                return
+            self.replayer.send(rec)
+            rec.spool.mark_sent(rec)
+
     def _pop(self, rec: Record) -> None:
         with self.cond:
             self.queue.popleft()
             self.queued.discard(rec.id)
             self.cond.notify_all()
 
-    def _down(self, rec: Record, exc: BaseException) -> None:
+    def _down(self, rec: Record, why: str) -> None:
         if self.outage:
             return
         with self.cond:
             self.outage = True
             self.cond.notify_all()
-        reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
-        print(f"svbench: MLflow tracking at {self.uri} is unreachable ({reason}); the work goes on, its tracking "
+        print(f"svbench: MLflow tracking at {self.uri} is unreachable ({why}); the work goes on, its tracking "
               f"is kept in {rec.spool.dir} and sent when the server is back", file=sys.stderr, flush=True)
 
     def _hold(self, rec: Record, why: str) -> None:
         self.held.add(rec.spool.dir)
-        print(f"svbench: {why} at {self.uri}; the records of {rec.spool.dir} stay there unsent (is "
-              "MLFLOW_TRACKING_URI the server the run was made on?)", file=sys.stderr, flush=True)
+        print(f"svbench: MLflow tracking at {self.uri}: {why}. The records of {rec.spool.dir} stay there, every "
+              f"file kept; send them with `svbench sync {rec.spool.dir.parent}` once that is fixed",
+              file=sys.stderr, flush=True)
         self._pop(rec)
 
     def pending(self) -> int:
@@ -237,7 +256,7 @@ class Sender:
         """Wait until every queued record is sent or ``deadline`` (``time.monotonic``) passes, and, unless
         ``through_outage``, until the server is found unreachable; True when nothing is left to send."""
         with self.cond:
-            while (self.queue or self.busy) and (through_outage or not self.outage):
+            while (self.queue or self.busy) and (through_outage or not self.outage) and self.dead is None:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
@@ -273,7 +292,7 @@ def enqueue_unsent(root: str | Path) -> int:
     for sp in spools:
         s.adopted.add(sp.dir)
         s.replayer.learn(sp)
-    records = sorted((r for sp in spools for r in sp.unsent()), key=lambda r: r.t_ns)  # parents' runs first
+    records = unsent_under(root)  # file order; parents' spools first
     for rec in records:
         s.submit(rec)
     return len(records)
@@ -298,7 +317,8 @@ def finish(root: str | Path, wait_s: float = DEFAULT_WAIT_S, command: str = "svb
     if left:
         folders = [d for d, n in unsent.items() if n]
         where = folders[0] if len(folders) == 1 else f"{len(folders)} spools under {Path(root).resolve()}"
-        why = "is still unreachable" if s.outage else "did not take every record"
+        why = ("is still unreachable" if s.outage else f"was not sent to ({s.dead})" if s.dead
+               else "did not take every record")
         print(f"svbench: MLflow tracking at {s.uri} {why}: {left} records kept in {where}; "
               f"send them with `{command} {root}` (or the next svbench command on that folder)",
               file=sys.stderr, flush=True)

@@ -2,6 +2,7 @@
 (what the spools still hold)."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -14,11 +15,13 @@ from mlflow.tracking import MlflowClient
 
 from bench.errors import BenchError
 from bench.tracking.artifacts import environment_tags
+from bench.tracking.faults import Fault, classify
 from bench.tracking.naming import PARENT
 from bench.tracking.runlog import RunLog, unlogged_params
 from bench.tracking.sender import enqueue_unsent
 from bench.tracking.sender import finish as finish_spools
 from bench.tracking.sender import shorten_http_retries
+from bench.tracking.spool import DEFAULT_WAIT_S
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 
@@ -57,6 +60,24 @@ def finish(out: str | Path, wait_s: float) -> bool:
     return finish_spools(out, wait_s) == 0
 
 
+ERROR_WAIT_S = 10.0  # how long a command that fails or is interrupted waits to send its last records
+
+
+@contextlib.contextmanager
+def finishing(out: str | Path, wait_s: float):
+    """A command's tracked work: whatever ends it (success, an error, Ctrl-C), what its spools hold (the FAILED
+    or KILLED status included) is sent, waiting ``wait_s`` on success and at most ``ERROR_WAIT_S`` otherwise,
+    and the ``svbench sync`` hint is printed for what is left. Yields a one-item list that receives
+    ``finish``'s answer on success."""
+    sent: list[bool] = []
+    try:
+        yield sent
+    except BaseException:
+        finish_spools(out, min(wait_s, ERROR_WAIT_S))
+        raise
+    sent.append(finish(out, wait_s))
+
+
 def take_outer_run() -> str | None:
     """The run ``mlflow run`` created for this command (``MLFLOW_RUN_ID``), taken out of the environment so
     that no nested ``start_run`` and no child process adopts it by accident; None outside ``mlflow run``."""
@@ -84,20 +105,40 @@ def check_reachable() -> None:
 
 
 def _unreachable(exc: Exception) -> BenchError:
+    """A server that does not answer, or one that answers with a fault to fix first (credentials, a proxy)."""
+    c = classify(exc)
+    if c.fault is not Fault.RETRY:
+        return BenchError(f"MLflow tracking at {mlflow.get_tracking_uri()}: {c.why}")
     return BenchError(f"cannot reach MLflow tracking at {mlflow.get_tracking_uri()} "
                       f"({str(exc).splitlines()[0][:120]}); start the server or unset MLFLOW_TRACKING_URI")
 
 
-def log_to_outer_run(run_id: str, params: dict, metrics: dict[str, float], tags: dict | None = None,
-                     artifacts: list[Path] = (), artifact_dir: str | None = None) -> None:
-    """What a command without a run of its own (infer, report, data) logs into the run ``mlflow run`` made."""
-    client = MlflowClient()
-    log_new_params(run_id, params)
-    client.log_batch(run_id, metrics=[Metric(k, float(v), int(time.time() * 1000), 0) for k, v in metrics.items()
-                              if v is not None],
-                     tags=[RunTag(k, str(v)) for k, v in {**environment_tags(), **(tags or {})}.items()])
-    for path in artifacts:
-        client.log_artifact(run_id, str(path), artifact_dir)
+def log_to_outer_run(run_id: str, folder: str | Path, params: dict, metrics: dict[str, float],
+                     tags: dict | None = None, artifacts: list[Path] = (), artifact_dir: str | None = None,
+                     wait_s: float = DEFAULT_WAIT_S) -> None:
+    """What a command without a run of its own (infer, report, data) logs into the run ``mlflow run`` made:
+    through the spool of ``folder`` (the command's output folder), then sent, waiting at most ``wait_s`` for a
+    server that is down (``svbench sync FOLDER`` sends what is left)."""
+    log = RunLog(folder)
+    try:
+        existing = MlflowClient().get_run(run_id).data.params
+    except Exception as exc:  # noqa: BLE001 - a server that does not answer: the params go to the spool
+        if classify(exc).fault is not Fault.RETRY:
+            raise
+        existing = log.spool.logged_params(run_id)
+    log.log_batch(run_id, metrics={k: float(v) for k, v in metrics.items() if v is not None},
+                  params=unlogged_params(existing, params, run_id),
+                  tags={**environment_tags(), **(tags or {})})
+    log_files(run_id, folder, artifacts, artifact_dir, wait_s)
+
+
+def log_files(run_id: str, folder: str | Path, files: list[Path], artifact_dir: str | None = None,
+              wait_s: float = DEFAULT_WAIT_S) -> None:
+    """Files as artifacts of a run, through the spool of ``folder``, then sent (as ``log_to_outer_run``)."""
+    log = RunLog(folder)
+    for path in files:
+        log.log_file(run_id, path, artifact_dir)
+    finish(folder, wait_s)
 
 
 def log_new_params(run_id: str, params: dict) -> None:

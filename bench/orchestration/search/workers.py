@@ -16,6 +16,8 @@ from bench.orchestration import slurm
 from bench.orchestration.search.cost import cost_entry, measured_reading
 from bench.orchestration.search.study import ATTR_COST, load_study, make_storage
 from bench.orchestration.search.trial import run_worker
+from bench.tracking.faults import Fault, classify
+from bench.tracking.runlog import RunLog
 
 
 def run_worker_processes(cfg_dict: dict, url: str, shares: list[int], out: str, search_run: str, gpu_sets) -> None:
@@ -101,11 +103,18 @@ def run_slurm_workers(cfg: Config, cfg_dict: dict, url: str, shares: list[int], 
     with ex.batch():
         jobs = [ex.submit(SearchWorkerJob(cfg_dict, url, n, out, search_run, f"{search_run}-{i}", i))
                 for i, n in enumerate(shares)]
-    client = MlflowClient()
     ids = [str(j.job_id) for j in jobs]
-    earlier = client.get_run(parent).data.tags.get(slurm.TAG_JOBS)
-    client.set_tag(parent, slurm.TAG_JOBS, ",".join([*(earlier.split(",") if earlier else []), *ids]))
-    client.set_tag(parent, slurm.TAG_FOLDER, str(folder))
+    log = RunLog(out)  # through the study's spool: an outage keeps the job ids for `svbench jobs --cancel`
+    earlier = [i for r in log.spool.records() if r.op == "log_batch" and r.run == parent
+               for i in r.args.get("tags", {}).get(slurm.TAG_JOBS, "").split(",") if i]
+    if not earlier:
+        try:
+            earlier = [i for i in MlflowClient().get_run(parent).data.tags.get(slurm.TAG_JOBS, "").split(",") if i]
+        except Exception as exc:  # noqa: BLE001 - a server that does not answer: the spool's ids are all there is
+            if classify(exc).fault is not Fault.RETRY:
+                raise
+    log.log_batch(parent, tags={slurm.TAG_JOBS: ",".join(dict.fromkeys([*earlier, *ids])),
+                                slurm.TAG_FOLDER: str(folder)})
     print(f"search: {len(jobs)} worker job(s) submitted to Slurm: {', '.join(ids)}")
 
     def on_end(job, st) -> None:

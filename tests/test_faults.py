@@ -1,0 +1,119 @@
+"""The spool under the faults a shared tracking server really has, through a fault-injecting proxy
+(tests/faultproxy.py) in front of a real ``mlflow server``: each fault class behaves as bench/tracking/faults.py's
+table says, a replay of every record kind duplicates nothing, two senders on one spool send nothing twice, and
+an edited spool is refused line by line."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+from faultproxy import FaultProxy, Rule
+
+from bench.tracking.spool import Spool
+from tests.conftest import REPO
+from tests.test_outage import EPOCH_KEYS, SHORT_RETRIES, Server
+
+ARTIFACT_PUT = r"/api/2.0/mlflow-artifacts/artifacts/"
+
+
+def _cli(args: list, uri: str, wait: bool = True):
+    env = {**os.environ, **SHORT_RETRIES, "MLFLOW_TRACKING_URI": uri}
+    proc = subprocess.Popen([sys.executable, "-m", "bench", *map(str, args)], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if not wait:
+        return proc
+    out, err = proc.communicate(timeout=600)
+    return proc.returncode, out, err
+
+
+def _check_once(client, epochs: int) -> None:
+    """One run, FINISHED, each epoch metric once, one READY logged model, two dataset inputs, the artifacts."""
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    rid = run.info.run_id
+    assert run.info.status == "FINISHED"
+    for key in EPOCH_KEYS:
+        assert sorted(m.step for m in client.get_metric_history(rid, key)) == list(range(1, epochs + 1)), key
+    models = client.search_logged_models([run.info.experiment_id], filter_string=f"source_run_id = '{rid}'")
+    assert [(m.name, m.status.name) for m in models] == [("model", "READY")]
+    assert len(run.inputs.dataset_inputs) == 2
+    assert {"config.yaml", "result.json", "scores"} <= {a.path for a in client.list_artifacts(rid)}
+
+
+@pytest.mark.slow
+def test_retry_hold_and_replay_through_a_faulty_proxy(tiny_corpus, tmp_path):
+    server = Server(tmp_path).start()
+    proxy = FaultProxy(server.url).start()
+    try:
+        out, epochs = tmp_path / "run", 2
+        retried = proxy.add(Rule("POST", r"/runs/log-batch", "status", 502, times=2))
+        too_big = proxy.add(Rule("PUT", ARTIFACT_PUT + r".*config\.yaml$", "status", 413, times=None))
+        rc, _, err = _cli(["train", "--preset", "tiny", "--data.root", tiny_corpus, "--out", out, "--train.epochs",
+                           epochs, "--tracking.outage_wait_s", "5", "--eval.latency", "false"], proxy.url)
+        assert rc == 0, err[-3000:]
+        # retry class: told once, then its end; hold class: one line naming the body limit, the spool kept
+        assert retried.hits == 2 and err.count("is unreachable (") == 1 and "502" in err and err.count("is back;") == 1, err
+        assert too_big.hits == 1 and err.count("refused the request body as too large") == 1, err
+        assert f"svbench sync {out}" in err
+        spool = Spool(out)
+        held = spool.unsent()
+        assert {"log_artifact", "log_model", "set_status"} <= {r.op for r in held}
+        assert all(spool.file(r, f).is_file() for r in held for f in r.args.get("files", []))
+        # an expired token on every write: held with the credentials line, exit 1, nothing lost
+        proxy.clear()
+        proxy.add(Rule("POST", r"/api/2.0/mlflow/runs/", "status", 401, times=None))
+        proxy.add(Rule("PUT", ARTIFACT_PUT, "status", 401, times=None))
+        rc, _, err = _cli(["sync", out, "--wait-s", "5"], proxy.url)
+        assert rc == 1 and "HTTP 401: the server refuses the credentials" in err, err
+        assert [r.id for r in spool.unsent()] == [r.id for r in held]
+        assert all(spool.file(r, f).is_file() for r in held for f in r.args.get("files", []))
+        snapshot = tmp_path / "snapshot"
+        shutil.copytree(spool.dir, snapshot)
+        # fixed; the logged model's upload is dropped once mid-way: retried, one READY model, no loop
+        proxy.clear()
+        dropped = proxy.add(Rule("PUT", ARTIFACT_PUT + r".*/models/", "drop", times=1))
+        rc, _, err = _cli(["sync", out], proxy.url)
+        assert rc == 0 and dropped.hits == 1 and err.count("is back;") == 1, err
+        assert not spool.unsent() and not any((spool.dir / "files").iterdir())
+        _check_once(server.client(), epochs)
+        # as if killed between each send and its mark (every record kind), replayed by two senders at once
+        shutil.rmtree(spool.dir)
+        shutil.copytree(snapshot, spool.dir)
+        spool.sent_path.write_text("")
+        first, second = (_cli(["sync", out], server.url, wait=False) for _ in range(2))
+        for p in (first, second):
+            _, err = p.communicate(timeout=600)
+            assert p.returncode == 0, err[-3000:]
+        assert not spool.unsent()
+        _check_once(server.client(), epochs)
+        marks = [m["id"] for m in spool.sent_marks()]
+        assert len(marks) == len(set(marks)) == len(spool.records())  # each record sent and marked once
+    finally:
+        proxy.stop()
+        server.kill()
+
+
+def test_an_edited_spool_is_refused_line_by_line_and_nothing_is_deleted(tmp_path):
+    """A traversal id, a file outside the spool, a torn line: each told with its line number, kept, not sent;
+    the folder a traversal id names is not deleted."""
+    out = tmp_path / "run"
+    (out / "checkpoints").mkdir(parents=True)
+    spool = Spool(out)
+    good = spool.append("log_batch", "pending:x", {"metrics": [["a", 1.0, 1, 1]]})
+    with open(spool.records_path, "a") as fh:
+        fh.write('{"id": "../../checkpoints", "t_ns": 1, "op": "log_batch", "run": "r", "args": {}}\n')
+        fh.write('{"id": "' + "a" * 32 + '", "t_ns": 2, "op": "log_artifact", "run": "r", '
+                 '"args": {"files": ["/etc/passwd"]}}\n')
+        fh.write('{"id": "torn')
+    proc = subprocess.run([sys.executable, "-c", "from bench.tracking.spool import Spool; import sys; "
+                           f"print([r.id for r in Spool(sys.argv[1]).unsent()])", out],
+                          capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == str([good.id])
+    told = proc.stderr.strip().splitlines()
+    assert [line.split(" line ")[1].split()[0] for line in told] == ["2", "3", "4"], told
+    assert all("kept there and not sent" in line for line in told)
+    assert (out / "checkpoints").is_dir()
