@@ -9,7 +9,6 @@ line naming the key.
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional
 
@@ -17,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from bench.errors import BenchError
+from bench.overrides import apply_overrides, config_keys, parse_overrides, unknown_key_message
 
 PRESET_DIR = Path(__file__).parent / "presets"
 
@@ -294,64 +294,11 @@ def empty_as_none(type_):
     return convert
 
 
-def parse_overrides(args: list[str]) -> dict[str, Any]:
-    """``["--a.b", "1", "--c=x"]`` -> ``{"a.b": 1, "c": "x"}`` (values parsed as YAML scalars)."""
-    out: dict[str, Any] = {}
-    i = 0
-    while i < len(args):
-        tok = args[i]
-        if not tok.startswith("--") or len(tok) <= 2:
-            raise BenchError(f"unexpected argument '{tok}'; overrides look like --section.key VALUE")
-        key = tok[2:]
-        if "=" in key:
-            key, raw = key.split("=", 1)
-            i += 1
-        else:
-            if i + 1 >= len(args):
-                raise BenchError(f"override --{key} has no value; write --{key} VALUE")
-            raw = args[i + 1]
-            i += 2
-        key = key.replace("-", "_")
-        if not key or any(not part for part in key.split(".")):
-            raise BenchError(f"malformed override key '--{key}'; use --section.key VALUE")
-        out[key] = _parse_scalar(raw)
-    return out
-
-
-def _parse_scalar(raw: str) -> Any:
-    try:
-        value = yaml.safe_load(raw)
-    except yaml.YAMLError:
-        return raw
-    # keep "3-4-6-3"-like strings and dates as strings
-    if isinstance(value, (dict,)) or value is None and raw.strip() not in ("null", "~", ""):
-        return raw
-    if type(value).__name__ in ("date", "datetime"):
-        return raw
-    return value
-
-
-def apply_overrides(base: dict, overrides: dict[str, Any]) -> dict:
-    data = copy.deepcopy(base)
-    for dotted, value in overrides.items():
-        parts = dotted.split(".")
-        node = data
-        for part in parts[:-1]:
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            elif not isinstance(child, dict):
-                raise BenchError(f"config key '{dotted}': '{part}' is a value, not a section")
-            node = child
-        node[parts[-1]] = value
-    return data
-
-
 def _format_validation_error(err: ValidationError) -> str:
     first = err.errors()[0]
     loc = ".".join(str(p) for p in first["loc"])
     if first["type"] == "extra_forbidden":
-        return f"config error: unknown key '{loc}'; check the spelling against `svbench config --preset demo`"
+        return unknown_key_message(loc, config_keys(Config))
     value = first.get("input")
     shown = repr(value) if not isinstance(value, dict) else "a mapping"
     return f"config error: {loc}: {first['msg']} (got {shown})"

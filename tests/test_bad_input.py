@@ -139,3 +139,28 @@ def test_corrupt_file_in_training_is_skipped_and_counted(tiny_corpus, tmp_path):
     ds = TrainCrops(df, root, cfg.data, seed=1)
     wav, labels, skipped = collate_crops([ds[(0, i)] for i in range(4)])
     assert skipped == 1 and wav.shape[0] == 3 and labels.shape == (3,)
+
+
+def test_a_mistyped_data_root_leaves_nothing_behind(tmp_path):
+    """train, sweep and search against a tracking store, with --data.root or --data-root mistyped: one line
+    saying it does not exist (no `data synth` advice for a real corpus's name), and no experiment, run or spool;
+    a root named like a synthetic corpus gets the `data synth` command."""
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path}/store.db"
+    env = {"MLFLOW_TRACKING_URI": uri}
+    typo = tmp_path / "data" / "voxcelbe"
+    for flag in ("--data.root", "--data-root"):
+        for cmd in (["train", "--preset", "tiny", "--out", tmp_path / "t"],
+                    ["sweep", "--grid", "demo", "--out", tmp_path / "s"],
+                    ["search", "--preset", "tiny", "--n-trials", "1", "--out", tmp_path / "q"]):
+            proc = run_cli(*cmd, flag, typo, env=env)
+            assert_one_line_error(proc, f"data root {typo} does not exist; check --data.root")
+            assert "data synth" not in proc.stderr, proc.stderr
+    assert not any((tmp_path / d).exists() for d in ("t", "s", "q"))
+    if (tmp_path / "store.db").exists():
+        client = mlflow.MlflowClient(uri)
+        assert [e.name for e in client.search_experiments()] in ([], ["Default"])
+        assert not client.search_runs([e.experiment_id for e in client.search_experiments()])
+    proc = run_cli("train", "--preset", "tiny", "--out", tmp_path / "t", "--data-root", tmp_path / "demo", env=env)
+    assert_one_line_error(proc, f"create it with `svbench data synth --out {tmp_path / 'demo'} --size demo`")

@@ -27,7 +27,7 @@ def test_yaml_file_preset(tmp_path):
 
 @pytest.mark.parametrize("args, fragment", [
     (["--train.epochs", "abc"], "train.epochs"),
-    (["--train.epoch", "3"], "unknown key 'train.epoch'"),
+    (["--train.epoch", "3"], "unknown key '--train.epoch'; did you mean --train.epochs"),
     (["--nosection.x", "3"], "nosection"),
     (["--train.lr", "-1"], "train.lr"),
     (["--train.amp", "fp8"], "train.amp"),

@@ -13,6 +13,7 @@ def cmd_search(args, extra) -> int:
     import optuna
 
     from bench.config import load_config, parse_overrides
+    from bench.data.manifest import data_root
     from bench.orchestration.search.run import run_search
     from bench.orchestration.search.study import SELECTED_ON_TEST, study_folder
     from bench.tracking import store
@@ -27,6 +28,7 @@ def cmd_search(args, extra) -> int:
         named["tracking.experiment"] = args.experiment
     overrides.update({k: v for k, v in named.items() if v is not None})  # empty = unset: the preset's value
     cfg = load_config(args.preset, overrides)
+    data_root(cfg.data.root)  # before the study, its parent run or a spool is made
     s = cfg.search
     if s.energy_budget_j is None and s.carbon_budget_g is None and s.max_params_m is None:
         print("search: no budget set (search.energy_budget_j / carbon_budget_g / max_params_m): every trial is "

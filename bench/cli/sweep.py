@@ -24,6 +24,7 @@ def _ensure_synth(root: str, size: str | None, seed: int = 0) -> None:
 
 def cmd_sweep(args, extra) -> int:
     from bench.config import parse_overrides
+    from bench.data.manifest import data_root
     from bench.orchestration.sweep import load_grid, run_sweep
     from bench.tracking import store
 
@@ -37,6 +38,8 @@ def cmd_sweep(args, extra) -> int:
     grid = load_grid(args.grid, overrides)
     root = grid.variants[0].config.data.root
     _ensure_synth(root, args.synth)
+    for root_of in dict.fromkeys(v.config.data.root for v in grid.variants):  # before any run or spool is made
+        data_root(root_of)
     out_root = Path(args.out) / grid.name
     with store.finishing(out_root, grid.variants[0].config.tracking.outage_wait_s) as finished:
         summary = run_sweep(grid, out_root, new=args.new, launcher=args.launcher)

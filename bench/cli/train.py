@@ -14,11 +14,13 @@ from bench.errors import BenchError
 def cmd_train(args, extra) -> int:
     import os
 
+    from bench.data.manifest import data_root
     from bench.models import spec_from_config
     from bench.orchestration.variant import run_variant
 
     cfg = config_from_args(args, extra)
     spec_from_config(cfg.model, n_mels=cfg.features.n_mels)  # fail fast on a bad model
+    data_root(cfg.data.root)  # and on a missing data root: before any run, experiment or spool is made
     if args.no_track or int(os.environ.get("RANK", "0")) != 0 and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         result = run_variant(cfg, args.out, resume=args.resume, force=args.force)
     else:

@@ -49,10 +49,19 @@ def resolve_paths(df: pd.DataFrame, root: str | Path) -> list[Path]:
     return [root / p for p in df["path"]]
 
 
+SYNTH_NAMES = ("demo", "tiny")  # the synthetic corpus sizes' names, as the README's commands name their roots
+
+
 def data_root(root: str | Path) -> Path:
+    """The data root, checked: a folder holding a manifest. A missing one is a one-line error that suggests
+    ``data synth`` only for a root named like a synthetic corpus (``data/demo``, ``data/tiny``)."""
     root = Path(root)
     if not root.exists():
-        raise BenchError(f"data root {root} does not exist; create it with `svbench data synth --out {root}`")
+        if root.name in SYNTH_NAMES:
+            raise BenchError(f"data root {root} does not exist; create it with `svbench data synth --out {root} "
+                             f"--size {root.name}`")
+        raise BenchError(f"data root {root} does not exist; check --data.root (the folder `svbench data prepare` "
+                         "wrote for your corpus)")
     if not root.is_dir():
         raise BenchError(f"data root {root} is not a folder")
     if not (root / TRAIN_MANIFEST).is_file() and not (root / EVAL_MANIFEST).is_file():
