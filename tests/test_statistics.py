@@ -235,9 +235,11 @@ def test_compare_checks_pairing_by_list_content_and_data_root(tmp_path):
     c = run("c", short, s[:-50], "/data/x")
     d = run("d", full, s + rng.normal(0, 0.05, len(s)), "/data/y")
     e = run("e", full, s, "/data/x", skipped=3)
-    ok = run_cli("compare", a, b, "--trials", "synth")
+    ok = run_cli("compare", a[:8], b[:8], "--trials", "synth")  # the short ids svbench prints
     assert ok.returncode == 0, ok.stderr
     assert "verdict: A better than B (these trained models, 1 seed)" in ok.stdout, ok.stdout
+    assert f"A = a ({a[:8]})" in ok.stdout
+    assert_one_line_error(run_cli("compare", "0123456789", b), "run id 0123456789 matches no run")
     assert_one_line_error(run_cli("compare", a, c), "refusing to compare", "differs in content")
     assert_one_line_error(run_cli("compare", a, d), "refusing to compare", "different data roots")
     assert_one_line_error(run_cli("compare", a, e), "refusing to compare", "differs in content")

@@ -19,11 +19,8 @@ def cmd_jobs(args, extra) -> int:
     store.setup_tracking()
     client = MlflowClient()
     if args.parent_run:
-        try:
-            exp_id = store.experiment_of(args.parent_run)
-        except Exception:
-            raise BenchError(f"MLflow run {args.parent_run} not found at {store.setup_tracking()}") from None
-        runs = [client.get_run(args.parent_run), *store.find_child_runs(args.parent_run, exp_id)]
+        parent = store.find_run(args.parent_run)
+        runs = [parent, *store.find_child_runs(parent.info.run_id, parent.info.experiment_id)]
     else:
         exp = client.get_experiment_by_name(args.experiment)
         if exp is None:

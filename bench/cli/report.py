@@ -37,6 +37,8 @@ def cmd_report(args, extra) -> int:
     if args.metric == AVERAGE and args.trials not in (None, AVERAGE):
         raise BenchError("give --metric avg or --trials NAME, not both")
     trials = AVERAGE if args.metric == AVERAGE else args.trials
+    if args.parent_run:  # a short id as svbench prints it, or the whole id
+        args.parent_run = store.find_run(args.parent_run).info.run_id
     out = Path(args.out) if args.out else Path("reports") / (args.experiment or args.parent_run)
     rep = print_report(parent=args.parent_run, out=out, title=f"Report {args.experiment or args.parent_run}",
                        experiment=args.experiment, trials=trials)

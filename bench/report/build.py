@@ -44,10 +44,8 @@ def load_runs(experiment: str | None = None, sweep_key: str | None = None, paren
     if experiment is None and parent_run_id is None:
         raise BenchError("give --experiment NAME or --parent-run ID for the report")
     if parent_run_id:
-        try:
-            exp_ids = [mlflow.get_run(parent_run_id).info.experiment_id]
-        except Exception:
-            raise BenchError(f"MLflow run {parent_run_id} not found at {mlflow.get_tracking_uri()}") from None
+        parent = store.find_run(parent_run_id)
+        exp_ids, parent_run_id = [parent.info.experiment_id], parent.info.run_id
     else:
         exp = mlflow.get_experiment_by_name(experiment)
         if exp is None:

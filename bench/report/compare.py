@@ -150,11 +150,9 @@ def compare_runs(run_a: str, run_b: str, trials: str | None, n_resamples: int, l
     pair is refused."""
     store.setup_tracking()
     scored = []
-    for rid in (run_a, run_b):
-        try:
-            run = mlflow.get_run(rid)
-        except Exception:
-            raise BenchError(f"MLflow run {rid} not found at {mlflow.get_tracking_uri()}") from None
+    for ref in (run_a, run_b):
+        run = store.find_run(ref)
+        rid = run.info.run_id
         lists = artifacts.score_lists(rid)
         name = trials or (lists[0] if lists else None)
         if name is None:

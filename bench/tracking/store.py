@@ -5,12 +5,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import time
 from pathlib import Path
 
 import mlflow
 import mlflow.data
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from bench.errors import BenchError
@@ -82,6 +84,38 @@ def take_outer_run() -> str | None:
     """The run ``mlflow run`` created for this command (``MLFLOW_RUN_ID``), taken out of the environment so
     that no nested ``start_run`` and no child process adopts it by accident; None outside ``mlflow run``."""
     return os.environ.pop("MLFLOW_RUN_ID", None) or None
+
+
+RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+SHORT_ID = re.compile(r"^[0-9a-f]{6,31}$")  # the 8-digit ids svbench prints, or any unique prefix of 6 or more
+
+
+def find_run(ref: str):
+    """The run a full id or a unique short id (a prefix, as svbench prints them) names; one-line errors for an
+    unknown or ambiguous id, and for a server that does not answer (never taken for "not found")."""
+    setup_tracking()
+    client = MlflowClient()
+    try:
+        if RUN_ID.match(ref):
+            return client.get_run(ref)
+        if not SHORT_ID.match(ref):
+            raise BenchError(f"'{ref}' is not a run id; give the 32-digit id or the short id svbench prints")
+        runs, token = [], None
+        experiments = [e.experiment_id for e in client.search_experiments(max_results=50000)]
+        while experiments:
+            page = client.search_runs(experiments, max_results=50000, page_token=token)
+            runs += [r for r in page if r.info.run_id.startswith(ref)]
+            token = page.token
+            if not token:
+                break
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            raise BenchError(f"MLflow run {ref} not found at {mlflow.get_tracking_uri()}") from None
+        raise _unreachable(exc) from None
+    if len(runs) != 1:
+        which = f"matches {len(runs)} runs ({', '.join(r.info.run_id for r in runs[:3])})" if runs else "matches no run"
+        raise BenchError(f"run id {ref} {which} at {mlflow.get_tracking_uri()}; give more of its digits")
+    return runs[0]
 
 
 def experiment_of(run_id: str) -> str:
