@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -18,6 +19,7 @@ def cmd_train(args, extra) -> int:
     from bench.models import spec_from_config
     from bench.orchestration.variant import run_variant
 
+    t0 = time.perf_counter()
     cfg = config_from_args(args, extra)
     spec_from_config(cfg.model, n_mels=cfg.features.n_mels)  # fail fast on a bad model
     data_root(cfg.data.root)  # and on a missing data root: before any run, experiment or spool is made
@@ -40,8 +42,10 @@ def cmd_train(args, extra) -> int:
     if result is not None:
         for name, m in result.metrics.items():
             print(m.summary(name))
-        print(f"train: {result.train.steps} steps in {result.train.time_s:.1f} s; result: "
-              f"{Path(args.out) / 'result.json'}")
+        e = result.energy_metrics
+        print(f"train: {result.train.steps} steps in {result.train.time_s:.1f} s of training "
+              f"({time.perf_counter() - t0:.1f} s with evaluation), {_energy(e.get('train/energy_j'))}, "
+              f"{_co2(e.get('train/co2_g'))}; result: {Path(args.out) / 'result.json'}")
         if result.train.stop_reason not in ("epochs", "max_steps"):
             print(f"stopped after epoch {result.train.epochs}: {result.train.stop_reason}")
         for t in result.train.to_target:
@@ -49,6 +53,18 @@ def cmd_train(args, extra) -> int:
                        f"{t.time_s:.1f} s (epoch {t.epoch:.2f})" if t.reached else "not reached")
             print(f"validation EER {t.target_eer_pct:g}%: {reached}")
     return 0
+
+
+def _energy(joules: float | None) -> str:
+    """Joules a reader can scan: J below 10 kJ, kJ above, with Wh beside."""
+    if joules is None:
+        return "energy not measured"
+    shown = f"{joules:.1f} J" if joules < 1e4 else f"{joules / 1e3:.1f} kJ"
+    return f"{shown} ({joules / 3600:.3g} Wh)"
+
+
+def _co2(grams: float | None) -> str:
+    return "carbon not computed" if grams is None else f"{grams:.3g} gCO2e"
 
 
 def _previous_run(exp_id, out) -> str | None:
