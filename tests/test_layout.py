@@ -92,3 +92,15 @@ def test_the_command_line_answers_help_and_one_line_errors_without_torch_or_mlfl
             "print(sorted(m for m in ('torch', 'mlflow', 'pandas', 'zeus') if m in sys.modules))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert proc.stdout.strip().splitlines()[-1] == "[]", proc.stdout + proc.stderr
+
+
+def test_docs_the_code_names_ship_with_it():
+    """A docstring or preset that names a page (an upper-case .md name) names one of the project's own: README.md or
+    docs/*.md, never a file that does not ship."""
+    import re
+
+    pages = {p.name for p in [REPO / "README.md", *(REPO / "docs").glob("*.md")]}
+    named = set()
+    for path in [*BENCH.rglob("*.py"), *BENCH.rglob("*.yaml"), *(REPO / "tests").glob("*.py")]:
+        named |= {(path.name, m) for m in re.findall(r"\b([A-Z][A-Z_]+\.md)\b", path.read_text())}
+    assert not [(f, m) for f, m in named if m not in pages]

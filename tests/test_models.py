@@ -10,7 +10,7 @@ from bench.models.inference import extraction_model
 from bench.models.profile import meta_model, profile_model
 from bench.models.resnet import MIN_FRAMES
 
-STUDY_WITH_HEAD = {  # PAPER.md: 81-bin input, 5,994-class head, 256-dim, ASTP
+STUDY_WITH_HEAD = {  # docs/STUDY.md: 81-bin input, 5,994-class head, 256-dim, ASTP
     "ResNet-18-D": 9_570_816, "ResNet-34-D": 16_459_520, "ResNet-50-D": 17_170_432,
     "ResNet-101-D": 38_364_672, "ResNet-200-D": 61_473_792, "ResNet-419-D": 133_550_080,
     "ResNet-50-W0.25": 2_789_824, "ResNet-50-W0.5": 5_813_888, "ResNet-50-W2": 61_117_184,

@@ -1,6 +1,6 @@
 """Registry of named ResNet presets (name -> ResNetSpec), as WeSpeaker's ``model: ResNet293``.
 
-* The study's Kiwano family (PAPER.md): ResNet-18-D ... ResNet-419-D, ResNet-50-W0.25 ... W4 and the
+* The study's Kiwano family (docs/STUDY.md): ResNet-18-D ... ResNet-419-D, ResNet-50-W0.25 ... W4 and the
   depth-50 stage-distribution variants (ResNet-50-early, -middle2, -middle3, -middle, -late).
 * WeSpeaker's thin ResNets: ResNet18 ... ResNet293.
 * ``tiny-<name>`` for each of them: the same block layout with 1/8 (study) or 1/4 (WeSpeaker) of the

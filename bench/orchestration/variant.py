@@ -58,7 +58,7 @@ class VariantResult:
     metrics: dict[str, ListResult]  # trial list -> PyTorch fp32 metrics
     train: TrainSummary
     config: dict
-    energy_metrics: dict = field(default_factory=dict)  # DESIGN.md metric names -> value
+    energy_metrics: dict = field(default_factory=dict)  # metric name (train/energy_j, ...) -> value
     energy_tags: dict = field(default_factory=dict)
     inference: dict[str, BackendResult] = field(default_factory=dict)  # back end -> its figures
     forecast: Forecast | None = None
