@@ -126,8 +126,8 @@ class EvalConfig(_Section):
     as_norm_top_n: int = Field(100, ge=1)
     length_tolerance: float = Field(0.02, ge=0.0, le=0.5, description="most of an utterance's frames cut to batch it")
     batch_utts: int = Field(4, ge=1, description="rows of an evaluation batch at most (fixed per length)")
-    channels_last: bool = Field(True, description="channels-last model for embedding extraction (see README "
-                                                  "Performance)")
+    channels_last: bool = Field(True, description="channels-last model for embedding extraction (see docs/"
+                                                  "PERFORMANCE.md)")
     compile: bool = Field(False, description="torch.compile the extraction model (dynamic shapes): a one-off compile "
                                              "of tens of seconds per shape range, worth it for long trial lists")
     bootstrap_resamples: int = Field(1000, ge=0, description="speaker-bootstrap resamples for EER/minDCF intervals; 0 "

@@ -1,4 +1,4 @@
-"""Faults, bad input and security, each proven by a test (README "Reliability")."""
+"""Faults, bad input and security, each proven by a test (docs/RELIABILITY.md)."""
 
 import os
 import pickle

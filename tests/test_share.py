@@ -30,7 +30,7 @@ def _piecewise(powers_w, step_s):
 
 
 def test_out_of_step_windows_are_never_given_more_than_the_machine_drew():
-    """The worked example of the README: the machine draws 100 W over 0-10 s and 10 W over 10-20 s (one core
+    """The worked example of docs/ENERGY.md: the machine draws 100 W over 0-10 s and 10 W over 10-20 s (one core
     busy throughout). Window A covers 0-20 s and is busy in its second half; window B covers 0-10 s, busy
     throughout. One share per window gives A 550 J and B 1000 J (1550 J of 1100 J drawn); per interval, 100 J
     and 1000 J."""

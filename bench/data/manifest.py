@@ -49,7 +49,7 @@ def resolve_paths(df: pd.DataFrame, root: str | Path) -> list[Path]:
     return [root / p for p in df["path"]]
 
 
-SYNTH_NAMES = ("demo", "tiny")  # the synthetic corpus sizes' names, as the README's commands name their roots
+SYNTH_NAMES = ("demo", "tiny")  # the synthetic corpus sizes' names, as the docs' commands name their roots
 
 
 def data_root(root: str | Path) -> Path:

@@ -56,7 +56,7 @@ def load_model(path: str | Path, device: torch.device, channels_last: bool = Fal
         raise BenchError(f"checkpoint {path} does not match its model spec (mismatched weights); retrain or use the "
                          "matching checkpoint") from None
     embedder = embedder.to(device).eval()
-    # channels-last is for inference only: see README "Performance" for why CPU training stays contiguous
+    # channels-last is for inference only: see docs/PERFORMANCE.md for why CPU training stays contiguous
     extractor = extraction_model(embedder, channels_last)
     return LoadedModel(embedder, spec, payload, extractor, compile_extractor(extractor) if compiled else extractor)
 

@@ -1,6 +1,6 @@
 """Mixed precision: the autocast context of a training step or an inference pass, and a warning
 where bf16 is asked for on a CPU without native bf16 instructions (there it runs emulated and is
-several times slower than fp32: README "Performance")."""
+several times slower than fp32: docs/PERFORMANCE.md)."""
 
 from __future__ import annotations
 
