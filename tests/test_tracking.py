@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 import tomllib
@@ -281,3 +282,41 @@ def test_mlflow_run_search_entry_with_a_budget_and_empty_parameters(tiny_corpus,
     assert parent.info.status == "FINISHED" and parent.data.metrics["search/trials"] == 3
     assert parent.data.metrics["search/energy_j"] > study.data.metrics["search/energy_j"]  # summed over both runs
     assert len([r for r in runs if r.data.tags.get("mlflow.parentRunId") == study.info.run_id]) == 3
+
+
+def test_svbench_ui_serves_the_store_in_use_on_the_loopback(tmp_path):
+    """`svbench ui --experiment X` starts the MLflow UI for the tracking store in use (127.0.0.1, one worker, no
+    job runners), prints the URL of X's runs table, answers there, and stops on SIGINT; an unknown experiment
+    is one line."""
+    import signal
+    import time
+    import urllib.request
+
+    import mlflow
+
+    from conftest import free_port
+
+    uri = f"sqlite:///{tmp_path}/ui.db"
+    exp = mlflow.MlflowClient(uri).create_experiment("ui-exp")
+    port = free_port()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    proc = subprocess.Popen([sys.executable, "-m", "bench", "ui", "--experiment", "ui-exp", "--port", str(port)],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert f"http://127.0.0.1:{port}/#/experiments/{exp}/runs" in line, (line, proc.stderr.read()[-2000:])
+        assert urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5).status == 200
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/get?experiment_id={exp}",
+                                    timeout=10) as r:
+            assert b"ui-exp" in r.read()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    assert proc.returncode == 0, proc.stderr.read()[-2000:]
+    time.sleep(0.5)
+    bad = subprocess.run([sys.executable, "-m", "bench", "ui", "--experiment", "nope"], cwd=REPO, env=env,
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "no MLflow experiment 'nope'" in bad.stderr

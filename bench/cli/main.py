@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import sys
 
-from bench.cli import data, deploy, energy, jobs, models, report, search, sweep, sync, train
+from bench.cli import data, deploy, energy, jobs, models, report, search, sweep, sync, train, ui
 from bench.cli.common import Parser, add_config_args, subcommands
 from bench.errors import BenchError
 
-COMMAND_MODULES = (data, models, train, deploy, sweep, jobs, report, search, sync, energy)
+COMMAND_MODULES = (data, models, train, deploy, sweep, jobs, report, search, sync, energy, ui)
 
 
 def cmd_config(args, extra) -> int:

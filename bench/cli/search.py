@@ -70,7 +70,7 @@ def cmd_search(args, extra) -> int:
         except BenchError as err:
             print(f"report: {err}")
     print(f"\nOpen optuna-dashboard:  svbench dashboard --storage {res.storage}")
-    print(f"Open the MLflow UI:     {store.ui_hint()}")
+    print(f"Open the MLflow UI:     {store.ui_hint(cfg.tracking.experiment)}")
     return 0
 
 

@@ -51,7 +51,7 @@ def cmd_sweep(args, extra) -> int:
     elif args.report:
         print_report(sweep_key=summary.key, parent=summary.parent_run_id, out=Path(args.reports) / grid.name,
                 title=f"Sweep {grid.name}")
-    print(f"\nOpen the MLflow UI:  {store.ui_hint()}")
+    print(f"\nOpen the MLflow UI:  {store.ui_hint(grid.variants[0].config.tracking.experiment)}")
     if summary.failed:
         print(f"sweep {grid.name}: {', '.join(summary.failed)} failed; re-run the sweep to resume them")
         return 1

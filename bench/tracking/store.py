@@ -41,13 +41,13 @@ def setup_tracking() -> str:
     return mlflow.get_tracking_uri()
 
 
-def ui_hint() -> str:
+def ui_hint(experiment: str | None = None) -> str:
     """How to open the MLflow UI on this tracking URI: a server is opened in the browser as it is; a store
-    (sqlite, PostgreSQL, a folder) is served by ``mlflow ui``."""
+    (sqlite, PostgreSQL, a folder) is served by ``svbench ui`` (lean, loopback, on the experiment's runs)."""
     uri = setup_tracking()
     if uri.startswith(("http://", "https://")):
         return f"open {uri} in a browser"
-    return f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
+    return "svbench ui" + (f" --experiment {experiment}" if experiment else "")
 
 
 def send_leftovers(out: str | Path) -> None:
