@@ -178,7 +178,16 @@ def test_bad_grid_and_report_errors(tmp_path):
     bad = tmp_path / "g.yaml"
     bad.write_text("name: g\npreset: tiny\nvariants:\n  - {name: x, model: ResNet-9000}\n")
     assert_one_line_error(run_cli("sweep", "--grid", bad), "unknown model")
+    bad.write_text("name: g\npreset: tiny\noverides: {train.epochs: 1}\nvariants:\n  - {name: x}\n")
+    assert_one_line_error(run_cli("sweep", "--grid", bad), "has the key 'overides'; did you mean 'overrides'?")
+    bad.write_text("name: g\npreset: tiny\nvariants:\n  - {name: x, overrides: {train.epoch: 1}}\n")
+    assert_one_line_error(run_cli("sweep", "--grid", bad), "grid variant 'x'", "did you mean --train.epochs")
     assert_one_line_error(run_cli("report", "--experiment", "never-made"), "no MLflow experiment")
+    from bench.orchestration.sweep import load_grid
+
+    example = load_grid("demo-overrides")  # the shipped example of overrides in a grid
+    assert [(v.config.train.lr, v.config.train.batch_size, v.config.train.epochs) for v in example.variants] == [
+        (0.05, 64, 2), (0.2, 64, 2), (0.2, 128, 2)]
 
 
 def test_hypervolume_2d():

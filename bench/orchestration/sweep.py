@@ -66,7 +66,26 @@ def _grid_dict(grid: str) -> dict:
         raise BenchError(f"grid file {path} is not valid YAML") from None
     if not isinstance(data, dict) or not (data.get("variants") or data.get("include")):
         raise BenchError(f"grid file {path} needs a 'variants' list (or 'include')")
+    _known_keys(data, GRID_KEYS, f"grid file {path}")
+    for i, v in enumerate(data.get("variants") or []):
+        if isinstance(v, dict):
+            _known_keys(v, VARIANT_KEYS, f"grid file {path} variant {i + 1}")
     return data
+
+
+GRID_KEYS = ("name", "description", "preset", "overrides", "variants", "include")
+VARIANT_KEYS = ("name", "model", "preset", "overrides", "series")
+
+
+def _known_keys(d: dict, known: tuple[str, ...], where: str) -> None:
+    """A misspelt key of a grid (``overides:``) is a one-line error with the nearest key, never ignored."""
+    import difflib
+
+    for key in d:
+        if key not in known:
+            near = difflib.get_close_matches(str(key), known, n=1)
+            hint = f"did you mean '{near[0]}'? " if near else ""
+            raise BenchError(f"{where} has the key '{key}'; {hint}a grid takes {', '.join(known)}")
 
 
 def load_grid(grid: str, cli_overrides: list[str] | dict | None = None) -> Grid:
