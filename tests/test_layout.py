@@ -104,3 +104,16 @@ def test_docs_the_code_names_ship_with_it():
     for path in [*BENCH.rglob("*.py"), *BENCH.rglob("*.yaml"), *(REPO / "tests").glob("*.py")]:
         named |= {(path.name, m) for m in re.findall(r"\b([A-Z][A-Z_]+\.md)\b", path.read_text())}
     assert not [(f, m) for f, m in named if m not in pages]
+
+
+def test_ruff_finds_nothing():
+    """The lint of pyproject.toml's [tool.ruff] (pyflakes, syntax, line length) over the code and the tests."""
+    import shutil
+    import subprocess
+    import sys
+
+    ruff = shutil.which("ruff", path=str(Path(sys.executable).parent))
+    assert ruff, "ruff is a test dependency (pyproject.toml [test]); reinstall with make install"
+    proc = subprocess.run([ruff, "check", "--output-format", "concise", "bench", "tests"], cwd=REPO,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:]

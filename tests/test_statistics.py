@@ -252,13 +252,13 @@ def test_compare_checks_pairing_by_list_content_and_data_root(tmp_path):
     assert "- a vs c: trial list 'synth' differs in content" in note and "- b vs c:" in note
 
 
-def test_a_conflicting_param_warns_with_both_values(capsys):
+def test_a_conflicting_param_warns_with_both_values(caplog):
     from bench.tracking.runlog import unlogged_params
 
     new = unlogged_params({"train.lr": "0.05", "model.name": "x"}, {"train.lr": 0.1, "model.name": "x", "seeds": 3},
                           "run1")
     assert new == {"seeds": "3"}
-    err = capsys.readouterr().err.strip().splitlines()
+    err = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(err) == 1 and "run run1 keeps param train.lr='0.05'" in err[0] and "'0.1'" in err[0]
 
 

@@ -7,6 +7,7 @@ import sys
 from bench.cli import data, deploy, energy, jobs, models, report, search, sweep, sync, train, ui
 from bench.cli.common import Parser, add_config_args, subcommands
 from bench.errors import BenchError
+from bench.logs import show_messages
 
 COMMAND_MODULES = (data, models, train, deploy, sweep, jobs, report, search, sync, energy, ui)
 
@@ -31,6 +32,7 @@ def build_parser() -> Parser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    show_messages()
     try:
         parser = build_parser()
         args, extra = parser.parse_known_args(argv)

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from bench.config import Config, build_config
 from bench.errors import BenchError
+from bench.logs import show_messages
 from bench.orchestration import seeds
 from bench.orchestration.variant import run_variant
 from bench.tracking import store
@@ -94,6 +95,7 @@ class VariantJob:
     def __call__(self) -> dict:
         import submitit
 
+        show_messages()  # the job's log: progress on stdout, faults on stderr
         confine_gpus()
         env = submitit.JobEnvironment()
         if env.num_tasks > 1:  # one task per GPU: the torchrun variables from the Slurm environment

@@ -11,6 +11,7 @@ name + resolved configs) and resumes unfinished ones from their checkpoints.
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +24,8 @@ from bench.orchestration import seeds, slurm
 from bench.tracking import naming, store
 from bench.tracking.runlog import RunLog
 from bench.training.checkpoint import check_fresh_out
+
+logger = logging.getLogger(__name__)
 
 GRID_DIR = PRESET_DIR / "grids"
 
@@ -168,7 +171,7 @@ def run_sweep(grid: Grid, out_root: str | Path, progress: bool = True, new: bool
         RunLog(Path(out_root) / name).set_tag(rid, naming.PARENT, parent_id)
     skipped = [v.name for v in grid.variants if v.name in finished]
     for name in skipped:
-        print(f"[sweep {grid.name}] {name}: already finished, skipped")
+        logger.info(f"[sweep {grid.name}] {name}: already finished, skipped")
     todo = [v for v in grid.variants if v.name not in finished]
     run = _run_on_slurm if launcher == "slurm" else _run_here
     try:
@@ -204,7 +207,7 @@ def _report_variant(grid: Grid, v: Variant, metrics: dict) -> None:
     eer = next((val for k, val in metrics.items() if k.startswith("eer_pct/") and k.count("/") == 1), float("nan"))
     seeds = f" (mean of {v.config.seeds} seeds)" if v.config.seeds > 1 else ""
     energy = metrics.get("train/energy_j", float("nan"))
-    print(f"[sweep {grid.name}] {v.name}: EER {eer:.2f}%  train {energy:.1f} J{seeds}")
+    logger.info(f"[sweep {grid.name}] {v.name}: EER {eer:.2f}%  train {energy:.1f} J{seeds}")
 
 
 def _run_here(grid: Grid, todo: list[Variant], out_root: Path, parent_id: str, exp_id: str, unfinished: dict,
@@ -212,7 +215,7 @@ def _run_here(grid: Grid, todo: list[Variant], out_root: Path, parent_id: str, e
     """One variant after the other in this process."""
     ran = []
     for v in todo:
-        print(f"[sweep {grid.name}] {v.name}: training {v.config.model.name}")
+        logger.info(f"[sweep {grid.name}] {v.name}: training {v.config.model.name}")
         _, metrics = seeds.run_tracked_seeds(
             v.config, out_root / v.name, run_id=unfinished.get(v.name), parent_run_id=parent_id,
             experiment_id=exp_id, run_name=v.name, extra_tags=_variant_tags(grid, v),
@@ -246,7 +249,7 @@ def _run_on_slurm(grid: Grid, todo: list[Variant], out_root: Path, parent_id: st
         log.log_batch(rid, tags={slurm.TAG_JOB: job.job_id, slurm.TAG_FOLDER: folder,
                                  slurm.TAG_TASKS: slurm.tasks_per_node(v.config) * v.config.slurm.nodes})
         jobs[str(job.job_id)] = (v, rid, job)
-        print(f"[sweep {grid.name}] {v.name}: Slurm job {job.job_id} ({v.config.model.name})")
+        logger.info(f"[sweep {grid.name}] {v.name}: Slurm job {job.job_id} ({v.config.model.name})")
     ran, failed = [], []
 
     def on_end(job, st) -> None:
@@ -260,8 +263,8 @@ def _run_on_slurm(grid: Grid, todo: list[Variant], out_root: Path, parent_id: st
         log.log_text(rid, slurm.stderr_tail(job), "slurm_stderr_tail.txt")
         log.set_tag(rid, "slurm.state", st.state)
         log.set_terminated(rid, "FAILED")
-        print(f"[sweep {grid.name}] {v.name}: Slurm job {job.job_id} {st.state} ({st.error}); its run holds "
-              "slurm_stderr_tail.txt")
+        logger.info(f"[sweep {grid.name}] {v.name}: Slurm job {job.job_id} {st.state} ({st.error}); its run holds "
+                    "slurm_stderr_tail.txt")
 
     slurm.wait([j for _, _, j in jobs.values()], on_end, todo[0].config.slurm.poll_s if todo else 1.0)
     return ran, failed

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -33,6 +34,8 @@ from bench.training.distributed import barrier, init_distributed, shutdown
 from bench.training.checkpoint import check_fresh_out
 from bench.training.curves import TargetReached, curve_points, energy_to_target
 from bench.training.trainer import select_device, steps_per_epoch, train
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -95,7 +98,7 @@ def run_variant(cfg: Config, out_dir: str | Path, resume: bool = False, callback
     try:
         forecast = None
         if cfg.energy.forecast and dist_info.enabled and dist_info.is_main:
-            print("energy.forecast is skipped under torchrun (the probe is a single-process run)")
+            logger.info("energy.forecast is skipped under torchrun (the probe is a single-process run)")
         if cfg.energy.forecast and not dist_info.enabled and not resume:
             total = steps_per_epoch(cfg) * cfg.train.epochs
             forecast = probe(cfg, meters, min(total, cfg.train.max_steps or total))

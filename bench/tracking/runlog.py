@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import json
-import sys
+import logging
 import time
 import uuid
 from pathlib import Path
@@ -10,6 +10,8 @@ from pathlib import Path
 from bench.tracking.faults import Fault, classify
 from bench.tracking.sender import sender
 from bench.tracking.spool import PENDING, TAG_SPOOL_RUN, Spool
+
+logger = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------- writing
@@ -29,8 +31,8 @@ def unlogged_params(existing: dict[str, str], params: dict, run: str) -> dict[st
         if key not in existing:
             out[key] = value
         elif existing[key] != value:
-            print(f"warning: run {run} keeps param {key}={existing[key]!r} as first logged; this command uses "
-                  f"{value!r} (MLflow params cannot change: start a new run to record it)", file=sys.stderr)
+            logger.warning(f"warning: run {run} keeps param {key}={existing[key]!r} as first logged; this command uses "
+                           f"{value!r} (MLflow params cannot change: start a new run to record it)")
     return out
 
 

@@ -10,18 +10,16 @@ table. MLflow's own HTTP retries are off in the sender's process (``MLFLOW_HTTP_
 set): a create whose answer was lost is looked up again by the sender's loop, never posted blind."""
 from __future__ import annotations
 
+import logging
 import os
-import sys
 import threading
 import time
 from collections import deque
 from pathlib import Path
 
 import mlflow
-import requests
 import torch
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
-from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
@@ -29,6 +27,8 @@ from bench.eval.scoring import load_model
 from bench.tracking.faults import Fault, RunNotFound, classify
 from bench.tracking.model import log_embedder
 from bench.tracking.spool import DEFAULT_WAIT_S, PENDING, TAG_SPOOL_RUN, Record, Spool, spools_under, unsent_under
+
+logger = logging.getLogger(__name__)
 
 
 BACKOFF_S = (1, 2, 4, 8, 10)  # between tries at a server that does not answer
@@ -174,8 +174,8 @@ class Sender:
             with self.cond:
                 self.dead = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
                 self.cond.notify_all()
-            print(f"svbench: the MLflow sender stopped ({self.dead}); the records stay in their spools; send them "
-                  "with `svbench sync OUT`", file=sys.stderr, flush=True)
+            logger.warning(f"svbench: the MLflow sender stopped ({self.dead}); the records stay in their spools; "
+                           "send them with `svbench sync OUT`")
 
     def _send_all(self) -> None:
         tries = 0
@@ -203,8 +203,8 @@ class Sender:
                     self._hold(rec, c.why)
                     continue
                 kept = rec.spool.set_aside(rec, c.why)
-                print(f"svbench: MLflow refused {rec.op} of run {rec.run}: {c.why}; set aside (files kept in "
-                      f"{kept}), the other records go on", file=sys.stderr, flush=True)
+                logger.warning(f"svbench: MLflow refused {rec.op} of run {rec.run}: {c.why}; set aside (files kept in "
+                               f"{kept}), the other records go on")
                 self._pop(rec)
                 continue
             tries = 0
@@ -213,8 +213,7 @@ class Sender:
                 with self.cond:
                     self.outage = False
                     left = len(self.queue)
-                print(f"svbench: MLflow tracking at {self.uri} is back; sending {left} kept records",
-                      file=sys.stderr, flush=True)
+                logger.warning(f"svbench: MLflow tracking at {self.uri} is back; sending {left} kept records")
 
     def send_once(self, rec: Record) -> None:
         """Send ``rec`` in this process's turn on its spool, unless a process marked it sent meanwhile; then mark
@@ -238,14 +237,13 @@ class Sender:
         with self.cond:
             self.outage = True
             self.cond.notify_all()
-        print(f"svbench: MLflow tracking at {self.uri} is unreachable ({why}); the work goes on, its tracking "
-              f"is kept in {rec.spool.dir} and sent when the server is back", file=sys.stderr, flush=True)
+        logger.warning(f"svbench: MLflow tracking at {self.uri} is unreachable ({why}); the work goes on, its tracking "
+                       f"is kept in {rec.spool.dir} and sent when the server is back")
 
     def _hold(self, rec: Record, why: str) -> None:
         self.held.add(rec.spool.dir)
-        print(f"svbench: MLflow tracking at {self.uri}: {why}. The records of {rec.spool.dir} stay there, every "
-              f"file kept; send them with `svbench sync {rec.spool.dir.parent}` once that is fixed",
-              file=sys.stderr, flush=True)
+        logger.warning(f"svbench: MLflow tracking at {self.uri}: {why}. The records of {rec.spool.dir} stay there, "
+                       f"every file kept; send them with `svbench sync {rec.spool.dir.parent}` once that is fixed")
         self._pop(rec)
 
     def pending(self) -> int:
@@ -309,8 +307,8 @@ def finish(root: str | Path, wait_s: float = DEFAULT_WAIT_S, command: str = "svb
     deadline = time.monotonic() + wait_s
     if not s.wait(deadline, through_outage=False):
         if s.outage:
-            print(f"svbench: MLflow tracking at {s.uri} is unreachable; waiting up to {wait_s:.0f} s to send "
-                  f"{s.pending()} kept records", file=sys.stderr, flush=True)
+            logger.warning(f"svbench: MLflow tracking at {s.uri} is unreachable; waiting up to {wait_s:.0f} s to send "
+                           f"{s.pending()} kept records")
         s.wait(deadline, through_outage=True)
     unsent = {str(sp.dir): len(sp.unsent()) for sp in spools_under(root)}
     left = sum(unsent.values())
@@ -319,7 +317,6 @@ def finish(root: str | Path, wait_s: float = DEFAULT_WAIT_S, command: str = "svb
         where = folders[0] if len(folders) == 1 else f"{len(folders)} spools under {Path(root).resolve()}"
         why = ("is still unreachable" if s.outage else f"was not sent to ({s.dead})" if s.dead
                else "did not take every record")
-        print(f"svbench: MLflow tracking at {s.uri} {why}: {left} records kept in {where}; "
-              f"send them with `{command} {root}` (or the next svbench command on that folder)",
-              file=sys.stderr, flush=True)
+        logger.warning(f"svbench: MLflow tracking at {s.uri} {why}: {left} records kept in {where}; "
+                       f"send them with `{command} {root}` (or the next svbench command on that folder)")
     return left

@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import re
 import shutil
@@ -43,6 +44,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.errors import BenchError
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_WAIT_S = 180.0  # how long a command's end waits for an unreachable server before leaving its records
 
@@ -177,8 +180,8 @@ class Spool:
         for lineno in sorted(set(bad)):
             if (str(self.records_path), lineno) not in _told:
                 _told.add((str(self.records_path), lineno))
-                print(f"svbench: {self.records_path} line {lineno} is torn or not a valid record; it is kept there "
-                      "and not sent", file=sys.stderr, flush=True)
+                logger.warning(f"svbench: {self.records_path} line {lineno} is torn or not a valid record; it is kept "
+                               "there and not sent")
         return out
 
     def sent_marks(self) -> list[dict]:

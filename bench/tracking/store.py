@@ -6,12 +6,11 @@ import contextlib
 import logging
 import os
 import re
-import time
 from pathlib import Path
 
 import mlflow
 import mlflow.data
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Param
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 

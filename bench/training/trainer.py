@@ -10,6 +10,7 @@ epoch (the energy meters use it).
 from __future__ import annotations
 
 import contextlib
+import logging
 import random
 import time
 from dataclasses import dataclass, field
@@ -37,6 +38,8 @@ from bench.training.distributed import all_reduce_sum, barrier, init_distributed
 from bench.training.curves import cumulative, curve_points, stop_reason
 from bench.training.precision import autocast
 from bench.training.schedule import lr_at, margin_at
+
+logger = logging.getLogger(__name__)
 
 
 def select_device(name: str, local_rank: int = 0) -> torch.device:
@@ -183,7 +186,7 @@ class Trainer:
         """Continue from ``checkpoints/last.pt``: weights, optimizer, scaler, position, RNG, history."""
         if not self.last.is_file():
             if self.dist.is_main:
-                print(f"no checkpoint in {self.ck_dir}; starting from scratch")
+                logger.info(f"no checkpoint in {self.ck_dir}; starting from scratch")
             return
         state = ckpt.load(self.last)
         _check_compatible(state, self.spec, self.dataset.num_classes, self.last)

@@ -1,9 +1,9 @@
 """One trial of the search: suggest a variant, forecast its energy, train it, record what it spent."""
 from __future__ import annotations
 
+import logging
 import os
 import socket
-import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +29,8 @@ from bench.orchestration.search.study import (ATTR_EXPERIMENT, ATTR_PARENT, ATTR
 from bench.tracking import naming, store
 from bench.tracking.runlog import RunLog
 from bench.training.trainer import steps_per_epoch
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -227,6 +229,6 @@ def run_worker(cfg_dict: dict, storage_url_: str, n_trials: int, out_root: str, 
             study.optimize(lambda t: objective(t, ctx), n_trials=n_trials, catch=(Exception,), gc_after_trial=True,
                            callbacks=[stop_at_total])
     except slurm.JobStopped as exc:  # out of time and not requeued: this worker ends, its cost entry is kept
-        print(f"search worker: the job is over ({exc}); its running trial ended FAIL", file=sys.stderr)
+        logger.warning(f"search worker: the job is over ({exc}); its running trial ended FAIL")
     finally:
         meters.close()

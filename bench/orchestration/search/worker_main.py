@@ -9,10 +9,12 @@ from __future__ import annotations
 import json
 import sys
 
+from bench.logs import show_messages
 from bench.orchestration.search.trial import run_worker
 
 
 def main(argv: list[str]) -> int:
+    show_messages()
     spec = json.loads(open(argv[0], encoding="utf-8").read())
     run_worker(spec["config"], spec["storage"], int(argv[1]), spec["out_root"], spec["search_run"],
                shared=spec["shared"], index=int(argv[2]))

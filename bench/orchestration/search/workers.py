@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import warnings
 from pathlib import Path
 
 from bench.config import Config, build_config
+from bench.logs import show_messages
 from bench.energy.accounting import intensity_series
 from bench.energy.plan import measurement_plan
 from bench.orchestration import slurm
@@ -18,6 +20,8 @@ from bench.orchestration.search.study import ATTR_COST, load_study, make_storage
 from bench.orchestration.search.trial import run_worker
 from bench.tracking.faults import Fault, classify
 from bench.tracking.runlog import RunLog
+
+logger = logging.getLogger(__name__)
 
 
 def run_worker_processes(cfg_dict: dict, url: str, shares: list[int], out: str, search_run: str, gpu_sets) -> None:
@@ -80,6 +84,7 @@ class SearchWorkerJob:
         self.args = (cfg_dict, url, n_trials, out_root, search_run, token, index)
 
     def __call__(self) -> dict:
+        show_messages()  # the job's log: progress on stdout, faults on stderr
         slurm.confine_gpus()
         return run_measured_worker(*self.args)
 
@@ -115,11 +120,10 @@ def run_slurm_workers(cfg: Config, cfg_dict: dict, url: str, shares: list[int], 
                 raise
     log.log_batch(parent, tags={slurm.TAG_JOBS: ",".join(dict.fromkeys([*earlier, *ids])),
                                 slurm.TAG_FOLDER: str(folder)})
-    print(f"search: {len(jobs)} worker job(s) submitted to Slurm: {', '.join(ids)}")
+    logger.info(f"search: {len(jobs)} worker job(s) submitted to Slurm: {', '.join(ids)}")
 
     def on_end(job, st) -> None:
         if st.state != "COMPLETED":
-            print(f"search: worker job {job.job_id} {st.state}: {st.error}\n{slurm.stderr_tail(job)[-1500:]}",
-                  file=sys.stderr)
+            logger.warning(f"search: worker job {job.job_id} {st.state}: {st.error}\n{slurm.stderr_tail(job)[-1500:]}")
 
     slurm.wait(jobs, on_end, cfg.slurm.poll_s)
