@@ -40,8 +40,9 @@ def cmd_search(args, extra) -> int:
     study: optuna.Study = res.study
     print(f"study {s.study_name} in {res.storage}: {len(study.trials)} trials "
           + ", ".join(f"{n.lower()} {c}" for n, c in res.states.items() if c))
-    print(f"search cost (all trials, probes, pruned and failed): {res.spent_energy_j:.1f} J, "
-          f"{res.spent_co2_g:.4g} gCO2e")
+    print(f"search cost: {res.spent_energy_j:.1f} J, {res.spent_co2_g:.4g} gCO2e: every joule the search spent "
+          "(each trial's training, validation and test evaluation, forecast probes, pruned and failed trials), "
+          "where a trial's objective counts its training alone")
     best = res.best
     if not best:
         ended = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
@@ -58,7 +59,7 @@ def cmd_search(args, extra) -> int:
             print(f"  trial {t.number}: {names[0]} {t.values[0]:.2f}%  "
                   f"{names[1]} {t.values[1]:.4g}  "
                   f"stages {'-'.join(str(v) for k, v in sorted(t.params.items()) if k.startswith('blocks_'))} width "
-                  f"{t.params.get('width_mult')}")
+                  f"{t.params.get('width_mult')}  (run {str(t.user_attrs.get('mlflow_run_id', '?'))[:8]})")
     if args.report and study.trials and not sent:
         print("report: skipped, the tracking server has not got every trial yet (`svbench report` later)")
     elif args.report and study.trials:

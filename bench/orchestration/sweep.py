@@ -23,6 +23,7 @@ from bench.models import spec_from_config
 from bench.orchestration import seeds, slurm
 from bench.tracking import naming, store
 from bench.tracking.runlog import RunLog
+from bench.tracking.spool import PENDING
 from bench.training.checkpoint import check_fresh_out
 
 logger = logging.getLogger(__name__)
@@ -203,11 +204,13 @@ def _variant_tags(grid: Grid, v: Variant) -> dict:
     return {naming.TAG_SWEEP: grid.key, naming.TAG_SERIES: ",".join(v.series), "svbench.grid": grid.name}
 
 
-def _report_variant(grid: Grid, v: Variant, metrics: dict) -> None:
+def _report_variant(grid: Grid, v: Variant, metrics: dict, run_id: str) -> None:
+    """One line per finished variant, with its run's short id (what `svbench compare` and `report` take)."""
     eer = next((val for k, val in metrics.items() if k.startswith("eer_pct/") and k.count("/") == 1), float("nan"))
     seeds = f" (mean of {v.config.seeds} seeds)" if v.config.seeds > 1 else ""
     energy = metrics.get("train/energy_j", float("nan"))
-    logger.info(f"[sweep {grid.name}] {v.name}: EER {eer:.2f}%  train {energy:.1f} J{seeds}")
+    shown = run_id if run_id.startswith(PENDING) else run_id[:8]
+    logger.info(f"[sweep {grid.name}] {v.name}: EER {eer:.2f}%  train {energy:.1f} J{seeds}  (run {shown})")
 
 
 def _run_here(grid: Grid, todo: list[Variant], out_root: Path, parent_id: str, exp_id: str, unfinished: dict,
@@ -216,12 +219,12 @@ def _run_here(grid: Grid, todo: list[Variant], out_root: Path, parent_id: str, e
     ran = []
     for v in todo:
         logger.info(f"[sweep {grid.name}] {v.name}: training {v.config.model.name}")
-        _, metrics = seeds.run_tracked_seeds(
+        rid, metrics = seeds.run_tracked_seeds(
             v.config, out_root / v.name, run_id=unfinished.get(v.name), parent_run_id=parent_id,
             experiment_id=exp_id, run_name=v.name, extra_tags=_variant_tags(grid, v),
             resume=v.name in unfinished, progress=progress, force=new)
         ran.append(v.name)
-        _report_variant(grid, v, metrics)
+        _report_variant(grid, v, metrics, rid)
     return ran, []
 
 
@@ -256,7 +259,7 @@ def _run_on_slurm(grid: Grid, todo: list[Variant], out_root: Path, parent_id: st
         v, rid, _ = jobs[str(job.job_id)]
         if st.state == "COMPLETED":
             ran.append(v.name)
-            _report_variant(grid, v, job.results()[0] or {})
+            _report_variant(grid, v, job.results()[0] or {}, rid)
             return
         failed.append(v.name)
         log = RunLog(out_root / v.name)
