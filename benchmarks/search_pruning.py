@@ -36,7 +36,7 @@ from bench.data.synth import generate_corpus
 from bench.machine import cpu_model
 from bench.orchestration.search.run import run_search
 from bench.orchestration.search.study import ATTR_TEST_EER
-from bench.report.pareto import hypervolume_2d
+from analysis.pareto import hypervolume_2d
 from bench.tracking import store
 
 MODES = {  # corpus, synth size, trials, settings of both sides, the pruning switch

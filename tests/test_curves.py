@@ -101,7 +101,7 @@ def test_a_tracked_run_logs_its_validation_curve_energy_apart_and_why_it_stopped
 
 
 def test_the_report_lists_energy_to_target_and_not_reached():
-    from bench.report.build import energy_to_target_table
+    from analysis.build import energy_to_target_table
 
     runs = pd.DataFrame({"tags.svbench.variant": ["b", "a"],
                          "metrics.train/energy_to_val_eer/10": [1234.5, float("nan")],

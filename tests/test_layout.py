@@ -5,28 +5,31 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "bench"
-# a package may import from its own layer and the ones before it
-LAYERS = ["base", "data|models|energy", "training", "eval", "tracking", "orchestration", "report", "cli"]
+ANALYSIS = REPO / "analysis"  # the top-level package that reads finished runs back (`svbench report` calls it)
+# a package may import from its own layer and the ones before it; ``analysis`` sits above the engine, under the CLI
+LAYERS = ["base", "data|models|energy", "training", "eval", "tracking", "orchestration", "analysis", "cli"]
 # optional back ends loaded only when configured (Zeus, a node power command)
 LAZY_OK = {("bench.energy.meters", "bench.energy.node_meter"), ("bench.energy.meters", "bench.energy.zeus_meter")}
 
 
 def _modules():
-    for path in sorted(BENCH.rglob("*.py")):
+    for path in sorted([*BENCH.rglob("*.py"), *ANALYSIS.rglob("*.py")]):
         name = ".".join(path.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
         yield name, path, ast.parse(path.read_text())
 
 
 def _layer(module: str) -> int:
-    """The layer of ``bench.<package>...``; top-level modules (``bench.config``) are the base."""
+    """The layer of ``bench.<package>...`` or of ``analysis``; top-level modules (``bench.config``) are the base."""
     parts = module.split(".")
+    if parts[0] == "analysis":
+        return LAYERS.index("analysis")
     package = parts[1] if len(parts) > 1 and (BENCH / parts[1]).is_dir() else "base"
     return next((i for i, names in enumerate(LAYERS) if package in names.split("|")), 0)
 
 
 def _bench_imports(tree):
     for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "bench":
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in ("bench", "analysis"):
             yield node
 
 
@@ -38,6 +41,8 @@ def test_layers_import_only_the_layers_before_them():
         for node in _bench_imports(tree):
             targets = [node.module] if node.module != "bench" else [f"bench.{a.name}" for a in node.names]
             wrong += [f"{name} imports {t}" for t in targets if _layer(t) > _layer(name)]
+            if name.startswith("bench.") and not name.startswith("bench.cli") and node.module.startswith("analysis"):
+                wrong.append(f"{name} imports {node.module} (only the command line may)")
     assert not wrong, wrong
 
 
@@ -55,7 +60,8 @@ def test_no_function_local_imports_of_our_modules_outside_the_command_line():
 
 def test_no_private_names_across_modules_or_of_other_libraries():
     found = []
-    for path in sorted([*BENCH.rglob("*.py"), *(REPO / "tests").glob("*.py"), *(REPO / "benchmarks").glob("*.py")]):
+    for path in sorted([*BENCH.rglob("*.py"), *ANALYSIS.rglob("*.py"), *(REPO / "tests").glob("*.py"),
+                        *(REPO / "benchmarks").glob("*.py")]):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom):
                 found += [f"{path.name}: from {node.module} import {a.name}" for a in node.names
@@ -101,7 +107,7 @@ def test_docs_the_code_names_ship_with_it():
 
     pages = {p.name for p in [REPO / "README.md", *(REPO / "docs").glob("*.md")]}
     named = set()
-    for path in [*BENCH.rglob("*.py"), *BENCH.rglob("*.yaml"), *(REPO / "tests").glob("*.py")]:
+    for path in [*BENCH.rglob("*.py"), *BENCH.rglob("*.yaml"), *ANALYSIS.rglob("*.py"), *(REPO / "tests").glob("*.py")]:
         named |= {(path.name, m) for m in re.findall(r"\b([A-Z][A-Z_]+\.md)\b", path.read_text())}
     assert not [(f, m) for f, m in named if m not in pages]
 
@@ -114,6 +120,6 @@ def test_ruff_finds_nothing():
 
     ruff = shutil.which("ruff", path=str(Path(sys.executable).parent))
     assert ruff, "ruff is a test dependency (pyproject.toml [test]); reinstall with make install"
-    proc = subprocess.run([ruff, "check", "--output-format", "concise", "bench", "tests"], cwd=REPO,
+    proc = subprocess.run([ruff, "check", "--output-format", "concise", "bench", "analysis", "tests"], cwd=REPO,
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-3000:]

@@ -10,7 +10,7 @@ from bench.errors import BenchError
 from bench.eval.statistics import (bootstrap_ci, bootstrap_list, bootstrap_p_value, holm, paired_difference,
                                    percentile_interval, resampled_metrics, seed_bootstrap, speaker_resamples)
 from bench.orchestration.seeds import seed_summary
-from bench.report.build import default_trials
+from analysis.build import default_trials
 
 
 def _trials(separation, seed, n_spk=40, n=4000):
@@ -209,7 +209,7 @@ def test_compare_checks_pairing_by_list_content_and_data_root(tmp_path):
     from conftest import assert_one_line_error
 
     from bench.data.trials import write_scores
-    from bench.report.compare import compare_variants, comparisons_markdown, scored_variant
+    from analysis.compare import compare_variants, comparisons_markdown, scored_variant
 
     s, lab, e, t = _trials(1.5, 11, n=1500)
     full = _trial_list(lab, e, t)

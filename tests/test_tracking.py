@@ -4,6 +4,7 @@ import subprocess
 import sys
 import tomllib
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ import yaml
 from conftest import REPO, assert_one_line_error, fresh_env, run_cli
 from mlflow.tracking import MlflowClient
 
-from bench.report.pareto import hypervolume_2d, knee_index, marginal_gains, pareto_mask
+from analysis.pareto import hypervolume_2d, knee_index, marginal_gains, pareto_mask
 
 TINY_GRID = """name: tinygrid
 preset: tiny
@@ -156,6 +157,16 @@ def test_sweep_against_mlflow_server_over_rest(tiny_corpus, tmp_path, tracking_s
     again = run_cli("sweep", "--grid", grid, "--data-root", tiny_corpus, "--out", tmp_path / "runs",
                     "--experiment", "ci-sweep", env={"MLFLOW_TRACKING_URI": base}, cwd=tmp_path)
     assert again.returncode == 0 and again.stdout.count("already finished, skipped") == 2
+    # the analysis a researcher opens, run headless on this sweep: the study's four figures, each drawn or saying
+    # why not (one variant per series, no bf16 inference here)
+    figs = subprocess.run([sys.executable, "-m", "analysis.study_figures", "--experiment", "ci-sweep", "--out",
+                           tmp_path / "figures"], capture_output=True, text=True, cwd=REPO,
+                          env=fresh_env(MLFLOW_TRACKING_URI=base), timeout=300)
+    assert figs.returncode == 0, figs.stderr[-3000:]
+    drawn = [Path(p) for p in figs.stdout.split()]
+    assert [p.name for p in drawn] == ["eer_vs_energy.png", "series.png", "diminishing_returns.png",
+                                       "inference_precision.png"]
+    assert all(p.stat().st_size > 10_000 for p in drawn)
 
 
 def test_conda_yaml_pins_equal_pyproject():
@@ -211,7 +222,7 @@ def test_pareto_and_knee():
 def test_report_front_ignores_infeasible_trials():
     import pandas as pd
 
-    from bench.report.build import variant_table
+    from analysis.build import variant_table
 
     runs = pd.DataFrame({
         "tags.svbench.variant": ["cheap-bad", "over-budget", "ok"],
@@ -234,7 +245,8 @@ def test_wheel_carries_presets_grids_and_carbon_table(tmp_path):
     src.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(REPO / name, src / name)
-    shutil.copytree(REPO / "bench", src / "bench", ignore=shutil.ignore_patterns("__pycache__"))
+    for package in ("bench", "analysis"):
+        shutil.copytree(REPO / package, src / package, ignore=shutil.ignore_patterns("__pycache__"))
     proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
                            str(tmp_path / "dist"), str(src)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -242,7 +254,7 @@ def test_wheel_carries_presets_grids_and_carbon_table(tmp_path):
     for grid in (REPO / "bench" / "presets" / "grids").glob("*.yaml"):
         assert f"bench/presets/grids/{grid.name}" in names
     assert "bench/presets/tiny.yaml" in names and "bench/energy/data/carbon_intensity.csv" in names
-    for module in (REPO / "bench").rglob("*.py"):  # every package of the layout, not only the top one
+    for module in [*(REPO / "bench").rglob("*.py"), *(REPO / "analysis").rglob("*.py")]:  # every package
         assert module.relative_to(REPO).as_posix() in names
 
 

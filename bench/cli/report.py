@@ -10,8 +10,8 @@ from bench.errors import BenchError
 
 def print_report(sweep_key=None, parent=None, out=None, title="report", experiment=None, trials=None):
     from bench.orchestration.search.study import SELECTED_ON_TEST
-    from bench.report.build import build_report, load_runs, terminal_table
-    from bench.report.selection import selection_of
+    from analysis.build import build_report, load_runs, terminal_table
+    from analysis.selection import selection_of
     from bench.tracking import store
 
     runs = load_runs(experiment=experiment, sweep_key=sweep_key, parent_run_id=parent)
@@ -54,7 +54,7 @@ def cmd_report(args, extra) -> int:
 def cmd_compare(args, extra) -> int:
     """Two runs (any experiments) compared on one trial list, paired; refused with one line when their lists
     or data roots differ."""
-    from bench.report.compare import UNDECIDED, compare_runs
+    from analysis.compare import UNDECIDED, compare_runs
 
     no_extra(extra)
     if args.resamples < 100 or not 0 < args.level < 1:

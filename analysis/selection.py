@@ -7,7 +7,7 @@ import mlflow
 import pandas as pd
 
 from bench.orchestration.search.study import SELECTED_ON_TEST, VAL_EER_KEY, VAL_FINAL_EER_KEY
-from bench.report.pareto import pareto_mask
+from analysis.pareto import pareto_mask
 
 
 def selection_of(parent_run_id: str | None) -> str | None:

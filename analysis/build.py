@@ -18,10 +18,10 @@ import pandas as pd  # noqa: E402
 from bench.atomic import write_text_atomic  # noqa: E402
 from bench.data.trials import AVERAGE
 from bench.errors import BenchError  # noqa: E402
-from bench.report.compare import Comparisons, comparisons_markdown, compare_variants, report_variants
-from bench.report.curves import fig_validation_curves, validation_curves
-from bench.report.pareto import knee_index, marginal_gains, pareto_mask  # noqa: E402
-from bench.report.selection import mark_front_on_validation, selection_markdown, validation_eer
+from analysis.compare import Comparisons, comparisons_markdown, compare_variants, report_variants
+from analysis.curves import fig_validation_curves, validation_curves
+from analysis.pareto import knee_index, marginal_gains, pareto_mask  # noqa: E402
+from analysis.selection import mark_front_on_validation, selection_markdown, validation_eer
 from bench.tracking import naming, store
 
 
@@ -92,7 +92,7 @@ def text_column(runs: pd.DataFrame, name: str, default: str) -> pd.Series:
 def variant_table(runs: pd.DataFrame, trials: str | None = None,
                   select_on: str | None = None) -> tuple[pd.DataFrame, str]:
     """One row per variant; ``pareto`` marks the front on the test EER, or, for a search that selected on
-    validation, the front it chose (``bench.report.selection``)."""
+    validation, the front it chose (``analysis.selection``)."""
     eer_cols = sorted(c for c in runs.columns if c.startswith("metrics.eer_pct/") and c.count("/") == 1)
     if not eer_cols:
         raise BenchError("the runs have no eer_pct metrics")

@@ -14,7 +14,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
-from bench.report.pareto import pareto_mask  # noqa: E402
+from analysis.pareto import pareto_mask  # noqa: E402
 
 VAL_EER = "val/eer_pct"
 ENERGY_CUM = "train/energy_j_cum"
