@@ -271,6 +271,18 @@ def energy_to_target_table(runs: pd.DataFrame) -> pd.DataFrame:
     return t.sort_values("variant").reset_index(drop=True)
 
 
+def gains_table(gains: pd.DataFrame) -> pd.DataFrame:
+    """The diminishing-returns rows in units a reader scans: energy in kJ, the extra in Wh, the gain in EER points
+    per Wh; the cheapest point's empty cells say why."""
+    out = pd.DataFrame({"variant": gains["variant"], "train_energy_kj": gains["train_energy_j"] / 1e3,
+                        "eer_pct": gains["eer_pct"], "extra_wh": gains["extra_kwh"] * 1e3,
+                        "eer_gain_points": gains["eer_gain_pct_points"],
+                        "eer_gain_points_per_wh": gains["eer_gain_per_kwh"] / 1e3})
+    out = out.map(lambda v: f"{v:.4g}" if isinstance(v, float) else v)
+    out.iloc[0, 3:] = "(cheapest)"
+    return out
+
+
 def _md(df: pd.DataFrame) -> str:
     return df.to_markdown(index=False, floatfmt=".4g")
 
@@ -330,9 +342,13 @@ def build_report(runs: pd.DataFrame, out_dir: str | Path, title: str, trials: st
                   "", _md(curves), ""]
     lines += ["## Diminishing returns along the front", ""]
     if len(gains) > 1:
-        cols = ["variant", "train_energy_j", "eer_pct", "extra_kwh", "eer_gain_pct_points", "eer_gain_per_kwh"]
-        lines += [_md(gains[cols]), ""]
-    lines += [f"Knee of the front: **{knee}**." if knee else "Fewer than 3 points on the front: no knee.", "",
+        lines += ["Each point of the front against the cheaper one before it: the extra training energy and the EER "
+                  "points it bought (the cheapest point has none before it).", "", _md(gains_table(gains)), ""]
+    else:
+        lines += [f"The front has {len(gains)} point(s): a gain needs two.", ""]
+    lines += [f"Knee of the front: **{knee}** (the point farthest below the line from the cheapest to the most "
+              "accurate end, energy on a log scale)." if knee else
+              f"No knee: the front has {len(gains)} point(s), and a knee needs 3.", "",
               "![EER vs params](eer_vs_params.png)", "", "## Inference", "", "![inference](inference_energy.png)", ""]
     deploy = deployment_table(runs, trials)
     if len(deploy):

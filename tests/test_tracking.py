@@ -341,3 +341,15 @@ def test_svbench_ui_serves_the_store_in_use_on_the_loopback(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "bench", "ui", "--experiment", "nope"], cwd=REPO, env=env,
                          capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "no MLflow experiment 'nope'" in bad.stderr
+
+
+def test_diminishing_returns_table_says_why_its_first_row_is_empty():
+    import pandas as pd
+
+    from analysis.build import gains_table
+
+    front = pd.DataFrame({"variant": ["a", "b", "c"], "train_energy_j": [1000.0, 2000.0, 5000.0],
+                          "eer_pct": [20.0, 15.0, 14.0]})
+    t = gains_table(marginal_gains(front, "train_energy_j", "eer_pct"))
+    assert t.iloc[0, 3:].tolist() == ["(cheapest)"] * 3
+    assert t["extra_wh"].tolist()[1:] == ["0.2778", "0.8333"] and t["eer_gain_points_per_wh"].tolist()[1:] == ["18", "1.2"]

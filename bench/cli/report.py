@@ -21,7 +21,8 @@ def print_report(sweep_key=None, parent=None, out=None, title="report", experime
     print(f"\n{title}: {len(rep.table)} variants, trial list {rep.trials}")
     print(terminal_table(rep))
     chosen = {"validation": " (chosen on the validation EER)", "test": f" ({SELECTED_ON_TEST})"}.get(rep.select_on, "")
-    print(f"Pareto-optimal{chosen}: {', '.join(rep.table[rep.table['pareto']]['variant'])}; knee: {rep.knee}")
+    knee = rep.knee or "none (a knee needs 3 points on the front)"
+    print(f"Pareto-optimal{chosen}: {', '.join(rep.table[rep.table['pareto']]['variant'])}; knee: {knee}")
     print("eer_ci: bootstrap interval over speakers; report.md judges each pair by a paired bootstrap of their "
           "difference.")
     print(f"report: {Path(rep.dir) / 'report.md'}")
