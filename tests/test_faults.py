@@ -105,6 +105,7 @@ def test_an_edited_spool_is_refused_line_by_line_and_nothing_is_deleted(tmp_path
     spool = Spool(out)
     good = spool.append("log_batch", "pending:x", {"metrics": [["a", 1.0, 1, 1]]})
     with open(spool.records_path, "a") as fh:
+        fh.write('{"id": "torn in the middle\n')  # closed by a later append: every later number must stay right
         fh.write('{"id": "../../checkpoints", "t_ns": 1, "op": "log_batch", "run": "r", "args": {}}\n')
         fh.write('{"id": "' + "a" * 32 + '", "t_ns": 2, "op": "log_artifact", "run": "r", '
                  '"args": {"files": ["/etc/passwd"]}}\n')
@@ -115,6 +116,55 @@ def test_an_edited_spool_is_refused_line_by_line_and_nothing_is_deleted(tmp_path
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == str([good.id])
     told = proc.stderr.strip().splitlines()
-    assert [line.split(" line ")[1].split()[0] for line in told] == ["2", "3", "4"], told
+    assert [line.split(" line ")[1].split()[0] for line in told] == ["2", "3", "4", "5"], told
     assert all("kept there and not sent" in line for line in told)
     assert (out / "checkpoints").is_dir()
+
+
+def test_faults_are_classified_from_what_mlflow_and_requests_raise():
+    """The table of bench/tracking/faults.py on the exceptions MLflow's client and store raise: a stopped server,
+    a proxy's error page, the server's JSON errors, a local sqlite store's lock, an artifact store's OSError."""
+    import errno
+
+    import requests
+    from mlflow.exceptions import MlflowException, RestException
+    from mlflow.protos.databricks_pb2 import TEMPORARILY_UNAVAILABLE
+
+    from bench.tracking.faults import Fault, RunNotFound, classify
+
+    try:  # MLflow wraps a refused connection in an MlflowException whose context is requests' error
+        try:
+            raise requests.ConnectionError("Connection refused")
+        except requests.ConnectionError as e:
+            raise MlflowException(f"API request to http://x/api failed with exception {e}") from None
+    except MlflowException as wrapped:
+        refused = wrapped
+    page = MlflowException("API request to endpoint /api/2.0/mlflow/runs/log-batch failed with error code 413 != "
+                           "200. Response body: '<html>'")
+    response = requests.Response()
+    response.status_code = 401
+    cases = [
+        (refused, Fault.RETRY),
+        (page, Fault.HOLD),
+        (requests.HTTPError("401", response=response), Fault.HOLD),
+        (RestException({"error_code": "INTERNAL_ERROR", "message": "boom"}), Fault.RETRY),
+        (RestException({"error_code": "INVALID_PARAMETER_VALUE", "message": "bad"}), Fault.REJECT),
+        (MlflowException("database is locked", error_code=TEMPORARILY_UNAVAILABLE), Fault.RETRY),
+        (MlflowException("Changing param values is not allowed", error_code=1000), Fault.REJECT),
+        (OSError(errno.ENOSPC, "No space left on device"), Fault.HOLD),
+        (RunNotFound("run pending:x was never created"), Fault.HOLD),
+        (ValueError("a client-side bug"), Fault.HOLD),
+    ]
+    got = [classify(exc).fault for exc, _ in cases]
+    assert got == [want for _, want in cases]
+    assert "client_max_body_size" in classify(page).why and "renew the token" in classify(cases[2][0]).why
+
+
+def test_mlflow_client_retries_are_off_unless_the_user_sets_them():
+    code = "from bench.tracking import store; import os; store.setup_tracking(); " \
+           "print(os.environ['MLFLOW_HTTP_REQUEST_MAX_RETRIES'])"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_HTTP_REQUEST")}
+    for extra, want in (({}, "0"), ({"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3"}, "3")):
+        proc = subprocess.run([sys.executable, "-c", code], env={**env, **extra}, cwd=REPO, capture_output=True,
+                              text=True)
+        assert proc.stdout.strip() == want, proc.stderr

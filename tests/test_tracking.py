@@ -166,7 +166,8 @@ def test_sweep_against_mlflow_server_over_rest(tiny_corpus, tmp_path, tracking_s
     drawn = [Path(p) for p in figs.stdout.split()]
     assert [p.name for p in drawn] == ["eer_vs_energy.png", "series.png", "diminishing_returns.png",
                                        "inference_precision.png"]
-    assert all(p.stat().st_size > 10_000 for p in drawn)
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in drawn)
+    assert drawn[0].stat().st_size > 10_000  # two variants and their front, drawn
 
 
 def test_conda_yaml_pins_equal_pyproject():
@@ -352,4 +353,5 @@ def test_diminishing_returns_table_says_why_its_first_row_is_empty():
                           "eer_pct": [20.0, 15.0, 14.0]})
     t = gains_table(marginal_gains(front, "train_energy_j", "eer_pct"))
     assert t.iloc[0, 3:].tolist() == ["(cheapest)"] * 3
-    assert t["extra_wh"].tolist()[1:] == ["0.2778", "0.8333"] and t["eer_gain_points_per_wh"].tolist()[1:] == ["18", "1.2"]
+    assert t["extra_wh"].tolist()[1:] == ["0.2778", "0.8333"]
+    assert t["eer_gain_points_per_wh"].tolist()[1:] == ["18", "1.2"]

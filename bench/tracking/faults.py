@@ -4,7 +4,8 @@
 fault                                                   class     what the sender does
 ======================================================  ========  ==============================================
 no answer: connection refused or dropped, timeout       retry     waits with backoff (1-10 s), tells the outage
-5xx, 429 (from the server or a proxy)                   retry     once and its end; every record kept in order
+5xx, 429 (from the server or a proxy)                   retry     once and its end; every record kept in order;
+                                                                  one record answered 5xx 30 times: hold
 401, 403 (expired token, wrong credentials)             hold      stops sending this spool, keeps every record
 413 (a proxy's body limit, nginx's 1 MB default)        hold      and file, one line saying why and what to do;
 other 4xx, a client-side MLflow error, an ``OSError``   hold      ``svbench sync OUT`` sends it after the fix
@@ -40,6 +41,7 @@ class Fault(enum.Enum):
 class Classified:
     fault: Fault
     why: str  # one line: what happened and what to do
+    status: int | None = None  # the HTTP status the server (or a proxy) answered, when it answered
 
 
 class RunNotFound(Exception):
@@ -57,15 +59,17 @@ def classify(exc: BaseException) -> Classified:
         return Classified(Fault.RETRY, _first_line(transport))
     if isinstance(exc, requests.HTTPError) and exc.response is not None:
         return _by_status(exc.response.status_code, _first_line(exc))
-    if isinstance(exc, RestException):
+    if isinstance(exc, MlflowException):
         if exc.error_code == "INVALID_PARAMETER_VALUE":
             return Classified(Fault.REJECT, f"the server refuses the data ({_first_line(exc)})")
         if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
             return Classified(Fault.HOLD, f"{_first_line(exc)} (is MLFLOW_TRACKING_URI the server the run was "
                                           "made on?)")
-        return _by_status(exc.get_http_status_code(), _first_line(exc))
-    if isinstance(exc, MlflowException) and (m := STATUS_IN_MESSAGE.search(str(exc))):
-        return _by_status(int(m.group(1)), _first_line(exc))
+        if m := STATUS_IN_MESSAGE.search(str(exc)):
+            return _by_status(int(m.group(1)), _first_line(exc))
+        if isinstance(exc, RestException) or exc.error_code != "INTERNAL_ERROR":
+            # the server's answer, or a local store's coded error (sqlite's "database is locked": 503)
+            return _by_status(exc.get_http_status_code(), _first_line(exc))
     if isinstance(exc, OSError):
         return Classified(Fault.HOLD, f"the artifact store or the spool cannot be written ({_first_line(exc)}); "
                                       "free space or fix the permissions")
@@ -85,15 +89,15 @@ def _transport_error(exc: BaseException) -> BaseException | None:
 
 def _by_status(status: int, text: str) -> Classified:
     if status >= 500 or status == 429:
-        return Classified(Fault.RETRY, f"HTTP {status}: {text}")
+        return Classified(Fault.RETRY, f"HTTP {status}: {text}", status)
     if status == 413:
         return Classified(Fault.HOLD, "HTTP 413: a proxy in front of the server refused the request body as too "
                                       "large (nginx's client_max_body_size is 1 MB by default); raise that "
-                                      "limit")
+                                      "limit", status)
     if status in (401, 403):
         return Classified(Fault.HOLD, f"HTTP {status}: the server refuses the credentials ({text}); renew the "
-                                      "token or MLFLOW_TRACKING_USERNAME/PASSWORD")
-    return Classified(Fault.HOLD, f"HTTP {status}: {text}")
+                                      "token or MLFLOW_TRACKING_USERNAME/PASSWORD", status)
+    return Classified(Fault.HOLD, f"HTTP {status}: {text}", status)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -7,6 +7,7 @@ import time
 import uuid
 from pathlib import Path
 
+from bench.errors import BenchError
 from bench.tracking.faults import Fault, classify
 from bench.tracking.sender import sender
 from bench.tracking.spool import PENDING, TAG_SPOOL_RUN, Spool
@@ -57,7 +58,9 @@ class RunLog:
         rec = self.spool.append("create_run", ref, args)
         if not self.sender.outage and not any(v.startswith(PENDING) for v in args["tags"].values() if v != ref):
             try:
-                self.sender.send_once(rec)
+                refused = self.sender.send_once(rec)
+                if refused is not None:
+                    raise BenchError(f"MLflow refused to create the run: {refused}")
                 return self.sender.replayer.runs[ref]
             except Exception as exc:  # noqa: BLE001 - a server that does not answer: the sender creates it
                 if classify(exc).fault is not Fault.RETRY:

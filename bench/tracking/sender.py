@@ -32,6 +32,7 @@ logger = logging.getLogger(__name__)
 
 
 BACKOFF_S = (1, 2, 4, 8, 10)  # between tries at a server that does not answer
+STATUS_TRIES = 30  # a record the server answers 5xx this many times in a row holds its spool (about 5 min)
 
 
 # MLflow's own HTTP retries off (a user's setting wins): a write waits in the spool and is retried by the sender
@@ -119,9 +120,10 @@ class Replayer:
         run = self.client.get_run(self._run(rec))
         experiment = run.info.experiment_id
         earlier = self.client.search_logged_models(
-            [experiment], filter_string=f"source_run_id = '{run.info.run_id}' AND name = 'model'", max_results=1)
-        if earlier and str(earlier[0].status).endswith("READY"):
+            [experiment], filter_string=f"source_run_id = '{run.info.run_id}' AND name = 'model'")
+        if any(str(m.status).endswith("READY") for m in earlier):
             return
+        earlier = sorted(earlier, key=lambda m: m.creation_timestamp)  # a lost answer may have made two: the first
         model_id = earlier[0].model_id if earlier else mlflow.initialize_logged_model(
             name="model", source_run_id=run.info.run_id, experiment_id=experiment).model_id
         linked = any(o.model_id == model_id for o in (run.outputs.model_outputs if run.outputs else []))
@@ -191,22 +193,21 @@ class Sender:
                 self._pop(rec)
                 continue
             try:
-                self.send_once(rec)
-            except Exception as exc:  # noqa: BLE001 - classified: retried, held or set aside, never raised
+                rejected = self.send_once(rec)
+            except Exception as exc:  # noqa: BLE001 - classified: retried or held, never raised
                 c = classify(exc)
-                if c.fault is Fault.RETRY:
+                if c.fault is Fault.RETRY and (c.status is None or tries < STATUS_TRIES):
                     self._down(rec, c.why)
                     time.sleep(BACKOFF_S[min(tries, len(BACKOFF_S) - 1)])
                     tries += 1
                     continue
-                if c.fault is Fault.HOLD:
-                    self._hold(rec, c.why)
-                    continue
-                kept = rec.spool.set_aside(rec, c.why)
-                logger.warning(f"svbench: MLflow refused {rec.op} of run {rec.run}: {c.why}; set aside (files kept in "
-                               f"{kept}), the other records go on")
-                self._pop(rec)
+                tries = 0
+                self._hold(rec, c.why if c.fault is not Fault.RETRY else
+                           f"{c.why}, {STATUS_TRIES} times to the same {rec.op}")
                 continue
+            if rejected is not None:
+                logger.warning(f"svbench: MLflow refused {rec.op} of run {rec.run}: {rejected}; set aside (files kept "
+                               f"in {rec.spool.dir / 'rejected' / rec.id}), the other records go on")
             tries = 0
             self._pop(rec)
             if self.outage:
@@ -215,15 +216,24 @@ class Sender:
                     left = len(self.queue)
                 logger.warning(f"svbench: MLflow tracking at {self.uri} is back; sending {left} kept records")
 
-    def send_once(self, rec: Record) -> None:
+    def send_once(self, rec: Record) -> str | None:
         """Send ``rec`` in this process's turn on its spool, unless a process marked it sent meanwhile; then mark
-        it. Raises what the send raised."""
+        it. A record the server refuses (``Fault.REJECT``) is set aside under the same lock, and why is returned;
+        any other error is raised."""
         with rec.spool.sending() as sent:
             if rec.id in sent:
                 self.replayer.learn(rec.spool)  # a run another process created
-                return
-            self.replayer.send(rec)
+                return None
+            try:
+                self.replayer.send(rec)
+            except Exception as exc:  # noqa: BLE001 - only a refusal is handled here
+                c = classify(exc)
+                if c.fault is not Fault.REJECT:
+                    raise
+                rec.spool.set_aside(rec, c.why)
+                return c.why
             rec.spool.mark_sent(rec)
+            return None
 
     def _pop(self, rec: Record) -> None:
         with self.cond:
@@ -270,7 +280,7 @@ def sender() -> Sender:
     global _sender
     with _lock:
         uri = mlflow.get_tracking_uri()
-        if _sender is None or _sender.uri != uri:
+        if _sender is None or _sender.uri != uri or not _sender.thread.is_alive():  # a stopped one is replaced
             _sender = Sender(uri)
         return _sender
 

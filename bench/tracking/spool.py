@@ -96,8 +96,8 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def _read_lines(path: Path) -> tuple[list[dict], list[int]]:
-    """(the JSON objects of ``path``, in file order; the numbers of the lines that are not one)."""
+def _read_lines(path: Path) -> tuple[list[tuple[int, dict]], list[int]]:
+    """((line number, JSON object) of ``path``, in file order; the numbers of the lines that are not one)."""
     if not path.is_file():
         return [], []
     out, bad = [], []
@@ -109,7 +109,7 @@ def _read_lines(path: Path) -> tuple[list[dict], list[int]]:
         except ValueError:
             value = None
         if isinstance(value, dict):
-            out.append(value)
+            out.append((lineno, value))
         else:
             bad.append(lineno)
     return out, bad
@@ -138,6 +138,7 @@ class Spool:
         self.runs_path = self.dir / "runs.jsonl"
         self.lock_path = self.dir / "send.lock"
         self.writer_path = self.dir / "writer.json"
+        self._marks: tuple[int, set[str]] | None = None  # (bytes of sent.jsonl read, the ids they mark)
 
     def append(self, op: str, run: str, args: dict, files: dict[str, Path | bytes] | None = None) -> Record:
         """A new record; ``files`` (name -> path or content) are copied into the spool first, so the record
@@ -172,7 +173,7 @@ class Spool:
         its number) and left in the file unsent."""
         lines, bad = _read_lines(self.records_path)
         out = []
-        for lineno, d in enumerate(lines, 1):
+        for lineno, d in lines:
             if _valid(d):
                 out.append(Record(d["id"], d["t_ns"], d["op"], d["run"], d["args"], self))
             else:
@@ -186,7 +187,7 @@ class Spool:
 
     def sent_marks(self) -> list[dict]:
         """``{"id": ...}`` per sent record (with ``"error"`` where the server rejected it)."""
-        return [d for d in _read_lines(self.sent_path)[0] if isinstance(d.get("id"), str)]
+        return [d for _, d in _read_lines(self.sent_path)[0] if isinstance(d.get("id"), str)]
 
     @contextlib.contextmanager
     def sending(self):
@@ -196,9 +197,33 @@ class Spool:
         fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            yield {d["id"] for d in self.sent_marks()}
+            yield self._sent_ids()
         finally:
-            os.close(fd)  # releases the lock
+            fcntl.flock(fd, fcntl.LOCK_UN)  # explicitly: a child forked meanwhile (a DataLoader worker) shares fd
+            os.close(fd)
+
+    def _sent_ids(self) -> set[str]:
+        """The ids marked so far, reading only what was appended since the last call (the marks only grow)."""
+        cached = self._marks
+        size = self.sent_path.stat().st_size if self.sent_path.is_file() else 0
+        if cached is None or size < cached[0]:
+            cached = (0, set())
+        start, ids = cached
+        if size > start:
+            with open(self.sent_path, "rb") as fh:
+                fh.seek(start)
+                chunk = fh.read(size - start)
+            whole = chunk.rfind(b"\n") + 1  # a mark still being written is read next time
+            for line in chunk[:whole].splitlines():
+                try:
+                    d = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(d, dict) and isinstance(d.get("id"), str):
+                    ids.add(d["id"])
+            start += whole
+        self._marks = (start, ids)
+        return ids
 
     def note_writer(self) -> None:
         """Name this process as the spool's writer (``svbench sync`` shows it while it lives)."""
@@ -247,7 +272,7 @@ class Spool:
         return self.dir / "files" / rec.id / name
 
     def created_runs(self) -> dict[str, str]:
-        return {d["ref"]: d["run_id"] for d in _read_lines(self.runs_path)[0] if "ref" in d and "run_id" in d}
+        return {d["ref"]: d["run_id"] for _, d in _read_lines(self.runs_path)[0] if "ref" in d and "run_id" in d}
 
     def note_created(self, ref: str, run_id: str) -> None:
         _append_line(self.runs_path, (json.dumps({"ref": ref, "run_id": run_id}) + "\n").encode())

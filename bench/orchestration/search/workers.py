@@ -18,7 +18,7 @@ from bench.orchestration import slurm
 from bench.orchestration.search.cost import cost_entry, measured_reading
 from bench.orchestration.search.study import ATTR_COST, load_study, make_storage
 from bench.orchestration.search.trial import run_worker
-from bench.tracking.faults import Fault, classify
+from bench.tracking.faults import classify
 from bench.tracking.runlog import RunLog
 
 logger = logging.getLogger(__name__)
@@ -115,9 +115,9 @@ def run_slurm_workers(cfg: Config, cfg_dict: dict, url: str, shares: list[int], 
     if not earlier:
         try:
             earlier = [i for i in MlflowClient().get_run(parent).data.tags.get(slurm.TAG_JOBS, "").split(",") if i]
-        except Exception as exc:  # noqa: BLE001 - a server that does not answer: the spool's ids are all there is
-            if classify(exc).fault is not Fault.RETRY:
-                raise
+        except Exception as exc:  # noqa: BLE001 - the new ids are written whatever the server answers
+            logger.warning(f"search: the study's earlier Slurm job ids could not be read ({classify(exc).why}); "
+                           "recording the new ones")
     log.log_batch(parent, tags={slurm.TAG_JOBS: ",".join(dict.fromkeys([*earlier, *ids])),
                                 slurm.TAG_FOLDER: str(folder)})
     logger.info(f"search: {len(jobs)} worker job(s) submitted to Slurm: {', '.join(ids)}")
