@@ -20,7 +20,8 @@ import yaml
 from bench.config import PRESET_DIR, Config, apply_overrides, build_config, load_preset_dict, parse_overrides
 from bench.errors import BenchError
 from bench.models import spec_from_config
-from bench.orchestration import seeds, slurm
+from bench.orchestration import carbon_aware, seeds, slurm
+from bench.orchestration.carbon_aware import CarbonAware
 from bench.tracking import naming, store
 from bench.tracking.runlog import RunLog
 from bench.tracking.spool import PENDING
@@ -131,9 +132,10 @@ def load_grid(grid: str, cli_overrides: list[str] | dict | None = None) -> Grid:
 
 
 def run_sweep(grid: Grid, out_root: str | Path, progress: bool = True, new: bool = False,
-              launcher: str = "local") -> SweepOutcome:
+              launcher: str = "local", carbon: CarbonAware | None = None) -> SweepOutcome:
     """Run (or continue) every variant of ``grid`` as nested MLflow runs; returns a summary. ``launcher``
-    slurm: each variant is a Slurm job (``bench.orchestration.slurm``), and this process waits for them."""
+    slurm: each variant is a Slurm job (``bench.orchestration.slurm``), and this process waits for them.
+    ``carbon``: start when the forecast gCO2e is lowest within its deadline (``bench.orchestration.carbon_aware``)."""
     from mlflow.tracking import MlflowClient
 
     if launcher == "slurm":
@@ -175,12 +177,28 @@ def run_sweep(grid: Grid, out_root: str | Path, progress: bool = True, new: bool
         logger.info(f"[sweep {grid.name}] {name}: already finished, skipped")
     todo = [v for v in grid.variants if v.name not in finished]
     run = _run_on_slurm if launcher == "slurm" else _run_here
+    collected: dict[str, dict] = {}
     try:
-        ran, failed = run(grid, todo, Path(out_root), parent_id, exp_id, unfinished, progress, new)
+        plan = None
+        if carbon is not None and todo:
+            plan = carbon_aware.plan_variants([(v.name, v.config) for v in todo], carbon, launcher != "slurm")
+            logger.info(plan.summary())
+            log.log_batch(parent_id, metrics=carbon_aware.plan_metrics(plan),
+                          tags={"carbon_plan.start": carbon_aware.begin_time(plan.start_s),
+                                "carbon_plan.source": plan.source})
+            if launcher != "slurm":
+                carbon_aware.wait_until(plan.start_s, carbon.clock)
+        ran, failed = run(grid, todo, Path(out_root), parent_id, exp_id, unfinished, progress, new, collected,
+                          plan.start_s if plan is not None else None)
     except BaseException as exc:
         if not outer_run:
             log.set_terminated(parent_id, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
         raise
+    realised = carbon_aware.realised_g(collected) if plan is not None else None
+    if realised is not None:
+        logger.info(f"carbon-aware: realised {realised:.4g} gCO2e of training (forecast {plan.expected_g:.4g}, "
+                    f"{plan.now_g:.4g} if started at once)")
+        log.log_batch(parent_id, metrics={"carbon_plan/realised_g": realised})
     log.log_batch(parent_id, metrics={"sweep/variants": len(grid.variants), "sweep/failed": len(failed)})
     if not outer_run:
         log.set_terminated(parent_id, "FAILED" if failed else "FINISHED")
@@ -214,8 +232,9 @@ def _report_variant(grid: Grid, v: Variant, metrics: dict, run_id: str) -> None:
 
 
 def _run_here(grid: Grid, todo: list[Variant], out_root: Path, parent_id: str, exp_id: str, unfinished: dict,
-              progress: bool, new: bool) -> tuple[list[str], list[str]]:
-    """One variant after the other in this process."""
+              progress: bool, new: bool, collected: dict, begin_s: float | None = None) -> tuple[list[str], list[str]]:
+    """One variant after the other in this process (``begin_s``: the carbon-aware start, already waited for);
+    each variant's metrics into ``collected``."""
     ran = []
     for v in todo:
         logger.info(f"[sweep {grid.name}] {v.name}: training {v.config.model.name}")
@@ -224,12 +243,14 @@ def _run_here(grid: Grid, todo: list[Variant], out_root: Path, parent_id: str, e
             experiment_id=exp_id, run_name=v.name, extra_tags=_variant_tags(grid, v),
             resume=v.name in unfinished, progress=progress, force=new)
         ran.append(v.name)
+        collected[v.name] = metrics
         _report_variant(grid, v, metrics, rid)
     return ran, []
 
 
 def _run_on_slurm(grid: Grid, todo: list[Variant], out_root: Path, parent_id: str, exp_id: str, unfinished: dict,
-                  progress: bool, new: bool) -> tuple[list[str], list[str]]:
+                  progress: bool, new: bool, collected: dict,
+                  begin_s: float | None = None) -> tuple[list[str], list[str]]:
     """Each variant a Slurm job (``bench.orchestration.slurm.VariantJob``) logging into its run, created here first so a
     job that dies still has one: it ends FAILED with the job's stderr tail, and the others go on."""
     for v in todo:
@@ -246,7 +267,10 @@ def _run_on_slurm(grid: Grid, todo: list[Variant], out_root: Path, parent_id: st
                              **tags})
         if new:
             check_fresh_out(out_root / v.name, force=True)
-        job = slurm.executor(v.config, folder, f"svbench-{v.name}", slurm.tasks_per_node(v.config)).submit(
+        ex = slurm.executor(v.config, folder, f"svbench-{v.name}", slurm.tasks_per_node(v.config))
+        if begin_s is not None:  # the carbon-aware start: Slurm holds the job until then
+            ex.update_parameters(additional_parameters={"begin": carbon_aware.begin_time(begin_s)})
+        job = ex.submit(
             slurm.VariantJob(v.config.model_dump(mode="json"), str((out_root / v.name).resolve()), rid, parent_id,
                              exp_id, v.name, tags, resume=v.name in unfinished))
         log.log_batch(rid, tags={slurm.TAG_JOB: job.job_id, slurm.TAG_FOLDER: folder,
@@ -259,7 +283,8 @@ def _run_on_slurm(grid: Grid, todo: list[Variant], out_root: Path, parent_id: st
         v, rid, _ = jobs[str(job.job_id)]
         if st.state == "COMPLETED":
             ran.append(v.name)
-            _report_variant(grid, v, job.results()[0] or {}, rid)
+            collected[v.name] = job.results()[0] or {}
+            _report_variant(grid, v, collected[v.name], rid)
             return
         failed.append(v.name)
         log = RunLog(out_root / v.name)

@@ -1,0 +1,90 @@
+"""A carbon-aware sweep: forecast each variant, choose the start that minimises the forecast gCO2e within the
+deadline (``bench.energy.start_plan``), tell and log the plan before anything waits, wait (locally, with a
+countdown that Ctrl-C ends cleanly) or give each Slurm job its ``--begin``, and afterwards log the realised gCO2e,
+computed from the measured energy at the hours the variants really ran, beside the forecast.
+
+Each variant's forecast is the energy probe's (``bench.orchestration.forecast``: a few measured training steps,
+extrapolated to the whole training): its training energy and time, for one seed. Evaluation is not in the plan.
+The intensity forecast is ``energy.intensity_csv`` (an hourly series the user provides; nothing is fetched).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from tqdm import tqdm
+
+from bench.config import Config
+from bench.energy.accounting import intensity_series
+from bench.energy.meters import create_meters
+from bench.energy.plan import measurement_plan
+from bench.energy.start_plan import PlannedJob, StartPlan, plan_start
+from bench.errors import BenchError
+from bench.orchestration.forecast import probe
+from bench.training.trainer import steps_per_epoch
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Clock:
+    """Where the time comes from (a test gives its own)."""
+    now: Callable[[], float] = time.time
+    sleep: Callable[[float], None] = time.sleep
+
+
+@dataclass
+class CarbonAware:
+    deadline_s: float
+    clock: Clock = field(default_factory=Clock)
+
+
+def plan_variants(configs: list[tuple[str, Config]], carbon: CarbonAware, back_to_back: bool) -> StartPlan:
+    """Probe each variant, then plan their start (one-line errors for a missing forecast series or a deadline the
+    jobs cannot meet)."""
+    first = configs[0][1]
+    if not first.energy.intensity_csv:
+        raise BenchError("--carbon-aware needs an hourly intensity forecast: set energy.intensity_csv to a CSV "
+                         "(timestamp,g_per_kwh) that covers now to the deadline")
+    series = intensity_series(first.energy)
+    jobs = []
+    for name, cfg in configs:
+        meters = create_meters(cfg.energy, measurement_plan(cfg.train.device))
+        total = steps_per_epoch(cfg) * cfg.train.epochs
+        fc = probe(cfg, meters, min(total, cfg.train.max_steps or total))
+        if fc.energy_j is None:
+            raise BenchError(f"variant {name}: the energy probe measured no energy, so no start can be planned")
+        jobs.append(PlannedJob(name, fc.energy_j, fc.time_s))
+    return plan_start(jobs, series, carbon.clock.now(), carbon.deadline_s, first.energy.pue, back_to_back)
+
+
+def plan_metrics(plan: StartPlan) -> dict[str, float]:
+    return {"carbon_plan/expected_g": plan.expected_g, "carbon_plan/if_started_now_g": plan.now_g,
+            "carbon_plan/start_unix_s": plan.start_s, "carbon_plan/wait_s": plan.start_s - plan.now_s}
+
+
+def wait_until(start_s: float, clock: Clock) -> None:
+    """Wait for the planned start, with a countdown; Ctrl-C raises KeyboardInterrupt (the sweep ends KILLED)."""
+    left = start_s - clock.now()
+    if left <= 0:
+        return
+    logger.info(f"carbon-aware: waiting {left / 3600:.2f} h for the planned start (Ctrl-C stops the sweep)")
+    with tqdm(total=int(left), desc="until the planned start", unit="s", leave=False, disable=None) as bar:
+        while (left := start_s - clock.now()) > 0:
+            clock.sleep(min(left, 30.0))
+            bar.n = min(bar.total, int(bar.total - max(start_s - clock.now(), 0.0)))
+            bar.refresh()
+
+
+def begin_time(start_s: float) -> str:
+    """Slurm's ``--begin`` for a start: local time of this host (Slurm reads it in the controller's zone)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(start_s))
+
+
+def realised_g(metrics_by_variant: dict[str, dict]) -> float | None:
+    """The training gCO2e the variants really emitted (each computed at the hours it ran), summed."""
+    values = [m.get("train/co2_g") for m in metrics_by_variant.values()]
+    return float(sum(values)) if values and all(v is not None for v in values) else None

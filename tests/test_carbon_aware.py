@@ -1,0 +1,97 @@
+"""Carbon-aware start: a 48-hour intensity series with a night trough; the plan starts the jobs in the trough
+within the deadline; a sweep run with a clock the test controls logs the plan before it waits, and afterwards the
+realised gCO2e computed from the measured energy at the hours the jobs really ran."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import assert_one_line_error, run_cli
+
+from bench.config import build_config, load_preset_dict
+from bench.energy.carbon import HourlySeries
+from bench.energy.start_plan import PlannedJob, parse_deadline, plan_start
+from bench.errors import BenchError
+
+DAY0 = datetime(2026, 12, 4, tzinfo=timezone.utc).timestamp()
+
+
+def _series(start_s: float, hours: int, trough: tuple[int, int], low: float = 40.0, high: float = 400.0):
+    """Hourly gCO2e/kWh from ``start_s``: ``high`` except hours [trough) after it, ``low`` there."""
+    values = np.array([low if trough[0] <= h < trough[1] else high for h in range(hours)], dtype=float)
+    return HourlySeries(start_s + 3600.0 * np.arange(hours), values, "test")
+
+
+def test_the_plan_starts_the_jobs_in_the_night_trough_within_the_deadline():
+    series = _series(DAY0, 48, (25, 29))  # the trough: 01:00-05:00 of the second day
+    now = DAY0 + 18 * 3600  # 18:00
+    jobs = [PlannedJob("a", 3.6e6, 3600.0), PlannedJob("b", 7.2e6, 2 * 3600.0)]  # 1 kWh in 1 h, 2 kWh in 2 h
+    plan = plan_start(jobs, series, now, parse_deadline("24h", now), pue=1.0)
+    assert DAY0 + 25 * 3600 <= plan.start_s <= DAY0 + 26 * 3600  # both fit in the trough
+    assert plan.expected_g == pytest.approx(3 * 40.0) and plan.now_g == pytest.approx(3 * 400.0)
+    assert plan.job_starts() == [plan.start_s, plan.start_s + 3600.0]
+    assert "forecast 120 gCO2e against 1200 gCO2e if started now (90% less)" in plan.summary()
+    side = plan_start(jobs, series, now, now + 24 * 3600, pue=1.0, back_to_back=False)  # Slurm: side by side
+    assert DAY0 + 25 * 3600 <= side.start_s <= DAY0 + 27 * 3600 and side.job_starts() == [side.start_s] * 2
+    early = plan_start(jobs, series, now, now + 6 * 3600, pue=1.0)  # the trough is past the deadline
+    assert early.start_s <= now + 3 * 3600 and early.expected_g == pytest.approx(early.now_g)
+    with pytest.raises(BenchError, match="does not fit before the deadline"):
+        plan_start(jobs, series, now, now + 2 * 3600, pue=1.0)
+    with pytest.raises(BenchError, match="does not cover now to the deadline"):
+        plan_start(jobs, series, now, now + 40 * 3600, pue=1.0)
+    with pytest.raises(BenchError, match="neither a duration"):
+        parse_deadline("tomorrow", now)
+
+
+def test_a_carbon_aware_sweep_logs_the_plan_waits_on_its_clock_and_logs_what_it_really_emitted(tiny_corpus,
+                                                                                               tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from bench.orchestration.carbon_aware import CarbonAware, Clock
+    from bench.orchestration.sweep import Grid, Variant, run_sweep
+
+    real_now = time.time()
+    hour0 = real_now - real_now % 3600 - 3600
+    csv = tmp_path / "forecast.csv"  # the trough 6-10 h from now; the training really runs now, at 400 g
+    s = _series(hour0, 50, (7, 11))
+    pd.DataFrame({"timestamp": [datetime.fromtimestamp(t, timezone.utc).isoformat() for t in s.times],
+                  "g_per_kwh": s.values}).to_csv(csv, index=False)
+    cfg = build_config({**load_preset_dict("tiny"), "name": "ca"})
+    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"root": str(tiny_corpus)})})
+    over = {"train": cfg.train.model_copy(update={"epochs": 1}),
+            "energy": cfg.energy.model_copy(update={"intensity_csv": str(csv), "region": "FRA"}),
+            "eval": cfg.eval.model_copy(update={"latency": False}),
+            "tracking": cfg.tracking.model_copy(update={"log_model": False, "experiment": "carbon-aware"})}
+    cfg = cfg.model_copy(update=over)
+    fake = {"t": real_now}
+    waited = []
+
+    def sleep(seconds):
+        waited.append(seconds)
+        fake["t"] += seconds
+
+    carbon = CarbonAware(real_now + 24 * 3600, Clock(now=lambda: fake["t"], sleep=sleep))
+    out = run_sweep(Grid("ca", [Variant("ca-18", cfg, ["depth"])]), tmp_path / "runs", progress=False, carbon=carbon)
+    assert hour0 + 7 * 3600 <= fake["t"] <= hour0 + 11 * 3600 and sum(waited) > 5 * 3600  # waited for the trough
+    parent = MlflowClient().get_run(out.parent_run_id)
+    m = parent.data.metrics
+    assert m["carbon_plan/expected_g"] < m["carbon_plan/if_started_now_g"]
+    child = MlflowClient().search_runs([out.experiment_id], f"tags.`svbench.variant` = 'ca-18'")[0]
+    # realised: the variant's measured training energy charged at the hours it really ran (now: 400 g/kWh)
+    assert m["carbon_plan/realised_g"] == pytest.approx(child.data.metrics["train/co2_g"])
+    assert m["carbon_plan/realised_g"] == pytest.approx(child.data.metrics["train/energy_j"] / 3.6e6 * 400.0 *
+                                                        cfg.energy.pue, rel=1e-6)
+    assert parent.data.tags["carbon_plan.source"] == f"csv:{csv.name}"
+
+
+def test_carbon_aware_without_a_forecast_or_with_a_bad_deadline_is_one_line(tiny_corpus, tmp_path):
+    proc = run_cli("sweep", "--grid", "demo", "--data.root", tiny_corpus, "--out", tmp_path / "o", "--carbon-aware")
+    assert_one_line_error(proc, "--carbon-aware needs an hourly intensity forecast")
+    proc = run_cli("sweep", "--grid", "demo", "--data.root", tiny_corpus, "--out", tmp_path / "o", "--carbon-aware",
+                   "--deadline", "soon")
+    assert_one_line_error(proc, "--deadline 'soon' is neither a duration")
+    assert not (tmp_path / "o").exists()
