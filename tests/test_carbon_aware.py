@@ -80,7 +80,7 @@ def test_a_carbon_aware_sweep_logs_the_plan_waits_on_its_clock_and_logs_what_it_
     parent = MlflowClient().get_run(out.parent_run_id)
     m = parent.data.metrics
     assert m["carbon_plan/expected_g"] < m["carbon_plan/if_started_now_g"]
-    child = MlflowClient().search_runs([out.experiment_id], f"tags.`svbench.variant` = 'ca-18'")[0]
+    child = MlflowClient().search_runs([out.experiment_id], "tags.`svbench.variant` = 'ca-18'")[0]
     # realised: the variant's measured training energy charged at the hours it really ran (now: 400 g/kWh)
     assert m["carbon_plan/realised_g"] == pytest.approx(child.data.metrics["train/co2_g"])
     assert m["carbon_plan/realised_g"] == pytest.approx(child.data.metrics["train/energy_j"] / 3.6e6 * 400.0 *
