@@ -19,7 +19,7 @@ from bench.atomic import write_text_atomic  # noqa: E402
 from bench.data.trials import AVERAGE
 from bench.errors import BenchError  # noqa: E402
 from analysis.compare import Comparisons, comparisons_markdown, compare_variants, report_variants
-from analysis.curves import fig_validation_curves, validation_curves
+from analysis.learning_curves import fig_validation_curves, validation_curves
 from analysis.pareto import knee_index, marginal_gains, pareto_mask  # noqa: E402
 from analysis.selection import mark_front_on_validation, selection_markdown, validation_eer
 from bench.tracking import naming, store

@@ -26,7 +26,7 @@ from bench.data.manifest import read_manifest
 from bench.data.synth import generate_corpus
 from bench.eval.scoring import extract_embeddings
 from bench.models import build_model, get_spec
-from bench.models.inference import compile_extractor, extraction_model
+from bench.models.extraction import compile_extractor, extraction_model
 
 
 @torch.no_grad()

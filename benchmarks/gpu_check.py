@@ -51,7 +51,7 @@ from bench.eval.inference import measure_inference  # noqa: E402
 from bench.eval.scoring import extract_embeddings, load_model, make_fbank  # noqa: E402
 from bench.machine import cpu_model  # noqa: E402
 from bench.models import build_model, get_spec  # noqa: E402
-from bench.models.inference import extraction_model  # noqa: E402
+from bench.models.extraction import extraction_model  # noqa: E402
 from bench.models.profile import estimate_train_memory_mb, measure_train_memory_mb  # noqa: E402
 from bench.orchestration.variant import run_variant  # noqa: E402
 

@@ -120,7 +120,7 @@ def test_the_report_lists_energy_to_target_and_not_reached():
 def test_a_speaker_with_many_utterances_gets_drawn_cross_session_pairs():
     """200 utterances a speaker (19,900 pairs each) are drawn from, not listed; every target pair still crosses
     sessions, and none is drawn twice."""
-    from bench.data.validation import ENUMERATED_PAIRS, TARGETS_PER_SPEAKER, split_validation
+    from bench.data.validation_split import ENUMERATED_PAIRS, TARGETS_PER_SPEAKER, split_validation
 
     rows = [(f"s{k}/v{u % 20}/{u:03d}.wav", f"s{k}") for k in range(8) for u in range(200)]
     assert 200 * 199 // 2 > ENUMERATED_PAIRS

@@ -123,3 +123,12 @@ def test_ruff_finds_nothing():
     proc = subprocess.run([ruff, "check", "--output-format", "concise", "bench", "analysis", "tests"], cwd=REPO,
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-3000:]
+
+
+def test_no_two_modules_share_a_name_outside_the_command_line():
+    """One name, one module: ``bench/cli/<command>.py`` may share its command's name, nothing else may."""
+    from collections import Counter
+
+    names = Counter(p.name for p in [*BENCH.rglob("*.py"), *ANALYSIS.rglob("*.py")]
+                    if p.name != "__init__.py" and p.parent.name != "cli")
+    assert [n for n, c in names.items() if c > 1] == []

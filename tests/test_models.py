@@ -6,7 +6,7 @@ from bench.config import load_config
 from bench.errors import BenchError
 from bench.models import build_model, get_spec, list_presets, spec_from_config
 from bench.models.heads import MarginHead
-from bench.models.inference import extraction_model
+from bench.models.extraction import extraction_model
 from bench.models.profile import meta_model, profile_model
 from bench.models.resnet import MIN_FRAMES
 

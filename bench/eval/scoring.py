@@ -25,7 +25,7 @@ from bench.eval.metrics import verification_metrics
 from bench.eval.results import ListResult
 from bench.eval.statistics import METRICS, ListBootstrap, bootstrap_list, macro_average, percentile_interval
 from bench.models import ResNetSpec, build_model
-from bench.models.inference import compile_extractor, extraction_model
+from bench.models.extraction import compile_extractor, extraction_model
 from bench.models.resnet import min_samples
 from bench.training import checkpoint as ckpt
 from bench.training.precision import autocast

@@ -1,4 +1,4 @@
-"""Validation EER during training: the held-out speakers' list (``bench.data.validation``) scored with the
+"""Validation EER during training: the held-out speakers' list (``bench.data.validation_split``) scored with the
 model as it stands after an epoch. Cosine scoring of the embeddings minus their own mean (the training mean is
 not at hand mid-training), no score normalisation, no bootstrap: a curve point, not a reported result."""
 
@@ -9,7 +9,7 @@ import torch
 
 from bench.config import Config
 from bench.data.manifest import data_root
-from bench.data.validation import ValidationSplit
+from bench.data.validation_split import ValidationSplit
 from bench.eval.metrics import eer, error_rates
 from bench.eval.scoring import Scorer, extract_embeddings, make_fbank
 

@@ -27,7 +27,7 @@ from bench.config import Config, config_to_yaml
 from bench.data.features import Fbank
 from bench.data.loader import EpochBatchSampler, TrainCrops, collate_crops
 from bench.data.manifest import TRAIN_MANIFEST, data_root, read_manifest
-from bench.data.validation import ValidationSplit, split_validation
+from bench.data.validation_split import ValidationSplit, split_validation
 from bench.energy.accounting import gather_ranks
 from bench.energy.reading import reading_from_state, reading_to_state, sum_windows
 from bench.errors import BenchError
