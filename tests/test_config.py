@@ -47,3 +47,12 @@ def test_parse_overrides_keeps_dash_lists():
 def test_cli_unknown_preset_and_bad_override():
     assert_one_line_error(run_cli("config", "--preset", "nope"), "unknown preset 'nope'")
     assert_one_line_error(run_cli("config", "--preset", "tiny", "--train.epochs", "x"), "train.epochs")
+
+
+def test_the_command_line_shows_every_key_it_accepts():
+    from conftest import run_cli
+
+    keys = run_cli("config", "--preset", "tiny", "--keys", "--train.epochs", "7")
+    assert keys.returncode == 0, keys.stderr
+    assert "--train.epochs 7  (int)" in keys.stdout and "--data.root 'data/tiny'" in keys.stdout
+    assert "svbench config --preset NAME --keys" in run_cli("train", "--help").stdout.replace("\n", " ")

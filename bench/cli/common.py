@@ -19,6 +19,10 @@ def subcommands(p: argparse.ArgumentParser, dest: str):
     return sub
 
 
+KEYS_EPILOG = ("Every config key also works as --section.key VALUE (e.g. --train.epochs 10 --search.prune_margin 0.2); "
+               "`svbench config --preset NAME --keys` lists them all with their values, types and meaning.")
+
+
 def add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="demo", help="preset name or YAML file (default: demo)")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bench.cli.common import add_config_args, config_from_args
+from bench.cli.common import KEYS_EPILOG, add_config_args, config_from_args
 from bench.config import INFER_BACKENDS
 from bench.errors import BenchError
 
@@ -143,7 +143,8 @@ def _log_onnx(run_id: str, files: list[Path]) -> None:
 
 
 def register(sub) -> None:
-    i = sub.add_parser("infer", help="inference energy per precision: J/utt, J/1k trials, utt/s, EER")
+    i = sub.add_parser("infer", help="inference energy per precision: J/utt, J/1k trials, utt/s, EER",
+                        epilog=KEYS_EPILOG)
     add_config_args(i)
     i.add_argument("--checkpoint", required=True)
     i.add_argument("--trials", nargs="*", default=None)

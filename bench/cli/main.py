@@ -15,8 +15,28 @@ COMMAND_MODULES = (data, models, train, deploy, sweep, jobs, report, search, syn
 def cmd_config(args, extra) -> int:
     from bench.config import config_to_yaml, load_config
 
-    print(config_to_yaml(load_config(args.preset, extra)), end="")
+    cfg = load_config(args.preset, extra)
+    if args.keys:
+        print("\n".join(key_lines(type(cfg), cfg.model_dump(mode="json"))))
+        return 0
+    print(config_to_yaml(cfg), end="")
     return 0
+
+
+def key_lines(model, values: dict, prefix: str = "") -> list[str]:
+    """``--section.key VALUE  (type)  description`` for every key of a config model, with this config's values."""
+    from pydantic import BaseModel
+
+    out = []
+    for name, field in model.model_fields.items():
+        sub = field.annotation
+        if isinstance(sub, type) and issubclass(sub, BaseModel):
+            out += key_lines(sub, values.get(name, {}), f"{prefix}{name}.")
+            continue
+        kind = getattr(sub, "__name__", None) or str(sub).replace("typing.", "")
+        text = f"--{prefix}{name} {values.get(name)!r}  ({kind})"
+        out.append(text + (f"  {field.description}" if field.description else ""))
+    return out
 
 
 def build_parser() -> Parser:
@@ -24,6 +44,7 @@ def build_parser() -> Parser:
     sub = subcommands(p, "cmd")
     c = sub.add_parser("config", help="print the resolved config (preset + --section.key overrides)")
     add_config_args(c)
+    c.add_argument("--keys", action="store_true", help="one line per key: its override, value, type and meaning")
     c.set_defaults(func=cmd_config)
     for module in COMMAND_MODULES:  # each command group registers its sub-commands
         module.register(sub)

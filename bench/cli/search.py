@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench.cli.common import add_config_args, no_extra
+from bench.cli.common import KEYS_EPILOG, add_config_args, no_extra
 from bench.config import empty_as_none
 from bench.errors import BenchError
 
@@ -93,9 +93,7 @@ def register(sub) -> None:
     s = sub.add_parser("search", help="Optuna multi-objective search (EER vs energy) under a budget",
                        description="Optuna search of depth and width: minimise EER (%) and training energy (J) or "
                                    "carbon (gCO2e) under a budget. An empty value means unset (the preset's).",
-                       epilog="Every config key also works as --section.key, e.g. --search.prune_margin 0.2 "
-                              "--search.width_mults [0.5,1.0] --train.epochs 10 (the keys: bench/presets/*.yaml, "
-                              "bench/config.py).")
+                       epilog=KEYS_EPILOG)
     add_config_args(s)
     s.add_argument("--n-trials", type=empty_as_none(int), default=None,
                    help="total trials of the study (re-running continues it)")

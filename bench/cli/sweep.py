@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from bench.cli.common import KEYS_EPILOG
 from bench.cli.report import print_report
 from bench.config import empty_as_none
 from bench.errors import BenchError
@@ -73,7 +74,8 @@ def cmd_sweep(args, extra) -> int:
 
 
 def register(sub) -> None:
-    s = sub.add_parser("sweep", help="run a grid of variants as nested MLflow runs (resumable)")
+    s = sub.add_parser("sweep", help="run a grid of variants as nested MLflow runs (resumable)",
+                        epilog=KEYS_EPILOG)
     s.add_argument("--grid", default="demo", help="demo, paper-depth, paper-width, paper-stages, paper-all, wespeaker "
                                                   "or a YAML file")
     s.add_argument("--data-root", default=None, help="same as --data.root")

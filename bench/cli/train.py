@@ -7,7 +7,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from bench.cli.common import add_config_args, config_from_args
+from bench.cli.common import KEYS_EPILOG, add_config_args, config_from_args
 from bench.config import empty_as_none
 from bench.errors import BenchError
 
@@ -100,7 +100,8 @@ def cmd_eval(args, extra) -> int:
 
 
 def register(sub) -> None:
-    t = sub.add_parser("train", help="train and evaluate one variant; writes OUT/result.json")
+    t = sub.add_parser("train", help="train and evaluate one variant; writes OUT/result.json",
+                        epilog=KEYS_EPILOG)
     add_config_args(t)
     t.add_argument("--model", default=None, help="model preset name (same as --model.name)")
     t.add_argument("--out", required=True, help="output folder (checkpoints, scores, result.json)")
@@ -110,7 +111,8 @@ def register(sub) -> None:
     t.add_argument("--experiment", type=empty_as_none(str), default=None,
                    help="MLflow experiment (tracking.experiment); under `mlflow run`, its run's")
     t.set_defaults(func=cmd_train)
-    e = sub.add_parser("eval", help="evaluate a trained model.pt on trial lists")
+    e = sub.add_parser("eval", help="evaluate a trained model.pt on trial lists",
+                        epilog=KEYS_EPILOG)
     add_config_args(e)
     e.add_argument("--checkpoint", required=True)
     e.add_argument("--trials", nargs="*", default=None, help="trial list names under data root/trials, or files")
