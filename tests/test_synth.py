@@ -26,7 +26,7 @@ def test_same_seed_is_byte_identical_other_seed_differs(tmp_path):
     generate_corpus(tmp_path / "c", seed=4, size="tiny", workers=2, progress=False)
     assert _digest(tmp_path / "a") == _digest(tmp_path / "b")
     assert _digest(tmp_path / "a") != _digest(tmp_path / "c")
-    assert a["train_speakers"] == 8
+    assert a.train_speakers == 8
 
 
 def test_layout_and_trials(tiny_corpus):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 from bench.cli.common import no_extra, subcommands
@@ -15,7 +16,8 @@ def cmd_data_synth(args, extra) -> int:
     from bench.eval.baseline import mean_logmel_baseline
 
     no_extra(extra)
-    summary = generate_corpus(args.out, seed=args.seed, size=args.size, workers=args.workers, force=args.force)
+    summary = asdict(generate_corpus(args.out, seed=args.seed, size=args.size, workers=args.workers,
+                                     force=args.force))
     trials = read_trials(Path(args.out) / "trials" / "synth.txt")
     base = mean_logmel_baseline(args.out, trials)
     summary["baseline_eer_pct"] = round(base["eer_pct"], 2)

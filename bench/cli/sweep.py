@@ -20,8 +20,8 @@ def _ensure_synth(root: str, size: str | None, seed: int = 0) -> None:
 
     print(f"data: generating the synthetic '{size}' corpus into {root} ...")
     s = generate_corpus(root, seed=seed, size=size)
-    print(f"data: {s['train_speakers']} training speakers, {s['test_speakers']} test speakers, {s['hours']:.2f} h, "
-          f"{s['trials']} trials")
+    print(f"data: {s.train_speakers} training speakers, {s.test_speakers} test speakers, {s.hours:.2f} h, "
+          f"{s.trials} trials")
 
 
 def cmd_sweep(args, extra) -> int:

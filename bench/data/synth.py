@@ -284,9 +284,24 @@ def _make_trials(seed: int, df: pd.DataFrame, per_utt: int, name: str) -> TrialL
     return TrialList(name, np.asarray(labels, dtype=np.int8), enroll, test)
 
 
+@dataclass(frozen=True)
+class CorpusSummary:
+    """What ``generate_corpus`` wrote."""
+    root: str
+    seed: int
+    size: str
+    train_speakers: int
+    train_utterances: int
+    test_speakers: int
+    test_utterances: int
+    hours: float
+    trials: int
+    target_trials: int
+
+
 def generate_corpus(out: str | Path, seed: int = 0, size: str = "demo", workers: int | None = None,
-                    force: bool = False, progress: bool = True) -> dict:
-    """Generate the corpus into ``out`` (built in ``out.partial`` then renamed). Returns a summary dict."""
+                    force: bool = False, progress: bool = True) -> CorpusSummary:
+    """Generate the corpus into ``out`` (built in ``out.partial`` then renamed)."""
     cs = parse_size(size)
     out = Path(out)
     if out.exists() and any(out.iterdir()):
@@ -326,18 +341,9 @@ def generate_corpus(out: str | Path, seed: int = 0, size: str = "demo", workers:
     if out.exists():
         out.rmdir()
     partial.rename(out)
-    return {
-        "root": str(out),
-        "seed": seed,
-        "size": size,
-        "train_speakers": cs.train_speakers,
-        "train_utterances": int((~is_test).sum()),
-        "test_speakers": cs.test_speakers,
-        "test_utterances": int(is_test.sum()),
-        "hours": float(df["duration_s"].sum() / 3600.0),
-        "trials": len(trials),
-        "target_trials": int(trials.labels.sum()),
-    }
+    return CorpusSummary(str(out), seed, size, cs.train_speakers, int((~is_test).sum()), cs.test_speakers,
+                         int(is_test.sum()), float(df["duration_s"].sum() / 3600.0), len(trials),
+                         int(trials.labels.sum()))
 
 
 def _imap(mapper, jobs, progress: bool):
