@@ -37,7 +37,8 @@ def cmd_train(args, extra) -> int:
         store.setup_tracking()
         with store.finishing(args.out, cfg.tracking.outage_wait_s):
             rid, result = tracked.run_tracked(cfg, args.out, run_id=run_id, experiment_id=exp_id,
-                                               resume=args.resume, force=args.force)
+                                               resume=args.resume, force=args.force,
+                                               run_name=f"{cfg.model.name}-seed{cfg.train.seed}")  # not the preset
         print(f"MLflow run {rid} at {store.setup_tracking()}")
     if result is not None:
         for name, m in result.metrics.items():
