@@ -107,6 +107,8 @@ class TrainConfig(_Section):
     checkpoint_every_steps: int = Field(0, ge=0, description="0 = only at epoch ends")
     average_last: int = Field(1, ge=1, description="average the last K epoch checkpoints")
     max_steps: int = Field(0, ge=0, description="stop after this many steps; 0 = no limit")
+    gpu_power_limit_w: Optional[float] = Field(None, gt=0, description="cap this process's GPUs at this many watts "
+                                               "while it trains and probes (restored after; needs permission)")
     val_every_epochs: int = Field(1, ge=1, description="validation EER every K epochs (with data.val_speakers)")
     eer_targets: list[Annotated[float, Field(gt=0, lt=100)]] = Field(
         default_factory=list, description="validation EERs (%) whose training energy and time to reach are logged")

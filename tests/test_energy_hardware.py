@@ -174,3 +174,45 @@ def test_more_workers_than_gpus_is_a_one_line_error(tiny_corpus, tmp_path, fake_
                    "--storage", tmp_path / "s.journal", "--out", tmp_path / "runs", env=env)
     assert_one_line_error(proc, "--workers 2", "1 GPU")
     assert not (tmp_path / "s.journal").exists()  # nothing created
+
+
+def _limits(state):
+    return [w for _, w in json.loads(state.read_text())["0"]] if state.exists() else []
+
+
+def test_a_gpu_power_limit_caps_the_board_while_training_and_is_restored_even_on_ctrl_c(tiny_corpus, tmp_path,
+                                                                                      fake_machine):
+    """train.gpu_power_limit_w through Zeus's device layer on a fake 400 W board whose limit is device state (a file
+    every process reads, as NVML's outlives processes): the training's GPU energy is the capped 150 W x its time,
+    and the board is back at its 700 W default after the run, and after a Ctrl-C mid-training; a limit out of the
+    board's range, or without the permission to set it, is one line before any work."""
+    import signal
+
+    state = tmp_path / "gpu_state.json"
+    env = fake_machine(gpu_w=[400], rapl_w=50, FAKE_ZEUS_GPU_STATE=str(state))
+    out = tmp_path / "run"
+    proc = run_cli("train", *TINY, "--data.root", tiny_corpus, "--train.epochs", "1", "--out", out, "--no-track",
+                   "--train.gpu_power_limit_w", "150", env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    m = _result(out)["energy_metrics"]
+    assert m["train/energy_gpu_j"] == pytest.approx(150 * m["train/time_s"], rel=0.03)
+    assert _limits(state)[-1] == 700 and 150 in _limits(state)  # set, then restored
+    # Ctrl-C while the limit holds: restored by the finally
+    p = subprocess.Popen([sys.executable, "-m", "bench", "train", *TINY, "--data.root", str(tiny_corpus),
+                          "--train.epochs", "3", "--out", str(tmp_path / "run2"), "--no-track",
+                          "--train.gpu_power_limit_w", "200"], env=env, cwd=REPO, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while (not _limits(state) or _limits(state)[-1] != 200) and p.poll() is None and time.time() < deadline:
+        time.sleep(0.1)
+    assert _limits(state)[-1] == 200, p.communicate()[1][-2000:]
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 130 and "interrupted" in err
+    assert _limits(state)[-1] == 700
+    for extra, fragment in (({}, "outside GPU 0's range (100-700 W)"),
+                            ({"FAKE_ZEUS_GPU_NO_PERMISSION": "1"}, "needs root or the administrator's permission")):
+        bad = run_cli("train", *TINY, "--data.root", tiny_corpus, "--out", tmp_path / "bad", "--no-track",
+                      "--train.gpu_power_limit_w", "50" if not extra else "200", env={**env, **extra})
+        assert_one_line_error(bad, fragment)
+        assert _limits(state)[-1] == 700

@@ -8,6 +8,7 @@ forecast error is recorded.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -22,6 +23,7 @@ from bench.energy.accounting import (carbon_tags, history_readings, intensity_se
                                      write_timeline_csv)
 from bench.energy.meters import create_meters
 from bench.energy.plan import CPU_TIME_SHARE, measurement_plan
+from bench.energy.power_limit import power_limited
 from bench.eval.inference import measure_inference
 from bench.eval.results import BackendResult, ListResult
 from bench.eval.scoring import load_model, statistics_for
@@ -95,7 +97,10 @@ def run_variant(cfg: Config, out_dir: str | Path, resume: bool = False, callback
         own_node_meter = dist_info.local_rank == 0 or plan.attribution == CPU_TIME_SHARE
         meters = create_meters(cfg.energy, plan, machine_meters=own_node_meter)
     series = intensity_series(cfg.energy)  # read now, so that a bad series stops the run before any work
+    limit = contextlib.ExitStack()  # the GPU power limit, restored in the finally whatever ends the run
     try:
+        limit.enter_context(power_limited(cfg.train.gpu_power_limit_w,
+                                          measurement_plan(cfg.train.device, dist_info.local_rank).gpu_indices))
         forecast = None
         if cfg.energy.forecast and dist_info.enabled and dist_info.is_main:
             logger.info("energy.forecast is skipped under torchrun (the probe is a single-process run)")
@@ -104,6 +109,7 @@ def run_variant(cfg: Config, out_dir: str | Path, resume: bool = False, callback
             forecast = probe(cfg, meters, min(total, cfg.train.max_steps or total))
         tr = train(cfg, out_dir, resume=resume, callbacks=callbacks, epoch_window=meters.window, progress=progress,
                    validate=functools.partial(validation_eer, cfg=cfg, device=device))
+        limit.close()  # the power limit is the training's: evaluation runs at the board's own limit
         if not dist_info.is_main:
             return None
         model = load_model(tr.model_path, device, cfg.eval.channels_last, cfg.eval.compile)
@@ -140,6 +146,7 @@ def run_variant(cfg: Config, out_dir: str | Path, resume: bool = False, callback
         write_text_atomic(out_dir / "result.json", result.to_json())
         return result
     finally:
+        limit.close()
         if own_meters:
             meters.close()
         shutdown(dist_info)

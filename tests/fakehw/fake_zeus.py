@@ -9,15 +9,45 @@ Installed by ``sitecustomize.py`` beside this file in every Python process whose
 ``FAKE_ZEUS_GPU_W`` (comma-separated watts per physical GPU) and ``PYTHONPATH`` naming this folder;
 ``FAKE_ZEUS_RAPL_DIR`` points Zeus's RAPL reader at a powercap tree a test drives.
 ``FAKE_ZEUS_GPU_NO_COUNTER=1`` makes the boards pre-Volta: no energy counter, power readings only.
+
+Power limits (as NVML has them): each board's range is 100-700 W and its default limit 700 W. With
+``FAKE_ZEUS_GPU_STATE`` (a JSON file) a limit is device state shared by every process and outliving them, as on a
+real board: the file keeps each board's limit changes, its draw is ``min(watts, limit)`` and its energy counter the
+integral of that. ``FAKE_ZEUS_GPU_NO_PERMISSION=1`` makes setting a limit fail as NVML does without root.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from typing import Sequence
 
-from zeus.device.gpu.common import GPU, GPUs, ZeusGPUNotSupportedError
+from zeus.device.gpu.common import GPU, GPUs, ZeusGPUNoPermissionError, ZeusGPUNotSupportedError
+
+RANGE_MW = (100_000, 700_000)
+
+
+def _state() -> dict:
+    path = os.environ.get("FAKE_ZEUS_GPU_STATE")
+    if not path or not os.path.exists(path):
+        return {}
+    with open(path) as fh:
+        return json.load(fh)
+
+
+def _set_limit(physical: int, watts: float) -> None:
+    path = os.environ.get("FAKE_ZEUS_GPU_STATE")
+    if not path:
+        raise ZeusGPUNotSupportedError("power limits are simulated only with FAKE_ZEUS_GPU_STATE")
+    if os.environ.get("FAKE_ZEUS_GPU_NO_PERMISSION") == "1":
+        raise ZeusGPUNoPermissionError("Insufficient permissions")
+    state = _state()
+    state.setdefault(str(physical), []).append([time.time(), watts])
+    tmp = path + ".tmp"
+    with open(tmp, "w") as fh:
+        json.dump(state, fh)
+    os.replace(tmp, path)
 
 
 def _unsupported(*_args, **_kwargs):
@@ -37,20 +67,40 @@ class FakeGPU(GPU):
     def get_name(self) -> str:
         return "Fake GPU"
 
+    def _limits(self) -> list[tuple[float, float]]:
+        """(since, watts) of the board's limit changes, the default first."""
+        return [(float("-inf"), RANGE_MW[1] / 1000), *map(tuple, _state().get(str(self.physical_index), []))]
+
     def get_instant_power_usage(self) -> int:
-        return int(self.watts * 1000)  # mW
+        return int(min(self.watts, self._limits()[-1][1]) * 1000)  # mW
 
     def get_average_power_usage(self) -> int:
-        return int(self.watts * 1000)
+        return self.get_instant_power_usage()
 
     def supports_get_total_energy_consumption(self) -> bool:
         return os.environ.get("FAKE_ZEUS_GPU_NO_COUNTER") != "1"
 
     def get_total_energy_consumption(self) -> int:
-        return int(self.watts * (time.time() - self.t0) * 1000)  # mJ
+        now, joules = time.time(), 0.0
+        limits = self._limits()
+        for (since, cap), (until, _) in zip(limits, [*limits[1:], (now, 0.0)]):
+            lo, hi = max(since, self.t0), min(until, now)
+            if hi > lo:
+                joules += min(self.watts, cap) * (hi - lo)
+        return int(joules * 1000)  # mJ
 
-    get_power_management_limit_constraints = get_power_management_limit = _unsupported
-    set_power_management_limit = reset_power_management_limit = _unsupported
+    def get_power_management_limit_constraints(self) -> tuple[int, int]:
+        return RANGE_MW
+
+    def get_power_management_limit(self) -> int:
+        return int(self._limits()[-1][1] * 1000)
+
+    def set_power_management_limit(self, power_limit_mw: int, block: bool = True) -> None:
+        _set_limit(self.physical_index, power_limit_mw / 1000)
+
+    def reset_power_management_limit(self, block: bool = True) -> None:
+        _set_limit(self.physical_index, RANGE_MW[1] / 1000)
+
     set_persistence_mode = get_persistence_mode = _unsupported
     get_supported_memory_clocks = set_memory_locked_clocks = reset_memory_locked_clocks = _unsupported
     get_supported_graphics_clocks = set_gpu_locked_clocks = reset_gpu_locked_clocks = _unsupported
