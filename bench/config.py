@@ -196,6 +196,10 @@ class SearchConfig(_Section):
     width_mults: list[float] = Field(default_factory=lambda: [0.25, 0.5, 1.0])
     blocks: list[Literal["basic", "bottleneck", "preact2", "preact3"]] = Field(default_factory=lambda: ["preact3"])
     embed_dims: list[int] = Field(default_factory=list, description="empty: keep the preset's embedding size")
+    batch_sizes: list[int] = Field(default_factory=list, description="searched beside depth and width, train.lr "
+                                                                     "scaled linearly; empty: the preset's")
+    power_limits_w: list[float] = Field(default_factory=list, description="GPU power limits searched "
+                                                                          "(train.gpu_power_limit_w); empty: none")
     energy_budget_j: Optional[float] = Field(None, gt=0)
     carbon_budget_g: Optional[float] = Field(None, gt=0)
     max_params_m: Optional[float] = Field(None, gt=0)

@@ -203,6 +203,18 @@ def suggest_overrides(trial: optuna.Trial, cfg: Config) -> dict:
         over["model.block"] = s.blocks[0]
     if s.embed_dims:
         over["model.embed_dim"] = trial.suggest_categorical("embed_dim", s.embed_dims)
+    return over | hardware_overrides(trial, cfg)
+
+
+def hardware_overrides(trial: optuna.Trial, cfg: Config) -> dict:
+    """The knobs that change the energy of the same model: the batch size, with the learning rate scaled by the
+    linear rule (lr x batch / the preset's batch: Goyal et al., 2017), and the GPU power limit."""
+    s, over = cfg.search, {}
+    if s.batch_sizes:
+        batch = trial.suggest_categorical("batch_size", s.batch_sizes)
+        over |= {"train.batch_size": batch, "train.lr": cfg.train.lr * batch / cfg.train.batch_size}
+    if s.power_limits_w:
+        over["train.gpu_power_limit_w"] = trial.suggest_categorical("gpu_power_limit_w", s.power_limits_w)
     return over
 
 
