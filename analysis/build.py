@@ -20,6 +20,7 @@ from bench.data.trials import AVERAGE
 from bench.errors import BenchError  # noqa: E402
 from analysis.compare import Comparisons, comparisons_markdown, compare_variants, report_variants
 from analysis.learning_curves import fig_validation_curves, validation_curves
+from analysis.levers import carbon_levers
 from analysis.pareto import knee_index, marginal_gains, pareto_mask  # noqa: E402
 from analysis.selection import mark_front_on_validation, selection_markdown, validation_eer
 from bench.tracking import naming, store
@@ -301,9 +302,10 @@ class Report:
 
 
 def build_report(runs: pd.DataFrame, out_dir: str | Path, title: str, trials: str | None = None,
-                 select_on: str | None = None) -> Report:
+                 select_on: str | None = None, parent_metrics: dict[str, float] | None = None) -> Report:
     """Write report.md, report.csv and figures into ``out_dir``; returns paths and the table. ``select_on``: a
-    search's (``validation`` or ``test``), what its front was chosen on."""
+    search's (``validation`` or ``test``), what its front was chosen on; ``parent_metrics``: the sweep's or
+    study's parent run's (its carbon-aware plan, for the carbon levers)."""
     if runs.empty:
         raise BenchError("no finished runs to report on; run a sweep or search first")
     out = Path(out_dir)
@@ -352,6 +354,8 @@ def build_report(runs: pd.DataFrame, out_dir: str | Path, title: str, trials: st
               "accurate end, energy on a log scale)." if knee else
               f"No knee: the front has {len(gains)} point(s), and a knee needs 3.", "",
               "![EER vs params](eer_vs_params.png)", "", "## Inference", "", "![inference](inference_energy.png)", ""]
+    lines += ["## Carbon levers", "", "gCO2e of the training, as run and with each lever, with its source:", "",
+              _md(carbon_levers(t, parent_metrics or {})), ""]
     deploy = deployment_table(runs, trials)
     if len(deploy):
         _fig_deployment(deploy, trials, out / "deployment.png")

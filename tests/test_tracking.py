@@ -355,3 +355,19 @@ def test_diminishing_returns_table_says_why_its_first_row_is_empty():
     assert t.iloc[0, 3:].tolist() == ["(cheapest)"] * 3
     assert t["extra_wh"].tolist()[1:] == ["0.2778", "0.8333"]
     assert t["eer_gain_points_per_wh"].tolist()[1:] == ["18", "1.2"]
+
+
+def test_carbon_levers_label_each_figure_and_say_why_a_lever_is_missing():
+    import pandas as pd
+
+    from analysis.levers import FORECAST, MEASURED, carbon_levers
+
+    t = pd.DataFrame({"stages": ["1-1-1-1"] * 3 + ["2-2-2-2"], "width": [1.0] * 4,
+                      "gpu_power_limit_w": [None, 150.0, 250.0, None], "train_co2_g": [3.0, 2.0, 2.5, 4.0]})
+    plain = carbon_levers(t.iloc[[0, 3]], {})
+    assert plain["co2_g"].iloc[0] == 7.0 and plain["source"].iloc[0] == MEASURED
+    assert "--carbon-aware" in plain["source"].iloc[1] and "several limits" in plain["source"].iloc[2]
+    levers = carbon_levers(t, {"carbon_plan/if_started_now_g": 20.0, "carbon_plan/expected_g": 6.0})
+    assert levers["lever"].tolist() == ["as run", "if started at once", "at the planned start",
+                                        "at each model's best power limit"]
+    assert levers["co2_g"].tolist() == [11.5, 20.0, 6.0, 6.0] and levers["source"].iloc[1] == FORECAST

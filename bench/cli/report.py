@@ -15,7 +15,8 @@ def print_report(sweep_key=None, parent=None, out=None, title="report", experime
     from bench.tracking import store
 
     runs = load_runs(experiment=experiment, sweep_key=sweep_key, parent_run_id=parent)
-    rep = build_report(runs, out, title, trials, selection_of(parent))
+    parent_metrics = store.find_run(parent).data.metrics if parent else {}
+    rep = build_report(runs, out, title, trials, selection_of(parent), parent_metrics)
     if parent:  # into the sweep's or study's parent run, through the report folder's spool
         store.log_files(parent, rep.dir, sorted(p for p in Path(rep.dir).iterdir() if p.is_file()), "report")
     print(f"\n{title}: {len(rep.table)} variants, trial list {rep.trials}")
