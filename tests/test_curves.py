@@ -90,6 +90,7 @@ def test_a_tracked_run_logs_its_validation_curve_energy_apart_and_why_it_stopped
     md = (tmp_path / "report" / "report.md").read_text()
     assert "## Learning curves" in md and (tmp_path / "report" / "validation_curves.png").stat().st_size > 1000
     assert "## Training energy to a validation EER" in md and "not reached" in md
+    assert "## Carbon levers" in md and "not planned: run the sweep with --carbon-aware" in md
     curve = pd.read_csv(tmp_path / "report" / "validation_curves.csv")
     assert list(curve["epoch"]) == [1, 2] and list(curve["train_energy_j_cum"]) == pytest.approx(
         [train_epochs[0], sum(train_epochs)])
