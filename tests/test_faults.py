@@ -168,3 +168,18 @@ def test_mlflow_client_retries_are_off_unless_the_user_sets_them():
         proc = subprocess.run([sys.executable, "-c", code], env={**env, **extra}, cwd=REPO, capture_output=True,
                               text=True)
         assert proc.stdout.strip() == want, proc.stderr
+
+
+def test_a_resume_knows_the_epochs_its_pending_ref_recorded(tmp_path):
+    """An outage across a variant boundary (the run recorded as `pending:`), a kill, and a resume that found the
+    real id on the server: the steps and params recorded under the pending ref count as that run's, so no
+    restored epoch is logged twice."""
+    spool = Spool(tmp_path / "variant")
+    spool.append("create_run", "pending:abc", {"experiment_id": "1", "run_name": "v", "start_ms": 1, "tags": {}})
+    spool.append("log_batch", "pending:abc", {"metrics": [["train/epoch_loss", 1.0, 1, 1]], "params": {"a": "1"}})
+    spool.note_created("pending:abc", "0" * 32)
+    spool.append("log_batch", "0" * 32, {"metrics": [["train/epoch_loss", 0.5, 2, 2]]})
+    assert spool.logged_steps("0" * 32) == {"train/epoch_loss": {1, 2}}
+    assert spool.logged_steps("pending:abc") == {"train/epoch_loss": {1, 2}}
+    assert spool.logged_params("0" * 32) == {"a": "1"}
+    assert spool.logged_steps("f" * 32) == {}

@@ -277,18 +277,23 @@ class Spool:
     def note_created(self, ref: str, run_id: str) -> None:
         _append_line(self.runs_path, (json.dumps({"ref": ref, "run_id": run_id}) + "\n").encode())
 
+    def _of_run(self, run: str) -> list[Record]:
+        """The ``log_batch`` records of ``run``, whether they name it by its id or by the ``pending:`` ref the spool
+        created it from (an outage across a variant boundary, then a kill: the resume knows the real id)."""
+        created = self.created_runs()
+        same = {run, *(ref for ref, rid in created.items() if rid == run), created.get(run, run)}
+        return [r for r in self.records() if r.op == "log_batch" and r.run in same]
+
     def logged_steps(self, run: str) -> dict[str, set[int]]:
         """metric key -> the steps this folder has recorded for ``run`` (sent or not)."""
         steps: dict[str, set[int]] = {}
-        for r in self.records():
-            if r.op == "log_batch" and r.run == run:
-                for key, _, _, step in r.args.get("metrics", []):
-                    steps.setdefault(key, set()).add(step)
+        for r in self._of_run(run):
+            for key, _, _, step in r.args.get("metrics", []):
+                steps.setdefault(key, set()).add(step)
         return steps
 
     def logged_params(self, run: str) -> dict[str, str]:
-        return {k: v for r in self.records() if r.op == "log_batch" and r.run == run
-                for k, v in r.args.get("params", {}).items()}
+        return {k: v for r in self._of_run(run) for k, v in r.args.get("params", {}).items()}
 
 
 def spools_under(root: str | Path) -> list[Spool]:
