@@ -230,6 +230,36 @@ def test_sweep_across_an_outage_completes_both_variants_under_one_parent(tiny_co
 
 
 @pytest.mark.slow
+def test_sweep_killed_after_an_outage_across_a_variant_boundary_reruns_with_every_epoch_once(tiny_corpus, tmp_path,
+                                                                                               server):
+    """Variant b starts while the server is down (its run a `pending:` ref), records epochs, and the sweep is
+    SIGKILLed; the server comes back and the sweep is re-run: the spool creates b's run, the re-run resumes b by
+    its real id, and knows the epochs recorded under the pending ref, so each is logged once."""
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("name: outage2\npreset: tiny\nvariants:\n"
+                    "  - {name: a, overrides: {train.epochs: 2}}\n  - {name: b, overrides: {train.epochs: 4}}\n")
+    out = tmp_path / "runs"
+    args = ["sweep", "--grid", grid, "--data-root", tiny_corpus, "--out", out, "--energy.share_period_s", "0.2"]
+    proc = _svbench(args, server.url)
+    a, b = out / "outage2" / "a", out / "outage2" / "b"
+    _wait_for(lambda: _epochs_sent(a) >= 1, proc, what="variant a's first epoch on the server")
+    server.kill()
+    _wait_for(lambda: len(_epochs_recorded(b)) >= 2 and any((b / "checkpoints").glob("*.pt")), proc,
+              what="two epochs of variant b during the outage")
+    assert _records(b)[0].run.startswith("pending:")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    server.start()
+    _finish(_svbench(args, server.url))
+    client = server.client()
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    children = {r.data.tags["svbench.variant"]: r for r in runs if r.data.tags.get("svbench.kind") == "variant"}
+    assert sorted(children) == ["a", "b"]
+    _check_complete_run(client, children["a"].info.run_id, 2)
+    _check_complete_run(client, children["b"].info.run_id, 4)
+
+
+@pytest.mark.slow
 def test_training_killed_during_an_outage_resumes_with_every_epoch_once(tiny_corpus, tmp_path, server):
     out, epochs = tmp_path / "run", 6
     proc = _svbench(_train_args(tiny_corpus, out, epochs), server.url)
