@@ -183,3 +183,28 @@ def test_a_resume_knows_the_epochs_its_pending_ref_recorded(tmp_path):
     assert spool.logged_steps("pending:abc") == {"train/epoch_loss": {1, 2}}
     assert spool.logged_params("0" * 32) == {"a": "1"}
     assert spool.logged_steps("f" * 32) == {}
+
+
+def test_seeds_a_spool_saw_finish_are_not_run_again(tmp_path):
+    """A requeued job or a sweep re-run during an outage: a seed whose run the spool created and ended FINISHED
+    (records not sent yet) counts as finished, with the final metrics and tags it recorded and its score files;
+    a seed whose run did not finish, or that never started, does not."""
+    from bench.orchestration.seeds import finished_in_spools
+
+    variant = tmp_path / "variant"
+    for seed, status in ((0, "FINISHED"), (1, "FAILED")):
+        spool = Spool(variant / f"seed{seed}")
+        ref = f"pending:{seed}"
+        spool.append("create_run", ref, {"experiment_id": "1", "run_name": f"v/seed{seed}", "start_ms": 1,
+                                         "tags": {"svbench.kind": "seed", "svbench.seed": str(seed)}})
+        spool.append("log_batch", ref, {"metrics": [["train/epoch_loss", 1.0, 1, 1], ["eer_pct/synth", 12.5, 2, 0]],
+                                        "tags": {"energy.source": "cpu:estimate"}})
+        spool.append("set_status", ref, {"status": status, "end_ms": 3})
+        (variant / f"seed{seed}" / "scores").mkdir(parents=True)
+        (variant / f"seed{seed}" / "scores" / "synth.txt").write_text("1 0.5 a b\n")
+        (variant / f"seed{seed}" / "scores" / "synth.bf16.txt").write_text("1 0.5 a b\n")
+    found = finished_in_spools(variant, [0, 1, 2])
+    assert list(found) == ["0"]
+    assert found["0"].metrics == {"eer_pct/synth": 12.5} and found["0"].tags == {"energy.source": "cpu:estimate"}
+    assert found["0"].scores == {"synth": variant / "seed0" / "scores" / "synth.txt"}
+    assert found["0"].run_id == "pending:0"

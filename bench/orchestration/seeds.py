@@ -1,6 +1,7 @@
 """Seed repeats: one variant trained with several seeds, the mean, spread and seed-mean intervals."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
@@ -17,22 +18,67 @@ from bench.tracking.naming import (PARENT, STATS, TAG_KIND, TAG_OUT, TAG_VARIANT
                                    variant_params)
 from bench.tracking.runlog import RunLog, unlogged_params
 from bench.tracking.faults import Fault, classify
-from bench.tracking.spool import PENDING
+from bench.tracking.spool import PENDING, Spool
 from bench.tracking.store import find_child_runs
 
 
-def _finished_seeds(run_id: str, exp_id: str) -> dict:
-    """seed -> the seed runs a continued variant run has on the server ({} when it does not answer: a search
-    trial's run is continued while the server may be down, and its seeds are then all run)."""
+@dataclass(frozen=True)
+class FinishedSeed:
+    """A seed run that ended FINISHED: its metrics and tags, and its fp32 score files (trial list -> path)."""
+    run_id: str
+    metrics: dict
+    tags: dict
+    scores: dict[str, Path]
+
+
+def _seed_runs(run_id: str, exp_id: str, out_dir: Path, seeds: list[int]) -> tuple[dict[str, FinishedSeed],
+                                                                                   dict[str, str]]:
+    """(seed -> its FINISHED run: on the server, or, where the server does not have it (down, or the records not
+    sent yet: a requeued Slurm job, a sweep re-run during an outage), in the spool of its seed folder;
+    seed -> the id of its unfinished run on the server, to continue)."""
+    found = finished_in_spools(out_dir, seeds)
     if run_id.startswith(PENDING):
-        return {}
+        return found, {}
     try:
-        return {r.data.tags.get("svbench.seed"): r for r in find_child_runs(run_id, exp_id)
-                if r.data.tags.get(TAG_KIND) == "seed"}
+        runs = [r for r in find_child_runs(run_id, exp_id) if r.data.tags.get(TAG_KIND) == "seed"]
     except Exception as exc:  # noqa: BLE001
         if classify(exc).fault is Fault.RETRY:
-            return {}
+            return found, {}
         raise
+    unfinished = {}
+    for r in runs:
+        seed = r.data.tags.get("svbench.seed")
+        if r.info.status == "FINISHED":
+            found[seed] = FinishedSeed(r.info.run_id, dict(r.data.metrics), dict(r.data.tags),
+                                       run_scores(r.info.run_id))
+        elif seed not in found:
+            unfinished[seed] = r.info.run_id
+    return found, unfinished
+
+
+def finished_in_spools(out_dir: Path, seeds: list[int]) -> dict[str, FinishedSeed]:
+    """The seeds whose run the spool of ``out_dir/seed<N>`` created and ended FINISHED, with the final metrics
+    and tags it recorded (step 0) and the score files the seed wrote."""
+    out = {}
+    for seed in seeds:
+        folder = Path(out_dir) / f"seed{seed}"
+        spool = Spool(folder)
+        records = spool.records()
+        create = next((r for r in records if r.op == "create_run"
+                       and r.args.get("tags", {}).get("svbench.seed") == str(seed)), None)
+        if create is None:
+            continue
+        refs = {create.run, spool.created_runs().get(create.run, create.run)}
+        if not any(r.op == "set_status" and r.run in refs and r.args.get("status") == "FINISHED" for r in records):
+            continue
+        metrics, tags = {}, {}
+        for r in records:
+            if r.op == "log_batch" and r.run in refs:
+                metrics |= {key: value for key, value, _, step in r.args.get("metrics", []) if step == 0}
+                tags |= r.args.get("tags", {})
+        scores = {p.stem: p for p in sorted((folder / "scores").glob("*.txt")) if "." not in p.stem}
+        out[str(seed)] = FinishedSeed(spool.created_runs().get(create.run, create.run), metrics, tags, scores)
+    return out
 
 
 # ---------------------------------------------------------------- seed repeats
@@ -85,7 +131,7 @@ def run_tracked_seeds(cfg: Config, out_dir: str | Path, run_id: str | None = Non
     tags = {TAG_KIND: "variant", TAG_VARIANT: name, TAG_OUT: str(Path(out_dir).resolve()), **environment_tags(),
             **(extra_tags or {})}
     exp_id = experiment_id or mlflow.get_experiment_by_name(cfg.tracking.experiment).experiment_id
-    done = {}
+    done, unfinished = {}, {}
     if run_id is None:
         run_id = log.create_run(exp_id, name, {**tags, **({PARENT: parent_run_id} if parent_run_id else {})})
         existing = {}
@@ -93,7 +139,7 @@ def run_tracked_seeds(cfg: Config, out_dir: str | Path, run_id: str | None = Non
         log.reopen(run_id)
         log.log_batch(run_id, tags=tags)
         existing, _ = logged_so_far(log, run_id)
-        done = _finished_seeds(run_id, exp_id)
+        done, unfinished = _seed_runs(run_id, exp_id, Path(out_dir), [cfg.train.seed + i for i in range(cfg.seeds)])
     spec = spec_from_config(cfg.model, n_mels=cfg.features.n_mels)
     params = {k: v for k, v in variant_params(cfg, spec).items() if k != "train.seed"}
     log.log_batch(run_id, params=unlogged_params(existing, params, run_id))
@@ -104,17 +150,18 @@ def run_tracked_seeds(cfg: Config, out_dir: str | Path, run_id: str | None = Non
         for i in range(cfg.seeds):
             seed = cfg.train.seed + i
             prev = done.get(str(seed))
-            if prev is not None and prev.info.status == "FINISHED":
-                per_seed.append(dict(prev.data.metrics))
-                seed_tags_seen.append(dict(prev.data.tags))
-                seed_scores.append(run_scores(prev.info.run_id))
+            if prev is not None:
+                per_seed.append(prev.metrics)
+                seed_tags_seen.append(prev.tags)
+                seed_scores.append(prev.scores)
                 continue
             scfg = build_config({**cfg.model_dump(mode="json"), "seeds": 1,
                                  "train": {**cfg.train.model_dump(mode="json"), "seed": seed}})
             seed_tags = {**(extra_tags or {}), TAG_KIND: "seed", "svbench.seed": str(seed)}
-            srid, res = run_tracked(scfg, Path(out_dir) / f"seed{seed}", run_id=prev.info.run_id if prev else None,
+            again = unfinished.get(str(seed))
+            srid, res = run_tracked(scfg, Path(out_dir) / f"seed{seed}", run_id=again,
                                  parent_run_id=run_id, experiment_id=exp_id, run_name=f"{name}/seed{seed}",
-                                 extra_tags=seed_tags, resume=prev is not None or resume, progress=progress,
+                                 extra_tags=seed_tags, resume=again is not None or resume, progress=progress,
                                  meters=meters, callbacks=callbacks, force=force)
             per_seed.append(result_metrics(res))
             seed_tags_seen.append(res.energy_tags)
