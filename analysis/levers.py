@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-MEASURED = "measured: energy x intensity at the hours the runs ran"
+MEASURED = "the runs' logged energy (its source above) x the intensity at the hours they ran"
 FORECAST = "forecast: the carbon-aware plan's, before the runs"
 
 
