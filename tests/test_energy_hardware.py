@@ -202,8 +202,9 @@ def test_a_gpu_power_limit_caps_the_board_while_training_and_is_restored_even_on
                           "--train.epochs", "3", "--out", str(tmp_path / "run2"), "--no-track",
                           "--train.gpu_power_limit_w", "200"], env=env, cwd=REPO, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while (not _limits(state) or _limits(state)[-1] != 200) and p.poll() is None and time.time() < deadline:
+    deadline, ckpts = time.time() + 180, tmp_path / "run2" / "checkpoints"
+    while not (_limits(state)[-1:] == [200] and any(ckpts.glob("*.pt"))) and p.poll() is None \
+            and time.time() < deadline:  # interrupted mid-training: after its first epoch, with the limit held
         time.sleep(0.1)
     assert _limits(state)[-1] == 200, p.communicate()[1][-2000:]
     p.send_signal(signal.SIGINT)

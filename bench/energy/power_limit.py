@@ -37,25 +37,22 @@ def power_limited(watts: float | None, gpu_indices: tuple[int, ...]):
     from zeus.device.gpu.common import ZeusGPUNoPermissionError, ZeusGPUNotSupportedError
 
     gpus, target_mw, before = get_gpus(), int(round(watts * 1000)), {}
-    try:
+    try:  # one try from the first change to the end of the work: a Ctrl-C anywhere in it still restores
         for i in gpu_indices:
             low, high = gpus.get_power_management_limit_constraints(i)
             if not low <= target_mw <= high:
                 raise BenchError(f"train.gpu_power_limit_w {watts:g} W is outside GPU {i}'s range "
                                  f"({low / 1000:g}-{high / 1000:g} W)")
-            previous = gpus.get_power_management_limit(i)
-            gpus.set_power_management_limit(i, target_mw, block=True)
-            before[i] = previous  # only what was changed is restored
-    except (ZeusGPUNoPermissionError, ZeusGPUNotSupportedError) as exc:
-        _restore(gpus, before)
-        raise BenchError(f"cannot set a GPU power limit ({str(exc).splitlines()[0][:120]}): it needs root or the "
-                         "administrator's permission; run with it or drop train.gpu_power_limit_w") from None
-    except BaseException:
-        _restore(gpus, before)
-        raise
-    logger.info(f"GPU power limit {watts:g} W on GPU {', '.join(map(str, gpu_indices))} (was "
-                f"{', '.join(f'{mw / 1000:g} W' for mw in before.values())})")
-    try:
+            before[i] = gpus.get_power_management_limit(i)  # noted first: restoring an unchanged limit is harmless
+            try:
+                gpus.set_power_management_limit(i, target_mw, block=True)
+            except (ZeusGPUNoPermissionError, ZeusGPUNotSupportedError) as exc:
+                del before[i]  # not changed, and not ours to set back
+                raise BenchError(f"cannot set a GPU power limit ({str(exc).splitlines()[0][:120]}): it needs root "
+                                 "or the administrator's permission; run with it or drop train.gpu_power_limit_w")\
+                    from None
+        logger.info(f"GPU power limit {watts:g} W on GPU {', '.join(map(str, gpu_indices))} (was "
+                    f"{', '.join(f'{mw / 1000:g} W' for mw in before.values())})")
         yield before
     finally:
         _restore(gpus, before)
