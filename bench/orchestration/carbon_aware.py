@@ -23,8 +23,7 @@ from bench.energy.meters import create_meters
 from bench.energy.plan import measurement_plan
 from bench.energy.start_plan import PlannedJob, StartPlan, plan_start
 from bench.errors import BenchError
-from bench.orchestration.forecast import probe
-from bench.training.trainer import steps_per_epoch
+from bench.orchestration.forecast import probe_training
 
 logger = logging.getLogger(__name__)
 
@@ -53,8 +52,7 @@ def plan_variants(configs: list[tuple[str, Config]], carbon: CarbonAware, back_t
     jobs = []
     for name, cfg in configs:
         meters = create_meters(cfg.energy, measurement_plan(cfg.train.device))
-        total = steps_per_epoch(cfg) * cfg.train.epochs
-        fc = probe(cfg, meters, min(total, cfg.train.max_steps or total))
+        fc = probe_training(cfg, meters)
         if fc.energy_j is None:
             raise BenchError(f"variant {name}: the energy probe measured no energy, so no start can be planned")
         jobs.append(PlannedJob(name, fc.energy_j, fc.time_s))

@@ -44,6 +44,12 @@ class _ProbeWindow:
             self.reading = self.meters.end("probe/steps", self.start)
 
 
+def probe_training(cfg: Config, meters: MeterSet) -> Forecast:
+    """``probe`` extrapolated to the whole training ``cfg`` runs: its epochs, or ``train.max_steps`` if fewer."""
+    total = steps_per_epoch(cfg) * cfg.train.epochs
+    return probe(cfg, meters, min(total, cfg.train.max_steps or total))
+
+
 def probe(cfg: Config, meters: MeterSet, total_steps: int) -> Forecast:
     """Run ``probe_warmup_steps + probe_steps`` training steps in a scratch folder and extrapolate."""
     warm, n = cfg.energy.probe_warmup_steps, cfg.energy.probe_steps

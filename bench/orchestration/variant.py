@@ -30,12 +30,12 @@ from bench.eval.scoring import load_model, statistics_for
 from bench.eval.validation import validation_eer
 from bench.models import spec_from_config
 from bench.models.profile import ModelProfile, profile_model
-from bench.orchestration.forecast import Forecast, probe
+from bench.orchestration.forecast import Forecast, probe_training
 from bench.training import checkpoint as ckpt
 from bench.training.distributed import barrier, init_distributed, shutdown
 from bench.training.checkpoint import check_fresh_out
 from bench.training.curves import TargetReached, curve_points, energy_to_target
-from bench.training.trainer import select_device, steps_per_epoch, train
+from bench.training.trainer import select_device, train
 
 logger = logging.getLogger(__name__)
 
@@ -105,8 +105,7 @@ def run_variant(cfg: Config, out_dir: str | Path, resume: bool = False, callback
         if cfg.energy.forecast and dist_info.enabled and dist_info.is_main:
             logger.info("energy.forecast is skipped under torchrun (the probe is a single-process run)")
         if cfg.energy.forecast and not dist_info.enabled and not resume:
-            total = steps_per_epoch(cfg) * cfg.train.epochs
-            forecast = probe(cfg, meters, min(total, cfg.train.max_steps or total))
+            forecast = probe_training(cfg, meters)
         tr = train(cfg, out_dir, resume=resume, callbacks=callbacks, epoch_window=meters.window, progress=progress,
                    validate=functools.partial(validation_eer, cfg=cfg, device=device))
         limit.close()  # the power limit is the training's: evaluation runs at the board's own limit

@@ -250,7 +250,7 @@ class Spool:
         return f"pid {pid} ({w.get('command', '?')})"
 
     def unsent(self) -> list[Record]:
-        sent = {d["id"] for d in self.sent_marks()}
+        sent = self._sent_ids()
         return [r for r in self.records() if r.id not in sent]
 
     def mark_sent(self, rec: Record) -> None:

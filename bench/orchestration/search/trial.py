@@ -20,7 +20,7 @@ from bench.errors import BenchError
 from bench.models import spec_from_config
 from bench.models.profile import profile_model
 from bench.orchestration import seeds, slurm
-from bench.orchestration.forecast import probe
+from bench.orchestration.forecast import probe_training
 from bench.orchestration.search.cost import cost_entry
 from bench.orchestration.search.curve_pruning import ATTR_FINAL_VAL, ATTR_PREDICTION, ATTR_PRUNE_REASON, CurvePruner
 from bench.orchestration.search.study import (ATTR_EXPERIMENT, ATTR_PARENT, ATTR_RUN, ATTR_SPENT_SO_FAR,
@@ -28,7 +28,6 @@ from bench.orchestration.search.study import (ATTR_EXPERIMENT, ATTR_PARENT, ATTR
                                               make_storage, reported_eer_key, started_trials, suggest_overrides)
 from bench.tracking import naming, store
 from bench.tracking.runlog import RunLog
-from bench.training.trainer import steps_per_epoch
 
 logger = logging.getLogger(__name__)
 
@@ -136,8 +135,7 @@ def _trial_body(trial: optuna.Trial, ctx: TrialContext, rid: str, tags: dict) ->
     trial.set_user_attr("params_m", params_m)
     s = cfg.search
     if s.forecast_pruning and (s.energy_budget_j or s.carbon_budget_g):
-        total = steps_per_epoch(cfg) * cfg.train.epochs
-        fc = probe(cfg, ctx.meters, min(total, cfg.train.max_steps or total))
+        fc = probe_training(cfg, ctx.meters)
         fc_co2 = _co2(cfg, fc.energy_j, ctx)
         trial.set_user_attr("forecast_energy_j", fc.energy_j)
         trial.set_user_attr("probe_energy_j", fc.probe_energy_j)
