@@ -14,6 +14,10 @@ Power limits (as NVML has them): each board's range is 100-700 W and its default
 ``FAKE_ZEUS_GPU_STATE`` (a JSON file) a limit is device state shared by every process and outliving them, as on a
 real board: the file keeps each board's limit changes, its draw is ``min(watts, limit)`` and its energy counter the
 integral of that. ``FAKE_ZEUS_GPU_NO_PERMISSION=1`` makes setting a limit fail as NVML does without root.
+A capped board also runs slower, as a real one does when its clocks drop: in a process that trains (a PyTorch
+optimizer step hook, torch's public ``register_optimizer_step_post_hook``), each step is stretched by
+``(watts / capped draw) ** STRETCH_EXPONENT``, so a 400 W board capped at 150 W takes 1.63x the time and spends
+0.61x the energy, the shape of the trade-off Zeus measures on real boards (the figures themselves are a GPU's).
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from typing import Sequence
 from zeus.device.gpu.common import GPU, GPUs, ZeusGPUNoPermissionError, ZeusGPUNotSupportedError
 
 RANGE_MW = (100_000, 700_000)
+STRETCH_EXPONENT = 0.5
+_installed: "FakeGPUs | None" = None
 
 
 def _state() -> dict:
@@ -132,4 +138,39 @@ def install_from_env() -> None:
         import zeus.device.gpu as zgpu
 
         t0 = float(os.environ.get("FAKE_ZEUS_GPU_T0", "0"))
-        zgpu._gpus = FakeGPUs([float(w) for w in watts.split(",")], t0)  # the singleton get_gpus() returns
+        global _installed
+        _installed = FakeGPUs([float(w) for w in watts.split(",")], t0)
+        zgpu._gpus = _installed  # the singleton get_gpus() returns
+        if os.environ.get("FAKE_ZEUS_GPU_STATE"):
+            _install_time_stretch()
+
+
+def stretch_factor() -> float:
+    """How much slower the process's boards run under their present limits (1: uncapped)."""
+    boards = _installed.gpus if _installed is not None else []
+    draws = [(g.watts, min(g.watts, g.get_power_management_limit() / 1000)) for g in boards]
+    return max([1.0, *[(watts / capped) ** STRETCH_EXPONENT for watts, capped in draws]])
+
+
+def _install_time_stretch() -> None:
+    """Stretch each training step's compute (from the first forward of a trainable layer to the end of the
+    optimizer step, through torch's public global hooks) by ``stretch_factor``: the step is slept again x
+    (factor - 1). Data loading and evaluation are left as they are."""
+    import torch
+    from torch.nn.modules.module import register_module_forward_pre_hook
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    began: list[float | None] = [None]
+
+    def on_forward(module, _args) -> None:
+        if began[0] is None and module.training and torch.is_grad_enabled() and \
+                any(p.requires_grad for p in module.parameters(recurse=False)):
+            began[0] = time.perf_counter()
+
+    def after_step(_optimizer, _args, _kwargs) -> None:
+        if began[0] is not None and (factor := stretch_factor()) > 1.0:
+            time.sleep((factor - 1.0) * (time.perf_counter() - began[0]))
+        began[0] = None
+
+    register_module_forward_pre_hook(on_forward)
+    register_optimizer_step_post_hook(after_step)
