@@ -26,6 +26,18 @@ def _series(start_s: float, hours: int, trough: tuple[int, int], low: float = 40
     return HourlySeries(start_s + 3600.0 * np.arange(hours), values, "test")
 
 
+def _forecast_csv(tmp_path):
+    """A 50-hour forecast CSV from the hour before now: 400 g/kWh, with a 40 g trough 6-10 h from now (so work that
+    really runs now is charged 400 g)."""
+    real_now = time.time()
+    hour0 = real_now - real_now % 3600 - 3600
+    csv = tmp_path / "forecast.csv"
+    s = _series(hour0, 50, (7, 11))
+    pd.DataFrame({"timestamp": [datetime.fromtimestamp(t, timezone.utc).isoformat() for t in s.times],
+                  "g_per_kwh": s.values}).to_csv(csv, index=False)
+    return real_now, hour0, csv
+
+
 def test_the_plan_starts_the_jobs_in_the_night_trough_within_the_deadline():
     series = _series(DAY0, 48, (25, 29))  # the trough: 01:00-05:00 of the second day
     now = DAY0 + 18 * 3600  # 18:00
@@ -54,12 +66,7 @@ def test_a_carbon_aware_sweep_logs_the_plan_waits_on_its_clock_and_logs_what_it_
     from bench.orchestration.carbon_aware import CarbonAware, Clock
     from bench.orchestration.sweep import Grid, Variant, run_sweep
 
-    real_now = time.time()
-    hour0 = real_now - real_now % 3600 - 3600
-    csv = tmp_path / "forecast.csv"  # the trough 6-10 h from now; the training really runs now, at 400 g
-    s = _series(hour0, 50, (7, 11))
-    pd.DataFrame({"timestamp": [datetime.fromtimestamp(t, timezone.utc).isoformat() for t in s.times],
-                  "g_per_kwh": s.values}).to_csv(csv, index=False)
+    real_now, hour0, csv = _forecast_csv(tmp_path)
     cfg = build_config({**load_preset_dict("tiny"), "name": "ca"})
     cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"root": str(tiny_corpus)})})
     over = {"train": cfg.train.model_copy(update={"epochs": 1}),
@@ -67,8 +74,7 @@ def test_a_carbon_aware_sweep_logs_the_plan_waits_on_its_clock_and_logs_what_it_
             "eval": cfg.eval.model_copy(update={"latency": False}),
             "tracking": cfg.tracking.model_copy(update={"log_model": False, "experiment": "carbon-aware"})}
     cfg = cfg.model_copy(update=over)
-    fake = {"t": real_now}
-    waited = []
+    fake, waited = {"t": real_now}, []
 
     def sleep(seconds):
         waited.append(seconds)
@@ -89,9 +95,47 @@ def test_a_carbon_aware_sweep_logs_the_plan_waits_on_its_clock_and_logs_what_it_
 
 
 def test_carbon_aware_without_a_forecast_or_with_a_bad_deadline_is_one_line(tiny_corpus, tmp_path):
+    proc = run_cli("search", "--preset", "tiny", "--data.root", tiny_corpus, "--out", tmp_path / "o",
+                   "--carbon-aware", "--storage", tmp_path / "s.journal")
+    assert_one_line_error(proc, "--carbon-aware needs an hourly intensity forecast")
+    assert not (tmp_path / "s.journal").exists()
     proc = run_cli("sweep", "--grid", "demo", "--data.root", tiny_corpus, "--out", tmp_path / "o", "--carbon-aware")
     assert_one_line_error(proc, "--carbon-aware needs an hourly intensity forecast")
     proc = run_cli("sweep", "--grid", "demo", "--data.root", tiny_corpus, "--out", tmp_path / "o", "--carbon-aware",
                    "--deadline", "soon")
     assert_one_line_error(proc, "--deadline 'soon' is neither a duration")
     assert not (tmp_path / "o").exists()
+
+
+def test_a_carbon_aware_search_plans_its_workers_logs_the_plan_and_what_its_trials_emitted(tiny_corpus, tmp_path):
+    """`svbench search --carbon-aware`: every trial forecast as the space's longest to train, the worker waits on
+    the controlled clock into the trough, and the realised gCO2e is the completed trials' measured training carbon
+    at the hours they really ran (now, at 400 g)."""
+    from mlflow.tracking import MlflowClient
+
+    from bench.config import load_config
+    from bench.orchestration.carbon_aware import CarbonAware, Clock
+    from bench.orchestration.search.run import run_search
+
+    real_now, hour0, csv = _forecast_csv(tmp_path)
+    cfg = load_config("tiny", {"data.root": str(tiny_corpus), "data.val_speakers": 0.25, "train.epochs": 1,
+                               "search.n_trials": 1, "search.stage_blocks_min": [1, 1, 1, 1],
+                               "search.stage_blocks_max": [1, 1, 1, 2], "search.width_mults": [0.25, 0.5],
+                               "energy.intensity_csv": str(csv), "energy.region": "FRA", "eval.latency": False,
+                               "tracking.log_model": False, "tracking.experiment": "ca-search",
+                               "search.study_name": "ca"})
+    fake = {"t": real_now}
+    carbon = CarbonAware(real_now + 24 * 3600, Clock(now=lambda: fake["t"],
+                                                     sleep=lambda s: fake.__setitem__("t", fake["t"] + s)))
+    out = run_search(cfg, out_root=tmp_path / "search", carbon=carbon)
+    assert hour0 + 7 * 3600 <= fake["t"] <= hour0 + 11 * 3600  # waited for the trough
+    parent = MlflowClient().get_run(out.parent_run_id)
+    m, tags = parent.data.metrics, parent.data.tags
+    assert m["carbon_plan/expected_g"] < m["carbon_plan/if_started_now_g"] and m["carbon_plan/wait_s"] > 5 * 3600
+    assert "1 worker(s) side by side, 1 trial(s)" in tags["carbon_plan.jobs"] and "stages 1-1-1-2 width 0.5" in \
+        tags["carbon_plan.jobs"]  # forecast as the longest trial
+    trial = next(r for r in MlflowClient().search_runs([parent.info.experiment_id])
+                 if r.data.tags.get("svbench.kind") == "trial")
+    assert m["carbon_plan/realised_g"] == pytest.approx(trial.data.metrics["train/co2_g"])
+    assert m["carbon_plan/realised_g"] == pytest.approx(trial.data.metrics["train/energy_j"] / 3.6e6 * 400.0 *
+                                                        cfg.energy.pue, rel=1e-6)

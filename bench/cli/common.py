@@ -42,3 +42,25 @@ def config_from_args(args, extra):
     if getattr(args, "model", None):
         overrides["model.name"] = args.model
     return load_config(args.preset, overrides)
+
+
+def add_carbon_aware_args(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--carbon-aware", action="store_true",
+                   help=f"start {what} when the forecast gCO2e is lowest before --deadline (energy.intensity_csv is "
+                        "the hourly forecast); Slurm jobs are submitted at once with --begin")
+    p.add_argument("--deadline", default=None, help="with --carbon-aware: when the work must be done (24h, 90m, "
+                                                    "2d, or an ISO time; default 24h)")
+
+
+def carbon_aware_from(args):
+    """The carbon-aware start the flags ask for (None without --carbon-aware); a bad deadline is one line."""
+    import time
+
+    from bench.energy.start_plan import parse_deadline
+    from bench.orchestration.carbon_aware import CarbonAware
+
+    if args.carbon_aware:
+        return CarbonAware(parse_deadline(args.deadline or "24h", time.time()))
+    if args.deadline:
+        raise BenchError("--deadline goes with --carbon-aware (the start is chosen within it)")
+    return None

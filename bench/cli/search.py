@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench.cli.common import KEYS_EPILOG, add_config_args, no_extra
+from bench.cli.common import KEYS_EPILOG, add_carbon_aware_args, add_config_args, carbon_aware_from, no_extra
 from bench.config import empty_as_none
 from bench.errors import BenchError
 
@@ -14,10 +14,12 @@ def cmd_search(args, extra) -> int:
 
     from bench.config import load_config, parse_overrides
     from bench.data.manifest import data_root
+    from bench.orchestration.carbon_aware import check_forecast_source
     from bench.orchestration.search.run import run_search
     from bench.orchestration.search.study import SELECTED_ON_TEST, study_folder
     from bench.tracking import store
 
+    carbon = carbon_aware_from(args)
     overrides = parse_overrides(extra)
     named = {"search.n_trials": args.n_trials, "search.storage": args.storage, "search.study_name": args.study,
              "seeds": args.seeds, "search.energy_budget_j": args.energy_budget_j,
@@ -29,13 +31,15 @@ def cmd_search(args, extra) -> int:
     overrides.update({k: v for k, v in named.items() if v is not None})  # empty = unset: the preset's value
     cfg = load_config(args.preset, overrides)
     data_root(cfg.data.root)  # before the study, its parent run or a spool is made
+    if carbon is not None:
+        check_forecast_source(cfg.energy)
     s = cfg.search
     if s.energy_budget_j is None and s.carbon_budget_g is None and s.max_params_m is None:
         print("search: no budget set (search.energy_budget_j / carbon_budget_g / max_params_m): every trial is "
               "feasible")
     with store.finishing(study_folder(cfg, args.out), cfg.tracking.outage_wait_s) as finished:
         res = run_search(cfg, workers=1 if args.workers is None else args.workers, out_root=args.out,
-                         outer_run=store.take_outer_run(), launcher=args.launcher)
+                         outer_run=store.take_outer_run(), launcher=args.launcher, carbon=carbon)
     sent = finished[0]
     study: optuna.Study = res.study
     print(f"study {s.study_name} in {res.storage}: {len(study.trials)} trials "
@@ -121,6 +125,7 @@ def register(sub) -> None:
                    help="training speakers held out as the validation list the search selects on (data.val_speakers)")
     s.add_argument("--select-on", type=empty_as_none(str), default=None, metavar="{validation,test}",
                    help="what the EER objective reads (search.select_on; test: the front's EERs are optimistic)")
+    add_carbon_aware_args(s, "the search's workers (each trial forecast as the space's largest model)")
     s.add_argument("--report", action="store_true")
     s.add_argument("--reports", default="reports")
     s.set_defaults(func=cmd_search)

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench.cli.common import KEYS_EPILOG
+from bench.cli.common import KEYS_EPILOG, add_carbon_aware_args, carbon_aware_from
 from bench.cli.report import print_report
 from bench.config import empty_as_none
-from bench.errors import BenchError
 
 
 def _ensure_synth(root: str, size: str | None, seed: int = 0) -> None:
@@ -27,19 +26,11 @@ def _ensure_synth(root: str, size: str | None, seed: int = 0) -> None:
 def cmd_sweep(args, extra) -> int:
     from bench.config import parse_overrides
     from bench.data.manifest import data_root
+    from bench.orchestration.carbon_aware import check_forecast_source
     from bench.orchestration.sweep import load_grid, run_sweep
     from bench.tracking import store
 
-    carbon = None
-    if args.carbon_aware:
-        import time
-
-        from bench.energy.start_plan import parse_deadline
-        from bench.orchestration.carbon_aware import CarbonAware
-
-        carbon = CarbonAware(parse_deadline(args.deadline or "24h", time.time()))
-    elif args.deadline:
-        raise BenchError("--deadline goes with --carbon-aware (the start is chosen within it)")
+    carbon = carbon_aware_from(args)
     overrides = parse_overrides(extra)
     if args.data_root:
         overrides["data.root"] = args.data_root
@@ -48,9 +39,8 @@ def cmd_sweep(args, extra) -> int:
     if args.experiment:
         overrides["tracking.experiment"] = args.experiment
     grid = load_grid(args.grid, overrides)
-    if carbon is not None and not grid.variants[0].config.energy.intensity_csv:
-        raise BenchError("--carbon-aware needs an hourly intensity forecast: set --energy.intensity_csv to a CSV "
-                         "(timestamp,g_per_kwh) that covers now to the deadline")
+    if carbon is not None:
+        check_forecast_source(grid.variants[0].config.energy)
     root = grid.variants[0].config.data.root
     _ensure_synth(root, args.synth)
     for root_of in dict.fromkeys(v.config.data.root for v in grid.variants):  # before any run or spool is made
@@ -84,11 +74,7 @@ def register(sub) -> None:
     s.add_argument("--report", action="store_true", help="write and print the report at the end")
     s.add_argument("--reports", default="reports")
     s.add_argument("--new", action="store_true", help="start a new parent run instead of continuing the last one")
-    s.add_argument("--carbon-aware", action="store_true",
-                   help="start when the forecast gCO2e is lowest before --deadline (energy.intensity_csv is the "
-                        "forecast; each variant is probed first); Slurm jobs get --begin")
-    s.add_argument("--deadline", default=None, help="with --carbon-aware: when the sweep must be done (24h, 90m, "
-                                                    "2d, or an ISO time; default 24h)")
+    add_carbon_aware_args(s, "the sweep (each variant is probed first)")
     s.add_argument("--launcher", choices=["local", "slurm"], default="local",
                    help="slurm: each variant a Slurm job through submitit (slurm.* settings); waits for them")
     s.add_argument("--seeds", type=empty_as_none(int), default=None,

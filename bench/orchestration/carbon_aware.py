@@ -1,10 +1,15 @@
-"""A carbon-aware sweep: forecast each variant, choose the start that minimises the forecast gCO2e within the
-deadline (``bench.energy.start_plan``), tell and log the plan before anything waits, wait (locally, with a
-countdown that Ctrl-C ends cleanly) or give each Slurm job its ``--begin``, and afterwards log the realised gCO2e,
-computed from the measured energy at the hours the variants really ran, beside the forecast.
+"""A carbon-aware sweep or search: forecast each variant (or the search's trials), choose the start that
+minimises the forecast gCO2e within the deadline (``bench.energy.start_plan``), tell and log the plan before
+anything waits, wait (locally, with a countdown that Ctrl-C ends cleanly) or give each Slurm job its ``--begin``,
+and afterwards log the realised gCO2e, computed from the measured energy at the hours the work really ran, beside
+the forecast.
 
 Each variant's forecast is the energy probe's (``bench.orchestration.forecast``: a few measured training steps,
 extrapolated to the whole training): its training energy and time, for one seed. Evaluation is not in the plan.
+A search's trials are not known before they are sampled: each is forecast as the one longest to train (the
+deepest, widest model at the smallest batch and lowest power limit searched), so the plan does not underestimate
+the time the deadline must hold; the workers run side by side, each its share of the trials one after the other.
+
 The intensity forecast is ``energy.intensity_csv`` (an hourly series the user provides; nothing is fetched).
 """
 
@@ -12,12 +17,13 @@ from __future__ import annotations
 
 import logging
 import time
+from datetime import datetime, timezone
 from dataclasses import dataclass, field
 from typing import Callable
 
 from tqdm import tqdm
 
-from bench.config import Config
+from bench.config import Config, EnergyConfig
 from bench.energy.accounting import intensity_series
 from bench.energy.meters import create_meters
 from bench.energy.plan import measurement_plan
@@ -41,27 +47,53 @@ class CarbonAware:
     clock: Clock = field(default_factory=Clock)
 
 
+def check_forecast_source(energy: EnergyConfig) -> None:
+    """The one-line error for a carbon-aware start without an intensity forecast (before anything is created)."""
+    if not energy.intensity_csv:
+        raise BenchError("--carbon-aware needs an hourly intensity forecast: set --energy.intensity_csv to a CSV "
+                         "(timestamp,g_per_kwh) that covers now to the deadline")
+
+
+def _probe(name: str, cfg: Config) -> tuple[float, float]:
+    """Forecast training energy (J) and time (s) of one job."""
+    meters = create_meters(cfg.energy, measurement_plan(cfg.train.device))
+    try:
+        fc = probe_training(cfg, meters)
+    finally:
+        meters.close()
+    if fc.energy_j is None:
+        raise BenchError(f"{name}: the energy probe measured no energy, so no start can be planned")
+    return fc.energy_j, fc.time_s
+
+
 def plan_variants(configs: list[tuple[str, Config]], carbon: CarbonAware, back_to_back: bool) -> StartPlan:
     """Probe each variant, then plan their start (one-line errors for a missing forecast series or a deadline the
     jobs cannot meet)."""
     first = configs[0][1]
-    if not first.energy.intensity_csv:
-        raise BenchError("--carbon-aware needs an hourly intensity forecast: set energy.intensity_csv to a CSV "
-                         "(timestamp,g_per_kwh) that covers now to the deadline")
-    series = intensity_series(first.energy)
-    jobs = []
-    for name, cfg in configs:
-        meters = create_meters(cfg.energy, measurement_plan(cfg.train.device))
-        fc = probe_training(cfg, meters)
-        if fc.energy_j is None:
-            raise BenchError(f"variant {name}: the energy probe measured no energy, so no start can be planned")
-        jobs.append(PlannedJob(name, fc.energy_j, fc.time_s))
-    return plan_start(jobs, series, carbon.clock.now(), carbon.deadline_s, first.energy.pue, back_to_back)
+    check_forecast_source(first.energy)
+    jobs = [PlannedJob(name, *_probe(f"variant {name}", cfg)) for name, cfg in configs]
+    return plan_start(jobs, intensity_series(first.energy), carbon.clock.now(), carbon.deadline_s, first.energy.pue,
+                      back_to_back)
+
+
+def plan_search(largest: Config, shares: list[int], carbon: CarbonAware) -> StartPlan:
+    """Plan a search's start: ``shares[i]`` trials for worker i, side by side, each trial forecast as ``largest``
+    (the search space's trial longest to train)."""
+    check_forecast_source(largest.energy)
+    energy_j, time_s = _probe(f"the search's longest trial ({largest.model.stages})", largest)
+    jobs = [PlannedJob(f"worker-{i}", n * energy_j, n * time_s) for i, n in enumerate(shares)]
+    return plan_start(jobs, intensity_series(largest.energy), carbon.clock.now(), carbon.deadline_s,
+                      largest.energy.pue, back_to_back=False)
 
 
 def plan_metrics(plan: StartPlan) -> dict[str, float]:
     return {"carbon_plan/expected_g": plan.expected_g, "carbon_plan/if_started_now_g": plan.now_g,
             "carbon_plan/start_unix_s": plan.start_s, "carbon_plan/wait_s": plan.start_s - plan.now_s}
+
+
+def plan_tags(plan: StartPlan, **more: str) -> dict[str, str]:
+    start = datetime.fromtimestamp(plan.start_s, timezone.utc).isoformat(timespec="seconds")
+    return {"carbon_plan.start": start, "carbon_plan.source": plan.source, **more}
 
 
 def wait_until(start_s: float, clock: Clock) -> None:
@@ -75,11 +107,6 @@ def wait_until(start_s: float, clock: Clock) -> None:
             clock.sleep(min(left, 30.0))
             bar.n = min(bar.total, int(bar.total - max(start_s - clock.now(), 0.0)))
             bar.refresh()
-
-
-def begin_time(start_s: float) -> str:
-    """Slurm's ``--begin`` for a start: local time of this host (Slurm reads it in the controller's zone)."""
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(start_s))
 
 
 def realised_g(metrics_by_variant: dict[str, dict]) -> float | None:

@@ -55,8 +55,9 @@ def check_launcher(storage_url: str | None = None) -> None:
                          f"or mysql://...), not {storage_url}; pass --storage")
 
 
-def executor(cfg: Config, folder: Path, name: str, tasks: int = 1):
-    """A submitit Slurm executor with the ``slurm.*`` settings; ``tasks`` per node (one per GPU for DDP)."""
+def executor(cfg: Config, folder: Path, name: str, tasks: int = 1, begin_s: float | None = None):
+    """A submitit Slurm executor with the ``slurm.*`` settings; ``tasks`` per node (one per GPU for DDP);
+    ``begin_s``: Slurm holds the jobs until then (``--begin``, the carbon-aware start)."""
     import submitit
 
     s = cfg.slurm
@@ -67,8 +68,15 @@ def executor(cfg: Config, folder: Path, name: str, tasks: int = 1):
                 "gpus_per_node": s.gpus_per_node or None, "mem": f"{s.mem_gb}GB" if s.mem_gb else None,
                 "array_parallelism": s.max_parallel, "exclusive": True if s.exclusive else None}
     params.update({k: v for k, v in optional.items() if v is not None})
+    if begin_s is not None:
+        params["additional_parameters"] = {"begin": begin_time(begin_s)}
     ex.update_parameters(**params)
     return ex
+
+
+def begin_time(start_s: float) -> str:
+    """Slurm's ``--begin`` for a start: local time of this host (Slurm reads it in the controller's zone)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(start_s))
 
 
 def tasks_per_node(cfg: Config) -> int:

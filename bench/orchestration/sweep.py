@@ -184,8 +184,7 @@ def run_sweep(grid: Grid, out_root: str | Path, progress: bool = True, new: bool
             plan = carbon_aware.plan_variants([(v.name, v.config) for v in todo], carbon, launcher != "slurm")
             logger.info(plan.summary())
             log.log_batch(parent_id, metrics=carbon_aware.plan_metrics(plan),
-                          tags={"carbon_plan.start": carbon_aware.begin_time(plan.start_s),
-                                "carbon_plan.source": plan.source})
+                          tags=carbon_aware.plan_tags(plan))
             if launcher != "slurm":
                 carbon_aware.wait_until(plan.start_s, carbon.clock)
         ran, failed = run(grid, todo, Path(out_root), parent_id, exp_id, unfinished, progress, new, collected,
@@ -267,9 +266,7 @@ def _run_on_slurm(grid: Grid, todo: list[Variant], out_root: Path, parent_id: st
                              **tags})
         if new:
             check_fresh_out(out_root / v.name, force=True)
-        ex = slurm.executor(v.config, folder, f"svbench-{v.name}", slurm.tasks_per_node(v.config))
-        if begin_s is not None:  # the carbon-aware start: Slurm holds the job until then
-            ex.update_parameters(additional_parameters={"begin": carbon_aware.begin_time(begin_s)})
+        ex = slurm.executor(v.config, folder, f"svbench-{v.name}", slurm.tasks_per_node(v.config), begin_s)
         job = ex.submit(
             slurm.VariantJob(v.config.model_dump(mode="json"), str((out_root / v.name).resolve()), rid, parent_id,
                              exp_id, v.name, tags, resume=v.name in unfinished))

@@ -1,6 +1,7 @@
 """``svbench search``: run (or continue) a study, its workers inside the search's energy window."""
 from __future__ import annotations
 
+import logging
 import uuid
 import warnings
 from dataclasses import dataclass
@@ -11,17 +12,22 @@ import optuna
 from bench.config import Config
 from bench.energy.accounting import intensity_series
 from bench.energy.plan import worker_gpu_sets
+from bench.energy.start_plan import StartPlan
 from bench.errors import BenchError
-from bench.orchestration import slurm
+from bench.orchestration import carbon_aware, slurm
+from bench.orchestration.carbon_aware import CarbonAware
 from bench.orchestration.search.cost import (cost_entries, cost_entry, measured_reading, record_cost, study_plan,
                                              sum_entries)
 from bench.orchestration.search.recovery import (close_runs_of_failed_trials, fail_orphans, recover_killed_runs,
                                                  recover_lost_workers)
-from bench.orchestration.search.study import (ATTR_PARENT, check_selection, create_study, load_study, make_storage,
-                                              search_params, started_trials, storage_url, study_folder)
+from bench.orchestration.search.study import (ATTR_PARENT, ATTR_RUN, ATTR_TRAIN_CO2, check_selection, create_study,
+                                              load_study, longest_trial_config, make_storage, search_params,
+                                              started_trials, storage_url, study_folder)
 from bench.orchestration.search.workers import run_all_workers, run_slurm_workers
 from bench.tracking import store
 from bench.tracking.runlog import RunLog
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -38,10 +44,12 @@ class SearchOutcome:
 
 
 def run_search(cfg: Config, workers: int = 1, out_root: str | Path = "runs/search",
-               outer_run: str | None = None, launcher: str = "local") -> SearchOutcome:
+               outer_run: str | None = None, launcher: str = "local",
+               carbon: CarbonAware | None = None) -> SearchOutcome:
     """Run (or continue) the study. ``outer_run``: the MLflow run ``mlflow run`` created for this command; it
     holds a new study, or links to a continued study's parent and gets this run's own cost. ``launcher``
-    slurm: the workers are a Slurm job array (``bench.orchestration.slurm``)."""
+    slurm: the workers are a Slurm job array (``bench.orchestration.slurm``). ``carbon``: start the workers when
+    the forecast gCO2e is lowest within its deadline (``bench.orchestration.carbon_aware``)."""
     if workers < 1:
         raise BenchError("--workers must be at least 1")
     url = storage_url(cfg, out_root)
@@ -72,7 +80,7 @@ def run_search(cfg: Config, workers: int = 1, out_root: str | Path = "runs/searc
     log = RunLog(folder)
     log.reopen(parent)  # continuing a study reopens its parent run
     try:
-        result = _search_and_log(cfg, workers, url, out_root, study, parent, outer_run, launcher)
+        result = _search_and_log(cfg, workers, url, out_root, study, parent, outer_run, launcher, carbon)
     except KeyboardInterrupt:
         log.set_terminated(parent, "KILLED")
         raise
@@ -85,7 +93,8 @@ def run_search(cfg: Config, workers: int = 1, out_root: str | Path = "runs/searc
 
 
 def _search_and_log(cfg: Config, workers: int, url: str, out_root: str | Path, study: optuna.Study,
-                    parent: str, outer_run: str | None = None, launcher: str = "local") -> dict:
+                    parent: str, outer_run: str | None = None, launcher: str = "local",
+                    carbon: CarbonAware | None = None) -> SearchOutcome:
     """Run the workers inside the search's energy window, then log the study's figures on its parent run."""
     # finished trials, and running ones (another machine's workers), count; enqueued (WAITING) ones do not
     done = started_trials(study)
@@ -97,8 +106,9 @@ def _search_and_log(cfg: Config, workers: int, url: str, out_root: str | Path, s
     cfg_dict = cfg.model_dump(mode="json")
     out = str(study_folder(cfg, out_root))
     search_run = uuid.uuid4().hex
+    plan = _plan_start(cfg, shares, carbon, parent, out, wait=launcher != "slurm") if carbon and shares else None
     if launcher == "slurm":  # each worker job measures its own node share and stores its entry in the study
-        run_slurm_workers(cfg, cfg_dict, url, shares, out, search_run, parent)
+        run_slurm_workers(cfg, cfg_dict, url, shares, out, search_run, parent, plan.start_s if plan else None)
         after = load_study(cfg, make_storage(url, cfg.search.heartbeat_s))
         if recover_lost_workers(after, search_run):
             close_runs_of_failed_trials(after, Path(out))
@@ -123,5 +133,33 @@ def _search_and_log(cfg: Config, workers: int, url: str, out_root: str | Path, s
         "search/time_s": cost.time_s, "search/trials_energy_j": float(sum(measured)),
         "search/trials_unmeasured": len(trials) - len(measured), "search/trials": len(trials),
         **{f"search/trials_{name.lower()}": n for name, n in states.items()}}, tags=cost.tags)
+    if plan is not None:
+        _log_realised(study, search_run, plan, RunLog(out), parent)
     best = study.best_trials
     return SearchOutcome(study, url, parent, cost.energy_j, cost.co2_g, states, best)
+
+
+def _plan_start(cfg: Config, shares: list[int], carbon: CarbonAware, parent: str, out: str, wait: bool) -> StartPlan:
+    """The carbon-aware start of this run's workers: planned, told and logged on the study's run before anything
+    waits; waited for here (``wait``) or left to Slurm's --begin."""
+    longest = longest_trial_config(cfg)
+    plan = carbon_aware.plan_search(longest, shares, carbon)
+    jobs = (f"{len(shares)} worker(s) side by side, {sum(shares)} trial(s), each forecast as the longest to train: "
+            f"stages {longest.model.stages} width {longest.model.width_mult:g}")
+    logger.info(f"{plan.summary()}; {jobs}")
+    RunLog(out).log_batch(parent, metrics=carbon_aware.plan_metrics(plan),
+                          tags=carbon_aware.plan_tags(plan, **{"carbon_plan.jobs": jobs}))
+    if wait:
+        carbon_aware.wait_until(plan.start_s, carbon.clock)
+    return plan
+
+
+def _log_realised(study: optuna.Study, search_run: str, plan: StartPlan, log: RunLog, parent: str) -> None:
+    """The training gCO2e this run's completed trials really emitted (each at the hours it ran), beside the plan."""
+    values = [t.user_attrs.get(ATTR_TRAIN_CO2) for t in study.get_trials(deepcopy=False)
+              if t.user_attrs.get(ATTR_RUN) == search_run and t.state == optuna.trial.TrialState.COMPLETE]
+    if not values or any(v is None for v in values):
+        return
+    logger.info(f"carbon-aware: realised {sum(values):.4g} gCO2e of training in {len(values)} trial(s) (forecast "
+                f"{plan.expected_g:.4g} for the longest trial's time and energy x the trials)")
+    log.log_batch(parent, metrics={"carbon_plan/realised_g": float(sum(values))})

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import optuna
 
-from bench.config import Config, flat_params
+from bench.config import Config, apply_overrides, build_config, flat_params
 from bench.data.manifest import data_root
 from bench.data.trials import AVERAGE, default_trial_list, find_trial_lists
 from bench.errors import BenchError
@@ -20,6 +20,7 @@ ATTR_EXPERIMENT = "mlflow_experiment_id"
 ATTR_COST = "search_cost_runs"  # one entry per run of the study: what the machine drew during it
 ATTR_RUN = "search_run"  # on a trial: the run of ``svbench search`` that ran it
 ATTR_SPENT_SO_FAR = "spent_so_far"  # on a trial: its cost entry up to its last finished epoch
+ATTR_TRAIN_CO2 = "train_co2_g"  # on a completed trial: its training's gCO2e, at the hours it ran
 ATTR_WORKER = "worker_entry"  # on a trial run by a Slurm worker: the token of that worker attempt's cost entry
 TAG_STUDY_PARENT = "svbench.study_parent"  # on the run of a continued study's later `mlflow run`
 
@@ -204,6 +205,20 @@ def suggest_overrides(trial: optuna.Trial, cfg: Config) -> dict:
     if s.embed_dims:
         over["model.embed_dim"] = trial.suggest_categorical("embed_dim", s.embed_dims)
     return over | hardware_overrides(trial, cfg)
+
+
+def longest_trial_config(cfg: Config) -> Config:
+    """The trial a carbon-aware plan forecasts every trial as: the deepest stages, widest width and largest
+    embedding, at the smallest batch and lowest power limit searched (the longest to train)."""
+    s = cfg.search
+    fixed = {f"blocks_stage{i + 1}": hi for i, hi in enumerate(s.stage_blocks_max)} | {"width_mult": max(s.width_mults)}
+    if len(s.blocks) > 1:
+        fixed["block"] = s.blocks[-1]
+    fixed |= {"embed_dim": max(s.embed_dims)} if s.embed_dims else {}
+    fixed |= {"batch_size": min(s.batch_sizes)} if s.batch_sizes else {}
+    fixed |= {"gpu_power_limit_w": min(s.power_limits_w)} if s.power_limits_w else {}
+    over = suggest_overrides(optuna.trial.FixedTrial(fixed), cfg)
+    return build_config(apply_overrides(cfg.model_dump(mode="json"), {**over, "name": "longest-trial"}))
 
 
 def hardware_overrides(trial: optuna.Trial, cfg: Config) -> dict:

@@ -24,8 +24,9 @@ from bench.orchestration.forecast import probe_training
 from bench.orchestration.search.cost import cost_entry
 from bench.orchestration.search.curve_pruning import ATTR_FINAL_VAL, ATTR_PREDICTION, ATTR_PRUNE_REASON, CurvePruner
 from bench.orchestration.search.study import (ATTR_EXPERIMENT, ATTR_PARENT, ATTR_RUN, ATTR_SPENT_SO_FAR,
-                                              ATTR_TEST_EER, ATTR_WORKER, STARTED, VAL_FINAL_EER_KEY, load_study,
-                                              make_storage, reported_eer_key, started_trials, suggest_overrides)
+                                              ATTR_TEST_EER, ATTR_TRAIN_CO2, ATTR_WORKER, STARTED, VAL_FINAL_EER_KEY,
+                                              load_study, make_storage, reported_eer_key, started_trials,
+                                              suggest_overrides)
 from bench.tracking import naming, store
 from bench.tracking.runlog import RunLog
 
@@ -177,6 +178,7 @@ def _trial_body(trial: optuna.Trial, ctx: TrialContext, rid: str, tags: dict) ->
         raise BenchError("no training energy was measured for this trial; check energy.meters")
     cons = _constraint_values(cfg, energy_j, co2_g, params_m)
     trial.set_user_attr("constraints", cons)
+    trial.set_user_attr(ATTR_TRAIN_CO2, co2_g)
     selected = {VAL_FINAL_EER_KEY: final_val} if final_val is not None else {}
     log.log_batch(rid, metrics={**{f"constraint/{i}": c for i, c in enumerate(cons)}, **selected},
                   tags={"optuna.feasible": str(all(c <= 0 for c in cons)).lower(), "optuna.state": "COMPLETE"})

@@ -96,15 +96,16 @@ class SearchWorkerJob:
 
 
 def run_slurm_workers(cfg: Config, cfg_dict: dict, url: str, shares: list[int], out: str, search_run: str,
-                       parent: str) -> None:
-    """The workers as one Slurm job array; waits for it. A worker job that fails is reported with its
-    stderr tail; its running trial ends FAIL through the storage's heartbeat, and the others go on."""
+                       parent: str, begin_s: float | None = None) -> None:
+    """The workers as one Slurm job array, held until ``begin_s`` when given; waits for it. A worker job that
+    fails is reported with its stderr tail; its running trial ends FAIL through the storage's heartbeat, and the
+    others go on."""
     from mlflow.tracking import MlflowClient
 
     if not shares:
         return
     folder = Path(cfg.slurm.folder) / f"search-{cfg.search.study_name}"
-    ex = slurm.executor(cfg, folder, f"svbench-search-{cfg.search.study_name}")
+    ex = slurm.executor(cfg, folder, f"svbench-search-{cfg.search.study_name}", begin_s=begin_s)
     with ex.batch():
         jobs = [ex.submit(SearchWorkerJob(cfg_dict, url, n, out, search_run, f"{search_run}-{i}", i))
                 for i, n in enumerate(shares)]
