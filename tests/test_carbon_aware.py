@@ -4,42 +4,21 @@ realised gCO2e computed from the measured energy at the hours the jobs really ra
 
 from __future__ import annotations
 
-import time
 from datetime import datetime, timezone
 
-import numpy as np
-import pandas as pd
 import pytest
 from conftest import assert_one_line_error, run_cli
+from forecast_series import forecast_csv, hourly_series
 
 from bench.config import build_config, load_preset_dict
-from bench.energy.carbon import HourlySeries
 from bench.energy.start_plan import PlannedJob, parse_deadline, plan_start
 from bench.errors import BenchError
 
 DAY0 = datetime(2026, 12, 4, tzinfo=timezone.utc).timestamp()
 
 
-def _series(start_s: float, hours: int, trough: tuple[int, int], low: float = 40.0, high: float = 400.0):
-    """Hourly gCO2e/kWh from ``start_s``: ``high`` except hours [trough) after it, ``low`` there."""
-    values = np.array([low if trough[0] <= h < trough[1] else high for h in range(hours)], dtype=float)
-    return HourlySeries(start_s + 3600.0 * np.arange(hours), values, "test")
-
-
-def _forecast_csv(tmp_path):
-    """A 50-hour forecast CSV from the hour before now: 400 g/kWh, with a 40 g trough 6-10 h from now (so work that
-    really runs now is charged 400 g)."""
-    real_now = time.time()
-    hour0 = real_now - real_now % 3600 - 3600
-    csv = tmp_path / "forecast.csv"
-    s = _series(hour0, 50, (7, 11))
-    pd.DataFrame({"timestamp": [datetime.fromtimestamp(t, timezone.utc).isoformat() for t in s.times],
-                  "g_per_kwh": s.values}).to_csv(csv, index=False)
-    return real_now, hour0, csv
-
-
 def test_the_plan_starts_the_jobs_in_the_night_trough_within_the_deadline():
-    series = _series(DAY0, 48, (25, 29))  # the trough: 01:00-05:00 of the second day
+    series = hourly_series(DAY0, 48, (25, 29))  # the trough: 01:00-05:00 of the second day
     now = DAY0 + 18 * 3600  # 18:00
     jobs = [PlannedJob("a", 3.6e6, 3600.0), PlannedJob("b", 7.2e6, 2 * 3600.0)]  # 1 kWh in 1 h, 2 kWh in 2 h
     plan = plan_start(jobs, series, now, parse_deadline("24h", now), pue=1.0)
@@ -66,7 +45,7 @@ def test_a_carbon_aware_sweep_logs_the_plan_waits_on_its_clock_and_logs_what_it_
     from bench.orchestration.carbon_aware import CarbonAware, Clock
     from bench.orchestration.sweep import Grid, Variant, run_sweep
 
-    real_now, hour0, csv = _forecast_csv(tmp_path)
+    real_now, hour0, csv = forecast_csv(tmp_path)
     cfg = build_config({**load_preset_dict("tiny"), "name": "ca"})
     cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"root": str(tiny_corpus)})})
     over = {"train": cfg.train.model_copy(update={"epochs": 1}),
@@ -117,7 +96,7 @@ def test_a_carbon_aware_search_plans_its_workers_logs_the_plan_and_what_its_tria
     from bench.orchestration.carbon_aware import CarbonAware, Clock
     from bench.orchestration.search.run import run_search
 
-    real_now, hour0, csv = _forecast_csv(tmp_path)
+    real_now, hour0, csv = forecast_csv(tmp_path)
     cfg = load_config("tiny", {"data.root": str(tiny_corpus), "data.val_speakers": 0.25, "train.epochs": 1,
                                "search.n_trials": 1, "search.stage_blocks_min": [1, 1, 1, 1],
                                "search.stage_blocks_max": [1, 1, 1, 2], "search.width_mults": [0.25, 0.5],

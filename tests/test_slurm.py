@@ -351,3 +351,57 @@ def test_a_multi_task_job_rendezvous_port_is_the_same_in_every_task_and_below_th
     ports = {rendezvous_port(str(job)) for job in range(200)}
     assert all(1024 <= p < low for p in ports) and len(ports) > 150  # spread over the range, never ephemeral
     assert rendezvous_port("4242") == rendezvous_port("4242")
+
+
+CARBON_GRID = """name: cagrid
+preset: tiny
+overrides: {train.epochs: 1, tracking.log_model: false, eval.latency: false, eval.infer_precisions: [fp32]}
+variants:
+  - {name: ca18, series: [depth], model: tiny-ResNet-18-D}
+  - {name: ca34, series: [depth], model: tiny-ResNet-34-D}
+"""
+
+
+def test_a_carbon_aware_sweep_on_slurm_submits_its_jobs_with_the_planned_begin(slurm_cluster, tiny_corpus, tmp_path,
+                                                                               tracking_server):
+    """The forecast's trough starts 6-7 h from now: both variant jobs are submitted at once, held by Slurm until
+    the trough's first hour (--begin, reason BeginTime); an admin starts them now and the sweep logs the plan and
+    the realised gCO2e (the measured energy at the hours they really ran)."""
+    import threading
+
+    from forecast_series import forecast_csv
+
+    _, hour0, csv = forecast_csv(tmp_path)
+    planned = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(hour0 + 7 * 3600))  # the trough's first hour
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(CARBON_GRID)
+    held: dict[str, str] = {}
+
+    def release_when_held(deadline: float) -> None:
+        while time.time() < deadline and len(held) < 2:
+            out = subprocess.run(["squeue", "-h", "-o", "%i|%j|%T|%r|%S"], capture_output=True, text=True).stdout
+            for line in out.splitlines():
+                jid, name, state, reason, start = line.split("|")
+                if name in ("svbench-ca18", "svbench-ca34") and state == "PENDING" and reason == "BeginTime":
+                    held[name] = start
+                    subprocess.run(["scontrol", "update", f"JobId={jid}", "StartTime=now"], check=True)
+            time.sleep(0.3)
+
+    watcher = threading.Thread(target=release_when_held, args=(time.time() + 300,))
+    watcher.start()
+    proc = run_cli("sweep", "--grid", grid, "--data-root", tiny_corpus, "--out", tmp_path / "runs", "--launcher",
+                   "slurm", "--slurm.poll_s", "1", "--slurm.folder", tmp_path / "slurm", "--experiment", "caslurm",
+                   "--carbon-aware", "--deadline", "20h", "--energy.intensity_csv", csv, "--energy.region", "FRA",
+                   env={"MLFLOW_TRACKING_URI": tracking_server}, cwd=tmp_path, timeout=600)
+    watcher.join(timeout=10)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert held == {"svbench-ca18": planned, "svbench-ca34": planned}, (held, planned)
+    assert "carbon-aware start:" in proc.stdout and "side by side" in proc.stdout
+    client = MlflowClient(tracking_uri=tracking_server)
+    runs = client.search_runs([client.get_experiment_by_name("caslurm").experiment_id])
+    parent = next(r for r in runs if r.data.tags.get("svbench.kind") == "sweep")
+    m = parent.data.metrics
+    assert m["carbon_plan/start_unix_s"] == pytest.approx(hour0 + 7 * 3600)
+    assert m["carbon_plan/expected_g"] < m["carbon_plan/if_started_now_g"]
+    trained = [r.data.metrics["train/co2_g"] for r in runs if r.data.tags.get("svbench.kind") == "variant"]
+    assert len(trained) == 2 and m["carbon_plan/realised_g"] == pytest.approx(sum(trained))
