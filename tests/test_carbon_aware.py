@@ -4,6 +4,7 @@ realised gCO2e computed from the measured energy at the hours the jobs really ra
 
 from __future__ import annotations
 
+import time
 from datetime import datetime, timezone
 
 import pytest
@@ -118,3 +119,123 @@ def test_a_carbon_aware_search_plans_its_workers_logs_the_plan_and_what_its_tria
     assert m["carbon_plan/realised_g"] == pytest.approx(trial.data.metrics["train/co2_g"])
     assert m["carbon_plan/realised_g"] == pytest.approx(trial.data.metrics["train/energy_j"] / 3.6e6 * 400.0 *
                                                         cfg.energy.pue, rel=1e-6)
+
+
+class _ElectricityMaps:
+    """A local stand-in for ElectricityMaps' forecast and history endpoints, answering as its API documentation
+    describes: ``GET /v3/carbon-intensity/forecast?zone=FR`` with an ``auth-token`` header -> ``{"zone",
+    "forecast": [{"carbonIntensity", "datetime"}...], "updatedAt"}``, ``/history`` the same with ``history`` (the
+    last 24 hours, here ``history_g`` in each); a wrong token -> 401."""
+
+    def __init__(self, hours: list[tuple[float, float]], history_g: float = 123.0):
+        import http.server
+        import json
+        import threading
+        from urllib.parse import parse_qs, urlparse
+
+        seen = self.requests = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 - http.server's name
+                url = urlparse(self.path)
+                seen.append((url.path, parse_qs(url.query), self.headers.get("auth-token")))
+                kind = url.path.rsplit("/", 1)[-1]
+                hour = time.time() - time.time() % 3600
+                rows = hours if kind == "forecast" else [(hour - 3600 * k, history_g) for k in range(23, -1, -1)]
+                if self.headers.get("auth-token") != "tok":
+                    status, body = 401, {"status": "error", "message": "Invalid authentication token"}
+                else:
+                    status, body = 200, {"zone": parse_qs(url.query)["zone"][0], "updatedAt": "2026-12-04T18:00:00Z",
+                                         kind: [{"carbonIntensity": v, "datetime": datetime.fromtimestamp(
+                                             t, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.000Z")} for t, v in rows]}
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_electricitymaps_forecast_where_a_token_is_set_plans_in_its_trough(tiny_corpus, tmp_path, monkeypatch):
+    from bench.config import EnergyConfig
+    from bench.energy.intensity_sources import forecast_series
+
+    now = DAY0 + 18 * 3600
+    s = hourly_series(DAY0 + 18 * 3600, 48, (7, 11))  # the trough 01:00-05:00
+    em = _ElectricityMaps(list(zip(s.times, s.values)))
+    try:
+        energy = EnergyConfig(electricitymaps_zone="FR")
+        monkeypatch.setenv("ELECTRICITYMAPS_API_URL", em.url)
+        with pytest.raises(BenchError, match="needs an API token: export ELECTRICITYMAPS_TOKEN"):
+            forecast_series(energy)
+        assert not em.requests  # nothing is fetched without the user's token
+        monkeypatch.setenv("ELECTRICITYMAPS_TOKEN", "tok")
+        series = forecast_series(energy)
+        assert em.requests[-1] == ("/v3/carbon-intensity/forecast", {"zone": ["FR"]}, "tok")
+        assert series.source == "electricitymaps-forecast:zone FR"
+        plan = plan_start([PlannedJob("a", 3.6e6, 3600.0)], series, now, now + 24 * 3600, pue=1.0)
+        assert DAY0 + 25 * 3600 <= plan.start_s <= DAY0 + 28 * 3600 and plan.expected_g == pytest.approx(40.0)
+        monkeypatch.setenv("ELECTRICITYMAPS_TOKEN", "wrong")
+        with pytest.raises(BenchError, match="refused the token"):
+            forecast_series(energy)
+        # the CLI: the refused token is one line before anything is created
+        proc = run_cli("sweep", "--grid", "demo", "--data.root", tiny_corpus, "--out", tmp_path / "o",
+                       "--carbon-aware", "--energy.electricitymaps_zone", "FR",
+                       env={"ELECTRICITYMAPS_API_URL": em.url, "ELECTRICITYMAPS_TOKEN": "wrong",
+                            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'm.db'}"})
+        assert_one_line_error(proc, "ElectricityMaps refused the token (HTTP 401)")
+        assert not (tmp_path / "o").exists() and not (tmp_path / "m.db").exists()
+    finally:
+        em.close()
+    monkeypatch.setenv("ELECTRICITYMAPS_TOKEN", "tok")  # the server is gone
+    with pytest.raises(BenchError, match="cannot reach ElectricityMaps"):
+        forecast_series(energy)
+
+
+def test_a_carbon_aware_sweep_on_electricitymaps_plans_on_its_forecast_and_is_charged_its_history(
+        tiny_corpus, tmp_path, monkeypatch):
+    """With energy.electricitymaps_zone and a token: the plan is the forecast's (the trough), the variant is charged
+    the zone's history at the hours it really ran (123 g/kWh here), and the realised figure is that."""
+    from mlflow.tracking import MlflowClient
+
+    from bench.config import load_config
+    from bench.orchestration.carbon_aware import CarbonAware, Clock
+    from bench.orchestration.sweep import Grid, Variant, run_sweep
+
+    real_now = time.time()
+    hour0 = real_now - real_now % 3600
+    s = hourly_series(hour0, 48, (6, 10))
+    em = _ElectricityMaps(list(zip(s.times, s.values)))
+    monkeypatch.setenv("ELECTRICITYMAPS_API_URL", em.url)
+    monkeypatch.setenv("ELECTRICITYMAPS_TOKEN", "tok")
+    try:
+        cfg = load_config("tiny", {"data.root": str(tiny_corpus), "train.epochs": 1, "eval.latency": False,
+                                   "energy.electricitymaps_zone": "FR", "energy.region": "FRA",
+                                   "tracking.log_model": False, "tracking.experiment": "ca-em", "name": "em"})
+        fake = {"t": real_now}
+        carbon = CarbonAware(real_now + 24 * 3600, Clock(now=lambda: fake["t"],
+                                                         sleep=lambda x: fake.__setitem__("t", fake["t"] + x)))
+        out = run_sweep(Grid("em", [Variant("em-18", cfg, ["depth"])]), tmp_path / "runs", progress=False,
+                        carbon=carbon)
+    finally:
+        em.close()
+    assert hour0 + 6 * 3600 <= fake["t"] <= hour0 + 10 * 3600
+    parent = MlflowClient().get_run(out.parent_run_id)
+    assert parent.data.tags["carbon_plan.source"] == "electricitymaps-forecast:zone FR"
+    child = MlflowClient().search_runs([out.experiment_id], "tags.`svbench.variant` = 'em-18'")[0]
+    energy_j = child.data.metrics["train/energy_j"]
+    assert child.data.metrics["train/co2_g"] == pytest.approx(energy_j / 3.6e6 * 123.0 * cfg.energy.pue, rel=1e-6)
+    assert parent.data.metrics["carbon_plan/realised_g"] == pytest.approx(child.data.metrics["train/co2_g"])
+    kinds = {path.rsplit("/", 1)[-1] for path, _, _ in em.requests}
+    assert kinds == {"forecast", "history"}

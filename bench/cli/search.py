@@ -14,7 +14,6 @@ def cmd_search(args, extra) -> int:
 
     from bench.config import load_config, parse_overrides
     from bench.data.manifest import data_root
-    from bench.orchestration.carbon_aware import check_forecast_source
     from bench.orchestration.search.run import run_search
     from bench.orchestration.search.study import SELECTED_ON_TEST, study_folder
     from bench.tracking import store
@@ -31,8 +30,8 @@ def cmd_search(args, extra) -> int:
     overrides.update({k: v for k, v in named.items() if v is not None})  # empty = unset: the preset's value
     cfg = load_config(args.preset, overrides)
     data_root(cfg.data.root)  # before the study, its parent run or a spool is made
-    if carbon is not None:
-        check_forecast_source(cfg.energy)
+    if carbon is not None:  # the forecast first: a missing token or an unreachable service creates nothing
+        carbon.forecast(cfg.energy)
     s = cfg.search
     if s.energy_budget_j is None and s.carbon_budget_g is None and s.max_params_m is None:
         print("search: no budget set (search.energy_budget_j / carbon_budget_g / max_params_m): every trial is "

@@ -26,7 +26,6 @@ def _ensure_synth(root: str, size: str | None, seed: int = 0) -> None:
 def cmd_sweep(args, extra) -> int:
     from bench.config import parse_overrides
     from bench.data.manifest import data_root
-    from bench.orchestration.carbon_aware import check_forecast_source
     from bench.orchestration.sweep import load_grid, run_sweep
     from bench.tracking import store
 
@@ -39,8 +38,8 @@ def cmd_sweep(args, extra) -> int:
     if args.experiment:
         overrides["tracking.experiment"] = args.experiment
     grid = load_grid(args.grid, overrides)
-    if carbon is not None:
-        check_forecast_source(grid.variants[0].config.energy)
+    if carbon is not None:  # the forecast first: a missing token or an unreachable service creates nothing
+        carbon.forecast(grid.variants[0].config.energy)
     root = grid.variants[0].config.data.root
     _ensure_synth(root, args.synth)
     for root_of in dict.fromkeys(v.config.data.root for v in grid.variants):  # before any run or spool is made

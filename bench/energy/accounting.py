@@ -10,6 +10,7 @@ from pathlib import Path
 from bench.atomic import atomic_open
 from bench.energy.carbon import (TABLE_FACTOR, HourlySeries, carbon_of, electricitymaps_series, grid_region,
                                  lookup)
+from bench.energy.intensity_sources import electricitymaps_history
 from bench.energy.reading import EnergyReading, reading_from_state, reading_to_state, sum_ranks, sum_windows
 
 
@@ -21,6 +22,8 @@ def intensity_series(energy_cfg) -> HourlySeries | None:
     """The hourly intensity the windows are charged: read (or fetched) after the work, so that it covers it."""
     if energy_cfg.intensity_csv:
         return HourlySeries.from_csv(energy_cfg.intensity_csv, energy_cfg.intensity_factor)
+    if energy_cfg.electricitymaps_zone:
+        return electricitymaps_history(energy_cfg.electricitymaps_zone)
     if energy_cfg.electricitymaps_location:
         lat, lon = energy_cfg.electricitymaps_location
         return electricitymaps_series(lat, lon)

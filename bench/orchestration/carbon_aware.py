@@ -10,7 +10,8 @@ A search's trials are not known before they are sampled: each is forecast as the
 deepest, widest model at the smallest batch and lowest power limit searched), so the plan does not underestimate
 the time the deadline must hold; the workers run side by side, each its share of the trials one after the other.
 
-The intensity forecast is ``energy.intensity_csv`` (an hourly series the user provides; nothing is fetched).
+The intensity forecast is ``energy.intensity_csv`` (an hourly series the user provides; offline), or
+ElectricityMaps' forecast where the user opts in (``bench.energy.intensity_sources``).
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from typing import Callable
 from tqdm import tqdm
 
 from bench.config import Config, EnergyConfig
-from bench.energy.accounting import intensity_series
+from bench.energy.carbon import HourlySeries
+from bench.energy.intensity_sources import forecast_series
 from bench.energy.meters import create_meters
 from bench.energy.plan import measurement_plan
 from bench.energy.start_plan import PlannedJob, StartPlan, plan_start
@@ -45,13 +47,17 @@ class Clock:
 class CarbonAware:
     deadline_s: float
     clock: Clock = field(default_factory=Clock)
+    series: HourlySeries | None = None  # the forecast, fetched before anything is created; None: at plan time
 
-
-def check_forecast_source(energy: EnergyConfig) -> None:
-    """The one-line error for a carbon-aware start without an intensity forecast (before anything is created)."""
-    if not energy.intensity_csv:
-        raise BenchError("--carbon-aware needs an hourly intensity forecast: set --energy.intensity_csv to a CSV "
-                         "(timestamp,g_per_kwh) that covers now to the deadline")
+    def forecast(self, energy: EnergyConfig) -> HourlySeries:
+        """The forecast (fetched once); a one-line error when there is none or it does not reach the deadline."""
+        if self.series is None:
+            series = forecast_series(energy)
+            if not series.covers(self.clock.now(), self.deadline_s):
+                raise BenchError(f"the intensity forecast ({series.source}) does not cover now to the deadline; give "
+                                 "a series that does (energy.intensity_csv) or an earlier --deadline")
+            self.series = series
+        return self.series
 
 
 def _probe(name: str, cfg: Config) -> tuple[float, float]:
@@ -70,20 +76,18 @@ def plan_variants(configs: list[tuple[str, Config]], carbon: CarbonAware, back_t
     """Probe each variant, then plan their start (one-line errors for a missing forecast series or a deadline the
     jobs cannot meet)."""
     first = configs[0][1]
-    check_forecast_source(first.energy)
+    series = carbon.forecast(first.energy)
     jobs = [PlannedJob(name, *_probe(f"variant {name}", cfg)) for name, cfg in configs]
-    return plan_start(jobs, intensity_series(first.energy), carbon.clock.now(), carbon.deadline_s, first.energy.pue,
-                      back_to_back)
+    return plan_start(jobs, series, carbon.clock.now(), carbon.deadline_s, first.energy.pue, back_to_back)
 
 
 def plan_search(largest: Config, shares: list[int], carbon: CarbonAware) -> StartPlan:
     """Plan a search's start: ``shares[i]`` trials for worker i, side by side, each trial forecast as ``largest``
     (the search space's trial longest to train)."""
-    check_forecast_source(largest.energy)
+    series = carbon.forecast(largest.energy)
     energy_j, time_s = _probe(f"the search's longest trial ({largest.model.stages})", largest)
     jobs = [PlannedJob(f"worker-{i}", n * energy_j, n * time_s) for i, n in enumerate(shares)]
-    return plan_start(jobs, intensity_series(largest.energy), carbon.clock.now(), carbon.deadline_s,
-                      largest.energy.pue, back_to_back=False)
+    return plan_start(jobs, series, carbon.clock.now(), carbon.deadline_s, largest.energy.pue, back_to_back=False)
 
 
 def plan_metrics(plan: StartPlan) -> dict[str, float]:
