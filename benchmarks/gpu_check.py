@@ -15,6 +15,9 @@ Steps (each with its own time budget; a step that fails is recorded with its err
 4. ``extraction``: length-bucketed embedding extraction against batch size 1.
 5. ``inference``: J/1k trials, latency p50/p95 and EER per precision (fp32, fp16, bf16) on the end-to-end model.
 6. ``peak_memory``: measured peak training memory of ResNet34 and ResNet-50-D at batch 128 against the estimate.
+7. ``power_limit``: only with ``--power-limits`` (it changes the board's settings, restored after each window):
+   energy and time of the same ResNet34 training steps at the board's own limit, the middle of its range and its
+   minimum (``power_limit_sweep.py``); without the permission to set limits it is skipped, saying so.
 
 Writes ``OUT/gpu_check.json`` (after every step, so a cut run keeps what it did) and ``OUT/gpu_check.md``, the
 table the README's Performance section takes as is. ``--device cpu --quick`` runs every step on the CPU in a
@@ -39,6 +42,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmarks this one reuses
 
 from extraction import batch_one, timed, trained_like  # noqa: E402
+from power_limit_sweep import board_limits_w, sweep  # noqa: E402
 from train_throughput import run as train_steps  # noqa: E402
 
 from bench.config import load_config  # noqa: E402
@@ -74,6 +78,7 @@ class Settings:
     workers: int
     memory_models: list[str]
     combos: list[tuple[str, bool, bool]]  # (amp, channels_last, compile)
+    power_limits: bool = False
     budgets_s: dict[str, float] = field(default_factory=dict)
     shared: dict = field(default_factory=dict)  # what one step hands the next (the end-to-end model)
 
@@ -85,13 +90,15 @@ def settings(args) -> Settings:
     total = args.budget_s
     shares = {"train_throughput": 0.42, "energy_crosscheck": 0.08, "end_to_end": 0.2, "extraction": 0.08,
               "inference": 0.14, "peak_memory": 0.08}
+    if args.power_limits:  # its share from the throughput step's
+        shares |= {"train_throughput": 0.34, "power_limit": 0.08}
     return Settings(
         device=device, quick=quick, data=Path(args.data), out=Path(args.out),
         models=["tiny-ResNet-50-D"] if quick else ["tiny-ResNet-50-D", "ResNet34", "ResNet-50-D"],
         batch=8 if quick else 128, steps=2 if quick else 10, workers=1 if quick else 8,
         memory_models=["tiny-ResNet-50-D"] if quick else ["ResNet34", "ResNet-50-D"],
         combos=[("fp32", False, False), ("bf16", device.type == "cuda", False)] if quick else full_combos,
-        budgets_s={k: v * total for k, v in shares.items()})
+        power_limits=args.power_limits, budgets_s={k: v * total for k, v in shares.items()})
 
 
 # ---------------------------------------------------------------- steps
@@ -316,9 +323,28 @@ def _per(total: float | None, n: int) -> float | None:
     return None if total is None else total / n
 
 
+def step_power_limit(s: Settings, deadline: float) -> dict:
+    """The same training steps at three power limits (``power_limit_sweep``), each restored after its window."""
+    from bench.errors import BenchError
+
+    if not s.power_limits:
+        raise Skipped("it changes the board's power limit: run with --power-limits on a GPU you may administer")
+    try:
+        limits = board_limits_w()
+    except Exception as exc:  # ZeusGPUInitError: no NVML / AMDSMI on this machine
+        raise Skipped(f"no GPU visible to Zeus ({type(exc).__name__})") from None
+    cfg = load_config("demo", {"data.root": str(s.data), "data.crop_frames": 200})
+    crops = TrainCrops(read_manifest(s.data / "train.csv"), s.data, cfg.data, seed=0)
+    batch, steps = (4, 8) if s.quick else (s.batch, max(s.steps, 20))  # quick: the tiny corpus's 12 batches of 4
+    try:
+        return sweep(s.models[0] if s.quick else "ResNet34", crops, batch, steps, s.device, limits)
+    except BenchError as err:  # no permission to set limits: nothing was changed
+        raise Skipped(str(err)) from None
+
+
 STEPS = [("train_throughput", step_train_throughput), ("energy_crosscheck", step_energy_crosscheck),
          ("end_to_end", step_end_to_end), ("extraction", step_extraction), ("inference", step_inference),
-         ("peak_memory", step_peak_memory)]
+         ("peak_memory", step_peak_memory), ("power_limit", step_power_limit)]
 
 
 # ---------------------------------------------------------------- report
@@ -374,6 +400,10 @@ def _summary(name: str, st: dict) -> str:
     if name == "peak_memory":
         return "; ".join(f"{m}: {v['measured_mb']:.0f} MB measured, {v['estimate_mb']:.0f} MB estimated"
                          for m, v in r.items())
+    if name == "power_limit":
+        return "; ".join(f"{row['limit_w']:g} W: {row['j_per_sample']:.3g} J/sample, {row['samples_per_s']:.0f}/s "
+                         f"({row['energy_saved_pct']:+.0f}% energy saved, {row['time_added_pct']:+.0f}% time)"
+                         for row in r["rows"])
     return f"{len(r['rows'])} runs, {len(r['cut_by_budget'])} cut by the budget"
 
 
@@ -384,6 +414,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", default="data/gpu-check", help="corpus (generated there when missing)")
     ap.add_argument("--out", default="gpu_check")
     ap.add_argument("--budget-s", type=float, default=480.0, help="time for all steps together (default 8 min)")
+    ap.add_argument("--power-limits", action="store_true",
+                    help="also the power-limit step (sets the board's limits for a while, restored after each)")
     args = ap.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("gpu_check: error: no CUDA device visible to torch; use --device cpu to prove the script here",
@@ -398,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
               "steps": {}}
     print(f"[gpu-check] {result['machine']}")
     for name, fn in STEPS:
-        budget = s.budgets_s[name]
+        budget = s.budgets_s.get(name, 0.0)
         print(f"[gpu-check] {name} (budget {budget:.0f} s)", flush=True)
         t = time.perf_counter()
         try:
