@@ -50,6 +50,8 @@ def add_carbon_aware_args(p: argparse.ArgumentParser, what: str) -> None:
                         "the hourly forecast); Slurm jobs are submitted at once with --begin")
     p.add_argument("--deadline", default=None, help="with --carbon-aware: when the work must be done (24h, 90m, "
                                                     "2d, or an ISO time; default 24h)")
+    p.add_argument("--plan-only", action="store_true",
+                   help="with --carbon-aware: probe, print the plan and stop (no run, nothing tracked)")
 
 
 def carbon_aware_from(args):
@@ -61,6 +63,13 @@ def carbon_aware_from(args):
 
     if args.carbon_aware:
         return CarbonAware(parse_deadline(args.deadline or "24h", time.time()))
-    if args.deadline:
-        raise BenchError("--deadline goes with --carbon-aware (the start is chosen within it)")
+    if args.deadline or args.plan_only:
+        raise BenchError(f"{'--deadline' if args.deadline else '--plan-only'} goes with --carbon-aware")
     return None
+
+
+def print_plan(plan, jobs: str = "") -> int:
+    """What --plan-only prints: the plan's line and one line per job."""
+    print(plan.summary() + (f"; {jobs}" if jobs else ""))
+    print("\n".join(plan.job_lines()))
+    return 0

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench.cli.common import KEYS_EPILOG, add_carbon_aware_args, add_config_args, carbon_aware_from, no_extra
+from bench.cli.common import (KEYS_EPILOG, add_carbon_aware_args, add_config_args, carbon_aware_from, no_extra,
+                              print_plan)
 from bench.config import empty_as_none
 from bench.errors import BenchError
 
@@ -33,6 +34,10 @@ def cmd_search(args, extra) -> int:
     if carbon is not None:  # the forecast first: a missing token or an unreachable service creates nothing
         carbon.forecast(cfg.energy)
     s = cfg.search
+    if args.plan_only:  # a probe of the longest trial only: no study, no run, nothing tracked
+        from bench.orchestration.search.run import plan_search_start, worker_shares
+
+        return print_plan(*plan_search_start(cfg, worker_shares(s.n_trials, args.workers or 1), carbon))
     if s.energy_budget_j is None and s.carbon_budget_g is None and s.max_params_m is None:
         print("search: no budget set (search.energy_budget_j / carbon_budget_g / max_params_m): every trial is "
               "feasible")

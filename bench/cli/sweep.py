@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench.cli.common import KEYS_EPILOG, add_carbon_aware_args, carbon_aware_from
+from bench.cli.common import KEYS_EPILOG, add_carbon_aware_args, carbon_aware_from, print_plan
 from bench.cli.report import print_report
 from bench.config import empty_as_none
 
@@ -44,6 +44,11 @@ def cmd_sweep(args, extra) -> int:
     _ensure_synth(root, args.synth)
     for root_of in dict.fromkeys(v.config.data.root for v in grid.variants):  # before any run or spool is made
         data_root(root_of)
+    if args.plan_only:  # probes only: no parent run, no spool, nothing tracked
+        from bench.orchestration.carbon_aware import plan_variants
+
+        return print_plan(plan_variants([(v.name, v.config) for v in grid.variants], carbon,
+                                        back_to_back=args.launcher != "slurm"))
     out_root = Path(args.out) / grid.name
     with store.finishing(out_root, grid.variants[0].config.tracking.outage_wait_s) as finished:
         summary = run_sweep(grid, out_root, new=args.new, launcher=args.launcher, carbon=carbon)

@@ -27,6 +27,7 @@ class PlannedJob:
     name: str
     energy_j: float  # forecast
     duration_s: float  # forecast
+    energy_source: str = ""  # what the probe measured it with (e.g. gpu:nvml,cpu:rapl or cpu:estimate)
 
 
 @dataclass(frozen=True)
@@ -53,13 +54,27 @@ class StartPlan:
         wait_s = self.start_s - self.now_s
         saved = 100.0 * (1 - self.expected_g / self.now_g) if self.now_g > 0 else 0.0
         when = datetime.fromtimestamp(self.start_s, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        meters = ",".join(dict.fromkeys(j.energy_source for j in self.jobs if j.energy_source)) or "unlabelled"
         return (f"carbon-aware start: {when} (in {_duration(wait_s)}); forecast {self.expected_g:.4g} gCO2e against "
                 f"{self.now_g:.4g} gCO2e if started now ({saved:.0f}% less), {len(self.jobs)} job(s) "
-                f"{'one after the other' if self.back_to_back else 'side by side'}, forecast {self.source}")
+                f"{'one after the other' if self.back_to_back else 'side by side'}; intensity forecast {self.source}, "
+                f"energy from probes ({meters})")
+
+
+    def job_lines(self) -> list[str]:
+        """One line per job: its start, forecast energy and time, and forecast gCO2e at that start."""
+        lines = []
+        for job, start in zip(self.jobs, self.job_starts()):
+            when = datetime.fromtimestamp(start, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+            lines.append(f"  {job.name}: start {when}, forecast {job.energy_j / J_PER_KWH * 1000:.4g} Wh in "
+                         f"{_duration(job.duration_s)}")
+        return lines
 
 
 def _duration(seconds: float) -> str:
-    minutes = max(0, int(round(seconds / 60)))
+    if seconds < 60:
+        return f"{max(0.0, seconds):.0f} s"
+    minutes = int(round(seconds / 60))
     return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
 
 

@@ -60,8 +60,8 @@ class CarbonAware:
         return self.series
 
 
-def _probe(name: str, cfg: Config) -> tuple[float, float]:
-    """Forecast training energy (J) and time (s) of one job."""
+def _probe(name: str, cfg: Config) -> tuple[float, float, str]:
+    """Forecast training energy (J) and time (s) of one job, and what measured it."""
     meters = create_meters(cfg.energy, measurement_plan(cfg.train.device))
     try:
         fc = probe_training(cfg, meters)
@@ -69,7 +69,7 @@ def _probe(name: str, cfg: Config) -> tuple[float, float]:
         meters.close()
     if fc.energy_j is None:
         raise BenchError(f"{name}: the energy probe measured no energy, so no start can be planned")
-    return fc.energy_j, fc.time_s
+    return fc.energy_j, fc.time_s, fc.source
 
 
 def plan_variants(configs: list[tuple[str, Config]], carbon: CarbonAware, back_to_back: bool) -> StartPlan:
@@ -85,8 +85,8 @@ def plan_search(largest: Config, shares: list[int], carbon: CarbonAware) -> Star
     """Plan a search's start: ``shares[i]`` trials for worker i, side by side, each trial forecast as ``largest``
     (the search space's trial longest to train)."""
     series = carbon.forecast(largest.energy)
-    energy_j, time_s = _probe(f"the search's longest trial ({largest.model.stages})", largest)
-    jobs = [PlannedJob(f"worker-{i}", n * energy_j, n * time_s) for i, n in enumerate(shares)]
+    energy_j, time_s, source = _probe(f"the search's longest trial ({largest.model.stages})", largest)
+    jobs = [PlannedJob(f"worker-{i}", n * energy_j, n * time_s, source) for i, n in enumerate(shares)]
     return plan_start(jobs, series, carbon.clock.now(), carbon.deadline_s, largest.energy.pue, back_to_back=False)
 
 

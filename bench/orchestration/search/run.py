@@ -98,9 +98,7 @@ def _search_and_log(cfg: Config, workers: int, url: str, out_root: str | Path, s
     """Run the workers inside the search's energy window, then log the study's figures on its parent run."""
     # finished trials, and running ones (another machine's workers), count; enqueued (WAITING) ones do not
     done = started_trials(study)
-    remaining = max(0, cfg.search.n_trials - done)
-    shares = [remaining // workers + (1 if i < remaining % workers else 0) for i in range(workers)]
-    shares = [s for s in shares if s > 0]
+    shares = worker_shares(max(0, cfg.search.n_trials - done), workers)
     local_gpus = launcher == "local" and len(shares) > 1 and cfg.train.device != "cpu"
     gpu_sets = worker_gpu_sets(len(shares)) if local_gpus else None  # under Slurm, Slurm gives each job its GPUs
     cfg_dict = cfg.model_dump(mode="json")
@@ -139,13 +137,25 @@ def _search_and_log(cfg: Config, workers: int, url: str, out_root: str | Path, s
     return SearchOutcome(study, url, parent, cost.energy_j, cost.co2_g, states, best)
 
 
-def _plan_start(cfg: Config, shares: list[int], carbon: CarbonAware, parent: str, out: str, wait: bool) -> StartPlan:
-    """The carbon-aware start of this run's workers: planned, told and logged on the study's run before anything
-    waits; waited for here (``wait``) or left to Slurm's --begin."""
+def worker_shares(trials: int, workers: int) -> list[int]:
+    """Trials per worker, as even as they go; workers with none are left out."""
+    shares = [trials // workers + (1 if i < trials % workers else 0) for i in range(workers)]
+    return [n for n in shares if n > 0]
+
+
+def plan_search_start(cfg: Config, shares: list[int], carbon: CarbonAware) -> tuple[StartPlan, str]:
+    """The plan of a search's workers, and what its jobs are (for the plan's lines)."""
     longest = longest_trial_config(cfg)
     plan = carbon_aware.plan_search(longest, shares, carbon)
     jobs = (f"{len(shares)} worker(s) side by side, {sum(shares)} trial(s), each forecast as the longest to train: "
             f"stages {longest.model.stages} width {longest.model.width_mult:g}")
+    return plan, jobs
+
+
+def _plan_start(cfg: Config, shares: list[int], carbon: CarbonAware, parent: str, out: str, wait: bool) -> StartPlan:
+    """The carbon-aware start of this run's workers: planned, told and logged on the study's run before anything
+    waits; waited for here (``wait``) or left to Slurm's --begin."""
+    plan, jobs = plan_search_start(cfg, shares, carbon)
     logger.info(f"{plan.summary()}; {jobs}")
     RunLog(out).log_batch(parent, metrics=carbon_aware.plan_metrics(plan),
                           tags=carbon_aware.plan_tags(plan, **{"carbon_plan.jobs": jobs}))
