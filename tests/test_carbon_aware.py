@@ -239,3 +239,20 @@ def test_a_carbon_aware_sweep_on_electricitymaps_plans_on_its_forecast_and_is_ch
     assert parent.data.metrics["carbon_plan/realised_g"] == pytest.approx(child.data.metrics["train/co2_g"])
     kinds = {path.rsplit("/", 1)[-1] for path, _, _ in em.requests}
     assert kinds == {"forecast", "history"}
+
+
+def test_plan_only_prints_the_plan_and_creates_nothing(tiny_corpus, tmp_path):
+    _, hour0, csv = forecast_csv(tmp_path)
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("name: po\npreset: tiny\nvariants:\n  - {name: po18, series: [depth], model: tiny-ResNet-18-D}\n")
+    store = tmp_path / "m.db"
+    proc = run_cli("sweep", "--grid", grid, "--data.root", tiny_corpus, "--out", tmp_path / "o", "--carbon-aware",
+                   "--plan-only", "--energy.intensity_csv", csv, env={"MLFLOW_TRACKING_URI": f"sqlite:///{store}"},
+                   cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    start = datetime.fromtimestamp(hour0 + 7 * 3600, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    assert f"carbon-aware start: {start}" in proc.stdout and f"  po18: start {start}, forecast" in proc.stdout
+    assert "energy from probes (cpu:" in proc.stdout  # what measured the forecast energy
+    assert not store.exists() and not (tmp_path / "o").exists() and not (tmp_path / "mlruns").exists()
+    proc = run_cli("sweep", "--grid", grid, "--data.root", tiny_corpus, "--plan-only")
+    assert_one_line_error(proc, "--plan-only goes with --carbon-aware")
