@@ -184,8 +184,8 @@ def test_a_gpu_power_limit_caps_the_board_while_training_and_is_restored_even_on
                                                                                       fake_machine):
     """train.gpu_power_limit_w through Zeus's device layer on a fake 400 W board whose limit is device state (a file
     every process reads, as NVML's outlives processes): the training's GPU energy is the capped 150 W x its time,
-    and the board is back at its 700 W default after the run, and after a Ctrl-C mid-training; a limit out of the
-    board's range, or without the permission to set it, is one line before any work."""
+    and the board is back at its 700 W default after the run, and after a Ctrl-C or a SIGTERM mid-training; a limit
+    out of the board's range, or without the permission to set it, is one line before any work."""
     import signal
 
     state = tmp_path / "gpu_state.json"
@@ -210,6 +210,20 @@ def test_a_gpu_power_limit_caps_the_board_while_training_and_is_restored_even_on
     p.send_signal(signal.SIGINT)
     _, err = p.communicate(timeout=120)
     assert p.returncode == 130 and "interrupted" in err
+    assert _limits(state)[-1] == 700
+    # terminated mid-training (kill, timeout, a job step's scancel): the same finally, exit 143
+    p = subprocess.Popen([sys.executable, "-m", "bench", "train", *TINY, "--data.root", str(tiny_corpus),
+                          "--train.epochs", "3", "--out", str(tmp_path / "run3"), "--no-track",
+                          "--train.gpu_power_limit_w", "250"], env=env, cwd=REPO, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    deadline, ckpts = time.time() + 180, tmp_path / "run3" / "checkpoints"
+    while not (_limits(state)[-1:] == [250] and any(ckpts.glob("*.pt"))) and p.poll() is None \
+            and time.time() < deadline:
+        time.sleep(0.1)
+    assert _limits(state)[-1] == 250, p.communicate()[1][-2000:]
+    p.terminate()
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 143 and "terminated (SIGTERM)" in err, err[-2000:]
     assert _limits(state)[-1] == 700
     for extra, fragment in (({}, "outside GPU 0's range (100-700 W)"),
                             ({"FAKE_ZEUS_GPU_NO_PERMISSION": "1"}, "needs root or the administrator's permission")):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 
 from bench.cli import data, deploy, energy, jobs, models, report, search, sweep, sync, train, ui
@@ -51,9 +52,21 @@ def build_parser() -> Parser:
     return p
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, ``timeout``, ``scancel`` of a job step), raised where the process is: every path that ends
+    work on Ctrl-C runs (a GPU power limit restored, the run ended KILLED, the spool flushed) instead of the process
+    vanishing with device settings changed."""
+
+
+def _terminated(signum, _frame) -> None:
+    raise Terminated(signal.Signals(signum).name)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     show_messages()
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:  # not when an embedding program has its own
+        signal.signal(signal.SIGTERM, _terminated)
     try:
         parser = build_parser()
         args, extra = parser.parse_known_args(argv)
@@ -61,6 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     except BenchError as err:
         print(f"svbench: error: {err}", file=sys.stderr)
         return err.exit_code
+    except Terminated:
+        print("svbench: terminated (SIGTERM)", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("svbench: interrupted", file=sys.stderr)
         return 130
