@@ -256,3 +256,38 @@ def test_plan_only_prints_the_plan_and_creates_nothing(tiny_corpus, tmp_path):
     assert not store.exists() and not (tmp_path / "o").exists() and not (tmp_path / "mlruns").exists()
     proc = run_cli("sweep", "--grid", grid, "--data.root", tiny_corpus, "--plan-only")
     assert_one_line_error(proc, "--plan-only goes with --carbon-aware")
+
+
+def test_ctrl_c_while_waiting_for_the_planned_start_ends_the_sweep_killed_with_no_variant_run(tiny_corpus, tmp_path):
+    """The real CLI and clock: the plan waits hours for the trough; Ctrl-C during the countdown exits 130, the
+    parent run (with the plan logged) ends KILLED, and no variant run was made."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import REPO
+    from mlflow.tracking import MlflowClient
+
+    _, _, csv = forecast_csv(tmp_path)
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("name: w\npreset: tiny\nvariants:\n  - {name: w18, series: [depth], model: tiny-ResNet-18-D}\n")
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    proc = subprocess.Popen([sys.executable, "-m", "bench", "sweep", "--grid", str(grid), "--data.root",
+                             str(tiny_corpus), "--out", str(tmp_path / "o"), "--carbon-aware", "--energy.intensity_csv",
+                             str(csv), "--experiment", "wait"], cwd=REPO,
+                            env={**os.environ, "MLFLOW_TRACKING_URI": uri}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    lines = []
+    for line in proc.stdout:  # the plan, then the countdown's first line
+        lines.append(line)
+        if "waiting" in line:
+            break
+    assert any(line.startswith("carbon-aware start:") for line in lines), lines
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "interrupted" in err, err[-2000:]
+    client = MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name("wait").experiment_id])
+    assert [(r.data.tags.get("svbench.kind"), r.info.status) for r in runs] == [("sweep", "KILLED")]
+    assert runs[0].data.metrics["carbon_plan/wait_s"] > 5 * 3600
