@@ -129,7 +129,7 @@ def register(sub) -> None:
                    help="training speakers held out as the validation list the search selects on (data.val_speakers)")
     s.add_argument("--select-on", type=empty_as_none(str), default=None, metavar="{validation,test}",
                    help="what the EER objective reads (search.select_on; test: the front's EERs are optimistic)")
-    add_carbon_aware_args(s, "the search's workers (each trial forecast as the space's largest model)")
+    add_carbon_aware_args(s, "the search's workers (each trial forecast as the space's longest to train)")
     s.add_argument("--report", action="store_true")
     s.add_argument("--reports", default="reports")
     s.set_defaults(func=cmd_search)

@@ -81,13 +81,13 @@ def plan_variants(configs: list[tuple[str, Config]], carbon: CarbonAware, back_t
     return plan_start(jobs, series, carbon.clock.now(), carbon.deadline_s, first.energy.pue, back_to_back)
 
 
-def plan_search(largest: Config, shares: list[int], carbon: CarbonAware) -> StartPlan:
-    """Plan a search's start: ``shares[i]`` trials for worker i, side by side, each trial forecast as ``largest``
+def plan_search(longest: Config, shares: list[int], carbon: CarbonAware) -> StartPlan:
+    """Plan a search's start: ``shares[i]`` trials for worker i, side by side, each trial forecast as ``longest``
     (the search space's trial longest to train)."""
-    series = carbon.forecast(largest.energy)
-    energy_j, time_s, source = _probe(f"the search's longest trial ({largest.model.stages})", largest)
+    series = carbon.forecast(longest.energy)
+    energy_j, time_s, source = _probe(f"the search's longest trial ({longest.model.stages})", longest)
     jobs = [PlannedJob(f"worker-{i}", n * energy_j, n * time_s, source) for i, n in enumerate(shares)]
-    return plan_start(jobs, series, carbon.clock.now(), carbon.deadline_s, largest.energy.pue, back_to_back=False)
+    return plan_start(jobs, series, carbon.clock.now(), carbon.deadline_s, longest.energy.pue, back_to_back=False)
 
 
 def plan_metrics(plan: StartPlan) -> dict[str, float]:
