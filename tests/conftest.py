@@ -10,6 +10,10 @@ import pytest
 import torch
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+# A shell that starts the suite in the background (`make test &`, nohup) hands it SIGINT ignored, and every process
+# the tests start would inherit that: the tests that press Ctrl-C need it delivered as in a terminal.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 REPO = Path(__file__).resolve().parents[1]
