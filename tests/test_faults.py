@@ -208,3 +208,36 @@ def test_seeds_a_spool_saw_finish_are_not_run_again(tmp_path):
     assert found["0"].metrics == {"eer_pct/synth": 12.5} and found["0"].tags == {"energy.source": "cpu:estimate"}
     assert found["0"].scores == {"synth": variant / "seed0" / "scores" / "synth.txt"}
     assert found["0"].run_id == "pending:0"
+
+
+def test_spools_are_found_while_a_sender_removes_sent_files(tmp_path):
+    """A sender removes each sent record's ``files/<id>`` folder while another process looks for the spools of
+    the same tree (a report's upload under a study's folder): the search passes over folders that vanish (it
+    raised FileNotFoundError when it walked into the spools' files)."""
+    import threading
+
+    from bench.tracking.spool import SPOOL_DIR, spools_under
+
+    for name in ("a", "a/t1", "b"):
+        (tmp_path / name / SPOOL_DIR / "files").mkdir(parents=True)
+        (tmp_path / name / SPOOL_DIR / "records.jsonl").write_text("")
+    files = tmp_path / "a" / SPOOL_DIR / "files"
+    stop = threading.Event()
+
+    def churn() -> None:  # what a sender does: a record's folder written, sent, removed
+        k = 0
+        while not stop.is_set():
+            d = files / f"{k % 50:032x}"
+            (d / "x").mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(d, ignore_errors=True)
+            k += 1
+
+    t = threading.Thread(target=churn)
+    t.start()
+    try:
+        for _ in range(300):
+            found = [sp.dir.parent.relative_to(tmp_path).as_posix() for sp in spools_under(tmp_path)]
+            assert found == ["a", "a/t1", "b"]
+    finally:
+        stop.set()
+        t.join()

@@ -297,10 +297,15 @@ class Spool:
 
 
 def spools_under(root: str | Path) -> list[Spool]:
-    root = Path(root)
-    if not root.is_dir():
-        return []
-    return [Spool(p.parent.parent) for p in sorted(root.rglob(f"{SPOOL_DIR}/records.jsonl"))]
+    """Every spool of a folder tree. ``os.walk`` passes over folders that vanish while it walks (a sender removes
+    each sent record's ``files/<id>`` folder meanwhile: ``rglob`` raised on them), and the spools themselves are
+    not descended into."""
+    found = []
+    for folder, dirs, _ in os.walk(root):
+        if SPOOL_DIR in dirs and (Path(folder) / SPOOL_DIR / "records.jsonl").is_file():
+            found.append(Path(folder))
+        dirs[:] = [d for d in dirs if d != SPOOL_DIR]
+    return [Spool(f) for f in sorted(found)]
 
 
 def unsent_under(root: str | Path) -> list[Record]:
