@@ -170,3 +170,19 @@ def test_energy_in_result_and_infer_cli(tiny_corpus, tmp_path):
     assert "energy_j_per_1k_trials" in out.stdout and "bf16" in out.stdout
     assert_one_line_error(run_cli("infer", "--preset", "tiny", "--checkpoint", tmp_path / "e" / "model.pt",
                                   "--precision", "fp8"), "precision")
+
+
+def test_the_learning_rate_is_scaled_linearly_to_the_batch_when_its_reference_batch_is_set(tiny_corpus, tmp_path):
+    """train.lr_reference_batch: train.lr was tuned at that batch, so batch 8 against 16 trains at half of it (the
+    linear scaling rule the batch-size search dimension uses)."""
+    from bench.training.schedule import lr_at
+    from bench.training.trainer import train
+
+    cfg = load_config("tiny", ["--data.root", str(tiny_corpus), "--train.epochs", "2", "--train.batch_size", "8",
+                               "--train.threads", "1", "--train.lr", "0.05", "--train.lr_reference_batch", "16"])
+    assert cfg.train.scaled_lr() == pytest.approx(0.025)
+    tr = train(cfg, tmp_path / "lr", progress=False)
+    per_epoch = tr.steps // 2
+    expected = lr_at(per_epoch - 1, tr.steps, 0.025, cfg.train.final_lr, 0)  # the lr of the epoch's last step
+    assert tr.history[0]["lr"] == pytest.approx(expected)
+    assert tr.history[0]["lr"] != pytest.approx(lr_at(per_epoch - 1, tr.steps, 0.05, cfg.train.final_lr, 0))

@@ -200,7 +200,7 @@ def test_a_search_without_a_hold_out_is_refused_and_selecting_on_test_is_labelle
 def test_batch_size_and_power_limit_are_search_dimensions_with_the_lr_scaled_linearly():
     import optuna
 
-    from bench.config import load_config
+    from bench.config import apply_overrides, build_config, load_config
     from bench.orchestration.search.study import suggest_overrides
 
     cfg = load_config("tiny", {"search.batch_sizes": [32, 128], "search.power_limits_w": [150, 250],
@@ -209,9 +209,10 @@ def test_batch_size_and_power_limit_are_search_dimensions_with_the_lr_scaled_lin
                                      "width_mult": cfg.search.width_mults[0], "batch_size": 128,
                                      "gpu_power_limit_w": 250})
     over = suggest_overrides(trial, cfg)
-    assert over["train.batch_size"] == 128 and over["train.lr"] == pytest.approx(0.2)
+    assert over["train.batch_size"] == 128 and over["train.lr_reference_batch"] == 64
+    assert build_config(apply_overrides(cfg.model_dump(mode="json"), over)).train.scaled_lr() == pytest.approx(0.2)
     assert over["train.gpu_power_limit_w"] == 250
     plain = suggest_overrides(optuna.trial.FixedTrial({k: v for k, v in trial.params.items()
                                                        if k not in ("batch_size", "gpu_power_limit_w")}),
                               load_config("tiny"))
-    assert not {"train.batch_size", "train.lr", "train.gpu_power_limit_w"} & set(plain)
+    assert not {"train.batch_size", "train.lr", "train.lr_reference_batch", "train.gpu_power_limit_w"} & set(plain)

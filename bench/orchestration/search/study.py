@@ -223,11 +223,12 @@ def longest_trial_config(cfg: Config) -> Config:
 
 def hardware_overrides(trial: optuna.Trial, cfg: Config) -> dict:
     """The knobs that change the energy of the same model: the batch size, with the learning rate scaled by the
-    linear rule (lr x batch / the preset's batch: Goyal et al., 2017), and the GPU power limit."""
+    linear rule (``train.lr_reference_batch``: the preset's batch), and the GPU power limit."""
     s, over = cfg.search, {}
     if s.batch_sizes:
         batch = trial.suggest_categorical("batch_size", s.batch_sizes)
-        over |= {"train.batch_size": batch, "train.lr": cfg.train.lr * batch / cfg.train.batch_size}
+        over |= {"train.batch_size": batch,  # train.lr stays the preset's, tuned at its batch size
+                 "train.lr_reference_batch": cfg.train.lr_reference_batch or cfg.train.batch_size}
     if s.power_limits_w:
         over["train.gpu_power_limit_w"] = trial.suggest_categorical("gpu_power_limit_w", s.power_limits_w)
     return over
