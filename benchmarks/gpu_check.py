@@ -58,6 +58,7 @@ from bench.models import build_model, get_spec  # noqa: E402
 from bench.models.extraction import extraction_model  # noqa: E402
 from bench.models.profile import estimate_train_memory_mb, measure_train_memory_mb  # noqa: E402
 from bench.orchestration.variant import run_variant  # noqa: E402
+from bench.signals import end_on_sigterm  # noqa: E402
 
 AGREEMENT_PCT = 5.0  # counter vs integral of power samples
 
@@ -417,6 +418,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--power-limits", action="store_true",
                     help="also the power-limit step (sets the board's limits for a while, restored after each)")
     args = ap.parse_args(argv)
+    end_on_sigterm()  # `timeout` ends the check through every finally (a power limit restored)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("gpu_check: error: no CUDA device visible to torch; use --device cpu to prove the script here",
               file=sys.stderr)

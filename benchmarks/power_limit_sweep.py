@@ -30,6 +30,7 @@ from bench.data.loader import TrainCrops  # noqa: E402
 from bench.data.manifest import read_manifest  # noqa: E402
 from bench.energy.power_limit import power_limited  # noqa: E402
 from bench.errors import BenchError  # noqa: E402
+from bench.signals import end_on_sigterm  # noqa: E402
 
 
 class ZeusWindow:
@@ -90,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--limits-w", default=None, help="comma-separated watts (default: own, middle, minimum)")
     args = ap.parse_args(argv)
+    end_on_sigterm()  # a `timeout` or kill ends the sweep through power_limited's finally: the board restored
     data = Path(args.data)
     cfg = load_config("demo", {"data.root": str(data), "data.crop_frames": 200})
     crops = TrainCrops(read_manifest(data / "train.csv"), data, cfg.data, seed=0)

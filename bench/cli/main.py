@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import signal
 import sys
 
 from bench.cli import data, deploy, energy, jobs, models, report, search, sweep, sync, train, ui
 from bench.cli.common import Parser, add_config_args, subcommands
 from bench.errors import BenchError
 from bench.logs import show_messages
+from bench.signals import Terminated, end_on_sigterm
 
 COMMAND_MODULES = (data, models, train, deploy, sweep, jobs, report, search, sync, energy, ui)
 
@@ -52,21 +52,10 @@ def build_parser() -> Parser:
     return p
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (``kill``, ``timeout``, ``scancel`` of a job step), raised where the process is: every path that ends
-    work on Ctrl-C runs (a GPU power limit restored, the run ended KILLED, the spool flushed) instead of the process
-    vanishing with device settings changed."""
-
-
-def _terminated(signum, _frame) -> None:
-    raise Terminated(signal.Signals(signum).name)
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     show_messages()
-    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:  # not when an embedding program has its own
-        signal.signal(signal.SIGTERM, _terminated)
+    end_on_sigterm()  # kill / timeout: the paths that end work on Ctrl-C run (bench/signals.py)
     try:
         parser = build_parser()
         args, extra = parser.parse_known_args(argv)

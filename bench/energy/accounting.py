@@ -12,14 +12,23 @@ from bench.energy.carbon import (TABLE_FACTOR, HourlySeries, carbon_of, electric
                                  lookup)
 from bench.energy.intensity_sources import electricitymaps_history
 from bench.energy.reading import EnergyReading, reading_from_state, reading_to_state, sum_ranks, sum_windows
+from bench.errors import BenchError
 
 
 LOG = logging.getLogger(__name__)
 _said_default_region = False
 
 
-def intensity_series(energy_cfg) -> HourlySeries | None:
-    """The hourly intensity the windows are charged: read (or fetched) after the work, so that it covers it."""
+def intensity_series(energy_cfg, after_work: bool = False) -> HourlySeries | None:
+    """The hourly intensity the windows are charged: read (or fetched) after the work, so that it covers it.
+    ``after_work``: a service that fails now leaves the windows charged the region's yearly figure (labelled as
+    such) with a warning, rather than failing the work done; before the work, it is a one-line error."""
+    if after_work:
+        try:
+            return intensity_series(energy_cfg)
+        except BenchError as exc:
+            LOG.warning(f"{exc}; charged the region's yearly average instead")
+            return None
     if energy_cfg.intensity_csv:
         return HourlySeries.from_csv(energy_cfg.intensity_csv, energy_cfg.intensity_factor)
     if energy_cfg.electricitymaps_zone:

@@ -62,7 +62,7 @@ class StartPlan:
 
 
     def job_lines(self) -> list[str]:
-        """One line per job: its start, forecast energy and time, and forecast gCO2e at that start."""
+        """One line per job: its start, and its forecast energy and time."""
         lines = []
         for job, start in zip(self.jobs, self.job_starts()):
             when = datetime.fromtimestamp(start, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")

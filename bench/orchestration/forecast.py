@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 from bench.config import Config
 from bench.energy.meters import MeterSet
+from bench.energy.plan import measurement_plan
+from bench.energy.power_limit import power_limited
 from bench.errors import BenchError
 from bench.training.trainer import steps_per_epoch, train
 
@@ -60,8 +62,9 @@ def probe(cfg: Config, meters: MeterSet, total_steps: int) -> Forecast:
     pcfg.train.epochs = max(pcfg.train.epochs, -(-(warm + n) // steps_per_epoch(cfg)))
 
     window = _ProbeWindow(meters, warm, warm + n)
-    with tempfile.TemporaryDirectory(prefix="svbench-probe-") as tmp, meters.window("probe") as outer:
-        train(pcfg, tmp, callbacks=[window], progress=False)
+    limit = power_limited(cfg.train.gpu_power_limit_w, measurement_plan(cfg.train.device).gpu_indices)
+    with limit, tempfile.TemporaryDirectory(prefix="svbench-probe-") as tmp, meters.window("probe") as outer:
+        train(pcfg, tmp, callbacks=[window], progress=False)  # at the run's power limit: its steps' time and energy
     r = window.reading
     if r is None:
         raise BenchError("the energy probe ended before its measured steps; lower energy.probe_steps")

@@ -24,7 +24,6 @@ from bench.energy.accounting import (carbon_tags, history_readings, intensity_se
 from bench.energy.meters import create_meters
 from bench.energy.plan import CPU_TIME_SHARE, measurement_plan
 from bench.energy.power_limit import power_limited
-from bench.errors import BenchError
 from bench.eval.inference import measure_inference
 from bench.eval.results import BackendResult, ListResult
 from bench.eval.scoring import load_model, statistics_for
@@ -155,13 +154,9 @@ def run_variant(cfg: Config, out_dir: str | Path, resume: bool = False, callback
 def energy_summary(cfg: Config, history: list[dict], meters) -> tuple[dict, dict]:
     """(metrics, tags) of the run's energy: training and validation from the trainer's history (epochs already
     summed over ranks), evaluation from its fp32 window, and ``run/energy_j``, every joule the run measured once.
-    The intensity series is read after the work, so that it covers its hours; a service that fails now leaves the
-    run charged the region's yearly average, labelled, rather than failing the work done."""
-    try:
-        series = intensity_series(cfg.energy)
-    except BenchError as exc:
-        logger.warning(f"{exc}; this run is charged the region's yearly average instead")
-        series = None
+    The intensity series is read after the work, so that it covers its hours (a service that fails now leaves the
+    run charged the region's yearly average, labelled, rather than failing the work done)."""
+    series = intensity_series(cfg.energy, after_work=True)
     train_readings = history_readings(history)
     val_readings = history_readings(history, "val_energy")
     eval_reading = next(r for r in reversed(meters.readings) if r.name == "infer/fp32")

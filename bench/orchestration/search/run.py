@@ -114,7 +114,7 @@ def _search_and_log(cfg: Config, workers: int, url: str, out_root: str | Path, s
     else:
         reading = measured_reading(cfg, study_plan(cfg, gpu_sets),
                             lambda: run_all_workers(cfg_dict, url, shares, out, search_run, gpu_sets))
-        entry = {"search_run": search_run, **cost_entry(reading, cfg, intensity_series(cfg.energy))}
+        entry = {"search_run": search_run, **cost_entry(reading, cfg, intensity_series(cfg.energy, after_work=True))}
     study = load_study(cfg, make_storage(url, cfg.search.heartbeat_s))
     cost = record_cost(study, entry)
     this_run = sum_entries([e for e in cost_entries(study) if e.get("search_run") == search_run])

@@ -11,13 +11,18 @@ import sys
 
 from bench.logs import show_messages
 from bench.orchestration.search.trial import run_worker
+from bench.signals import Terminated, end_on_sigterm
 
 
 def main(argv: list[str]) -> int:
     show_messages()
+    end_on_sigterm()  # the parent ends its workers with SIGTERM: a trial's GPU power limit is restored, its run ends
     spec = json.loads(open(argv[0], encoding="utf-8").read())
-    run_worker(spec["config"], spec["storage"], int(argv[1]), spec["out_root"], spec["search_run"],
-               shared=spec["shared"], index=int(argv[2]))
+    try:
+        run_worker(spec["config"], spec["storage"], int(argv[1]), spec["out_root"], spec["search_run"],
+                   shared=spec["shared"], index=int(argv[2]))
+    except Terminated:
+        return 143
     return 0
 
 

@@ -69,7 +69,8 @@ def run_measured_worker(cfg_dict: dict, url: str, n_trials: int, out_root: str, 
     reading = measured_reading(cfg, measurement_plan(cfg.train.device, shared=True),
                         lambda: run_worker(cfg_dict, url, n_trials, out_root, search_run, shared=True, index=index,
                                            worker=attempt))
-    entry = {"search_run": search_run, "worker": attempt, **cost_entry(reading, cfg, intensity_series(cfg.energy))}
+    series = intensity_series(cfg.energy, after_work=True)
+    entry = {"search_run": search_run, "worker": attempt, **cost_entry(reading, cfg, series)}
     load_study(cfg, make_storage(url, cfg.search.heartbeat_s)).set_user_attr(f"{ATTR_COST}/{attempt}", entry)
     return entry
 
