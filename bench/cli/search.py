@@ -84,6 +84,8 @@ def cmd_search(args, extra) -> int:
 
 
 def cmd_dashboard(args, extra) -> int:
+    import signal
+
     from optuna_dashboard import run_server
 
     from bench.orchestration.search.study import make_storage
@@ -93,6 +95,7 @@ def cmd_dashboard(args, extra) -> int:
         raise BenchError(f"Optuna storage {args.storage} does not exist; run `svbench search` first")
     storage = make_storage(args.storage)
     print(f"optuna-dashboard on http://{args.host}:{args.port}/ (Ctrl-C to stop)")
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a server with nothing to restore: SIGTERM ends it at once
     run_server(storage, host=args.host, port=args.port)
     return 0
 
