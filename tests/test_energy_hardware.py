@@ -197,34 +197,23 @@ def test_a_gpu_power_limit_caps_the_board_while_training_and_is_restored_even_on
     m = _result(out)["energy_metrics"]
     assert m["train/energy_gpu_j"] == pytest.approx(150 * m["train/time_s"], rel=0.03)
     assert _limits(state)[-1] == 700 and 150 in _limits(state)  # set, then restored
-    # Ctrl-C while the limit holds: restored by the finally
-    p = subprocess.Popen([sys.executable, "-m", "bench", "train", *TINY, "--data.root", str(tiny_corpus),
-                          "--train.epochs", "3", "--out", str(tmp_path / "run2"), "--no-track",
-                          "--train.gpu_power_limit_w", "200"], env=env, cwd=REPO, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
-    deadline, ckpts = time.time() + 180, tmp_path / "run2" / "checkpoints"
-    while not (_limits(state)[-1:] == [200] and any(ckpts.glob("*.pt"))) and p.poll() is None \
-            and time.time() < deadline:  # interrupted mid-training: after its first epoch, with the limit held
-        time.sleep(0.1)
-    assert _limits(state)[-1] == 200, p.communicate()[1][-2000:]
-    p.send_signal(signal.SIGINT)
-    _, err = p.communicate(timeout=120)
-    assert p.returncode == 130 and "interrupted" in err
-    assert _limits(state)[-1] == 700
-    # terminated mid-training (kill, timeout, a job step's scancel): the same finally, exit 143
-    p = subprocess.Popen([sys.executable, "-m", "bench", "train", *TINY, "--data.root", str(tiny_corpus),
-                          "--train.epochs", "3", "--out", str(tmp_path / "run3"), "--no-track",
-                          "--train.gpu_power_limit_w", "250"], env=env, cwd=REPO, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
-    deadline, ckpts = time.time() + 180, tmp_path / "run3" / "checkpoints"
-    while not (_limits(state)[-1:] == [250] and any(ckpts.glob("*.pt"))) and p.poll() is None \
-            and time.time() < deadline:
-        time.sleep(0.1)
-    assert _limits(state)[-1] == 250, p.communicate()[1][-2000:]
-    p.terminate()
-    _, err = p.communicate(timeout=120)
-    assert p.returncode == 143 and "terminated (SIGTERM)" in err, err[-2000:]
-    assert _limits(state)[-1] == 700
+    # Ctrl-C, or SIGTERM (kill, timeout, a job step's scancel), while the limit holds, mid-training after its first
+    # epoch: restored by the finally
+    for name, sig, watts, code, said in (("run2", signal.SIGINT, "200", 130, "interrupted"),
+                                         ("run3", signal.SIGTERM, "250", 143, "terminated (SIGTERM)")):
+        p = subprocess.Popen([sys.executable, "-m", "bench", "train", *TINY, "--data.root", str(tiny_corpus),
+                              "--train.epochs", "3", "--out", str(tmp_path / name), "--no-track",
+                              "--train.gpu_power_limit_w", watts], env=env, cwd=REPO, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+        deadline, ckpts = time.time() + 180, tmp_path / name / "checkpoints"
+        while not (_limits(state)[-1:] == [float(watts)] and any(ckpts.glob("*.pt"))) and p.poll() is None \
+                and time.time() < deadline:
+            time.sleep(0.1)
+        assert _limits(state)[-1] == float(watts), p.communicate()[1][-2000:]
+        p.send_signal(sig)
+        _, err = p.communicate(timeout=120)
+        assert p.returncode == code and said in err, err[-2000:]
+        assert _limits(state)[-1] == 700
     for extra, fragment in (({}, "outside GPU 0's range (100-700 W)"),
                             ({"FAKE_ZEUS_GPU_NO_PERMISSION": "1"}, "needs root or the administrator's permission")):
         bad = run_cli("train", *TINY, "--data.root", tiny_corpus, "--out", tmp_path / "bad", "--no-track",

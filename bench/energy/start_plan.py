@@ -53,22 +53,24 @@ class StartPlan:
     def summary(self) -> str:
         wait_s = self.start_s - self.now_s
         saved = 100.0 * (1 - self.expected_g / self.now_g) if self.now_g > 0 else 0.0
-        when = datetime.fromtimestamp(self.start_s, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        when = _utc(self.start_s)
         meters = ",".join(dict.fromkeys(j.energy_source for j in self.jobs if j.energy_source)) or "unlabelled"
         return (f"carbon-aware start: {when} (in {_duration(wait_s)}); forecast {self.expected_g:.4g} gCO2e against "
                 f"{self.now_g:.4g} gCO2e if started now ({saved:.0f}% less), {len(self.jobs)} job(s) "
                 f"{'one after the other' if self.back_to_back else 'side by side'}; intensity forecast {self.source}, "
                 f"energy from probes ({meters})")
 
-
     def job_lines(self) -> list[str]:
         """One line per job: its start, and its forecast energy and time."""
         lines = []
         for job, start in zip(self.jobs, self.job_starts()):
-            when = datetime.fromtimestamp(start, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-            lines.append(f"  {job.name}: start {when}, forecast {job.energy_j / J_PER_KWH * 1000:.4g} Wh in "
+            lines.append(f"  {job.name}: start {_utc(start)}, forecast {job.energy_j / J_PER_KWH * 1000:.4g} Wh in "
                          f"{_duration(job.duration_s)}")
         return lines
+
+
+def _utc(t: float) -> str:
+    return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def _duration(seconds: float) -> str:
@@ -89,6 +91,13 @@ def forecast_g(jobs: tuple[PlannedJob, ...], start_s: float, series: HourlySerie
     return total
 
 
+def check_covers(series: HourlySeries, now_s: float, deadline_s: float) -> None:
+    """The one-line error for a forecast that does not reach from now to the deadline."""
+    if not series.covers(now_s, deadline_s):
+        raise BenchError(f"the intensity forecast ({series.source}) does not cover now to the deadline; give a series "
+                         "that does (energy.intensity_csv) or an earlier --deadline")
+
+
 def plan_start(jobs: list[PlannedJob], series: HourlySeries, now_s: float, deadline_s: float, pue: float,
                back_to_back: bool = True, step_s: float = 900.0) -> StartPlan:
     """The start in [now, deadline - the jobs' time] with the lowest forecast gCO2e (see the module)."""
@@ -100,9 +109,7 @@ def plan_start(jobs: list[PlannedJob], series: HourlySeries, now_s: float, deadl
     if latest < now_s:
         raise BenchError(f"the jobs' forecast time ({_duration(span)}) does not fit before the deadline (in "
                          f"{_duration(deadline_s - now_s)}); give a later --deadline or drop --carbon-aware")
-    if not series.covers(now_s, deadline_s):
-        raise BenchError(f"the intensity forecast ({series.source}) does not cover now to the deadline; give a series "
-                         "that does (energy.intensity_csv) or an earlier --deadline")
+    check_covers(series, now_s, deadline_s)
     first_step = math.ceil(now_s / step_s) * step_s
     candidates = [now_s, *[first_step + k * step_s for k in range(int((latest - first_step) // step_s) + 1)
                            if first_step + k * step_s <= latest]]

@@ -29,9 +29,10 @@ from bench.energy.carbon import HourlySeries
 from bench.energy.intensity_sources import forecast_series
 from bench.energy.meters import create_meters
 from bench.energy.plan import measurement_plan
-from bench.energy.start_plan import PlannedJob, StartPlan, plan_start
+from bench.energy.start_plan import PlannedJob, StartPlan, check_covers, plan_start
 from bench.errors import BenchError
 from bench.orchestration.forecast import probe_training
+from bench.tracking.runlog import RunLog
 
 logger = logging.getLogger(__name__)
 
@@ -53,9 +54,7 @@ class CarbonAware:
         """The forecast (fetched once); a one-line error when there is none or it does not reach the deadline."""
         if self.series is None:
             series = forecast_series(energy)
-            if not series.covers(self.clock.now(), self.deadline_s):
-                raise BenchError(f"the intensity forecast ({series.source}) does not cover now to the deadline; give "
-                                 "a series that does (energy.intensity_csv) or an earlier --deadline")
+            check_covers(series, self.clock.now(), self.deadline_s)
             self.series = series
         return self.series
 
@@ -90,14 +89,16 @@ def plan_search(longest: Config, shares: list[int], carbon: CarbonAware) -> Star
     return plan_start(jobs, series, carbon.clock.now(), carbon.deadline_s, longest.energy.pue, back_to_back=False)
 
 
-def plan_metrics(plan: StartPlan) -> dict[str, float]:
-    return {"carbon_plan/expected_g": plan.expected_g, "carbon_plan/if_started_now_g": plan.now_g,
-            "carbon_plan/start_unix_s": plan.start_s, "carbon_plan/wait_s": plan.start_s - plan.now_s}
-
-
-def plan_tags(plan: StartPlan, **more: str) -> dict[str, str]:
+def announce(plan: StartPlan, log: RunLog, parent: str, jobs: str = "") -> None:
+    """Tell the plan and log it on the sweep's or study's parent run, before anything waits."""
+    logger.info(plan.summary() + (f"; {jobs}" if jobs else ""))
     start = datetime.fromtimestamp(plan.start_s, timezone.utc).isoformat(timespec="seconds")
-    return {"carbon_plan.start": start, "carbon_plan.source": plan.source, **more}
+    log.log_batch(parent, metrics={"carbon_plan/expected_g": plan.expected_g,
+                                   "carbon_plan/if_started_now_g": plan.now_g,
+                                   "carbon_plan/start_unix_s": plan.start_s,
+                                   "carbon_plan/wait_s": plan.start_s - plan.now_s},
+                  tags={"carbon_plan.start": start, "carbon_plan.source": plan.source,
+                        **({"carbon_plan.jobs": jobs} if jobs else {})})
 
 
 def wait_until(start_s: float, clock: Clock) -> None:
@@ -113,7 +114,12 @@ def wait_until(start_s: float, clock: Clock) -> None:
             bar.refresh()
 
 
-def realised_g(metrics_by_variant: dict[str, dict]) -> float | None:
-    """The training gCO2e the variants really emitted (each computed at the hours it ran), summed."""
-    values = [m.get("train/co2_g") for m in metrics_by_variant.values()]
-    return float(sum(values)) if values and all(v is not None for v in values) else None
+def log_realised(plan: StartPlan, co2_g: list[float | None], log: RunLog, parent: str) -> None:
+    """The training gCO2e the work really emitted (each run's measured energy at the hours it ran), summed and
+    logged beside the plan; nothing when a run has no figure."""
+    if not co2_g or any(v is None for v in co2_g):
+        return
+    realised = float(sum(co2_g))
+    logger.info(f"carbon-aware: realised {realised:.4g} gCO2e of training in {len(co2_g)} run(s) (forecast "
+                f"{plan.expected_g:.4g}, {plan.now_g:.4g} if started at once)")
+    log.log_batch(parent, metrics={"carbon_plan/realised_g": realised})

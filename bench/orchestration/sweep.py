@@ -182,9 +182,7 @@ def run_sweep(grid: Grid, out_root: str | Path, progress: bool = True, new: bool
         plan = None
         if carbon is not None and todo:
             plan = carbon_aware.plan_variants([(v.name, v.config) for v in todo], carbon, launcher != "slurm")
-            logger.info(plan.summary())
-            log.log_batch(parent_id, metrics=carbon_aware.plan_metrics(plan),
-                          tags=carbon_aware.plan_tags(plan))
+            carbon_aware.announce(plan, log, parent_id)
             if launcher != "slurm":
                 carbon_aware.wait_until(plan.start_s, carbon.clock)
         ran, failed = run(grid, todo, Path(out_root), parent_id, exp_id, unfinished, progress, new, collected,
@@ -193,11 +191,8 @@ def run_sweep(grid: Grid, out_root: str | Path, progress: bool = True, new: bool
         if not outer_run:
             log.set_terminated(parent_id, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
         raise
-    realised = carbon_aware.realised_g(collected) if plan is not None else None
-    if realised is not None:
-        logger.info(f"carbon-aware: realised {realised:.4g} gCO2e of training (forecast {plan.expected_g:.4g}, "
-                    f"{plan.now_g:.4g} if started at once)")
-        log.log_batch(parent_id, metrics={"carbon_plan/realised_g": realised})
+    if plan is not None:
+        carbon_aware.log_realised(plan, [m.get("train/co2_g") for m in collected.values()], log, parent_id)
     log.log_batch(parent_id, metrics={"sweep/variants": len(grid.variants), "sweep/failed": len(failed)})
     if not outer_run:
         log.set_terminated(parent_id, "FAILED" if failed else "FINISHED")

@@ -1,7 +1,6 @@
 """``svbench search``: run (or continue) a study, its workers inside the search's energy window."""
 from __future__ import annotations
 
-import logging
 import uuid
 import warnings
 from dataclasses import dataclass
@@ -26,8 +25,6 @@ from bench.orchestration.search.study import (ATTR_PARENT, ATTR_RUN, ATTR_TRAIN_
 from bench.orchestration.search.workers import run_all_workers, run_slurm_workers
 from bench.tracking import store
 from bench.tracking.runlog import RunLog
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -131,8 +128,10 @@ def _search_and_log(cfg: Config, workers: int, url: str, out_root: str | Path, s
         "search/time_s": cost.time_s, "search/trials_energy_j": float(sum(measured)),
         "search/trials_unmeasured": len(trials) - len(measured), "search/trials": len(trials),
         **{f"search/trials_{name.lower()}": n for name, n in states.items()}}, tags=cost.tags)
-    if plan is not None:
-        _log_realised(study, search_run, plan, RunLog(out), parent)
+    if plan is not None:  # the training carbon of this run's completed trials
+        completed = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE
+                     and t.user_attrs.get(ATTR_RUN) == search_run]
+        carbon_aware.log_realised(plan, [t.user_attrs.get(ATTR_TRAIN_CO2) for t in completed], RunLog(out), parent)
     best = study.best_trials
     return SearchOutcome(study, url, parent, cost.energy_j, cost.co2_g, states, best)
 
@@ -156,20 +155,7 @@ def _plan_start(cfg: Config, shares: list[int], carbon: CarbonAware, parent: str
     """The carbon-aware start of this run's workers: planned, told and logged on the study's run before anything
     waits; waited for here (``wait``) or left to Slurm's --begin."""
     plan, jobs = plan_search_start(cfg, shares, carbon)
-    logger.info(f"{plan.summary()}; {jobs}")
-    RunLog(out).log_batch(parent, metrics=carbon_aware.plan_metrics(plan),
-                          tags=carbon_aware.plan_tags(plan, **{"carbon_plan.jobs": jobs}))
+    carbon_aware.announce(plan, RunLog(out), parent, jobs)
     if wait:
         carbon_aware.wait_until(plan.start_s, carbon.clock)
     return plan
-
-
-def _log_realised(study: optuna.Study, search_run: str, plan: StartPlan, log: RunLog, parent: str) -> None:
-    """The training gCO2e this run's completed trials really emitted (each at the hours it ran), beside the plan."""
-    values = [t.user_attrs.get(ATTR_TRAIN_CO2) for t in study.get_trials(deepcopy=False)
-              if t.user_attrs.get(ATTR_RUN) == search_run and t.state == optuna.trial.TrialState.COMPLETE]
-    if not values or any(v is None for v in values):
-        return
-    logger.info(f"carbon-aware: realised {sum(values):.4g} gCO2e of training in {len(values)} trial(s) (forecast "
-                f"{plan.expected_g:.4g} for the longest trial's time and energy x the trials)")
-    log.log_batch(parent, metrics={"carbon_plan/realised_g": float(sum(values))})
