@@ -179,9 +179,11 @@ class EnergyConfig(_Section):
     intensity_csv: Optional[str] = None
     intensity_factor: Literal["lifecycle", "direct"] = Field("lifecycle", description="the factor type of the CSV")
     electricitymaps_location: Optional[tuple[float, float]] = Field(
-        None, description="(lat, lon): fetch the last 24 h from ElectricityMaps through Zeus (network; off by default)")
+        None, description="(lat, lon): charge ElectricityMaps' history there, and plan on its forecast "
+                          "(ELECTRICITYMAPS_TOKEN; network, off by default)")
     electricitymaps_zone: Optional[str] = Field(
-        None, description="zone key (FR, DE, US-CAL-CISO): --carbon-aware fetches its forecast (ELECTRICITYMAPS_TOKEN)")
+        None, description="zone key (FR, DE, US-CAL-CISO): charge its history, and --carbon-aware plans on its "
+                          "forecast (ELECTRICITYMAPS_TOKEN; network, off by default)")
     forecast: bool = Field(False, description="probe J/step before training and record the forecast error")
     probe_steps: int = Field(5, ge=1)
     probe_warmup_steps: int = Field(2, ge=0)

@@ -123,9 +123,10 @@ def test_a_carbon_aware_search_plans_its_workers_logs_the_plan_and_what_its_tria
 
 class _ElectricityMaps:
     """A local stand-in for ElectricityMaps' forecast and history endpoints, answering as its API documentation
-    describes: ``GET /v3/carbon-intensity/forecast?zone=FR`` with an ``auth-token`` header -> ``{"zone",
-    "forecast": [{"carbonIntensity", "datetime"}...], "updatedAt"}``, ``/history`` the same with ``history`` (the
-    last 24 hours, here ``history_g`` in each); a wrong token -> 401."""
+    describes: ``GET /v3/carbon-intensity/forecast?zone=FR&horizonHours=48`` (or ``lat=..&lon=..``) with an
+    ``auth-token`` header -> ``{"zone", "forecast": [{"carbonIntensity", "datetime"}...], "updatedAt"}``, that many
+    hours from the current one (24 by default); ``/history`` the same with ``history`` (the last 24 hours, here
+    ``history_g`` in each); a wrong token -> 401."""
 
     def __init__(self, hours: list[tuple[float, float]], history_g: float = 123.0):
         import http.server
@@ -139,13 +140,14 @@ class _ElectricityMaps:
             def do_GET(self):  # noqa: N802 - http.server's name
                 url = urlparse(self.path)
                 seen.append((url.path, parse_qs(url.query), self.headers.get("auth-token")))
-                kind = url.path.rsplit("/", 1)[-1]
+                kind, query = url.path.rsplit("/", 1)[-1], parse_qs(url.query)
                 hour = time.time() - time.time() % 3600
-                rows = hours if kind == "forecast" else [(hour - 3600 * k, history_g) for k in range(23, -1, -1)]
+                rows = hours[:int(query.get("horizonHours", ["24"])[0])] if kind == "forecast" else \
+                    [(hour - 3600 * k, history_g) for k in range(23, -1, -1)]
                 if self.headers.get("auth-token") != "tok":
                     status, body = 401, {"status": "error", "message": "Invalid authentication token"}
-                else:
-                    status, body = 200, {"zone": parse_qs(url.query)["zone"][0], "updatedAt": "2026-12-04T18:00:00Z",
+                else:  # a lat/lon request is answered with the zone it falls in
+                    status, body = 200, {"zone": query.get("zone", ["FR"])[0], "updatedAt": "2026-12-04T18:00:00Z",
                                          kind: [{"carbonIntensity": v, "datetime": datetime.fromtimestamp(
                                              t, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.000Z")} for t, v in rows]}
                 data = json.dumps(body).encode()
@@ -169,7 +171,7 @@ class _ElectricityMaps:
 
 def test_electricitymaps_forecast_where_a_token_is_set_plans_in_its_trough(tiny_corpus, tmp_path, monkeypatch):
     from bench.config import EnergyConfig
-    from bench.energy.intensity_sources import forecast_series
+    from bench.energy.intensity_sources import electricitymaps_history, forecast_series
 
     now = DAY0 + 18 * 3600
     s = hourly_series(DAY0 + 18 * 3600, 48, (7, 11))  # the trough 01:00-05:00
@@ -181,9 +183,16 @@ def test_electricitymaps_forecast_where_a_token_is_set_plans_in_its_trough(tiny_
             forecast_series(energy)
         assert not em.requests  # nothing is fetched without the user's token
         monkeypatch.setenv("ELECTRICITYMAPS_TOKEN", "tok")
-        series = forecast_series(energy)
-        assert em.requests[-1] == ("/v3/carbon-intensity/forecast", {"zone": ["FR"]}, "tok")
-        assert series.source == "electricitymaps-forecast:zone FR"
+        series = forecast_series(energy, 24 * 3600)  # a 24-h deadline needs the current hour and 24 more
+        assert em.requests[-1] == ("/v3/carbon-intensity/forecast", {"zone": ["FR"], "horizonHours": ["48"]}, "tok")
+        assert series.source == "electricitymaps-forecast:zone FR" and len(series.times) == 48
+        forecast_series(energy, 5 * 3600)
+        assert em.requests[-1][1]["horizonHours"] == ["6"]
+        with pytest.raises(BenchError, match="ElectricityMaps forecasts at most 72 h ahead: give a --deadline within"):
+            forecast_series(energy, 72 * 3600)
+        paris = EnergyConfig(electricitymaps_location=(48.85, 2.35))
+        assert electricitymaps_history(paris).values.tolist() == [123.0] * 24
+        assert em.requests[-1] == ("/v3/carbon-intensity/history", {"lat": ["48.85"], "lon": ["2.35"]}, "tok")
         plan = plan_start([PlannedJob("a", 3.6e6, 3600.0)], series, now, now + 24 * 3600, pue=1.0)
         assert DAY0 + 25 * 3600 <= plan.start_s <= DAY0 + 28 * 3600 and plan.expected_g == pytest.approx(40.0)
         monkeypatch.setenv("ELECTRICITYMAPS_TOKEN", "wrong")

@@ -8,8 +8,7 @@ import socket
 from pathlib import Path
 
 from bench.atomic import atomic_open
-from bench.energy.carbon import (TABLE_FACTOR, HourlySeries, carbon_of, electricitymaps_series, grid_region,
-                                 lookup)
+from bench.energy.carbon import TABLE_FACTOR, HourlySeries, carbon_of, grid_region, lookup
 from bench.energy.intensity_sources import electricitymaps_history
 from bench.energy.reading import EnergyReading, reading_from_state, reading_to_state, sum_ranks, sum_windows
 from bench.errors import BenchError
@@ -31,11 +30,8 @@ def intensity_series(energy_cfg, after_work: bool = False) -> HourlySeries | Non
             return None
     if energy_cfg.intensity_csv:
         return HourlySeries.from_csv(energy_cfg.intensity_csv, energy_cfg.intensity_factor)
-    if energy_cfg.electricitymaps_zone:
-        return electricitymaps_history(energy_cfg.electricitymaps_zone)
-    if energy_cfg.electricitymaps_location:
-        lat, lon = energy_cfg.electricitymaps_location
-        return electricitymaps_series(lat, lon)
+    if energy_cfg.electricitymaps_zone or energy_cfg.electricitymaps_location:
+        return electricitymaps_history(energy_cfg)
     return None
 
 

@@ -1,19 +1,21 @@
 """Hourly carbon-intensity series from outside the suite: the forecast a carbon-aware start is planned on, and
-the zone history a run is charged.
+the history a run is charged.
 
 Offline by default: ``energy.intensity_csv``, a series the user provides (timestamp,g_per_kwh), is the forecast
 and also what the runs are charged afterwards. Where the user opts in (``energy.electricitymaps_zone`` or
-``energy.electricitymaps_location`` set, and a token in ``ELECTRICITYMAPS_TOKEN``), the forecast is fetched from
-ElectricityMaps' forecast endpoint (``GET /v3/carbon-intensity/forecast?zone=FR`` or ``?lat=..&lon=..``, header
-``auth-token``; the answer's ``forecast`` list holds ``{"datetime", "carbonIntensity"}`` per hour, in gCO2e/kWh,
-lifecycle factors). ``ELECTRICITYMAPS_API_URL`` replaces the public host (a company proxy, or a test's server).
-Nothing is fetched unless the user set these. A run that set ``energy.electricitymaps_zone`` is charged, after
-its work, the zone's last 24 hours (``/v3/carbon-intensity/history``), so the realised gCO2e of a carbon-aware
-start is at the hours the work ran.
+``energy.electricitymaps_location`` set, and a token in ``ELECTRICITYMAPS_TOKEN``), both come from ElectricityMaps:
+the forecast from ``GET /v3/carbon-intensity/forecast?zone=FR`` (or ``?lat=..&lon=..``) with ``horizonHours`` the
+smallest of the API's horizons (6, 24, 48, 72 h) that reaches the deadline from the current hour, and, after the
+work, the place's last 24 hours from ``/v3/carbon-intensity/history``, so the realised gCO2e of a carbon-aware start
+is at the hours the work ran. Requests carry the header ``auth-token``; each answer's ``forecast`` or ``history``
+list holds ``{"datetime", "carbonIntensity"}`` per hour, in gCO2e/kWh, lifecycle factors (the API's default) in
+both, so a plan and the charge it is compared with use one factor type. ``ELECTRICITYMAPS_API_URL`` replaces the
+public host (a company proxy, or a test's server). Nothing is fetched unless the user set these.
 """
 
 from __future__ import annotations
 
+import math
 import os
 
 import numpy as np
@@ -27,6 +29,7 @@ TOKEN_ENV = "ELECTRICITYMAPS_TOKEN"
 URL_ENV = "ELECTRICITYMAPS_API_URL"
 PUBLIC_URL = "https://api.electricitymap.org"
 TIMEOUT_S = 20.0
+FORECAST_HORIZONS_H = (6, 24, 48, 72)  # the forecast endpoint's horizonHours values
 
 
 def forecast_source_error(energy) -> str | None:
@@ -43,39 +46,45 @@ def forecast_source_error(energy) -> str | None:
             f"{TOKEN_ENV}) to fetch ElectricityMaps' forecast")
 
 
-def forecast_series(energy) -> HourlySeries:
-    """The forecast the settings name (see the module); a one-line error when there is none."""
+def forecast_series(energy, horizon_s: float = 24 * 3600) -> HourlySeries:
+    """The forecast the settings name (see the module), reaching ``horizon_s`` seconds ahead; a one-line error
+    when there is none."""
     why = forecast_source_error(energy)
     if why:
         raise BenchError(why)
     if energy.intensity_csv:
         return HourlySeries.from_csv(energy.intensity_csv, energy.intensity_factor)
+    need_h = math.ceil(horizon_s / 3600) + 1  # the forecast's first hour began before now
+    hours = next((h for h in FORECAST_HORIZONS_H if h >= need_h), None)
+    if hours is None:
+        raise BenchError(f"ElectricityMaps forecasts at most {FORECAST_HORIZONS_H[-1]} h ahead: give a --deadline "
+                         f"within {FORECAST_HORIZONS_H[-1] - 1}h, or --energy.intensity_csv with a longer forecast")
+    return _electricitymaps({**electricitymaps_place(energy), "horizonHours": hours}, "forecast")
+
+
+def electricitymaps_place(energy) -> dict:
+    """The request's place: ``zone``, or ``lat`` and ``lon``."""
     if energy.electricitymaps_zone:
-        where = {"zone": energy.electricitymaps_zone}
-    else:
-        lat, lon = energy.electricitymaps_location
-        where = {"lat": lat, "lon": lon}
-    return electricitymaps_forecast(where, os.environ[TOKEN_ENV], os.environ.get(URL_ENV) or PUBLIC_URL)
+        return {"zone": energy.electricitymaps_zone}
+    lat, lon = energy.electricitymaps_location
+    return {"lat": lat, "lon": lon}
 
 
-def electricitymaps_forecast(where: dict, token: str, base_url: str) -> HourlySeries:
-    """ElectricityMaps' hourly forecast for ``where`` (``zone``, or ``lat`` and ``lon``)."""
-    return _electricitymaps(where, token, base_url, "forecast")
+def electricitymaps_history(energy) -> HourlySeries:
+    """The last 24 hours' intensity at the configured place (``GET /v3/carbon-intensity/history``), what a run
+    that set ``energy.electricitymaps_zone`` or ``energy.electricitymaps_location`` is charged after its work."""
+    return _electricitymaps(electricitymaps_place(energy), "history")
 
 
-def electricitymaps_history(zone: str) -> HourlySeries:
-    """The last 24 hours' intensity of ``zone`` (``GET /v3/carbon-intensity/history``), what a run that set
-    ``energy.electricitymaps_zone`` is charged after its work (lifecycle factors)."""
+def _electricitymaps(where: dict, kind: str) -> HourlySeries:
+    """One of ElectricityMaps' hourly series (``kind``: forecast or history): the answer's ``<kind>`` list."""
     token = os.environ.get(TOKEN_ENV)
     if not token:
-        raise BenchError(f"energy.electricitymaps_zone needs an API token: export {TOKEN_ENV}=<token>, or unset it")
-    return _electricitymaps({"zone": zone}, token, os.environ.get(URL_ENV) or PUBLIC_URL, "history")
-
-
-def _electricitymaps(where: dict, token: str, base_url: str, kind: str) -> HourlySeries:
-    """One of ElectricityMaps' hourly series (``kind``: forecast or history): the answer's ``<kind>`` list."""
+        raise BenchError(f"ElectricityMaps needs an API token: export {TOKEN_ENV}=<token>, or unset "
+                         "energy.electricitymaps_zone / energy.electricitymaps_location")
+    base_url = os.environ.get(URL_ENV) or PUBLIC_URL
     url = f"{base_url.rstrip('/')}/v3/carbon-intensity/{kind}"
-    place = ", ".join(f"{k} {v}" for k, v in where.items())
+    place = ", ".join(f"{k} {v}" for k, v in where.items() if k in ("zone", "lat", "lon"))
     try:
         resp = requests.get(url, params=where, headers={"auth-token": token}, timeout=TIMEOUT_S)
     except requests.RequestException as exc:

@@ -53,7 +53,7 @@ class CarbonAware:
     def forecast(self, energy: EnergyConfig) -> HourlySeries:
         """The forecast (fetched once); a one-line error when there is none or it does not reach the deadline."""
         if self.series is None:
-            series = forecast_series(energy)
+            series = forecast_series(energy, self.deadline_s - self.clock.now())
             check_covers(series, self.clock.now(), self.deadline_s)
             self.series = series
         return self.series
