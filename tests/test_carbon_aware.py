@@ -267,6 +267,29 @@ def test_plan_only_prints_the_plan_and_creates_nothing(tiny_corpus, tmp_path):
     assert_one_line_error(proc, "--plan-only goes with --carbon-aware")
 
 
+def test_a_search_plan_only_plans_the_trials_its_study_has_not_started(tiny_corpus, tmp_path):
+    """A study holding 2 finished trials of 3 (made through Optuna's API, as an earlier run leaves it): the plan
+    covers the 1 trial left on 1 worker; with 2 trials asked there is nothing to plan. The journal is not changed."""
+    import optuna
+
+    _, _, csv = forecast_csv(tmp_path)
+    journal = tmp_path / "s.journal"
+    study = optuna.create_study(study_name="svbench-search", directions=["minimize", "minimize"],
+                                storage=optuna.storages.JournalStorage(
+                                    optuna.storages.journal.JournalFileBackend(str(journal))))
+    for values in ([10.0, 500.0], [12.0, 300.0]):
+        study.add_trial(optuna.trial.create_trial(params={}, distributions={}, values=values))
+    before = journal.read_bytes()
+    args = ["search", "--preset", "tiny", "--data.root", tiny_corpus, "--workers", "2", "--storage", journal,
+            "--out", tmp_path / "o", "--carbon-aware", "--plan-only", "--energy.intensity_csv", csv]
+    proc = run_cli(*args, "--n-trials", "3", env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'm.db'}"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "1 worker(s) side by side, 1 trial(s)" in proc.stdout, proc.stdout
+    proc = run_cli(*args, "--n-trials", "2", env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'm.db'}"})
+    assert proc.returncode == 0 and "has started all 2 trials already: nothing to plan" in proc.stdout
+    assert journal.read_bytes() == before and not (tmp_path / "o").exists() and not (tmp_path / "m.db").exists()
+
+
 def test_ctrl_c_while_waiting_for_the_planned_start_ends_the_sweep_killed_with_no_variant_run(tiny_corpus, tmp_path):
     """The real CLI and clock: the plan waits hours for the trough; Ctrl-C during the countdown exits 130, the
     parent run (with the plan logged) ends KILLED, and no variant run was made."""

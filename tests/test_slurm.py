@@ -108,19 +108,47 @@ def test_sweep_on_slurm_nested_runs_requeue_and_a_failing_job(slurm_cluster, tin
     assert again.stdout.count("already finished, skipped") == 2 and again.stdout.count("Slurm job") == 2
 
 
-def test_search_array_on_slurm_with_postgres_storage(slurm_cluster, tiny_corpus, tmp_path, tracking_server):
+def test_a_carbon_aware_search_array_on_slurm_with_postgres_storage(slurm_cluster, tiny_corpus, tmp_path,
+                                                                     tracking_server):
+    """A search of 3 trials on 2 Slurm workers (one job array) with a PostgreSQL storage, carbon-aware: the array
+    is submitted at once and held by Slurm until the forecast's trough (--begin, reason BeginTime); an admin starts
+    it now; the study logs the plan and the realised gCO2e (its trials' measured training energy at the hours they
+    ran)."""
+    import threading
+
+    from forecast_series import forecast_csv
+
     storage = postgres_url("svbench_slurm_search")
     if storage is None:
         pytest.skip("no PostgreSQL on 127.0.0.1:5432")
+    _, hour0, csv = forecast_csv(tmp_path)
+    planned = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(hour0 + 7 * 3600))  # the trough's first hour
+    held: dict[str, str] = {}
+
+    def release_when_held(deadline: float) -> None:
+        while time.time() < deadline and not held:
+            out = subprocess.run(["squeue", "-h", "-o", "%i|%j|%T|%r|%S"], capture_output=True, text=True).stdout
+            for line in out.splitlines():
+                jid, name, state, reason, start = line.split("|")
+                if name.startswith("svbench-search-") and state == "PENDING" and reason == "BeginTime":
+                    held[jid] = start
+                    subprocess.run(["scontrol", "update", f"JobId={jid.split('_')[0]}", "StartTime=now"], check=True)
+            time.sleep(0.3)
+
+    watcher = threading.Thread(target=release_when_held, args=(time.time() + 300,))
+    watcher.start()
     base = tracking_server
     proc = run_cli("search", "--preset", "tiny", "--data.root", tiny_corpus, "--val-speakers", "0.25",
                    "--n-trials", "3", "--workers", "2",
                    "--launcher", "slurm", "--storage", storage, "--slurm.poll_s", "1", "--slurm.folder",
                    tmp_path / "slurm", "--experiment", "slsearch", "--train.epochs", "1",
                    "--tracking.log_model", "false", "--out", tmp_path / "search",
+                   "--carbon-aware", "--deadline", "20h", "--energy.intensity_csv", csv, "--energy.region", "FRA",
                    env={"MLFLOW_TRACKING_URI": base}, cwd=tmp_path, timeout=900)
+    watcher.join(timeout=10)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "2 worker job(s) submitted to Slurm" in proc.stdout
+    assert "2 worker job(s) submitted to Slurm" in proc.stdout and "carbon-aware start:" in proc.stdout
+    assert held and set(held.values()) == {planned}, (held, planned)  # the array's tasks, held till the trough
     client = MlflowClient(tracking_uri=base)
     runs = client.search_runs([client.get_experiment_by_name("slsearch").experiment_id])
     study = next(r for r in runs if r.data.tags.get("svbench.kind") == "study")
@@ -132,6 +160,9 @@ def test_search_array_on_slurm_with_postgres_storage(slurm_cluster, tiny_corpus,
     m = study.data.metrics
     assert m["search/trials_complete"] == 3 and m["search/energy_j"] >= m["search/trials_energy_j"] > 0
     assert study.data.tags["energy.attribution"] == "cpu-time-share"  # each job its share of the node
+    assert m["carbon_plan/start_unix_s"] == pytest.approx(hour0 + 7 * 3600)
+    assert m["carbon_plan/expected_g"] < m["carbon_plan/if_started_now_g"]
+    assert m["carbon_plan/realised_g"] == pytest.approx(sum(r.data.metrics["train/co2_g"] for r in trials))
 
 
 def test_slurm_bad_input_fails_before_anything_is_submitted(tiny_corpus, tmp_path):

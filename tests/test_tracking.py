@@ -123,13 +123,20 @@ def _pyfunc_embeds_whole_utterances(model_uri, checkpoint, tmp_path, tracking_ur
 
 @pytest.mark.xdist_group("postgres")  # PostgreSQL's connections are shared with the Slurm tests
 def test_sweep_against_mlflow_server_over_rest(tiny_corpus, tmp_path, tracking_server):
+    """`mlflow run -e sweep` against a tracking server, carbon-aware (its parameters, and an undeclared
+    `-P energy.intensity_csv=`) on a forecast whose trough is now: it starts at once and logs the plan; then the
+    report, a re-run that skips, and the study's figures."""
+    from forecast_series import forecast_csv
+
     base = tracking_server
     grid = tmp_path / "grid.yaml"
     grid.write_text(TINY_GRID + "overrides: {train.epochs: 1, tracking.log_model: false}\n")
+    _, _, csv = forecast_csv(tmp_path, trough=(0, 6))
     # `mlflow run -e sweep`: the run MLflow creates is the sweep's parent, in the experiment named
     proc = subprocess.run(["mlflow", "run", str(REPO), "--env-manager", "local", "-e", "sweep",
                            "--experiment-name", "ci-sweep", "-P", f"grid={grid}", "-P", f"data_root={tiny_corpus}",
-                           "-P", f"out={tmp_path / 'runs'}", "-P", f"reports={tmp_path / 'reports'}"],
+                           "-P", f"out={tmp_path / 'runs'}", "-P", f"reports={tmp_path / 'reports'}",
+                           "-P", "carbon_aware=true", "-P", "deadline=3h", "-P", f"energy.intensity_csv={csv}"],
                           capture_output=True, text=True, env=fresh_env(MLFLOW_TRACKING_URI=base), cwd=tmp_path,
                           timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -145,6 +152,9 @@ def test_sweep_against_mlflow_server_over_rest(tiny_corpus, tmp_path, tracking_s
     assert sorted(t["svbench.variant"] for t in children) == ["v18", "vw25"]
     assert len(parents) == 1 and all(t["mlflow.parentRunId"] == parents[0]["info"]["run_id"] for t in children)
     assert len(runs) == 3 and parents[0]["info"]["status"] == "FINISHED"  # no extra parent beside MLflow's run
+    plan = {m["key"]: m["value"] for m in parents[0]["data"]["metrics"]}
+    assert plan["carbon_plan/wait_s"] <= 0 and plan["carbon_plan/expected_g"] == pytest.approx(
+        plan["carbon_plan/if_started_now_g"]) and plan["carbon_plan/realised_g"] > 0  # in the trough: at once
     metrics = [{m["key"] for m in r["data"]["metrics"]}
                for r, t in zip(runs, tags) if t.get("svbench.kind") == "variant"]
     assert all("eer_pct/synth" in m and "train/energy_j" in m and "eer_pct/synth/ci_low" in m for m in metrics)
@@ -153,6 +163,7 @@ def test_sweep_against_mlflow_server_over_rest(tiny_corpus, tmp_path, tracking_s
     pairs = [ln for ln in report.splitlines() if ln.startswith("|")
              and ("better than" in ln or "not distinguishable at this trial count" in ln)]
     assert len(pairs) == 1 and pairs[0].count("[") == 2, report
+    assert "at the planned start" in report and "not planned" not in report  # the levers table has the plan
     # re-running the sweep skips both finished variants
     again = run_cli("sweep", "--grid", grid, "--data-root", tiny_corpus, "--out", tmp_path / "runs",
                     "--experiment", "ci-sweep", env={"MLFLOW_TRACKING_URI": base}, cwd=tmp_path)

@@ -44,10 +44,21 @@ def config_from_args(args, extra):
     return load_config(args.preset, overrides)
 
 
+def on_off(value: str) -> bool:
+    """A switch's value as ``mlflow run -P`` passes it: true/false (yes/no, 1/0, on/off), empty for false."""
+    v = value.strip().lower()
+    if v in ("true", "yes", "1", "on"):
+        return True
+    if v in ("", "false", "no", "0", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"{value!r} is not true or false")
+
+
 def add_carbon_aware_args(p: argparse.ArgumentParser, what: str) -> None:
-    p.add_argument("--carbon-aware", action="store_true",
+    p.add_argument("--carbon-aware", nargs="?", const=True, default=False, type=on_off, metavar="true|false",
                    help=f"start {what} when the forecast gCO2e is lowest before --deadline (energy.intensity_csv is "
-                        "the hourly forecast); Slurm jobs are submitted at once with --begin")
+                        "the hourly forecast); Slurm jobs are submitted at once with --begin. A value (`mlflow run "
+                        "-P carbon_aware=true`): true or false, empty for false")
     p.add_argument("--deadline", default=None, help="with --carbon-aware: when the work must be done (24h, 90m, "
                                                     "2d, or an ISO time; default 24h)")
     p.add_argument("--plan-only", action="store_true",

@@ -36,8 +36,14 @@ def cmd_search(args, extra) -> int:
     s = cfg.search
     if args.plan_only:  # a probe of the longest trial only: no study, no run, nothing tracked
         from bench.orchestration.search.run import plan_search_start, worker_shares
+        from bench.orchestration.search.study import started_in_storage, storage_url
 
-        return print_plan(*plan_search_start(cfg, worker_shares(s.n_trials, args.workers or 1), carbon))
+        started = started_in_storage(cfg, storage_url(cfg, args.out))
+        shares = worker_shares(max(0, s.n_trials - started), args.workers or 1)
+        if not shares:
+            print(f"search: the study {s.study_name} has started all {s.n_trials} trials already: nothing to plan")
+            return 0
+        return print_plan(*plan_search_start(cfg, shares, carbon))
     if s.energy_budget_j is None and s.carbon_budget_g is None and s.max_params_m is None:
         print("search: no budget set (search.energy_budget_j / carbon_budget_g / max_params_m): every trial is "
               "feasible")

@@ -242,6 +242,17 @@ def started_trials(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=STARTED))
 
 
+def started_in_storage(cfg: Config, url: str) -> int:
+    """Trials the search's study has started in ``url`` already (0 where there is no such study yet), read without
+    making a study or a journal file: what a plan of the work left needs."""
+    if "://" not in url and not Path(url).is_file():
+        return 0
+    storage = make_storage(url, cfg.search.heartbeat_s)
+    if cfg.search.study_name not in optuna.get_all_study_names(storage):
+        return 0
+    return started_trials(load_study(cfg, storage))
+
+
 def study_folder(cfg: Config, out_root: str | Path) -> Path:
     """Where a study's trials write (``trial-<n>``), and the spool of its parent run."""
     return Path(out_root) / cfg.search.study_name
