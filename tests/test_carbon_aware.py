@@ -180,16 +180,18 @@ def test_electricitymaps_forecast_where_a_token_is_set_plans_in_its_trough(tiny_
         energy = EnergyConfig(electricitymaps_zone="FR")
         monkeypatch.setenv("ELECTRICITYMAPS_API_URL", em.url)
         with pytest.raises(BenchError, match="needs an API token: export ELECTRICITYMAPS_TOKEN"):
-            forecast_series(energy)
+            forecast_series(energy, now, now + 24 * 3600)
         assert not em.requests  # nothing is fetched without the user's token
         monkeypatch.setenv("ELECTRICITYMAPS_TOKEN", "tok")
-        series = forecast_series(energy, 24 * 3600)  # a 24-h deadline needs the current hour and 24 more
+        series = forecast_series(energy, now + 1800, now + 1800 + 24 * 3600)  # the current hour's row and 24 more
         assert em.requests[-1] == ("/v3/carbon-intensity/forecast", {"zone": ["FR"], "horizonHours": ["48"]}, "tok")
         assert series.source == "electricitymaps-forecast:zone FR" and len(series.times) == 48
-        forecast_series(energy, 5 * 3600)
+        forecast_series(energy, now, now + 24 * 3600)  # on the hour: 24 rows reach it
+        assert em.requests[-1][1]["horizonHours"] == ["24"]
+        forecast_series(energy, now + 1800, now + 5 * 3600)
         assert em.requests[-1][1]["horizonHours"] == ["6"]
-        with pytest.raises(BenchError, match="ElectricityMaps forecasts at most 72 h ahead: give a --deadline within"):
-            forecast_series(energy, 72 * 3600)
+        with pytest.raises(BenchError, match="ElectricityMaps forecasts 72 h from the current hour: give an earlier"):
+            forecast_series(energy, now + 1800, now + 72 * 3600 + 1)
         paris = EnergyConfig(electricitymaps_location=(48.85, 2.35))
         assert electricitymaps_history(paris).values.tolist() == [123.0] * 24
         assert em.requests[-1] == ("/v3/carbon-intensity/history", {"lat": ["48.85"], "lon": ["2.35"]}, "tok")
@@ -197,7 +199,7 @@ def test_electricitymaps_forecast_where_a_token_is_set_plans_in_its_trough(tiny_
         assert DAY0 + 25 * 3600 <= plan.start_s <= DAY0 + 28 * 3600 and plan.expected_g == pytest.approx(40.0)
         monkeypatch.setenv("ELECTRICITYMAPS_TOKEN", "wrong")
         with pytest.raises(BenchError, match="refused the token"):
-            forecast_series(energy)
+            forecast_series(energy, now, now + 24 * 3600)
         # the CLI: the refused token is one line before anything is created
         proc = run_cli("sweep", "--grid", "demo", "--data.root", tiny_corpus, "--out", tmp_path / "o",
                        "--carbon-aware", "--energy.electricitymaps_zone", "FR",
@@ -209,7 +211,7 @@ def test_electricitymaps_forecast_where_a_token_is_set_plans_in_its_trough(tiny_
         em.close()
     monkeypatch.setenv("ELECTRICITYMAPS_TOKEN", "tok")  # the server is gone
     with pytest.raises(BenchError, match="cannot reach ElectricityMaps"):
-        forecast_series(energy)
+        forecast_series(energy, now, now + 24 * 3600)
 
 
 def test_a_carbon_aware_sweep_on_electricitymaps_plans_on_its_forecast_and_is_charged_its_history(
@@ -269,7 +271,8 @@ def test_plan_only_prints_the_plan_and_creates_nothing(tiny_corpus, tmp_path):
 
 def test_a_search_plan_only_plans_the_trials_its_study_has_not_started(tiny_corpus, tmp_path):
     """A study holding 2 finished trials of 3 (made through Optuna's API, as an earlier run leaves it): the plan
-    covers the 1 trial left on 1 worker; with 2 trials asked there is nothing to plan. The journal is not changed."""
+    covers the 1 trial left on 1 worker; with 2 trials asked there is nothing to plan. The journal is not changed,
+    and a database storage that does not exist yet is not created."""
     import optuna
 
     _, _, csv = forecast_csv(tmp_path)
@@ -288,6 +291,12 @@ def test_a_search_plan_only_plans_the_trials_its_study_has_not_started(tiny_corp
     proc = run_cli(*args, "--n-trials", "2", env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'm.db'}"})
     assert proc.returncode == 0 and "has started all 2 trials already: nothing to plan" in proc.stdout
     assert journal.read_bytes() == before and not (tmp_path / "o").exists() and not (tmp_path / "m.db").exists()
+    # a database storage that does not exist yet is not made (nor Optuna's tables in it)
+    db = tmp_path / "optuna.db"
+    args[args.index(journal)] = f"sqlite:///{db}"
+    proc = run_cli(*args, "--n-trials", "2", env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'm.db'}"})
+    assert proc.returncode == 0 and "2 worker(s) side by side, 2 trial(s)" in proc.stdout, proc.stderr[-2000:]
+    assert not db.exists()
 
 
 def test_ctrl_c_while_waiting_for_the_planned_start_ends_the_sweep_killed_with_no_variant_run(tiny_corpus, tmp_path):

@@ -127,6 +127,31 @@ def test_impossible_budget_is_infeasible_everywhere(tiny_corpus, tmp_path):
 
 
 @pytest.mark.xdist_group("postgres")  # PostgreSQL's connections are shared with the Slurm tests
+def test_trials_started_are_read_from_a_postgresql_storage_without_making_its_tables():
+    """What `search --plan-only` reads: 0 from a database without Optuna's tables (and none are made), the started
+    trials once a study holds some; an unreachable server is a one-line error."""
+    import sqlalchemy
+
+    from bench.errors import BenchError
+    from bench.orchestration.search.study import started_in_storage
+
+    url = postgres_url("svbench_plan_only")
+    if url is None:
+        pytest.skip("no PostgreSQL on 127.0.0.1:5432")
+    cfg = load_config("tiny", {})
+    assert started_in_storage(cfg, url) == 0
+    engine = sqlalchemy.create_engine(url)
+    assert sqlalchemy.inspect(engine).get_table_names() == []
+    engine.dispose()
+    study = optuna.create_study(study_name=cfg.search.study_name, storage=url, directions=["minimize", "minimize"])
+    study.add_trial(optuna.trial.create_trial(params={}, distributions={}, values=[10.0, 500.0]))
+    study.enqueue_trial({})  # waiting, not started: the run would not count it either
+    assert started_in_storage(cfg, url) == 1
+    with pytest.raises(BenchError, match="cannot open Optuna storage"):
+        started_in_storage(cfg, "postgresql+psycopg2://postgres@127.0.0.1:1/none")
+
+
+@pytest.mark.xdist_group("postgres")  # PostgreSQL's connections are shared with the Slurm tests
 def test_rdb_storage_on_postgresql_shared_by_workers(tiny_corpus, tmp_path):
     url = postgres_url("svbench_optuna_test")
     if url is None:

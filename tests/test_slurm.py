@@ -8,6 +8,7 @@ import time
 
 import pytest
 from conftest import REPO, assert_one_line_error, postgres_url, run_cli
+from slurm_jobs import releasing_held_jobs
 from mlflow.tracking import MlflowClient
 
 # one cluster, and PostgreSQL's connections: these tests run on one worker, with the other PostgreSQL tests
@@ -114,8 +115,6 @@ def test_a_carbon_aware_search_array_on_slurm_with_postgres_storage(slurm_cluste
     is submitted at once and held by Slurm until the forecast's trough (--begin, reason BeginTime); an admin starts
     it now; the study logs the plan and the realised gCO2e (its trials' measured training energy at the hours they
     ran)."""
-    import threading
-
     from forecast_series import forecast_csv
 
     storage = postgres_url("svbench_slurm_search")
@@ -123,32 +122,18 @@ def test_a_carbon_aware_search_array_on_slurm_with_postgres_storage(slurm_cluste
         pytest.skip("no PostgreSQL on 127.0.0.1:5432")
     _, hour0, csv = forecast_csv(tmp_path)
     planned = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(hour0 + 7 * 3600))  # the trough's first hour
-    held: dict[str, str] = {}
-
-    def release_when_held(deadline: float) -> None:
-        while time.time() < deadline and not held:
-            out = subprocess.run(["squeue", "-h", "-o", "%i|%j|%T|%r|%S"], capture_output=True, text=True).stdout
-            for line in out.splitlines():
-                jid, name, state, reason, start = line.split("|")
-                if name.startswith("svbench-search-") and state == "PENDING" and reason == "BeginTime":
-                    held[jid] = start
-                    subprocess.run(["scontrol", "update", f"JobId={jid.split('_')[0]}", "StartTime=now"], check=True)
-            time.sleep(0.3)
-
-    watcher = threading.Thread(target=release_when_held, args=(time.time() + 300,))
-    watcher.start()
     base = tracking_server
-    proc = run_cli("search", "--preset", "tiny", "--data.root", tiny_corpus, "--val-speakers", "0.25",
-                   "--n-trials", "3", "--workers", "2",
-                   "--launcher", "slurm", "--storage", storage, "--slurm.poll_s", "1", "--slurm.folder",
-                   tmp_path / "slurm", "--experiment", "slsearch", "--train.epochs", "1",
-                   "--tracking.log_model", "false", "--out", tmp_path / "search",
-                   "--carbon-aware", "--deadline", "20h", "--energy.intensity_csv", csv, "--energy.region", "FRA",
-                   env={"MLFLOW_TRACKING_URI": base}, cwd=tmp_path, timeout=900)
-    watcher.join(timeout=10)
+    with releasing_held_jobs(lambda name: name.startswith("svbench-search-"), 1) as held:
+        proc = run_cli("search", "--preset", "tiny", "--data.root", tiny_corpus, "--val-speakers", "0.25",
+                       "--n-trials", "3", "--workers", "2",
+                       "--launcher", "slurm", "--storage", storage, "--slurm.poll_s", "1", "--slurm.folder",
+                       tmp_path / "slurm", "--experiment", "slsearch", "--train.epochs", "1",
+                       "--tracking.log_model", "false", "--out", tmp_path / "search",
+                       "--carbon-aware", "--deadline", "20h", "--energy.intensity_csv", csv, "--energy.region", "FRA",
+                       env={"MLFLOW_TRACKING_URI": base}, cwd=tmp_path, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "2 worker job(s) submitted to Slurm" in proc.stdout and "carbon-aware start:" in proc.stdout
-    assert held and set(held.values()) == {planned}, (held, planned)  # the array's tasks, held till the trough
+    assert list(held.values()) == [planned], (held, planned)  # the array, held till the trough
     client = MlflowClient(tracking_uri=base)
     runs = client.search_runs([client.get_experiment_by_name("slsearch").experiment_id])
     study = next(r for r in runs if r.data.tags.get("svbench.kind") == "study")
@@ -398,33 +383,18 @@ def test_a_carbon_aware_sweep_on_slurm_submits_its_jobs_with_the_planned_begin(s
     """The forecast's trough starts 6-7 h from now: both variant jobs are submitted at once, held by Slurm until
     the trough's first hour (--begin, reason BeginTime); an admin starts them now and the sweep logs the plan and
     the realised gCO2e (the measured energy at the hours they really ran)."""
-    import threading
-
     from forecast_series import forecast_csv
 
     _, hour0, csv = forecast_csv(tmp_path)
     planned = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(hour0 + 7 * 3600))  # the trough's first hour
     grid = tmp_path / "grid.yaml"
     grid.write_text(CARBON_GRID)
-    held: dict[str, str] = {}
-
-    def release_when_held(deadline: float) -> None:
-        while time.time() < deadline and len(held) < 2:
-            out = subprocess.run(["squeue", "-h", "-o", "%i|%j|%T|%r|%S"], capture_output=True, text=True).stdout
-            for line in out.splitlines():
-                jid, name, state, reason, start = line.split("|")
-                if name in ("svbench-ca18", "svbench-ca34") and state == "PENDING" and reason == "BeginTime":
-                    held[name] = start
-                    subprocess.run(["scontrol", "update", f"JobId={jid}", "StartTime=now"], check=True)
-            time.sleep(0.3)
-
-    watcher = threading.Thread(target=release_when_held, args=(time.time() + 300,))
-    watcher.start()
-    proc = run_cli("sweep", "--grid", grid, "--data-root", tiny_corpus, "--out", tmp_path / "runs", "--launcher",
-                   "slurm", "--slurm.poll_s", "1", "--slurm.folder", tmp_path / "slurm", "--experiment", "caslurm",
-                   "--carbon-aware", "--deadline", "20h", "--energy.intensity_csv", csv, "--energy.region", "FRA",
-                   env={"MLFLOW_TRACKING_URI": tracking_server}, cwd=tmp_path, timeout=600)
-    watcher.join(timeout=10)
+    with releasing_held_jobs(lambda name: name in ("svbench-ca18", "svbench-ca34"), 2) as held:
+        proc = run_cli("sweep", "--grid", grid, "--data-root", tiny_corpus, "--out", tmp_path / "runs", "--launcher",
+                       "slurm", "--slurm.poll_s", "1", "--slurm.folder", tmp_path / "slurm", "--experiment",
+                       "caslurm", "--carbon-aware", "--deadline", "20h", "--energy.intensity_csv", csv,
+                       "--energy.region", "FRA", env={"MLFLOW_TRACKING_URI": tracking_server}, cwd=tmp_path,
+                       timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert held == {"svbench-ca18": planned, "svbench-ca34": planned}, (held, planned)
     assert "carbon-aware start:" in proc.stdout and "side by side" in proc.stdout

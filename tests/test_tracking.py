@@ -155,6 +155,7 @@ def test_sweep_against_mlflow_server_over_rest(tiny_corpus, tmp_path, tracking_s
     plan = {m["key"]: m["value"] for m in parents[0]["data"]["metrics"]}
     assert plan["carbon_plan/wait_s"] <= 0 and plan["carbon_plan/expected_g"] == pytest.approx(
         plan["carbon_plan/if_started_now_g"]) and plan["carbon_plan/realised_g"] > 0  # in the trough: at once
+    assert plan["carbon_plan/deadline_unix_s"] == pytest.approx(plan["carbon_plan/start_unix_s"] + 3 * 3600, abs=600)
     metrics = [{m["key"] for m in r["data"]["metrics"]}
                for r, t in zip(runs, tags) if t.get("svbench.kind") == "variant"]
     assert all("eer_pct/synth" in m and "train/energy_j" in m and "eer_pct/synth/ci_low" in m for m in metrics)
@@ -192,8 +193,10 @@ def test_conda_yaml_pins_equal_pyproject():
 def test_mlproject_entries_are_one_line_svbench_calls():
     mp = yaml.safe_load((REPO / "MLproject").read_text())
     assert set(mp["entry_points"]) >= {"main", "train", "sweep", "search", "infer", "report", "data"}
-    for ep in mp["entry_points"].values():
+    docs = (REPO / "docs" / "MLFLOW.md").read_text()
+    for name, ep in mp["entry_points"].items():
         assert ep["command"].startswith("svbench ") and "\n" not in ep["command"].strip()
+        assert f"| `{ep['command']}` |" in docs, f"docs/MLFLOW.md's table does not give the {name} entry's command"
 
 
 def test_bad_grid_and_report_errors(tmp_path):

@@ -35,15 +35,13 @@ def cmd_search(args, extra) -> int:
         carbon.forecast(cfg.energy)
     s = cfg.search
     if args.plan_only:  # a probe of the longest trial only: no study, no run, nothing tracked
-        from bench.orchestration.search.run import plan_search_start, worker_shares
-        from bench.orchestration.search.study import started_in_storage, storage_url
+        from bench.orchestration.search.run import plan_left
 
-        started = started_in_storage(cfg, storage_url(cfg, args.out))
-        shares = worker_shares(max(0, s.n_trials - started), args.workers or 1)
-        if not shares:
+        planned = plan_left(cfg, args.workers or 1, args.out, carbon)
+        if planned is None:
             print(f"search: the study {s.study_name} has started all {s.n_trials} trials already: nothing to plan")
             return 0
-        return print_plan(*plan_search_start(cfg, shares, carbon))
+        return print_plan(*planned)
     if s.energy_budget_j is None and s.carbon_budget_g is None and s.max_params_m is None:
         print("search: no budget set (search.energy_budget_j / carbon_budget_g / max_params_m): every trial is "
               "feasible")

@@ -46,19 +46,19 @@ def forecast_source_error(energy) -> str | None:
             f"{TOKEN_ENV}) to fetch ElectricityMaps' forecast")
 
 
-def forecast_series(energy, horizon_s: float = 24 * 3600) -> HourlySeries:
-    """The forecast the settings name (see the module), reaching ``horizon_s`` seconds ahead; a one-line error
-    when there is none."""
+def forecast_series(energy, now_s: float, deadline_s: float) -> HourlySeries:
+    """The forecast the settings name (see the module), to reach from now to ``deadline_s`` (unix seconds); a
+    one-line error when there is none."""
     why = forecast_source_error(energy)
     if why:
         raise BenchError(why)
     if energy.intensity_csv:
         return HourlySeries.from_csv(energy.intensity_csv, energy.intensity_factor)
-    need_h = math.ceil(horizon_s / 3600) + 1  # the forecast's first hour began before now
+    need_h = math.ceil((deadline_s - (now_s - now_s % 3600)) / 3600)  # hourly rows from the current hour on
     hours = next((h for h in FORECAST_HORIZONS_H if h >= need_h), None)
     if hours is None:
-        raise BenchError(f"ElectricityMaps forecasts at most {FORECAST_HORIZONS_H[-1]} h ahead: give a --deadline "
-                         f"within {FORECAST_HORIZONS_H[-1] - 1}h, or --energy.intensity_csv with a longer forecast")
+        raise BenchError(f"ElectricityMaps forecasts {FORECAST_HORIZONS_H[-1]} h from the current hour: give an "
+                         "earlier --deadline, or --energy.intensity_csv with a longer forecast")
     return _electricitymaps({**electricitymaps_place(energy), "horizonHours": hours}, "forecast")
 
 

@@ -39,6 +39,7 @@ class StartPlan:
     expected_g: float  # forecast gCO2e at the chosen start
     now_g: float  # forecast gCO2e if started now
     source: str  # the forecast's source
+    deadline_s: float  # unix seconds: the work ends by then
 
     def job_starts(self) -> list[float]:
         """Each job's start (unix seconds)."""
@@ -115,7 +116,7 @@ def plan_start(jobs: list[PlannedJob], series: HourlySeries, now_s: float, deadl
                            if first_step + k * step_s <= latest]]
     costs = [forecast_g(jobs_t, s, series, pue, back_to_back) for s in candidates]
     best = min(range(len(candidates)), key=lambda i: (round(costs[i], 9), candidates[i]))
-    return StartPlan(candidates[best], now_s, jobs_t, back_to_back, costs[best], costs[0], series.source)
+    return StartPlan(candidates[best], now_s, jobs_t, back_to_back, costs[best], costs[0], series.source, deadline_s)
 
 
 def parse_deadline(text: str, now_s: float) -> float:

@@ -53,8 +53,9 @@ class CarbonAware:
     def forecast(self, energy: EnergyConfig) -> HourlySeries:
         """The forecast (fetched once); a one-line error when there is none or it does not reach the deadline."""
         if self.series is None:
-            series = forecast_series(energy, self.deadline_s - self.clock.now())
-            check_covers(series, self.clock.now(), self.deadline_s)
+            now_s = self.clock.now()
+            series = forecast_series(energy, now_s, self.deadline_s)
+            check_covers(series, now_s, self.deadline_s)
             self.series = series
         return self.series
 
@@ -96,7 +97,8 @@ def announce(plan: StartPlan, log: RunLog, parent: str, jobs: str = "") -> None:
     log.log_batch(parent, metrics={"carbon_plan/expected_g": plan.expected_g,
                                    "carbon_plan/if_started_now_g": plan.now_g,
                                    "carbon_plan/start_unix_s": plan.start_s,
-                                   "carbon_plan/wait_s": plan.start_s - plan.now_s},
+                                   "carbon_plan/wait_s": plan.start_s - plan.now_s,
+                                   "carbon_plan/deadline_unix_s": plan.deadline_s},
                   tags={"carbon_plan.start": start, "carbon_plan.source": plan.source,
                         **({"carbon_plan.jobs": jobs} if jobs else {})})
 

@@ -21,7 +21,8 @@ from bench.orchestration.search.recovery import (close_runs_of_failed_trials, fa
                                                  recover_lost_workers)
 from bench.orchestration.search.study import (ATTR_PARENT, ATTR_RUN, ATTR_TRAIN_CO2, check_selection, create_study,
                                               load_study, longest_trial_config, make_storage, search_params,
-                                              started_trials, storage_url, study_folder)
+                                              started_in_storage, started_trials, storage_url,
+                                              study_folder)
 from bench.orchestration.search.workers import run_all_workers, run_slurm_workers
 from bench.tracking import store
 from bench.tracking.runlog import RunLog
@@ -149,6 +150,14 @@ def plan_search_start(cfg: Config, shares: list[int], carbon: CarbonAware) -> tu
     jobs = (f"{len(shares)} worker(s) side by side, {sum(shares)} trial(s), each forecast as the longest to train: "
             f"stages {longest.model.stages} width {longest.model.width_mult:g}")
     return plan, jobs
+
+
+def plan_left(cfg: Config, workers: int, out_root: str | Path, carbon: CarbonAware) -> tuple[StartPlan, str] | None:
+    """What ``--plan-only`` prints: the plan of the trials the study has not started yet (None: none left), made
+    without creating the study, its storage or a run."""
+    started = started_in_storage(cfg, storage_url(cfg, out_root))
+    shares = worker_shares(max(0, cfg.search.n_trials - started), workers)
+    return plan_search_start(cfg, shares, carbon) if shares else None
 
 
 def _plan_start(cfg: Config, shares: list[int], carbon: CarbonAware, parent: str, out: str, wait: bool) -> StartPlan:

@@ -6,6 +6,7 @@ import warnings
 from pathlib import Path
 
 import optuna
+import sqlalchemy
 
 from bench.config import Config, apply_overrides, build_config, flat_params
 from bench.data.manifest import data_root
@@ -238,14 +239,30 @@ STARTED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, opt
            optuna.trial.TrialState.RUNNING)  # trials that count toward search.n_trials (not enqueued ones)
 
 
+def _storage_exists(url: str) -> bool:
+    """Whether ``url`` holds an Optuna storage already (a journal file; a database with Optuna's tables)."""
+    if "://" not in url:
+        return Path(url).is_file()
+    db = sqlalchemy.engine.make_url(url)
+    if db.get_backend_name() == "sqlite" and not (db.database and Path(db.database).is_file()):
+        return False
+    engine = sqlalchemy.create_engine(db)
+    try:
+        return sqlalchemy.inspect(engine).has_table("studies")
+    except sqlalchemy.exc.SQLAlchemyError as exc:
+        raise BenchError(f"cannot open Optuna storage {url} ({str(exc).splitlines()[0][:120]})") from None
+    finally:
+        engine.dispose()
+
+
 def started_trials(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=STARTED))
 
 
 def started_in_storage(cfg: Config, url: str) -> int:
     """Trials the search's study has started in ``url`` already (0 where there is no such study yet), read without
-    making a study or a journal file: what a plan of the work left needs."""
-    if "://" not in url and not Path(url).is_file():
+    making a journal file, a database or Optuna's tables in one: what a plan of the work left needs."""
+    if not _storage_exists(url):
         return 0
     storage = make_storage(url, cfg.search.heartbeat_s)
     if cfg.search.study_name not in optuna.get_all_study_names(storage):
