@@ -165,10 +165,12 @@ def test_sweep_against_mlflow_server_over_rest(tiny_corpus, tmp_path, tracking_s
              and ("better than" in ln or "not distinguishable at this trial count" in ln)]
     assert len(pairs) == 1 and pairs[0].count("[") == 2, report
     assert "at the planned start" in report and "not planned" not in report  # the levers table has the plan
-    # re-running the sweep skips both finished variants
+    # re-running the sweep (the same settings, started at once) skips both finished variants
     again = run_cli("sweep", "--grid", grid, "--data-root", tiny_corpus, "--out", tmp_path / "runs",
-                    "--experiment", "ci-sweep", env={"MLFLOW_TRACKING_URI": base}, cwd=tmp_path)
-    assert again.returncode == 0 and again.stdout.count("already finished, skipped") == 2
+                    "--experiment", "ci-sweep", "--energy.intensity_csv", csv, env={"MLFLOW_TRACKING_URI": base},
+                    cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert again.stdout.count("already finished, skipped") == 2
     # the analysis a researcher opens, run headless on this sweep: the study's four figures, each drawn or saying
     # why not (one variant per series, no bf16 inference here)
     figs = subprocess.run([sys.executable, "-m", "analysis.study_figures", "--experiment", "ci-sweep", "--out",
