@@ -93,8 +93,8 @@ class TrainConfig(_Section):
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(64, ge=1)
     lr: float = Field(0.1, gt=0)
-    lr_reference_batch: Optional[int] = Field(None, ge=1, description="the batch size train.lr is tuned for: set, "
-                                              "the learning rate is lr x batch_size / this (linear scaling rule)")
+    lr_reference_batch: Optional[int] = Field(None, ge=1, description="the global batch train.lr is tuned for: set, "
+                                              "the learning rate is lr x batch_size x ranks / this (linear rule)")
     final_lr: float = Field(5e-5, gt=0)
     warmup_epochs: float = Field(0.0, ge=0.0)
     momentum: float = Field(0.9, ge=0.0, lt=1.0)
@@ -119,10 +119,13 @@ class TrainConfig(_Section):
                                                                           "below this; unset = off")
     stop_window_epochs: int = Field(2, ge=1, description="epochs the stop rule's gain is measured over")
 
-    def scaled_lr(self) -> float:
-        """The peak learning rate: ``lr``, scaled linearly to ``batch_size`` when ``lr_reference_batch`` is set
-        (Goyal et al., 2017: k times the batch, k times the learning rate)."""
-        return self.lr * self.batch_size / self.lr_reference_batch if self.lr_reference_batch else self.lr
+    def scaled_lr(self, world: int = 1) -> float:
+        """The peak learning rate: ``lr``, scaled linearly to the global batch (``batch_size`` per rank x ``world``
+        ranks) when ``lr_reference_batch`` is set (Goyal et al., 2017: k times the batch, k times the learning
+        rate; WeSpeaker's recipes scale by GPUs x batch per GPU the same way)."""
+        if not self.lr_reference_batch:
+            return self.lr
+        return self.lr * self.batch_size * world / self.lr_reference_batch
 
 
 class EvalConfig(_Section):

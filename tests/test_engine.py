@@ -86,12 +86,18 @@ def test_ddp_two_ranks_on_cpu(tiny_corpus, tmp_path, fake_machine):
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                            "-m", "bench", "train", "--preset", "tiny", "--data.root", str(tiny_corpus),
                            "--train.epochs", "2", "--train.batch_size", "4", "--out", str(out), "--no-track",
-                           "--eval.latency", "false", "--eval.infer_precisions", "[fp32]"],
+                           "--eval.latency", "false", "--eval.infer_precisions", "[fp32]",
+                           "--train.lr", "0.05", "--train.lr_reference_batch", "16"],
                           cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads((out / "result.json").read_text())
     assert res["train"]["world"] == 2
     assert res["train"]["steps"] == 2 * (48 // 2 // 4)
+    # the linear rule on the global batch, 2 ranks x 4 = 8 against 16: half of train.lr (not a quarter)
+    from bench.training.schedule import lr_at
+
+    steps, final_lr = res["train"]["steps"], load_config("tiny", {}).train.final_lr
+    assert res["train"]["history"][0]["lr"] == pytest.approx(lr_at(steps // 2 - 1, steps, 0.025, final_lr, 0))
     assert 0.0 <= res["metrics"]["synth"]["eer_pct"] <= 100.0
     assert "model" in ckpt.load(out / "model.pt")
     # energy: the epochs (summed over ranks) add up to the total; both GPUs in it, RAPL once for the machine

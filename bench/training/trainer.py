@@ -138,7 +138,7 @@ class Trainer:
                            cfg.features.frame_shift_ms).to(self.device)
         self.params = list(self.net.parameters())
         t = cfg.train
-        self.opt = torch.optim.SGD(self.params, lr=t.scaled_lr(), momentum=t.momentum,
+        self.opt = torch.optim.SGD(self.params, lr=t.scaled_lr(self.dist.world), momentum=t.momentum,
                                    nesterov=t.nesterov and t.momentum > 0, weight_decay=t.weight_decay)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=(t.amp == "fp16"))
         self.sampler = EpochBatchSampler(len(self.dataset), t.batch_size, t.seed, self.dist.rank, self.dist.world)
@@ -260,7 +260,8 @@ class Trainer:
     def train_step(self, wav: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
         """One optimizer step at the scheduled lr and margin; returns (loss, lr)."""
         cfg = self.cfg
-        lr = lr_at(self.step, self.total_steps, cfg.train.scaled_lr(), cfg.train.final_lr, self.warmup_steps)
+        lr = lr_at(self.step, self.total_steps, cfg.train.scaled_lr(self.dist.world), cfg.train.final_lr,
+                   self.warmup_steps)
         for g in self.opt.param_groups:
             g["lr"] = lr
         self.net.head.set_margin(margin_at(self.step, cfg.head.margin, self.margin_start, self.margin_ramp))
