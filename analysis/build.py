@@ -355,7 +355,7 @@ def build_report(runs: pd.DataFrame, out_dir: str | Path, title: str, trials: st
               f"No knee: the front has {len(gains)} point(s), and a knee needs 3.", "",
               "![EER vs params](eer_vs_params.png)", "", "## Inference", "", "![inference](inference_energy.png)", ""]
     lines += ["## Carbon levers", "", "gCO2e of the training, as run and with each lever, with its source:", "",
-              _md(carbon_levers(t, parent_metrics or {})), ""]
+              _md(carbon_levers(t, parent_metrics or {}, search=select_on is not None)), ""]
     deploy = deployment_table(runs, trials)
     if len(deploy):
         _fig_deployment(deploy, trials, out / "deployment.png")

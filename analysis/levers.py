@@ -7,17 +7,21 @@ import pandas as pd
 
 MEASURED = "the runs' logged energy (its source above) x the intensity at the hours they ran"
 FORECAST = "forecast: the carbon-aware plan's, before the runs"
+FORECAST_SEARCH = FORECAST + "; an upper bound (every trial forecast as the search's longest to train)"
 
 
-def carbon_levers(table: pd.DataFrame, parent_metrics: dict[str, float]) -> pd.DataFrame:
-    """One row per lever (``lever``, ``co2_g``, ``source``); a lever the runs cannot show says why."""
+def carbon_levers(table: pd.DataFrame, parent_metrics: dict[str, float], search: bool = False) -> pd.DataFrame:
+    """One row per lever (``lever``, ``co2_g``, ``source``); a lever the runs cannot show says why. ``search``: the
+    runs are a search's trials, whose plan forecast each as the longest (so its figures bound the real ones)."""
     as_run = table["train_co2_g"].sum(min_count=1)
     rows = [("as run", as_run, MEASURED)]
+    forecast = FORECAST_SEARCH if search else FORECAST
     if "carbon_plan/if_started_now_g" in parent_metrics:
-        rows += [("if started at once", parent_metrics["carbon_plan/if_started_now_g"], FORECAST),
-                 ("at the planned start", parent_metrics["carbon_plan/expected_g"], FORECAST)]
+        rows += [("if started at once", parent_metrics["carbon_plan/if_started_now_g"], forecast),
+                 ("at the planned start", parent_metrics["carbon_plan/expected_g"], forecast)]
     else:
-        rows.append(("start time", float("nan"), "not planned: run the sweep with --carbon-aware"))
+        rows.append(("start time", float("nan"),
+                     f"not planned: run the {'search' if search else 'sweep'} with --carbon-aware"))
     limits = table.dropna(subset=["train_co2_g"]).copy()
     limits["model"] = limits["stages"].astype(str) + " x" + limits["width"].astype(str)
     limits["limit"] = limits["gpu_power_limit_w"].fillna(-1.0)  # -1: the board's own limit

@@ -376,7 +376,7 @@ def test_diminishing_returns_table_says_why_its_first_row_is_empty():
 def test_carbon_levers_label_each_figure_and_say_why_a_lever_is_missing():
     import pandas as pd
 
-    from analysis.levers import FORECAST, MEASURED, carbon_levers
+    from analysis.levers import FORECAST, FORECAST_SEARCH, MEASURED, carbon_levers
 
     t = pd.DataFrame({"stages": ["1-1-1-1"] * 3 + ["2-2-2-2"], "width": [1.0] * 4,
                       "gpu_power_limit_w": [None, 150.0, 250.0, None], "train_co2_g": [3.0, 2.0, 2.5, 4.0]})
@@ -387,3 +387,6 @@ def test_carbon_levers_label_each_figure_and_say_why_a_lever_is_missing():
     assert levers["lever"].tolist() == ["as run", "if started at once", "at the planned start",
                                         "at each model's best power limit"]
     assert levers["co2_g"].tolist() == [11.5, 20.0, 6.0, 6.0] and levers["source"].iloc[1] == FORECAST
+    searched = carbon_levers(t, {"carbon_plan/if_started_now_g": 20.0, "carbon_plan/expected_g": 6.0}, search=True)
+    assert searched["source"].iloc[1] == searched["source"].iloc[2] == FORECAST_SEARCH  # a bound, and says so
+    assert "run the search with --carbon-aware" in carbon_levers(t, {}, search=True)["source"].iloc[1]
