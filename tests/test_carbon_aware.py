@@ -214,6 +214,36 @@ def test_electricitymaps_forecast_where_a_token_is_set_plans_in_its_trough(tiny_
         forecast_series(energy, now, now + 24 * 3600)
 
 
+def test_a_service_history_read_hours_ago_is_read_again_once_it_no_longer_reaches_now(monkeypatch):
+    """What a long-running search worker charges its trials: ElectricityMaps' history it read at its start ends at
+    that hour; once it no longer reaches now it is read again (123 g/kWh at the current hour here), and not before;
+    a CSV series is never re-read; a service gone by then keeps the old series."""
+    import numpy as np
+
+    from bench.config import EnergyConfig
+    from bench.energy.accounting import series_reaching_now
+    from bench.energy.carbon import HourlySeries
+
+    now = time.time()
+    hour = now - now % 3600
+    stale = HourlySeries(hour - 3600.0 * np.arange(26, 2, -1), np.full(24, 300.0), "electricitymaps-history:zone FR")
+    assert not stale.covers(now - 1, now)  # read three hours ago: ends two hours ago
+    em = _ElectricityMaps([])
+    monkeypatch.setenv("ELECTRICITYMAPS_API_URL", em.url)
+    monkeypatch.setenv("ELECTRICITYMAPS_TOKEN", "tok")
+    zone = EnergyConfig(electricitymaps_zone="FR")
+    try:
+        fresh = series_reaching_now(stale, zone, now)
+        assert [path for path, _, _ in em.requests] == ["/v3/carbon-intensity/history"]
+        assert fresh.covers(now - 1, now) and fresh.at(now) == 123.0
+        assert series_reaching_now(fresh, zone, now) is fresh and len(em.requests) == 1  # still reaching now
+        csv_cfg = EnergyConfig(intensity_csv="forecast.csv")
+        assert series_reaching_now(stale, csv_cfg, now) is stale and len(em.requests) == 1
+    finally:
+        em.close()
+    assert series_reaching_now(stale, zone, now) is stale  # the service is gone: warned, the old series kept
+
+
 def test_a_carbon_aware_sweep_on_electricitymaps_plans_on_its_forecast_and_is_charged_its_history(
         tiny_corpus, tmp_path, monkeypatch):
     """With energy.electricitymaps_zone and a token: the plan is the forecast's (the trough), the variant is charged

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import logging
 import socket
+import time
 from pathlib import Path
 
 from bench.atomic import atomic_open
@@ -33,6 +34,18 @@ def intensity_series(energy_cfg, after_work: bool = False) -> HourlySeries | Non
     if energy_cfg.electricitymaps_zone or energy_cfg.electricitymaps_location:
         return electricitymaps_history(energy_cfg)
     return None
+
+
+def series_reaching_now(series: HourlySeries | None, energy_cfg, now_s: float | None = None) -> HourlySeries | None:
+    """``series`` while it reaches now. A service's history (ElectricityMaps' last 24 hours, read at some earlier
+    hour by a long-running search worker) is read again once it does not, so that later work is charged the hours
+    it ran rather than the yearly figure; a failure then keeps ``series`` (with ``intensity_series``' warning)."""
+    if not (energy_cfg.electricitymaps_zone or energy_cfg.electricitymaps_location):
+        return series
+    now_s = time.time() if now_s is None else now_s
+    if series is not None and series.covers(now_s - 1.0, now_s):
+        return series
+    return intensity_series(energy_cfg, after_work=True) or series
 
 
 def gather_ranks(reading: EnergyReading, dist_info) -> EnergyReading:

@@ -11,7 +11,7 @@ from pathlib import Path
 import optuna
 
 from bench.config import Config, apply_overrides, build_config
-from bench.energy.accounting import intensity_series
+from bench.energy.accounting import intensity_series, series_reaching_now
 from bench.energy.carbon import grams, grid_region
 from bench.energy.meters import create_meters
 from bench.energy.plan import measurement_plan
@@ -44,6 +44,12 @@ class TrialContext:
     search_run: str  # the run of ``svbench search`` this worker belongs to
     worker: str = ""  # a Slurm worker's cost-entry token (one per attempt); empty for local workers
 
+    def intensity(self):
+        """The intensity series the trial's spending is charged: a service's history read again once it no longer
+        reaches now (a worker runs for hours)."""
+        self.series = series_reaching_now(self.series, self.cfg.energy)
+        return self.series
+
 
 class SpentSoFar:
     """Trainer callback: what the trial has spent so far (its probe and finished epochs), stored on the trial
@@ -58,7 +64,7 @@ class SpentSoFar:
         parts = [r for r in self.ctx.meters.readings if r.name == "probe"] + self.epochs
         if parts:
             self.trial.set_user_attr(ATTR_SPENT_SO_FAR, cost_entry(sum_windows(parts, "so-far"), self.ctx.cfg,
-                                                                    self.ctx.series))
+                                                                    self.ctx.intensity()))
 
 
 def _constraint_values(cfg: Config, energy_j: float | None, co2_g: float | None, params_m: float) -> list[float]:
@@ -116,7 +122,7 @@ def objective(trial: optuna.Trial, ctx: TrialContext) -> tuple[float, float]:
 def _record_spent(trial: optuna.Trial, ctx: TrialContext, rid: str, r: EnergyReading, log: bool = True) -> None:
     """What the trial spent (probe, training, evaluation): trial attrs, and on a pruned or failed trial's
     run ``trial/spent_energy_j`` with its labels."""
-    entry = cost_entry(r, ctx.cfg, ctx.series)
+    entry = cost_entry(r, ctx.cfg, ctx.intensity())
     trial.set_user_attr("spent_energy_j", entry["energy_j"])
     trial.set_user_attr("spent_co2_g", entry["co2_g"])
     trial.set_user_attr("spent_entry", entry)
@@ -201,7 +207,7 @@ def _nan_if_none(value: float | None) -> float:
 
 def _co2(cfg: Config, energy_j: float | None, ctx: TrialContext) -> float | None:
     """Carbon of a forecast energy at the current intensity."""
-    return None if energy_j is None else grams(energy_j, cfg.energy.pue, grid_region(cfg.energy), ctx.series)
+    return None if energy_j is None else grams(energy_j, cfg.energy.pue, grid_region(cfg.energy), ctx.intensity())
 
 
 # ------------------------------------------------------------------ workers
