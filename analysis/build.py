@@ -301,6 +301,12 @@ class Report:
     select_on: str | None = None  # a search's: what its front was chosen on
 
 
+def _is_search(runs: pd.DataFrame) -> bool:
+    """Whether the runs are a search's trials (rather than a sweep's variants)."""
+    kind = f"tags.{naming.TAG_KIND}"
+    return kind in runs.columns and bool((runs[kind] == "trial").any())
+
+
 def build_report(runs: pd.DataFrame, out_dir: str | Path, title: str, trials: str | None = None,
                  select_on: str | None = None, parent_metrics: dict[str, float] | None = None) -> Report:
     """Write report.md, report.csv and figures into ``out_dir``; returns paths and the table. ``select_on``: a
@@ -355,7 +361,7 @@ def build_report(runs: pd.DataFrame, out_dir: str | Path, title: str, trials: st
               f"No knee: the front has {len(gains)} point(s), and a knee needs 3.", "",
               "![EER vs params](eer_vs_params.png)", "", "## Inference", "", "![inference](inference_energy.png)", ""]
     lines += ["## Carbon levers", "", "gCO2e of the training, as run and with each lever, with its source:", "",
-              _md(carbon_levers(t, parent_metrics or {}, search=select_on is not None)), ""]
+              _md(carbon_levers(t, parent_metrics or {}, search=_is_search(runs))), ""]
     deploy = deployment_table(runs, trials)
     if len(deploy):
         _fig_deployment(deploy, trials, out / "deployment.png")

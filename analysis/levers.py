@@ -7,12 +7,13 @@ import pandas as pd
 
 MEASURED = "the runs' logged energy (its source above) x the intensity at the hours they ran"
 FORECAST = "forecast: the carbon-aware plan's, before the runs"
-FORECAST_SEARCH = FORECAST + "; an upper bound (every trial forecast as the search's longest to train)"
+FORECAST_SEARCH = FORECAST + "; likely an overestimate (every trial forecast as the search's longest to train)"
 
 
 def carbon_levers(table: pd.DataFrame, parent_metrics: dict[str, float], search: bool = False) -> pd.DataFrame:
     """One row per lever (``lever``, ``co2_g``, ``source``); a lever the runs cannot show says why. ``search``: the
-    runs are a search's trials, whose plan forecast each as the longest (so its figures bound the real ones)."""
+    runs are a search's trials, whose plan forecast each as the longest to train (so its figures likely exceed what
+    the trials emit; not a bound: the probes extrapolate, and a trial at a higher power limit may draw more)."""
     as_run = table["train_co2_g"].sum(min_count=1)
     rows = [("as run", as_run, MEASURED)]
     forecast = FORECAST_SEARCH if search else FORECAST

@@ -121,8 +121,8 @@ class TrainConfig(_Section):
 
     def scaled_lr(self, world: int = 1) -> float:
         """The peak learning rate: ``lr``, scaled linearly to the global batch (``batch_size`` per rank x ``world``
-        ranks) when ``lr_reference_batch`` is set (Goyal et al., 2017: k times the batch, k times the learning
-        rate; WeSpeaker's recipes scale by GPUs x batch per GPU the same way)."""
+        ranks) when ``lr_reference_batch`` is set (Goyal et al., 2017: k times the minibatch summed over all
+        workers, k times the learning rate)."""
         if not self.lr_reference_batch:
             return self.lr
         return self.lr * self.batch_size * world / self.lr_reference_batch

@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from datetime import datetime, timezone
 
+import pandas as pd
 import pytest
 from conftest import assert_one_line_error, run_cli
 from forecast_series import forecast_csv, hourly_series
@@ -119,6 +120,11 @@ def test_a_carbon_aware_search_plans_its_workers_logs_the_plan_and_what_its_tria
     assert m["carbon_plan/realised_g"] == pytest.approx(trial.data.metrics["train/co2_g"])
     assert m["carbon_plan/realised_g"] == pytest.approx(trial.data.metrics["train/energy_j"] / 3.6e6 * 400.0 *
                                                         cfg.energy.pue, rel=1e-6)
+    # the study's report: its levers table says the search's forecast rows are likely overestimates
+    report = run_cli("report", "--parent-run", out.parent_run_id, "--out", tmp_path / "report")
+    assert report.returncode == 0, report.stderr[-2000:]
+    levers = (tmp_path / "report" / "report.md").read_text().split("## Carbon levers")[1].split("##")[0]
+    assert levers.count("likely an overestimate") == 2 and "not planned" not in levers
 
 
 class _ElectricityMaps:
@@ -214,34 +220,45 @@ def test_electricitymaps_forecast_where_a_token_is_set_plans_in_its_trough(tiny_
         forecast_series(energy, now, now + 24 * 3600)
 
 
-def test_a_service_history_read_hours_ago_is_read_again_once_it_no_longer_reaches_now(monkeypatch):
+def test_a_service_history_read_hours_ago_is_read_again_once_it_no_longer_reaches_now(monkeypatch, tmp_path,
+                                                                                       caplog):
     """What a long-running search worker charges its trials: ElectricityMaps' history it read at its start ends at
     that hour; once it no longer reaches now it is read again (123 g/kWh at the current hour here), and not before;
-    a CSV series is never re-read; a service gone by then keeps the old series."""
+    a service gone by then keeps the old series with one warning per 10 minutes, not one per epoch; a CSV series
+    is never read again."""
     import numpy as np
 
     from bench.config import EnergyConfig
-    from bench.energy.accounting import series_reaching_now
+    from bench.energy.accounting import FreshSeries
     from bench.energy.carbon import HourlySeries
 
     now = time.time()
     hour = now - now % 3600
     stale = HourlySeries(hour - 3600.0 * np.arange(26, 2, -1), np.full(24, 300.0), "electricitymaps-history:zone FR")
     assert not stale.covers(now - 1, now)  # read three hours ago: ends two hours ago
+    clock = {"t": now}
     em = _ElectricityMaps([])
     monkeypatch.setenv("ELECTRICITYMAPS_API_URL", em.url)
     monkeypatch.setenv("ELECTRICITYMAPS_TOKEN", "tok")
     zone = EnergyConfig(electricitymaps_zone="FR")
     try:
-        fresh = series_reaching_now(stale, zone, now)
+        held = FreshSeries(zone, stale, clock=lambda: clock["t"])
+        fresh = held.current()
         assert [path for path, _, _ in em.requests] == ["/v3/carbon-intensity/history"]
         assert fresh.covers(now - 1, now) and fresh.at(now) == 123.0
-        assert series_reaching_now(fresh, zone, now) is fresh and len(em.requests) == 1  # still reaching now
-        csv_cfg = EnergyConfig(intensity_csv="forecast.csv")
-        assert series_reaching_now(stale, csv_cfg, now) is stale and len(em.requests) == 1
+        assert held.current() is fresh and len(em.requests) == 1  # it reaches now: not asked again
     finally:
         em.close()
-    assert series_reaching_now(stale, zone, now) is stale  # the service is gone: warned, the old series kept
+    gone = FreshSeries(zone, stale, clock=lambda: clock["t"])  # the service is gone
+    with caplog.at_level("WARNING"):
+        assert gone.current() is stale and gone.current() is stale  # an epoch later: not asked again
+        clock["t"] += 601
+        assert gone.current() is stale
+    assert sum("kept the history read earlier" in r.message for r in caplog.records) == 2
+    csv = tmp_path / "now.csv"  # a CSV that does reach now: the stale series handed over is kept all the same
+    pd.DataFrame({"timestamp": [datetime.fromtimestamp(hour, timezone.utc).isoformat()], "g_per_kwh": [50.0]}).to_csv(
+        csv, index=False)
+    assert FreshSeries(EnergyConfig(intensity_csv=str(csv), electricitymaps_zone="FR"), stale).current() is stale
 
 
 def test_a_carbon_aware_sweep_on_electricitymaps_plans_on_its_forecast_and_is_charged_its_history(

@@ -7,6 +7,7 @@ import logging
 import socket
 import time
 from pathlib import Path
+from typing import Callable
 
 from bench.atomic import atomic_open
 from bench.energy.carbon import TABLE_FACTOR, HourlySeries, carbon_of, grid_region, lookup
@@ -36,16 +37,31 @@ def intensity_series(energy_cfg, after_work: bool = False) -> HourlySeries | Non
     return None
 
 
-def series_reaching_now(series: HourlySeries | None, energy_cfg, now_s: float | None = None) -> HourlySeries | None:
-    """``series`` while it reaches now. A service's history (ElectricityMaps' last 24 hours, read at some earlier
-    hour by a long-running search worker) is read again once it does not, so that later work is charged the hours
-    it ran rather than the yearly figure; a failure then keeps ``series`` (with ``intensity_series``' warning)."""
-    if not (energy_cfg.electricitymaps_zone or energy_cfg.electricitymaps_location):
-        return series
-    now_s = time.time() if now_s is None else now_s
-    if series is not None and series.covers(now_s - 1.0, now_s):
-        return series
-    return intensity_series(energy_cfg, after_work=True) or series
+class FreshSeries:
+    """The intensity series a long-running process (a search worker) charges its work: a service's history
+    (ElectricityMaps' last 24 hours, read at some earlier hour) is read again once it no longer reaches now, at most
+    once every ``retry_s`` (a service whose new hour is late, or that is gone, is not asked at every epoch; a failure
+    keeps the series held, with a warning); a CSV series is read once."""
+
+    def __init__(self, energy_cfg, series: HourlySeries | None, retry_s: float = 600.0,
+                 clock: Callable[[], float] = time.time):
+        self.energy_cfg, self.series, self.retry_s, self.clock = energy_cfg, series, retry_s, clock
+        self.from_service = not energy_cfg.intensity_csv and bool(
+            energy_cfg.electricitymaps_zone or energy_cfg.electricitymaps_location)
+        self.tried_s = float("-inf")
+
+    def current(self) -> HourlySeries | None:
+        now_s = self.clock()
+        if not self.from_service or now_s - self.tried_s < self.retry_s or (
+                self.series is not None and self.series.covers(now_s - 1.0, now_s)):
+            return self.series
+        self.tried_s = now_s
+        try:
+            self.series = intensity_series(self.energy_cfg)
+        except BenchError as exc:
+            LOG.warning(f"{exc}; kept the history read earlier (hours past it are charged the region's yearly "
+                        f"average), asked again in {self.retry_s / 60:.0f} min")
+        return self.series
 
 
 def gather_ranks(reading: EnergyReading, dist_info) -> EnergyReading:

@@ -11,8 +11,8 @@ from pathlib import Path
 import optuna
 
 from bench.config import Config, apply_overrides, build_config
-from bench.energy.accounting import intensity_series, series_reaching_now
-from bench.energy.carbon import grams, grid_region
+from bench.energy.accounting import FreshSeries, intensity_series
+from bench.energy.carbon import HourlySeries, grams, grid_region
 from bench.energy.meters import create_meters
 from bench.energy.plan import measurement_plan
 from bench.energy.reading import EnergyReading, reading_from_state, sum_windows
@@ -40,15 +40,12 @@ class TrialContext:
     parent_run_id: str
     experiment_id: str
     meters: object
-    series: object
+    series: FreshSeries  # what the trial's spending is charged: a service's history kept reaching now
     search_run: str  # the run of ``svbench search`` this worker belongs to
     worker: str = ""  # a Slurm worker's cost-entry token (one per attempt); empty for local workers
 
-    def intensity(self):
-        """The intensity series the trial's spending is charged: a service's history read again once it no longer
-        reaches now (a worker runs for hours)."""
-        self.series = series_reaching_now(self.series, self.cfg.energy)
-        return self.series
+    def intensity(self) -> HourlySeries | None:
+        return self.series.current()
 
 
 class SpentSoFar:
@@ -227,7 +224,7 @@ def run_worker(cfg_dict: dict, storage_url_: str, n_trials: int, out_root: str, 
         return
     meters = create_meters(cfg.energy, measurement_plan(cfg.train.device, shared=True if shared else None))
     ctx = TrialContext(cfg, Path(out_root), study.user_attrs[ATTR_PARENT], study.user_attrs[ATTR_EXPERIMENT], meters,
-                       intensity_series(cfg.energy), search_run, worker)
+                       FreshSeries(cfg.energy, intensity_series(cfg.energy)), search_run, worker)
     stop_at_total = optuna.study.MaxTrialsCallback(cfg.search.n_trials, states=STARTED)
     try:
         with warnings.catch_warnings():  # an RDB storage's heartbeat checks are experimental in Optuna 5
