@@ -12,7 +12,7 @@ import pytest
 from conftest import assert_one_line_error, run_cli
 from forecast_series import forecast_csv, hourly_series
 
-from bench.config import build_config, load_preset_dict
+from bench.config import build_config, load_config, load_preset_dict
 from bench.energy.start_plan import PlannedJob, parse_deadline, plan_start
 from bench.errors import BenchError
 
@@ -338,6 +338,14 @@ def test_a_search_plan_only_plans_the_trials_its_study_has_not_started(tiny_corp
     proc = run_cli(*args, "--n-trials", "2", env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'm.db'}"})
     assert proc.returncode == 0 and "has started all 2 trials already: nothing to plan" in proc.stdout
     assert journal.read_bytes() == before and not (tmp_path / "o").exists() and not (tmp_path / "m.db").exists()
+    # a study a run made with another objective: the one-line error the run would give, before any probe
+    from bench.orchestration.search.study import ATTR_PARENT
+
+    preset = load_config("tiny", {}).search
+    for key, value in ((ATTR_PARENT, "0123"), ("objective", "energy"), ("select_on", preset.select_on)):
+        study.set_user_attr(key, value)
+    assert_one_line_error(run_cli(*args, "--n-trials", "3", "--objective", "carbon"),
+                          "study 'svbench-search' was run with {'objective': 'energy'")
     # a database storage that does not exist yet is not made (nor Optuna's tables in it)
     db = tmp_path / "optuna.db"
     args[args.index(journal)] = f"sqlite:///{db}"

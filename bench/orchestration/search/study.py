@@ -261,13 +261,17 @@ def started_trials(study: optuna.Study) -> int:
 
 def started_in_storage(cfg: Config, url: str) -> int:
     """Trials the search's study has started in ``url`` already (0 where there is no such study yet), read without
-    making a journal file, a database or Optuna's tables in one: what a plan of the work left needs."""
+    making a journal file, a database or Optuna's tables in one: what a plan of the work left needs. A study run
+    with another objective, budgets or selection is the one-line error the run itself would give."""
     if not _storage_exists(url):
         return 0
     storage = make_storage(url, cfg.search.heartbeat_s)
     if cfg.search.study_name not in optuna.get_all_study_names(storage):
         return 0
-    return started_trials(load_study(cfg, storage))
+    study = load_study(cfg, storage)
+    if ATTR_PARENT in study.user_attrs:
+        _check_same_search(cfg, study)
+    return started_trials(study)
 
 
 def study_folder(cfg: Config, out_root: str | Path) -> Path:
